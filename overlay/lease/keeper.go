@@ -1,0 +1,191 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Keeper holds a node's own lease: it acquires it, renews it RenewMargin
+// before it expires, and acquires it again (preferring the same subnet) when
+// it was lost, for instance because it expired while the store was
+// unreachable. While the store is unreachable the lease it holds stays
+// current: the data path goes on.
+type Keeper struct {
+	Registry    Registry
+	Request     Request
+	RenewMargin time.Duration
+	Log         *slog.Logger
+	// Reach is told whether the store answers; may be nil.
+	Reach *Reachability
+	// OnChange, if set, is called on Run's goroutine when the lease was
+	// replaced by another one (a different subnet or a new acquisition).
+	OnChange func(old, new Lease)
+
+	mu   sync.Mutex
+	cur  Lease
+	kick chan struct{}
+}
+
+func (k *Keeper) init() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.kick == nil {
+		k.kick = make(chan struct{}, 1)
+	}
+	if k.Log == nil {
+		k.Log = slog.New(slog.DiscardHandler)
+	}
+	if k.Reach == nil {
+		k.Reach = NewReachability(k.Log, "lease store")
+	}
+}
+
+// Acquire gets the first lease, retrying with backoff until it has one or ctx
+// ends. A full network is retried too (a node may leave), and logged once.
+func (k *Keeper) Acquire(ctx context.Context) (Lease, error) {
+	k.init()
+	var backoff Backoff
+	var lastErr string
+	for {
+		l, err := Acquire(ctx, k.Registry, k.Request)
+		if err == nil {
+			k.Reach.OK()
+			k.set(l)
+			return l, nil
+		}
+		if ctx.Err() != nil {
+			return Lease{}, fmt.Errorf("acquire lease: %w", ctx.Err())
+		}
+		var full *ExhaustedError
+		if errors.As(err, &full) {
+			k.Reach.OK()
+			if err.Error() != lastErr {
+				k.Log.Error("cannot acquire a lease; waiting for a subnet to become free", "err", err)
+			}
+			lastErr = err.Error()
+		} else {
+			k.Reach.Fail("acquire lease", err)
+		}
+		backoff.Wait(ctx)
+	}
+}
+
+// Current is the lease held now.
+func (k *Keeper) Current() Lease {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur
+}
+
+func (k *Keeper) set(l Lease) {
+	k.mu.Lock()
+	k.cur = l
+	k.mu.Unlock()
+}
+
+// Check asks Run to renew now, for instance because a watch saw the node's
+// own lease change or vanish.
+func (k *Keeper) Check() {
+	k.init()
+	select {
+	case k.kick <- struct{}{}:
+	default:
+	}
+}
+
+// renewIn is how long to wait before renewing l.
+func (k *Keeper) renewIn(l Lease) time.Duration {
+	margin := k.RenewMargin
+	if ttl := k.Request.TTL; margin <= 0 || margin >= ttl {
+		margin = ttl / 2
+	}
+	return max(0, time.Until(l.Expiration.Add(-margin)))
+}
+
+// Run keeps the lease until ctx ends. Acquire must have succeeded first.
+func (k *Keeper) Run(ctx context.Context) error {
+	k.init()
+	var backoff Backoff
+	retrying := false
+	for {
+		cur := k.Current()
+		if !cur.Subnet.IsValid() {
+			return errors.New("keep lease: no lease acquired")
+		}
+		if !retrying {
+			var timer <-chan time.Time
+			stop := func() bool { return false }
+			if !cur.Reservation {
+				t := time.NewTimer(k.renewIn(cur))
+				timer, stop = t.C, t.Stop
+			}
+			select {
+			case <-ctx.Done():
+				stop()
+				return nil
+			case <-timer:
+			case <-k.kick:
+				stop()
+			}
+		} else if !backoff.Wait(ctx) {
+			return nil
+		}
+
+		ttl := k.Request.TTL
+		if cur.Reservation {
+			ttl = 0
+		}
+		l, err := k.Registry.Update(ctx, cur, k.Request.Attrs, ttl)
+		switch {
+		case err == nil:
+			k.Reach.OK()
+			k.set(l)
+			retrying = false
+			backoff.Reset()
+			k.Log.Debug("lease renewed", "subnet", l.Subnet, "expires", l.Expiration)
+		case errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrNotFound):
+			k.Reach.OK()
+			k.Log.Warn("lease lost; acquiring again", "subnet", cur.Subnet, "err", err)
+			req := k.Request
+			req.Previous = cur.Subnet
+			l, err := Acquire(ctx, k.Registry, req)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				k.Reach.Fail("acquire lease", err)
+				retrying = true
+				continue
+			}
+			k.set(l)
+			retrying = false
+			backoff.Reset()
+			k.Log.Info("lease acquired again", "subnet", l.Subnet, "previous", cur.Subnet)
+			if k.OnChange != nil {
+				k.OnChange(cur, l)
+			}
+		default:
+			if ctx.Err() != nil {
+				return nil
+			}
+			k.Reach.Fail("renew lease", err)
+			retrying = true
+		}
+	}
+}
+
+// Release gives the lease back (a reservation is left in place).
+func (k *Keeper) Release(ctx context.Context) error {
+	cur := k.Current()
+	if !cur.Subnet.IsValid() || cur.Reservation {
+		return nil
+	}
+	if err := k.Registry.Delete(ctx, cur); err != nil && !errors.Is(err, ErrLeaseLost) && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("release lease %s: %w", cur.Subnet, err)
+	}
+	return nil
+}

@@ -1,0 +1,219 @@
+package netconf
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// The backend types twill knows. Each has its own package under
+// overlay/backend; this list is what a config may name.
+const (
+	TypeAlloc   = "alloc"
+	TypeUDP     = "udp"
+	TypeVXLAN   = "vxlan"
+	TypeHostGW  = "host-gw"
+	TypeIPIP    = "ipip"
+	TypeMacvlan = "macvlan"
+	TypeIPvlan  = "ipvlan"
+
+	// DefaultBackend is the backend of a config that names none, as in flannel.
+	DefaultBackend = TypeUDP
+)
+
+// Defaults of backend options, shared with flannel.
+const (
+	DefaultUDPPort   = 8285
+	DefaultVXLANPort = 8472
+	DefaultVNI       = 1
+)
+
+// backendOptions lists, per backend type, the option keys it takes besides Type.
+var backendOptions = map[string][]string{
+	TypeAlloc:   {},
+	TypeUDP:     {"Port", "Offload"},
+	TypeVXLAN:   {"VNI", "Port", "GBP", "Learning", "DirectRouting", "MTU"},
+	TypeHostGW:  {},
+	TypeIPIP:    {"DirectRouting", "MTU"},
+	TypeMacvlan: {"Mode", "Master", "MTU"},
+	TypeIPvlan:  {"Mode", "Master", "MTU"},
+}
+
+var modes = map[string][]string{
+	TypeMacvlan: {"bridge", "private", "vepa", "passthru"},
+	TypeIPvlan:  {"l2", "l3", "l3s"},
+}
+
+// KnownBackends lists the backend types in a stable order.
+func KnownBackends() []string {
+	return []string{TypeUDP, TypeVXLAN, TypeHostGW, TypeIPIP, TypeMacvlan, TypeIPvlan, TypeAlloc}
+}
+
+// Backend is the backend section of a config: its type and options, with
+// defaults applied. Options that a type does not take stay at their zero value.
+type Backend struct {
+	Type string
+
+	// Port is the UDP port of udp (default 8285) and vxlan (default 8472).
+	Port int
+	// Offload turns on TUN and UDP segmentation offloads for udp (default true).
+	Offload bool
+	// VNI is the VXLAN network identifier (default 1).
+	VNI int
+	// GBP turns on VXLAN group-based policy; Learning lets the VXLAN device
+	// learn FDB entries itself.
+	GBP, Learning bool
+	// DirectRouting routes to peers on the same L2 segment directly, as
+	// host-gw does, and tunnels only to the others (vxlan, ipip).
+	DirectRouting bool
+	// MTU overrides the MTU twill derives from the underlay.
+	MTU int
+	// Mode is the macvlan (bridge, private, vepa, passthru) or ipvlan (l2,
+	// l3, l3s) mode; Master the host interface pods attach to.
+	Mode, Master string
+}
+
+// IsUnderlay reports whether pods sit on the underlay (macvlan, ipvlan)
+// rather than on an overlay the backend carries.
+func (b Backend) IsUnderlay() bool { return b.Type == TypeMacvlan || b.Type == TypeIPvlan }
+
+func parseBackend(data json.RawMessage) (Backend, error) {
+	var raw map[string]json.RawMessage
+	if err := strictUnmarshal(data, &raw); err != nil || raw == nil {
+		return Backend{}, fieldErr("Backend", data, "must be a JSON object such as {\"Type\": \"vxlan\"}")
+	}
+	b := Backend{Type: DefaultBackend}
+	if v, ok := raw["Type"]; ok {
+		if err := json.Unmarshal(v, &b.Type); err != nil {
+			return Backend{}, fieldErr("Backend.Type", v, "must be a string, one of %s", strings.Join(KnownBackends(), ", "))
+		}
+		delete(raw, "Type")
+	}
+	known, ok := backendOptions[b.Type]
+	if !ok {
+		hint := ""
+		if lower := strings.ToLower(b.Type); backendOptions[lower] != nil {
+			hint = fmt.Sprintf(" (did you mean %q?)", lower)
+		}
+		return Backend{}, fieldErr("Backend.Type", quoted(b.Type), "unknown backend type%s; known types are %s", hint, strings.Join(KnownBackends(), ", "))
+	}
+	if err := checkKeys("Backend.", raw, known); err != nil {
+		return Backend{}, err
+	}
+
+	switch b.Type {
+	case TypeUDP:
+		b.Port, b.Offload = DefaultUDPPort, true
+	case TypeVXLAN:
+		b.Port, b.VNI = DefaultVXLANPort, DefaultVNI
+	case TypeMacvlan:
+		b.Mode = "bridge"
+	case TypeIPvlan:
+		b.Mode = "l2"
+	}
+	for _, key := range known {
+		v, ok := raw[key]
+		if !ok {
+			continue
+		}
+		field := "Backend." + key
+		switch key {
+		case "Port":
+			if err := intIn(v, &b.Port, 1, 65535); err != nil {
+				return Backend{}, fieldErr(field, v, "must be a port number 1..65535")
+			}
+		case "VNI":
+			if err := intIn(v, &b.VNI, 0, 1<<24-1); err != nil {
+				return Backend{}, fieldErr(field, v, "must be a VXLAN network identifier 0..16777215")
+			}
+		case "MTU":
+			if err := intIn(v, &b.MTU, 68, 65535); err != nil {
+				return Backend{}, fieldErr(field, v, "must be an MTU 68..65535")
+			}
+		case "Offload":
+			if err := json.Unmarshal(v, &b.Offload); err != nil {
+				return Backend{}, fieldErr(field, v, "must be true or false")
+			}
+		case "GBP":
+			if err := json.Unmarshal(v, &b.GBP); err != nil {
+				return Backend{}, fieldErr(field, v, "must be true or false")
+			}
+		case "Learning":
+			if err := json.Unmarshal(v, &b.Learning); err != nil {
+				return Backend{}, fieldErr(field, v, "must be true or false")
+			}
+		case "DirectRouting":
+			if err := json.Unmarshal(v, &b.DirectRouting); err != nil {
+				return Backend{}, fieldErr(field, v, "must be true or false")
+			}
+		case "Mode":
+			if err := json.Unmarshal(v, &b.Mode); err != nil || !slices.Contains(modes[b.Type], b.Mode) {
+				return Backend{}, fieldErr(field, v, "unknown %s mode; known modes are %s", b.Type, strings.Join(modes[b.Type], ", "))
+			}
+		case "Master":
+			if err := json.Unmarshal(v, &b.Master); err != nil || b.Master == "" || len(b.Master) > 15 || strings.ContainsAny(b.Master, "/ \t\n") {
+				return Backend{}, fieldErr(field, v, "must be a network interface name")
+			}
+		}
+	}
+	return b, nil
+}
+
+// validateAgainst checks what depends on the rest of the config.
+func (b Backend) validateAgainst(c *Config) error {
+	if b.IsUnderlay() && c.SubnetLen > 29 {
+		return &FieldError{Field: "SubnetLen", Value: fmt.Sprint(c.SubnetLen),
+			Reason: fmt.Sprintf("too small for %s: each node's slice needs at least a /29", b.Type)}
+	}
+	return nil
+}
+
+// MarshalJSON writes the backend with the options its type takes.
+func (b Backend) MarshalJSON() ([]byte, error) {
+	m := map[string]any{"Type": b.Type}
+	for _, key := range backendOptions[b.Type] {
+		switch key {
+		case "Port":
+			m[key] = b.Port
+		case "VNI":
+			m[key] = b.VNI
+		case "MTU":
+			if b.MTU != 0 {
+				m[key] = b.MTU
+			}
+		case "Offload":
+			m[key] = b.Offload
+		case "GBP":
+			m[key] = b.GBP
+		case "Learning":
+			m[key] = b.Learning
+		case "DirectRouting":
+			m[key] = b.DirectRouting
+		case "Mode":
+			m[key] = b.Mode
+		case "Master":
+			if b.Master != "" {
+				m[key] = b.Master
+			}
+		}
+	}
+	return json.Marshal(m)
+}
+
+func intIn(v json.RawMessage, dst *int, lo, hi int) error {
+	var n int
+	if err := strictUnmarshal(v, &n); err != nil {
+		return err
+	}
+	if n < lo || n > hi {
+		return fmt.Errorf("out of range")
+	}
+	*dst = n
+	return nil
+}
+
+func quoted(s string) json.RawMessage {
+	b, _ := json.Marshal(s)
+	return b
+}

@@ -1,0 +1,295 @@
+// Package netconf is the cluster's network configuration: flannel's JSON
+// (Network, SubnetLen, SubnetMin, SubnetMax, Backend), its defaults, its
+// validation and the subnet arithmetic built on it.
+//
+// A config is either valid, with every default filled in, or refused with a
+// *FieldError that names the field and the value. The package does no I/O and
+// knows nothing of etcd or the kernel; it only knows which backend types exist
+// and which options each one takes, so that a typo is caught before a node
+// leases anything.
+package netconf
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Config is a validated network configuration with its defaults applied.
+type Config struct {
+	// Network is the cluster network that every node subnet is carved from.
+	Network netip.Prefix
+	// SubnetLen is the prefix length of each node's subnet.
+	SubnetLen int
+	// SubnetMin and SubnetMax are the first and last subnet (inclusive) that
+	// may be leased, as base addresses.
+	SubnetMin netip.Addr
+	SubnetMax netip.Addr
+	// Backend is the data path and its options.
+	Backend Backend
+}
+
+// FieldError is a configuration error: the field, the value found there, and
+// why it was refused.
+type FieldError struct {
+	Field  string
+	Value  string
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("network config: %s: %s", e.Field, e.Reason)
+	}
+	return fmt.Sprintf("network config: %s = %s: %s", e.Field, e.Value, e.Reason)
+}
+
+func fieldErr(field string, value json.RawMessage, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Value: string(bytes.TrimSpace(value)), Reason: fmt.Sprintf(format, args...)}
+}
+
+// topLevelKeys are the keys a config may have. The flannel-only keys are
+// accepted so that twill can read a config that a flannel cluster wrote.
+var topLevelKeys = []string{"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6", "EnableNFTables"}
+
+// Parse reads a JSON network config, applies the defaults and validates it.
+func Parse(data []byte) (*Config, error) {
+	var raw map[string]json.RawMessage
+	if err := strictUnmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("network config: not a JSON object: %w", err)
+	}
+	if raw == nil {
+		return nil, errors.New("network config: not a JSON object: null")
+	}
+	if err := checkKeys("", raw, topLevelKeys); err != nil {
+		return nil, err
+	}
+	cfg := &Config{}
+
+	if v, ok := raw["EnableIPv4"]; ok {
+		var on bool
+		if err := json.Unmarshal(v, &on); err != nil {
+			return nil, fieldErr("EnableIPv4", v, "must be true or false")
+		}
+		if !on {
+			return nil, fieldErr("EnableIPv4", v, "twill needs IPv4; an IPv6-only network is not supported")
+		}
+	}
+	if v, ok := raw["EnableIPv6"]; ok {
+		var on bool
+		if err := json.Unmarshal(v, &on); err != nil {
+			return nil, fieldErr("EnableIPv6", v, "must be true or false")
+		}
+		if on {
+			return nil, fieldErr("EnableIPv6", v, "IPv6 pod networks are not supported yet")
+		}
+	}
+	if v, ok := raw["EnableNFTables"]; ok {
+		var on bool
+		if err := json.Unmarshal(v, &on); err != nil {
+			return nil, fieldErr("EnableNFTables", v, "must be true or false")
+		}
+		// twill always uses nftables; the key is accepted for flannel's sake.
+	}
+
+	v, ok := raw["Network"]
+	if !ok {
+		return nil, &FieldError{Field: "Network", Reason: "missing; the cluster network is required, e.g. \"10.244.0.0/16\""}
+	}
+	network, err := parsePrefix(v)
+	if err != nil {
+		return nil, fieldErr("Network", v, "%v", err)
+	}
+	if !network.Addr().Is4() {
+		return nil, fieldErr("Network", v, "must be an IPv4 network")
+	}
+	if network != network.Masked() {
+		return nil, fieldErr("Network", v, "has host bits set; did you mean %q?", network.Masked().String())
+	}
+	if network.Bits() > 28 {
+		return nil, fieldErr("Network", v, "is too small: the prefix must be at most /28")
+	}
+	cfg.Network = network
+
+	if v, ok := raw["SubnetLen"]; ok {
+		var n int
+		if err := strictUnmarshal(v, &n); err != nil {
+			return nil, fieldErr("SubnetLen", v, "must be an integer prefix length")
+		}
+		switch {
+		case n <= network.Bits():
+			return nil, fieldErr("SubnetLen", v, "must be longer than the network's prefix /%d", network.Bits())
+		case n > 30:
+			return nil, fieldErr("SubnetLen", v, "must be at most 30, so that a subnet holds a gateway and a pod")
+		}
+		cfg.SubnetLen = n
+	} else if network.Bits() < 22 {
+		cfg.SubnetLen = 24
+	} else {
+		cfg.SubnetLen = network.Bits() + 2
+	}
+
+	size := cfg.subnetSize()
+	first := addrToUint(network.Addr())
+	last := first + uint32(cfg.SubnetCountInNetwork()-1)*size
+	cfg.SubnetMin = uintToAddr(first + size)
+	cfg.SubnetMax = uintToAddr(last)
+	for _, f := range []struct {
+		name string
+		dst  *netip.Addr
+	}{{"SubnetMin", &cfg.SubnetMin}, {"SubnetMax", &cfg.SubnetMax}} {
+		v, ok := raw[f.name]
+		if !ok {
+			continue
+		}
+		a, err := parseAddr(v)
+		if err != nil {
+			return nil, fieldErr(f.name, v, "%v", err)
+		}
+		if !network.Contains(a) {
+			return nil, fieldErr(f.name, v, "is outside the network %s", network)
+		}
+		if (addrToUint(a)-first)%size != 0 {
+			return nil, fieldErr(f.name, v, "is not the first address of a /%d subnet", cfg.SubnetLen)
+		}
+		*f.dst = a
+	}
+	if cfg.SubnetMin.Compare(cfg.SubnetMax) > 0 {
+		return nil, &FieldError{Field: "SubnetMin", Value: cfg.SubnetMin.String(),
+			Reason: fmt.Sprintf("is after SubnetMax %s", cfg.SubnetMax)}
+	}
+
+	v, ok = raw["Backend"]
+	if !ok {
+		v = json.RawMessage(`{}`)
+	}
+	b, err := parseBackend(v)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Backend = b
+	if err := cfg.Backend.validateAgainst(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// MarshalJSON writes the config in flannel's JSON form, defaults included.
+func (c *Config) MarshalJSON() ([]byte, error) {
+	backend, err := c.Backend.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(struct {
+		Network   string
+		SubnetLen int
+		SubnetMin string
+		SubnetMax string
+		Backend   json.RawMessage
+	}{c.Network.String(), c.SubnetLen, c.SubnetMin.String(), c.SubnetMax.String(), backend})
+}
+
+func (c *Config) subnetSize() uint32 { return 1 << (32 - c.SubnetLen) }
+
+// SubnetCountInNetwork is how many subnets of SubnetLen the network holds.
+func (c *Config) SubnetCountInNetwork() int { return 1 << (c.SubnetLen - c.Network.Bits()) }
+
+// SubnetCount is how many subnets may be leased: those from SubnetMin to
+// SubnetMax inclusive.
+func (c *Config) SubnetCount() int {
+	return int((addrToUint(c.SubnetMax)-addrToUint(c.SubnetMin))/c.subnetSize()) + 1
+}
+
+// Subnet returns the i-th leasable subnet, counting from SubnetMin.
+func (c *Config) Subnet(i int) netip.Prefix {
+	return netip.PrefixFrom(uintToAddr(addrToUint(c.SubnetMin)+uint32(i)*c.subnetSize()), c.SubnetLen)
+}
+
+// Leasable reports whether s is a subnet of the network that may be leased:
+// the right length, aligned, and within SubnetMin..SubnetMax.
+func (c *Config) Leasable(s netip.Prefix) bool {
+	if !s.IsValid() || s.Bits() != c.SubnetLen || s.Masked() != s || !c.Network.Contains(s.Addr()) {
+		return false
+	}
+	return s.Addr().Compare(c.SubnetMin) >= 0 && s.Addr().Compare(c.SubnetMax) <= 0
+}
+
+// Gateway is the first address of a subnet: the node's own address on its
+// pod bridge, and what flannel writes to its subnet file.
+func Gateway(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().Next() }
+
+func parsePrefix(v json.RawMessage) (netip.Prefix, error) {
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return netip.Prefix{}, errors.New("must be a CIDR string such as \"10.244.0.0/16\"")
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, errors.New("is not a valid CIDR")
+	}
+	return p, nil
+}
+
+func parseAddr(v json.RawMessage) (netip.Addr, error) {
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return netip.Addr{}, errors.New("must be an IPv4 address string")
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, errors.New("is not a valid IPv4 address")
+	}
+	return a, nil
+}
+
+// checkKeys refuses keys that are not in known, suggesting the right spelling
+// when only the case differs.
+func checkKeys(prefix string, raw map[string]json.RawMessage, known []string) error {
+	var unknown []string
+	for k := range raw {
+		if !slices.Contains(known, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	k := unknown[0]
+	reason := "unknown key; known keys are " + strings.Join(known, ", ")
+	for _, want := range known {
+		if strings.EqualFold(k, want) {
+			reason = fmt.Sprintf("unknown key; did you mean %q?", want)
+		}
+	}
+	if len(known) == 0 {
+		reason = "unknown key; this backend takes no options"
+	}
+	return &FieldError{Field: prefix + k, Value: string(bytes.TrimSpace(raw[k])), Reason: reason}
+}
+
+// strictUnmarshal decodes JSON and refuses trailing data.
+func strictUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
+func addrToUint(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func uintToAddr(u uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(u >> 24), byte(u >> 16), byte(u >> 8), byte(u)})
+}

@@ -1,0 +1,153 @@
+package netconf
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseDefaults(t *testing.T) {
+	tests := []struct {
+		name               string
+		in                 string
+		subnetLen          int
+		min, max           string
+		count              int
+		backend            Backend
+	}{
+		{"big network", `{"Network":"10.244.0.0/16"}`, 24, "10.244.1.0", "10.244.255.0", 255,
+			Backend{Type: "udp", Port: 8285, Offload: true}},
+		{"a /22 gets prefix+2", `{"Network":"10.244.0.0/22","Backend":{"Type":"vxlan"}}`, 24, "10.244.1.0", "10.244.3.0", 3,
+			Backend{Type: "vxlan", Port: 8472, VNI: 1}},
+		{"smaller than /22", `{"Network":"10.244.0.0/23","Backend":{"Type":"host-gw"}}`, 25, "10.244.0.128", "10.244.1.128", 3,
+			Backend{Type: "host-gw"}},
+		{"a /21 keeps 24", `{"Network":"10.244.0.0/21","Backend":{"Type":"alloc"}}`, 24, "10.244.1.0", "10.244.7.0", 7,
+			Backend{Type: "alloc"}},
+		{"explicit range", `{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"DirectRouting":true}}`,
+			24, "10.244.1.0", "10.244.16.0", 16, Backend{Type: "vxlan", Port: 4789, VNI: 4096, DirectRouting: true}},
+		{"flannel keys", `{"EnableIPv4":true,"EnableIPv6":false,"EnableNFTables":true,"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false}}`,
+			24, "10.244.1.0", "10.244.255.0", 255, Backend{Type: "udp", Port: 9000}},
+		{"macvlan", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Master":"eth1"}}`, 28, "192.168.56.144", "192.168.56.240", 7,
+			Backend{Type: "macvlan", Mode: "bridge", Master: "eth1"}},
+		{"ipvlan l3", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Mode":"l3"}}`, 28, "192.168.56.144", "192.168.56.240", 7,
+			Backend{Type: "ipvlan", Mode: "l3"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.SubnetLen != tt.subnetLen || c.SubnetMin.String() != tt.min || c.SubnetMax.String() != tt.max {
+				t.Errorf("got SubnetLen %d, range %s..%s; want %d, %s..%s", c.SubnetLen, c.SubnetMin, c.SubnetMax, tt.subnetLen, tt.min, tt.max)
+			}
+			if c.SubnetCount() != tt.count {
+				t.Errorf("SubnetCount = %d, want %d", c.SubnetCount(), tt.count)
+			}
+			if c.Backend != tt.backend {
+				t.Errorf("Backend = %+v, want %+v", c.Backend, tt.backend)
+			}
+			// The last leasable subnet is SubnetMax, and it is leasable.
+			last := c.Subnet(c.SubnetCount() - 1)
+			if last.Addr() != c.SubnetMax || !c.Leasable(last) {
+				t.Errorf("Subnet(last) = %s, leasable %v", last, c.Leasable(last))
+			}
+			// Round trip: what we write parses to the same config.
+			out, err := json.Marshal(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c2, err := Parse(out)
+			if err != nil {
+				t.Fatalf("re-parse %s: %v", out, err)
+			}
+			if *c2 != *c {
+				t.Errorf("round trip changed the config:\n%+v\n%+v", c, c2)
+			}
+		})
+	}
+}
+
+func TestParseRefusesBadConfig(t *testing.T) {
+	tests := []struct {
+		name, in, field, value, reason string
+	}{
+		{"invalid CIDR", `{"Network":"10.244.0.0/33"}`, "Network", `"10.244.0.0/33"`, "not a valid CIDR"},
+		{"CIDR garbage", `{"Network":"ten.net"}`, "Network", `"ten.net"`, "not a valid CIDR"},
+		{"CIDR not a string", `{"Network":42}`, "Network", `42`, "CIDR string"},
+		{"missing network", `{"SubnetLen":24}`, "Network", ``, "missing"},
+		{"IPv6 network", `{"Network":"fd00::/48"}`, "Network", `"fd00::/48"`, "IPv4"},
+		{"host bits", `{"Network":"10.244.1.0/16"}`, "Network", `"10.244.1.0/16"`, `did you mean "10.244.0.0/16"`},
+		{"SubnetLen equal to prefix", `{"Network":"10.244.0.0/16","SubnetLen":16}`, "SubnetLen", `16`, "longer than the network's prefix /16"},
+		{"SubnetLen shorter than prefix", `{"Network":"10.244.0.0/16","SubnetLen":8}`, "SubnetLen", `8`, "longer than"},
+		{"SubnetLen over 30", `{"Network":"10.244.0.0/16","SubnetLen":31}`, "SubnetLen", `31`, "at most 30"},
+		{"SubnetLen not integer", `{"Network":"10.244.0.0/16","SubnetLen":"24"}`, "SubnetLen", `"24"`, "integer"},
+		{"SubnetMin outside", `{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}`, "SubnetMin", `"10.245.0.0"`, "outside the network 10.244.0.0/16"},
+		{"SubnetMax outside", `{"Network":"10.244.0.0/16","SubnetMax":"192.168.0.0"}`, "SubnetMax", `"192.168.0.0"`, "outside the network"},
+		{"SubnetMin unaligned", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.7"}`, "SubnetMin", `"10.244.1.7"`, "first address of a /24"},
+		{"SubnetMax invalid", `{"Network":"10.244.0.0/16","SubnetMax":"10.244.300.0"}`, "SubnetMax", `"10.244.300.0"`, "not a valid IPv4"},
+		{"reversed range", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0"}`, "SubnetMin", `10.244.9.0`, "after SubnetMax 10.244.2.0"},
+		{"unknown backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`, "Backend.Type", `"wireguard"`, "known types are udp, vxlan, host-gw, ipip, macvlan, ipvlan, alloc"},
+		{"backend case", `{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}`, "Backend.Type", `"VXLAN"`, `did you mean "vxlan"`},
+		{"unknown top-level key", `{"Network":"10.244.0.0/16","Subnetlen":24}`, "Subnetlen", `24`, `did you mean "SubnetLen"`},
+		{"unknown key", `{"Network":"10.244.0.0/16","Foo":1}`, "Foo", `1`, "unknown key"},
+		{"unknown backend option", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNl":2}}`, "Backend.VNl", `2`, "unknown key"},
+		{"option of another backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","Port":1}}`, "Backend.Port", `1`, "takes no options"},
+		{"bad port", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":70000}}`, "Backend.Port", `70000`, "1..65535"},
+		{"bad VNI", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}`, "Backend.VNI", `16777216`, "0..16777215"},
+		{"bad MTU", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":20}}`, "Backend.MTU", `20`, "68..65535"},
+		{"bad mode", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Mode":"l2"}}`, "Backend.Mode", `"l2"`, "bridge, private, vepa, passthru"},
+		{"bad master", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Master":"a/b"}}`, "Backend.Master", `"a/b"`, "interface name"},
+		{"bool option not bool", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}`, "Backend.GBP", `"yes"`, "true or false"},
+		{"backend not object", `{"Network":"10.244.0.0/16","Backend":"vxlan"}`, "Backend", `"vxlan"`, "JSON object"},
+		{"IPv6 enabled", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "EnableIPv6", `true`, "not supported"},
+		{"IPv4 disabled", `{"Network":"10.244.0.0/16","EnableIPv4":false}`, "EnableIPv4", `false`, "needs IPv4"},
+		{"underlay slice too small", `{"Network":"192.168.56.128/25","SubnetLen":30,"Backend":{"Type":"macvlan"}}`, "SubnetLen", `30`, "at least a /29"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.in))
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("Parse(%s) = %v, want a *FieldError", tt.in, err)
+			}
+			if fe.Field != tt.field || fe.Value != tt.value {
+				t.Errorf("field %q value %q; want field %q value %q (%v)", fe.Field, fe.Value, tt.field, tt.value, err)
+			}
+			if !strings.Contains(err.Error(), tt.reason) {
+				t.Errorf("error %q does not say %q", err, tt.reason)
+			}
+			if !strings.Contains(err.Error(), tt.field) || !strings.Contains(err.Error(), tt.value) {
+				t.Errorf("error %q does not name the field %q and the value %q", err, tt.field, tt.value)
+			}
+		})
+	}
+}
+
+func TestParseRefusesMalformedJSON(t *testing.T) {
+	for _, in := range []string{``, `null`, `[]`, `{"Network":`, `{"Network":"10.244.0.0/16"} {}`} {
+		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), "network config") {
+			t.Errorf("Parse(%q) = %v, want a network config error", in, err)
+		}
+	}
+}
+
+func TestLeasable(t *testing.T) {
+	c, err := Parse([]byte(`{"Network":"10.244.0.0/16","SubnetMin":"10.244.2.0","SubnetMax":"10.244.9.0"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s, want := range map[string]bool{
+		"10.244.2.0/24": true, "10.244.9.0/24": true, "10.244.1.0/24": false, "10.244.10.0/24": false,
+		"10.244.3.0/25": false, "10.244.3.1/24": false, "10.245.3.0/24": false,
+	} {
+		if got := c.Leasable(netip.MustParsePrefix(s)); got != want {
+			t.Errorf("Leasable(%s) = %v, want %v", s, got, want)
+		}
+	}
+	if g := Gateway(netip.MustParsePrefix("10.244.7.0/24")); g.String() != "10.244.7.1" {
+		t.Errorf("Gateway = %s", g)
+	}
+}
