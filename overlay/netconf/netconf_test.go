@@ -10,12 +10,12 @@ import (
 
 func TestParseDefaults(t *testing.T) {
 	tests := []struct {
-		name               string
-		in                 string
-		subnetLen          int
-		min, max           string
-		count              int
-		backend            Backend
+		name      string
+		in        string
+		subnetLen int
+		min, max  string
+		count     int
+		backend   Backend
 	}{
 		{"big network", `{"Network":"10.244.0.0/16"}`, 24, "10.244.1.0", "10.244.255.0", 255,
 			Backend{Type: "udp", Port: 8285, Offload: true}},

@@ -128,8 +128,8 @@ func (r *Registry) Client() *clientv3.Client { return r.cli }
 // Prefix is the key prefix in use.
 func (r *Registry) Prefix() string { return r.prefix }
 
-func (r *Registry) configKey() string                 { return r.prefix + "/config" }
-func (r *Registry) subnetsDir() string                { return r.prefix + "/subnets/" }
+func (r *Registry) configKey() string               { return r.prefix + "/config" }
+func (r *Registry) subnetsDir() string              { return r.prefix + "/subnets/" }
 func (r *Registry) subnetKey(s netip.Prefix) string { return r.subnetsDir() + lease.SubnetKey(s) }
 
 func (r *Registry) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {

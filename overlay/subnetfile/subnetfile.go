@@ -1,0 +1,164 @@
+// Package subnetfile reads and writes the node's subnet file
+// (/run/twill/subnet.env): the environment-file form of the node's lease that
+// the CNI plugin and systemd units read.
+//
+//	TWILL_NETWORK=10.244.0.0/16
+//	TWILL_SUBNET=10.244.1.1/24
+//	TWILL_MTU=1450
+//	TWILL_IPMASQ=true
+//
+// TWILL_SUBNET is the node's subnet written as its gateway address (the first
+// address) with the subnet's prefix length, as flannel writes FLANNEL_SUBNET.
+// Writes are atomic: a reader sees the old file or the new one, never a part.
+package subnetfile
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// DefaultPath is where twilld writes the file unless told otherwise.
+const DefaultPath = "/run/twill/subnet.env"
+
+// File is the content of a subnet file.
+type File struct {
+	// Network is the cluster network.
+	Network netip.Prefix
+	// Subnet is the node's subnet, its address the gateway (first address).
+	Subnet netip.Prefix
+	// MTU is the MTU pods should use.
+	MTU int
+	// IPMasq says twilld masquerades pod traffic leaving the network, so the
+	// CNI plugin need not.
+	IPMasq bool
+}
+
+// NodeSubnet is the node's subnet with the host bits cleared.
+func (f File) NodeSubnet() netip.Prefix { return f.Subnet.Masked() }
+
+// Gateway is the node's address in its subnet.
+func (f File) Gateway() netip.Addr { return f.Subnet.Addr() }
+
+// Marshal renders the file.
+func (f File) Marshal() []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "TWILL_NETWORK=%s\n", f.Network)
+	fmt.Fprintf(&b, "TWILL_SUBNET=%s\n", f.Subnet)
+	fmt.Fprintf(&b, "TWILL_MTU=%d\n", f.MTU)
+	fmt.Fprintf(&b, "TWILL_IPMASQ=%t\n", f.IPMasq)
+	return b.Bytes()
+}
+
+// Parse reads a subnet file's content. Every key is required.
+func Parse(data []byte) (File, error) {
+	vals := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return File{}, fmt.Errorf("line %d: %q is not KEY=VALUE", n, line)
+		}
+		vals[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"`)
+	}
+	var f File
+	var errs []error
+	need := func(k string) (string, bool) {
+		v, ok := vals[k]
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s is missing", k))
+		}
+		return v, ok
+	}
+	if v, ok := need("TWILL_NETWORK"); ok {
+		p, err := netip.ParsePrefix(v)
+		if err != nil || p.Masked() != p {
+			errs = append(errs, fmt.Errorf("TWILL_NETWORK=%s: not a network CIDR", v))
+		}
+		f.Network = p
+	}
+	if v, ok := need("TWILL_SUBNET"); ok {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("TWILL_SUBNET=%s: not an ADDRESS/PREFIXLEN", v))
+		}
+		f.Subnet = p
+	}
+	if v, ok := need("TWILL_MTU"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 68 || n > 65535 {
+			errs = append(errs, fmt.Errorf("TWILL_MTU=%s: not an MTU 68..65535", v))
+		}
+		f.MTU = n
+	}
+	if v, ok := need("TWILL_IPMASQ"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("TWILL_IPMASQ=%s: not true or false", v))
+		}
+		f.IPMasq = b
+	}
+	if len(errs) == 0 && !f.Network.Contains(f.Subnet.Addr()) {
+		errs = append(errs, fmt.Errorf("TWILL_SUBNET=%s is outside TWILL_NETWORK=%s", f.Subnet, f.Network))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return File{}, fmt.Errorf("subnet file: %w", err)
+	}
+	return f, nil
+}
+
+// Read reads and parses the file at path.
+func Read(path string) (File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("read subnet file: %w", err)
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return File{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Write writes f to path atomically (a temporary file in the same directory,
+// synced, then renamed), creating the directory if needed.
+func Write(path string, f File) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+	if _, err := tmp.Write(f.Marshal()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write subnet file %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write subnet file %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write subnet file %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write subnet file %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	return nil
+}
