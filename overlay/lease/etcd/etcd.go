@@ -47,7 +47,8 @@ type Config struct {
 	Password  string
 	// DialTimeout bounds each connection attempt (default 5 s).
 	DialTimeout time.Duration
-	// RequestTimeout bounds each request (default 10 s).
+	// RequestTimeout bounds each request (default 5 s); an unreachable etcd
+	// is noticed after it.
 	RequestTimeout time.Duration
 	Log            *slog.Logger
 }
@@ -86,7 +87,7 @@ func New(cfg Config) (*Registry, error) {
 		cfg.DialTimeout = 5 * time.Second
 	}
 	if cfg.RequestTimeout == 0 {
-		cfg.RequestTimeout = 10 * time.Second
+		cfg.RequestTimeout = 5 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)

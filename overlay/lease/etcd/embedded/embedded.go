@@ -26,7 +26,9 @@ type Config struct {
 	PeerURL string
 	// Name of the member (default "twill").
 	Name string
-	// LogLevel of etcd's own log to stderr (default "error").
+	// LogLevel of etcd's own log to stderr (default "fatal": etcd logs
+	// errors on every ordinary shutdown; fatal errors still come through
+	// Err).
 	LogLevel string
 }
 
@@ -45,7 +47,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg.Name = "twill"
 	}
 	if cfg.LogLevel == "" {
-		cfg.LogLevel = "error"
+		cfg.LogLevel = "fatal"
 	}
 	host := "127.0.0.1"
 	if cfg.ClientURL == "" {

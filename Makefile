@@ -1,0 +1,41 @@
+# twill's entry points. `make lab` brings up a lab cluster and shows it
+# working; `make test` installs what the tests need and runs them all.
+
+GO          ?= go
+BIN         := bin
+VERSION     := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Packages the tests and the lab need, by Debian name.
+APT_PACKAGES := iproute2 nftables iputils-ping
+
+.PHONY: all build deps lab test unit lint bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# deps installs what is missing on a fresh Debian machine (as root); it
+# does nothing when everything is there.
+deps:
+	@scripts/deps.sh $(APT_PACKAGES)
+
+lab: build
+	scripts/lab.sh
+
+test: deps lint unit
+
+unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+clean:
+	rm -rf $(BIN)

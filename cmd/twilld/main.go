@@ -1,0 +1,188 @@
+// Command twilld is twill's per-host agent: it leases the node's pod subnet
+// from etcd and carries pod traffic between hosts over a backend.
+//
+// Every flag can also be given as an environment variable: --etcd-endpoints
+// is TWILLD_ETCD_ENDPOINTS. A flag on the command line wins over the
+// environment. Repeatable flags take a comma-separated list from the
+// environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/lease/etcd"
+	"github.com/twillnet/twill/overlay/subnetfile"
+)
+
+// version is set by the build (-ldflags "-X main.version=...").
+var version = "dev"
+
+// args are the parsed flags.
+type args struct {
+	cfg       daemon.Config
+	publicIP  string
+	endpoints string
+	cleanup   bool
+	logLevel  string
+	logFormat string
+	version   bool
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+func newFlagSet(a *args) *flag.FlagSet {
+	fs := flag.NewFlagSet("twilld", flag.ContinueOnError)
+	c := &a.cfg
+	fs.StringVar(&a.endpoints, "etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd endpoints")
+	fs.StringVar(&c.Etcd.Prefix, "etcd-prefix", etcd.DefaultPrefix, "etcd key prefix; "+etcd.FlannelPrefix+" shares a cluster with flannel")
+	fs.StringVar(&c.Etcd.CAFile, "etcd-cafile", "", "CA certificate file to verify etcd's server certificate")
+	fs.StringVar(&c.Etcd.CertFile, "etcd-certfile", "", "client certificate file for etcd")
+	fs.StringVar(&c.Etcd.KeyFile, "etcd-keyfile", "", "client key file for etcd")
+	fs.StringVar(&c.Etcd.Username, "etcd-username", "", "etcd user name")
+	fs.StringVar(&c.Etcd.Password, "etcd-password", "", "etcd password")
+	fs.StringVar(&c.NetConfigFile, "net-config", "", "read the network config from this file instead of <prefix>/config in etcd")
+	fs.StringVar(&a.publicIP, "public-ip", "", "address peers reach this node at (default: the address of --iface)")
+	fs.Var((*listFlag)(&c.Ifaces), "iface", "underlay interface, by name or address (repeatable; the first that exists wins)")
+	fs.Var((*listFlag)(&c.IfaceRegex), "iface-regex", "regular expression matched against interface names and addresses (repeatable)")
+	fs.StringVar(&c.NodeName, "node-name", "", "this node's name (default: the hostname)")
+	fs.StringVar(&c.SubnetFile, "subnet-file", subnetfile.DefaultPath, "where to write the node's subnet file")
+	fs.DurationVar(&c.SubnetLeaseTTL, "subnet-lease-ttl", 24*time.Hour, "lifetime of the subnet lease in etcd")
+	fs.DurationVar(&c.RenewMargin, "subnet-lease-renew-margin", time.Hour, "renew the lease this long before it expires")
+	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade pod traffic that leaves the cluster network")
+	fs.BoolVar(&c.ReleaseOnExit, "release-on-exit", false, "give the lease back when stopping (by default it is kept for a restart)")
+	fs.BoolVar(&a.cleanup, "cleanup", false, "remove the backend's kernel state and exit")
+	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&a.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&a.version, "version", false, "print the version and exit")
+	return fs
+}
+
+// envName is the environment variable of a flag: etcd-endpoints ->
+// TWILLD_ETCD_ENDPOINTS.
+func envName(flagName string) string {
+	return "TWILLD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseArgs parses the command line, then fills unset flags from the
+// environment.
+func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*args, error) {
+	a := &args{}
+	fs := newFlagSet(a)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(argv); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (twilld takes only flags)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if set[f.Name] || v == "" {
+			return
+		}
+		values := []string{v}
+		if _, repeatable := f.Value.(*listFlag); repeatable {
+			values = strings.Split(v, ",")
+		}
+		for _, x := range values {
+			if err := fs.Set(f.Name, strings.TrimSpace(x)); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, e := range strings.Split(a.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			a.cfg.Etcd.Endpoints = append(a.cfg.Etcd.Endpoints, e)
+		}
+	}
+	if a.publicIP != "" {
+		ip, err := netip.ParseAddr(a.publicIP)
+		if err != nil || !ip.Is4() {
+			return nil, fmt.Errorf("--public-ip %q: not an IPv4 address", a.publicIP)
+		}
+		a.cfg.PublicIP = ip
+	}
+	return a, nil
+}
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func main() {
+	a, err := parseArgs(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "twilld:", err)
+		os.Exit(2)
+	}
+	if a.version {
+		fmt.Println("twilld", version)
+		return
+	}
+	if err := run(a); err != nil {
+		fmt.Fprintln(os.Stderr, "twilld:", err)
+		os.Exit(1)
+	}
+}
+
+func run(a *args) error {
+	log, err := newLogger(a.logLevel, a.logFormat, os.Stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	d, err := daemon.New(a.cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if a.cleanup {
+		return d.Cleanup(ctx)
+	}
+	err = d.Run(ctx)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil // stopped before it was ready
+	}
+	return err
+}

@@ -1,0 +1,93 @@
+// Package backend defines what a data path is to the daemon: the Backend
+// interface, the facts about the node a backend is given, and the per-peer
+// counters every backend reports. One package per backend implements it
+// (alloc, udp, vxlan, hostgw, ipip, ...).
+//
+// It must not pick a backend for a config (the daemon does) nor reach into
+// the lease store: a backend sees leases only as the events it is handed.
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"time"
+
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
+)
+
+// Node is what a backend knows of the node it runs on.
+type Node struct {
+	// Name of the node (hostname unless set).
+	Name string
+	// PublicIP is the address peers reach this node at.
+	PublicIP netip.Addr
+	// Iface is the underlay interface carrying PublicIP; empty if none was
+	// found (then only backends that need no interface can run).
+	Iface string
+	// IfaceIndex and IfaceMTU describe Iface.
+	IfaceIndex int
+	IfaceMTU   int
+	// IfacePrefix is the underlay subnet on Iface that holds PublicIP, which
+	// decides whether a peer shares the node's L2 segment.
+	IfacePrefix netip.Prefix
+	// Network is the cluster network config.
+	Network *netconf.Config
+}
+
+// Prepared is what a backend publishes before its lease is acquired.
+type Prepared struct {
+	// BackendData goes into the lease for peers to read (flannel's format).
+	BackendData json.RawMessage
+	// MTU is the MTU pods on this node must use.
+	MTU int
+}
+
+// Backend is one data path.
+type Backend interface {
+	// Type is the backend type, as in the network config.
+	Type() string
+	// Prepare creates what must exist before the lease is published (the
+	// device whose MAC goes into BackendData, say) and returns it.
+	Prepare(ctx context.Context) (Prepared, error)
+	// SetLease tells the backend the node's own lease, first and whenever
+	// it changed.
+	SetLease(ctx context.Context, own lease.Lease) error
+	// Handle applies peers' lease events, in the order they happened. It is
+	// never given the node's own lease.
+	Handle(ctx context.Context, events []lease.Event) error
+	// Run does the backend's continuous work (packet loops, drift repair)
+	// until ctx ends.
+	Run(ctx context.Context) error
+	// Status reports per-peer counters and anything wrong, for the dashboard.
+	Status() Status
+	// Cleanup removes everything the backend put into the kernel
+	// (twilld --cleanup). A daemon that merely stops leaves it in place so
+	// that pods keep talking while it restarts.
+	Cleanup(ctx context.Context) error
+}
+
+// Status is a backend's report.
+type Status struct {
+	Peers []PeerStatus
+	// Problems are conditions an operator must see, such as a host-gw peer
+	// that is not on this node's L2 segment.
+	Problems []string
+	// InSync says the kernel holds what the backend wants.
+	InSync bool
+}
+
+// PeerStatus is the state and the counters of the tunnel to one peer.
+type PeerStatus struct {
+	Subnet    netip.Prefix
+	PublicIP  netip.Addr
+	TxPackets uint64
+	TxBytes   uint64
+	RxPackets uint64
+	RxBytes   uint64
+	// Drops counts dropped packets by reason (no-route, unknown-peer,
+	// spoofed-source, malformed, tun-write-error, ...).
+	Drops    map[string]uint64
+	LastSeen time.Time
+}

@@ -1,0 +1,156 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/twillnet/twill/overlay/backend"
+)
+
+// underlay is the interface and address the node uses to reach its peers.
+type underlay struct {
+	iface  *net.Interface
+	addr   netip.Addr
+	prefix netip.Prefix
+}
+
+// findUnderlay picks the node's public address and underlay interface, in
+// flannel's order: --public-ip (the interface that holds it, if any), else
+// the first --iface (name or address) that exists, else the first interface
+// whose name or address matches an --iface-regex, else the interface of the
+// default route.
+func findUnderlay(publicIP netip.Addr, ifaces, ifaceRegex []string) (underlay, error) {
+	all, err := net.Interfaces()
+	if err != nil {
+		return underlay{}, fmt.Errorf("list network interfaces: %w", err)
+	}
+	if publicIP.IsValid() {
+		// The interface that holds it exactly, else the one whose subnet
+		// contains it (127.0.0.11 lives on lo's 127.0.0.0/8).
+		if u, ok := ifaceHolding(all, publicIP, true); ok {
+			return u, nil
+		}
+		if u, ok := ifaceHolding(all, publicIP, false); ok {
+			u.addr = publicIP
+			return u, nil
+		}
+		if len(ifaces) == 0 && len(ifaceRegex) == 0 {
+			return underlay{addr: publicIP}, nil
+		}
+	}
+	var errs []error
+	for _, spec := range ifaces {
+		u, err := ifaceBySpec(all, spec)
+		if err == nil {
+			if publicIP.IsValid() {
+				u.addr = publicIP
+			}
+			return u, nil
+		}
+		errs = append(errs, err)
+	}
+	for _, expr := range ifaceRegex {
+		re, err := regexp.Compile(expr)
+		if err != nil {
+			return underlay{}, fmt.Errorf("--iface-regex %q: %w", expr, err)
+		}
+		for i := range all {
+			for _, p := range ipv4Prefixes(&all[i]) {
+				if re.MatchString(all[i].Name) || re.MatchString(p.Addr().String()) {
+					u := underlay{iface: &all[i], addr: p.Addr(), prefix: p.Masked()}
+					if publicIP.IsValid() {
+						u.addr = publicIP
+					}
+					return u, nil
+				}
+			}
+		}
+		errs = append(errs, fmt.Errorf("--iface-regex %q matches no interface with an IPv4 address", expr))
+	}
+	if len(errs) > 0 {
+		return underlay{}, errors.Join(errs...)
+	}
+	name, err := defaultRouteInterface()
+	if err != nil {
+		return underlay{}, fmt.Errorf("find the default route's interface (set --iface or --public-ip): %w", err)
+	}
+	u, err := ifaceBySpec(all, name)
+	if err != nil {
+		return underlay{}, fmt.Errorf("default route's interface: %w", err)
+	}
+	return u, nil
+}
+
+func ifaceHolding(all []net.Interface, ip netip.Addr, exact bool) (underlay, bool) {
+	for i := range all {
+		for _, p := range ipv4Prefixes(&all[i]) {
+			if (exact && p.Addr() == ip) || (!exact && p.Contains(ip)) {
+				return underlay{iface: &all[i], addr: p.Addr(), prefix: p.Masked()}, true
+			}
+		}
+	}
+	return underlay{}, false
+}
+
+// ifaceBySpec finds an interface by name or by one of its addresses, and
+// takes its first IPv4 address.
+func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
+	if ip, err := netip.ParseAddr(spec); err == nil {
+		if u, ok := ifaceHolding(all, ip, true); ok {
+			return u, nil
+		}
+		return underlay{}, fmt.Errorf("--iface %s: no interface has that address", spec)
+	}
+	for i := range all {
+		if all[i].Name != spec {
+			continue
+		}
+		ps := ipv4Prefixes(&all[i])
+		if len(ps) == 0 {
+			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address", spec)
+		}
+		return underlay{iface: &all[i], addr: ps[0].Addr(), prefix: ps[0].Masked()}, nil
+	}
+	names := make([]string, len(all))
+	for i := range all {
+		names[i] = all[i].Name
+	}
+	return underlay{}, fmt.Errorf("--iface %s: no such interface (have %s)", spec, strings.Join(names, ", "))
+}
+
+func ipv4Prefixes(ifc *net.Interface) []netip.Prefix {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok || !ip.Unmap().Is4() {
+			continue
+		}
+		ones, _ := ipn.Mask.Size()
+		if ones > 32 {
+			ones -= 96
+		}
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+	}
+	return out
+}
+
+// backendNode describes the node to a backend.
+func (u underlay) backendNode(name string) backend.Node {
+	n := backend.Node{Name: name, PublicIP: u.addr, IfacePrefix: u.prefix}
+	if u.iface != nil {
+		n.Iface, n.IfaceIndex, n.IfaceMTU = u.iface.Name, u.iface.Index, u.iface.MTU
+	}
+	return n
+}
