@@ -5,8 +5,9 @@
 // It owns exactly one table, "twill" in the ip family, and never reads or
 // changes anything outside it. Apply brings the table to a desired Rules value
 // in one netlink batch (atomic: the kernel sees the old table or the new one);
-// Counters reads the per-peer counters in two netlink dumps whatever the
-// number of peers; Cleanup deletes the table. It talks to the kernel through
+// Counters reads the per-peer counters in three netlink dumps (the table
+// list, then one per direction) whatever the number of peers; Cleanup deletes
+// the table. It talks to the kernel through
 // github.com/google/nftables and never runs the nft command.
 //
 // What is in the table (nft syntax, for a cluster network 10.244.0.0/16 and a
@@ -42,6 +43,11 @@
 // traffic from outside the cluster network (the host itself, typically) to
 // other nodes' pods is masqueraded so that replies come back through the
 // overlay.
+//
+// Apply recognises its rules by their comments (each rule's comment is its
+// nft text, as above) and rewrites a chain whose comments differ from the
+// desired ones; the counters live in set elements, not in rules, so a
+// rewritten chain loses nothing.
 //
 // Per-peer counters are counters on the elements of the two interval sets: a
 // lookup that matches an element counts the packet on that element. tx is
