@@ -1,0 +1,152 @@
+// Package nft keeps twill's nftables table: masquerade for pod traffic that
+// leaves the cluster network, forward accept for the cluster network, and
+// per-peer traffic counters.
+//
+// It owns exactly one table, "twill" in the ip family, and never reads or
+// changes anything outside it. Apply brings the table to a desired Rules value
+// in one netlink batch (atomic: the kernel sees the old table or the new one);
+// Counters reads the per-peer counters in three netlink dumps (the table
+// list, then one per direction) whatever the number of peers; Cleanup deletes
+// the table. It talks to the kernel through
+// github.com/google/nftables and never runs the nft command.
+//
+// What is in the table (nft syntax, for a cluster network 10.244.0.0/16 and a
+// node subnet 10.244.1.0/24):
+//
+//	table ip twill {
+//		set peers-tx { type ipv4_addr; flags interval; counter; elements = { 10.244.2.0/24, ... } }
+//		set peers-rx { type ipv4_addr; flags interval; counter; elements = { 10.244.2.0/24, ... } }
+//		chain forward { type filter hook forward priority filter; policy accept;
+//			ip daddr @peers-tx
+//			ip saddr @peers-rx
+//			ip saddr 10.244.0.0/16 accept
+//			ip daddr 10.244.0.0/16 accept
+//		}
+//		chain output { type filter hook output priority filter; policy accept;
+//			ip daddr @peers-tx
+//		}
+//		chain input { type filter hook input priority filter; policy accept;
+//			ip saddr @peers-rx
+//		}
+//		chain postrouting { type nat hook postrouting priority srcnat; policy accept;  # only with Masquerade
+//			ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return
+//			ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+//			ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return
+//			ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random
+//		}
+//	}
+//
+// The postrouting rules are flannel's --ip-masq rules, in flannel's order:
+// pod-to-pod traffic keeps its addresses, pod traffic to anywhere else but
+// multicast is masqueraded, traffic from outside the cluster network to this
+// node's pods keeps its source (so pods see real client addresses), and
+// traffic from outside the cluster network (the host itself, typically) to
+// other nodes' pods is masqueraded so that replies come back through the
+// overlay.
+//
+// Apply recognises its rules by their comments (each rule's comment is its
+// nft text, as above) and rewrites a chain whose comments differ from the
+// desired ones; the counters live in set elements, not in rules, so a
+// rewritten chain loses nothing.
+//
+// Per-peer counters are counters on the elements of the two interval sets: a
+// lookup that matches an element counts the packet on that element. tx is
+// traffic towards a peer's subnet (forwarded from local pods, or sent by the
+// host itself), rx is traffic from a peer's subnet (forwarded to local pods,
+// or delivered to the host). Bytes are IP packet lengths as the node routes
+// them, before any tunnel encapsulation. An element lives as long as its peer
+// is in the Rules, so a reconcile that keeps a peer keeps its counters;
+// removing a peer removes its counters.
+//
+// Forward accept is only an accept in twill's own base chain. In nftables a
+// packet passes every base chain on a hook, and a drop in any of them is
+// final: a host whose own firewall (another table, or iptables-nft) has a
+// default-drop forward policy still drops pod traffic, whatever twill
+// accepts. Such a host must allow the cluster network in its own firewall.
+package nft
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// TableName is the name of the only table this package touches (family ip).
+const TableName = "twill"
+
+// Rules is the desired content of the twill table.
+type Rules struct {
+	// ClusterNetwork is the whole pod network (flannel's Network), e.g.
+	// 10.244.0.0/16. Required.
+	ClusterNetwork netip.Prefix
+	// NodeSubnet is this node's pod subnet (its lease), e.g. 10.244.1.0/24.
+	// Required when Masquerade is set.
+	NodeSubnet netip.Prefix
+	// Masquerade turns on flannel's --ip-masq rules.
+	Masquerade bool
+	// Peers are the other nodes' pod subnets; each gets a tx and an rx
+	// counter. They must not overlap one another. Order does not matter.
+	Peers []netip.Prefix
+}
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// PeerCounters are the counters of one peer subnet.
+type PeerCounters struct {
+	// Tx counts packets towards the peer's subnet.
+	Tx Counter
+	// Rx counts packets from the peer's subnet.
+	Rx Counter
+}
+
+// normalized checks r and returns it with its prefixes masked and Peers
+// sorted and free of duplicates.
+func (r Rules) normalized() (Rules, error) {
+	var errs []error
+	if !r.ClusterNetwork.IsValid() || !r.ClusterNetwork.Addr().Is4() {
+		errs = append(errs, fmt.Errorf("cluster network %v: want an IPv4 prefix", r.ClusterNetwork))
+	}
+	if r.NodeSubnet.IsValid() && !r.NodeSubnet.Addr().Is4() {
+		errs = append(errs, fmt.Errorf("node subnet %v: want an IPv4 prefix", r.NodeSubnet))
+	}
+	if r.Masquerade && !r.NodeSubnet.IsValid() {
+		errs = append(errs, errors.New("masquerade needs the node subnet"))
+	}
+	out := Rules{
+		ClusterNetwork: r.ClusterNetwork.Masked(),
+		NodeSubnet:     r.NodeSubnet.Masked(),
+		Masquerade:     r.Masquerade,
+		Peers:          make([]netip.Prefix, 0, len(r.Peers)),
+	}
+	for _, p := range r.Peers {
+		if !p.IsValid() || !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("peer %v: want an IPv4 prefix", p))
+			continue
+		}
+		out.Peers = append(out.Peers, p.Masked())
+	}
+	slices.SortFunc(out.Peers, comparePrefix)
+	out.Peers = slices.Compact(out.Peers)
+	for i := 1; i < len(out.Peers); i++ {
+		if out.Peers[i-1].Overlaps(out.Peers[i]) {
+			errs = append(errs, fmt.Errorf("peers %v and %v overlap", out.Peers[i-1], out.Peers[i]))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Rules{}, fmt.Errorf("nft rules: %w", err)
+	}
+	return out, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
