@@ -58,9 +58,12 @@ func node(typ, subnet, publicIP string, n int) lease.Lease {
 	return l
 }
 
-func withData(l lease.Lease, data string) lease.Lease { l.Attrs.BackendData = json.RawMessage(data); return l }
-func withType(l lease.Lease, typ string) lease.Lease  { l.Attrs.BackendType = typ; return l }
-func withRev(l lease.Lease, rev int64) lease.Lease    { l.Revision = rev; return l }
+func withData(l lease.Lease, data string) lease.Lease {
+	l.Attrs.BackendData = json.RawMessage(data)
+	return l
+}
+func withType(l lease.Lease, typ string) lease.Lease { l.Attrs.BackendType = typ; return l }
+func withRev(l lease.Lease, rev int64) lease.Lease   { l.Revision = rev; return l }
 
 func input(typ string, b netconf.Backend, peers ...lease.Lease) Input {
 	return Input{
@@ -305,9 +308,9 @@ func TestBuildRefuses(t *testing.T) {
 	}{
 		"host-gw without underlay prefix": {noUnderlay, ErrUnderlay},
 		"direct routing without device":   {noDevice, ErrUnderlay},
-		"udp without network":              {noNetwork, nil},
-		"own subnet with host bits":        {noOwn, ErrOwnLease},
-		"unknown backend":                  {input("bgp", backend("bgp")), ErrBackend},
+		"udp without network":             {noNetwork, nil},
+		"own subnet with host bits":       {noOwn, ErrOwnLease},
+		"unknown backend":                 {input("bgp", backend("bgp")), ErrBackend},
 	} {
 		_, err := Build(tc.in)
 		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
