@@ -61,18 +61,22 @@ func newNS(t testing.TB) *testNS {
 	if err := <-errc; err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
 	}
-	nl, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := &testNS{ns: ns}
 	t.Cleanup(func() {
-		nl.Close()
+		if n.nl != nil {
+			n.nl.Close()
+		}
 		ns.Close()
 		if err := netns.DeleteNamed(name); err != nil {
 			t.Errorf("delete netns %s: %v", name, err)
 		}
 	})
-	return &testNS{ns: ns, nl: nl}
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.nl = nl
+	return n
 }
 
 // underlay adds eth0 (a veth whose peer eth0p stays in the namespace; the
