@@ -1,0 +1,473 @@
+// Package plan turns leases into the kernel state a node's data path needs:
+// from this node's lease, its peers' leases and the backend's options it
+// computes the routes, permanent neighbour entries and VXLAN FDB entries to
+// install, the peer table a userspace backend needs, and the problems found
+// with peers that cannot be routed (wrong backend, bad VTEP MAC, host-gw peer
+// off the L2 segment, ...).
+//
+// It is a pure function of its input: it must not do I/O, must not import
+// netlink, and must give the same, sorted output for the same input, so that
+// plans can be compared, diffed and checked in as golden files. Applying a
+// plan to the kernel is overlay/kernel's job.
+//
+// The state follows flannel's data path per backend:
+//
+//	udp      one route for the cluster network to the TUN twill0; the peer
+//	         table (subnet -> public IP) lives in the userspace backend
+//	vxlan    peerSubnet via peerSubnet.0 dev twill.<VNI> onlink,
+//	         neighbour peerSubnet.0 -> VtepMAC, FDB VtepMAC -> public IP
+//	host-gw  peerSubnet via peerPublicIP dev <underlay>, same L2 segment only
+//	ipip     peerSubnet via peerPublicIP dev twill.ipip onlink
+//
+// With DirectRouting (vxlan, ipip), a peer on this node's L2 segment is routed
+// as host-gw does, without tunnel state.
+//
+// Several leases with one public IP (a node that holds two subnets, e.g. an
+// old lease not yet expired next to a new one) all get routes, as flannel
+// does: the leases are the truth and both subnets lead to that node. Their
+// shared FDB entry appears once. A lease that publishes this node's own
+// public IP for another subnet is reported and not routed: a route via
+// ourselves would loop.
+package plan
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
+)
+
+// Device names of the backends, as flannel names them with "flannel" replaced.
+const (
+	UDPDevice  = "twill0"
+	IPIPDevice = "twill.ipip"
+)
+
+// VXLANDevice is the name of the VXLAN device for a VNI: twill.<VNI>.
+func VXLANDevice(vni int) string { return "twill." + strconv.Itoa(vni) }
+
+// DeviceName is the backend's own device, or "" for a backend without one
+// (host-gw, and the underlay backends).
+func DeviceName(b netconf.Backend) string {
+	switch b.Type {
+	case netconf.TypeUDP:
+		return UDPDevice
+	case netconf.TypeVXLAN:
+		return VXLANDevice(b.VNI)
+	case netconf.TypeIPIP:
+		return IPIPDevice
+	}
+	return ""
+}
+
+// Input is everything a plan depends on.
+type Input struct {
+	// Network is the cluster network. The udp backend routes it to its TUN;
+	// a peer subnet outside it is a problem. Required for udp.
+	Network netip.Prefix
+	// Backend is the backend type and options of the network config.
+	Backend netconf.Backend
+	// Own is this node's lease. It never produces a route.
+	Own lease.Lease
+	// Peers are the other leases, in any order. The own lease may be among
+	// them; it is skipped.
+	Peers []lease.Lease
+	// Underlay is this node's underlay interface.
+	Underlay Underlay
+	// Device overrides the backend device's name (DeviceName by default).
+	Device string
+}
+
+// Underlay describes this node's underlay interface: where its public IP
+// lives and which L2 segment it is on.
+type Underlay struct {
+	// Device is the interface's name (eth0). Routes to peers on the segment
+	// (host-gw, DirectRouting) leave through it.
+	Device string
+	// PublicIP is this node's underlay address; the own lease's PublicIP when
+	// zero.
+	PublicIP netip.Addr
+	// Prefix is the interface's connected prefix (192.168.56.0/24): a peer
+	// whose public IP is in it is on the same L2 segment.
+	Prefix netip.Prefix
+	// MTU is the interface's MTU; 0 when not known (the plan's MTU is then 0
+	// unless the backend sets one).
+	MTU int
+}
+
+// Route is a route in the main table.
+type Route struct {
+	Dst netip.Prefix
+	// Gateway is the next hop; zero for a route to a device (scope link).
+	Gateway netip.Addr
+	// Device is the outgoing interface's name.
+	Device string
+	// OnLink tells the kernel the gateway is reachable on Device even though
+	// no address of Device covers it.
+	OnLink bool
+	// MTU is the route's MTU; 0 for the device's. Twill's plans leave it 0:
+	// the backend device carries the MTU.
+	MTU int
+}
+
+func (r Route) String() string {
+	s := "route " + r.Dst.String()
+	if r.Gateway.IsValid() {
+		s += " via " + r.Gateway.String()
+	}
+	s += " dev " + r.Device
+	if r.OnLink {
+		s += " onlink"
+	}
+	if r.MTU != 0 {
+		s += " mtu " + strconv.Itoa(r.MTU)
+	}
+	return s
+}
+
+// Neighbor is a permanent neighbour (ARP) entry: IP is at MAC on Device.
+type Neighbor struct {
+	IP     netip.Addr
+	MAC    net.HardwareAddr
+	Device string
+}
+
+func (n Neighbor) String() string {
+	return "neigh " + n.IP.String() + " lladdr " + n.MAC.String() + " dev " + n.Device
+}
+
+// FDBEntry is a permanent forwarding entry of a VXLAN device: frames for MAC
+// are sent to the VTEP at Dst.
+type FDBEntry struct {
+	MAC    net.HardwareAddr
+	Dst    netip.Addr
+	Device string
+}
+
+func (f FDBEntry) String() string {
+	return "fdb " + f.MAC.String() + " dst " + f.Dst.String() + " dev " + f.Device
+}
+
+// Peer is a peer the plan routes to.
+type Peer struct {
+	Subnet   netip.Prefix
+	PublicIP netip.Addr
+	// Node is the peer's name if it published one.
+	Node string
+	// Direct is true when the peer is routed over the underlay (host-gw, or
+	// DirectRouting on the same segment) rather than through the tunnel.
+	Direct bool
+	// VtepMAC is the peer's VXLAN device MAC (vxlan only).
+	VtepMAC net.HardwareAddr
+}
+
+func (p Peer) String() string {
+	s := "peer " + p.Subnet.String() + " public " + p.PublicIP.String()
+	if p.Direct {
+		s += " direct"
+	} else {
+		s += " tunnel"
+	}
+	if p.Node != "" && p.Node != p.PublicIP.String() {
+		s += " node " + p.Node
+	}
+	return s
+}
+
+// Problem is a peer lease the plan could not route, and why.
+type Problem struct {
+	Subnet   netip.Prefix
+	PublicIP netip.Addr
+	Reason   string
+}
+
+func (p Problem) String() string {
+	return "problem " + p.Subnet.String() + " public " + p.PublicIP.String() + ": " + p.Reason
+}
+
+// Plan is the desired data-path state of one node.
+type Plan struct {
+	// Backend is the backend type the plan is for.
+	Backend string
+	// Device is the backend's device ("" for host-gw). Everything permanent
+	// in its neighbour and FDB tables belongs to twill.
+	Device string
+	// MTU is the MTU of the overlay (backend device and pods); 0 if the
+	// underlay MTU was not given and the backend sets none.
+	MTU int
+	// Routes, Neighbors and FDB are the kernel state to install, sorted.
+	Routes    []Route
+	Neighbors []Neighbor
+	FDB       []FDBEntry
+	// Peers is the peer table (subnet -> public IP): what the udp backend
+	// forwards by, and what the dashboard shows for every backend. Sorted by
+	// subnet.
+	Peers []Peer
+	// Problems are the peers left out, sorted by subnet.
+	Problems []Problem
+}
+
+// Errors of Build; the input cannot give a plan at all.
+var (
+	ErrBackend  = errors.New("plan: unsupported backend")
+	ErrOwnLease = errors.New("plan: own lease has no valid IPv4 subnet")
+	ErrUnderlay = errors.New("plan: underlay not described")
+)
+
+// vxlanData is the BackendData a vxlan node publishes (flannel's form).
+type vxlanData struct {
+	VNI     *int   `json:"VNI"`
+	VtepMAC string `json:"VtepMAC"`
+}
+
+// ParseVXLANData reads a vxlan lease's BackendData: its VNI (0 if absent) and
+// VTEP MAC. The MAC must be a unicast, non-zero Ethernet address.
+func ParseVXLANData(data json.RawMessage) (vni int, mac net.HardwareAddr, err error) {
+	var d vxlanData
+	if len(bytes.TrimSpace(data)) == 0 {
+		return 0, nil, errors.New("no BackendData")
+	}
+	if err := json.Unmarshal(data, &d); err != nil {
+		return 0, nil, fmt.Errorf("BackendData %s: %w", data, err)
+	}
+	if d.VtepMAC == "" {
+		return 0, nil, errors.New("BackendData has no VtepMAC")
+	}
+	mac, err = net.ParseMAC(d.VtepMAC)
+	if err != nil || len(mac) != 6 {
+		return 0, nil, fmt.Errorf("VtepMAC %q is not an Ethernet address", d.VtepMAC)
+	}
+	if mac[0]&1 != 0 || bytes.Equal(mac, make(net.HardwareAddr, 6)) {
+		return 0, nil, fmt.Errorf("VtepMAC %s is not a unicast address", mac)
+	}
+	if d.VNI != nil {
+		vni = *d.VNI
+	}
+	return vni, mac, nil
+}
+
+// VXLANData is the BackendData this node publishes for vxlan.
+func VXLANData(vni int, mac net.HardwareAddr) json.RawMessage {
+	b, _ := json.Marshal(map[string]any{"VNI": vni, "VtepMAC": mac.String()})
+	return b
+}
+
+// Build computes the plan for in. It fails only when the input as a whole
+// is unusable; a peer that cannot be routed becomes a Problem.
+func Build(in Input) (Plan, error) {
+	b := in.Backend
+	p := Plan{Backend: b.Type, Device: in.Device}
+	if p.Device == "" {
+		p.Device = DeviceName(b)
+	}
+	own := in.Own.Subnet
+	if !own.IsValid() || !own.Addr().Is4() || own.Masked() != own {
+		return Plan{}, fmt.Errorf("%w: %v", ErrOwnLease, own)
+	}
+	if in.Underlay.MTU > 0 || b.MTU > 0 {
+		p.MTU = MTU(b, in.Underlay.MTU)
+	}
+	switch b.Type {
+	case netconf.TypeUDP, netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP:
+	case netconf.TypeMacvlan, netconf.TypeIPvlan, netconf.TypeAlloc:
+		// Pods sit on the underlay (or nothing is carried): no per-peer state.
+		return p, nil
+	default:
+		return Plan{}, fmt.Errorf("%w: %q", ErrBackend, b.Type)
+	}
+	if b.Type == netconf.TypeUDP && (!in.Network.IsValid() || !in.Network.Contains(own.Addr())) {
+		return Plan{}, fmt.Errorf("plan: udp needs the cluster network containing %s, got %v", own, in.Network)
+	}
+	segment := in.Underlay.Prefix.Masked()
+	direct := b.Type == netconf.TypeHostGW || (b.DirectRouting && (b.Type == netconf.TypeVXLAN || b.Type == netconf.TypeIPIP))
+	if b.Type == netconf.TypeHostGW && !segment.IsValid() {
+		return Plan{}, fmt.Errorf("%w: host-gw needs the underlay interface's prefix", ErrUnderlay)
+	}
+	if direct && segment.IsValid() && in.Underlay.Device == "" {
+		return Plan{}, fmt.Errorf("%w: routes over the underlay need its device name", ErrUnderlay)
+	}
+	ownIP := in.Underlay.PublicIP
+	if !ownIP.IsValid() {
+		ownIP = in.Own.Attrs.PublicIP
+	}
+
+	peers := candidates(in, &p)
+	if b.Type == netconf.TypeVXLAN {
+		peers = vtepConflicts(peers, &p)
+	}
+
+	for _, c := range peers {
+		l := c.lease
+		ip := l.Attrs.PublicIP
+		problem := func(format string, args ...any) {
+			p.Problems = append(p.Problems, Problem{Subnet: l.Subnet, PublicIP: ip, Reason: fmt.Sprintf(format, args...)})
+		}
+		if ownIP.IsValid() && ip == ownIP {
+			problem("publishes this node's own public IP (a stale lease of this node?); not routed")
+			continue
+		}
+		peer := Peer{Subnet: l.Subnet, PublicIP: ip, Node: l.Attrs.NodeName()}
+		onSegment := segment.IsValid() && segment.Contains(ip)
+		if direct && onSegment {
+			peer.Direct = true
+			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: ip, Device: in.Underlay.Device})
+			p.Peers = append(p.Peers, peer)
+			continue
+		}
+		switch b.Type {
+		case netconf.TypeHostGW:
+			problem("not on this node's L2 segment %s; host-gw cannot reach it, no route", segment)
+			continue
+		case netconf.TypeUDP:
+			// The single cluster route carries it; twilld forwards by the peer table.
+		case netconf.TypeIPIP:
+			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: ip, Device: p.Device, OnLink: true})
+		case netconf.TypeVXLAN:
+			gw := l.Subnet.Masked().Addr()
+			peer.VtepMAC = c.mac
+			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: gw, Device: p.Device, OnLink: true})
+			p.Neighbors = append(p.Neighbors, Neighbor{IP: gw, MAC: c.mac, Device: p.Device})
+			p.FDB = append(p.FDB, FDBEntry{MAC: c.mac, Dst: ip, Device: p.Device})
+		}
+		p.Peers = append(p.Peers, peer)
+	}
+	if b.Type == netconf.TypeUDP {
+		p.Routes = append(p.Routes, Route{Dst: in.Network.Masked(), Device: p.Device})
+	}
+	p.sort()
+	return p, nil
+}
+
+// candidate is a peer lease that passed the checks common to all backends.
+type candidate struct {
+	lease lease.Lease
+	mac   net.HardwareAddr // vxlan
+}
+
+// candidates filters the peer leases: the own lease, duplicates, overlaps,
+// foreign backends and malformed leases are dropped (all but the own lease
+// with a Problem). The result is sorted by subnet.
+func candidates(in Input, p *Plan) []candidate {
+	b := in.Backend
+	own := in.Own.Subnet
+	leases := slices.Clone(in.Peers)
+	slices.SortStableFunc(leases, func(x, y lease.Lease) int {
+		if c := comparePrefix(x.Subnet, y.Subnet); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(y.Revision, x.Revision), x.Attrs.PublicIP.Compare(y.Attrs.PublicIP)) // newest first
+	})
+	var out []candidate
+	var last netip.Prefix // the last accepted subnet, to catch overlaps
+	for i, l := range leases {
+		problem := func(format string, args ...any) {
+			p.Problems = append(p.Problems, Problem{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Reason: fmt.Sprintf(format, args...)})
+		}
+		s := l.Subnet
+		if s == own {
+			continue // our own lease
+		}
+		if !s.IsValid() || !s.Addr().Is4() || s.Masked() != s {
+			problem("subnet is not an IPv4 network address")
+			continue
+		}
+		if i > 0 && leases[i-1].Subnet == s {
+			problem("duplicate lease for the subnet (revision %d); using revision %d", l.Revision, leases[i-1].Revision)
+			continue
+		}
+		if s.Overlaps(own) {
+			problem("overlaps this node's subnet %s", own)
+			continue
+		}
+		if last.IsValid() && s.Overlaps(last) {
+			problem("overlaps peer subnet %s", last)
+			continue
+		}
+		if in.Network.IsValid() && !(in.Network.Contains(s.Addr()) && s.Bits() >= in.Network.Bits()) {
+			problem("outside the cluster network %s", in.Network)
+			continue
+		}
+		if l.Attrs.BackendType != b.Type {
+			problem("backend type %q, this node runs %q; skipped", l.Attrs.BackendType, b.Type)
+			continue
+		}
+		if ip := l.Attrs.PublicIP; !ip.IsValid() || !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() {
+			problem("public IP %v is not a unicast IPv4 address", ip)
+			continue
+		}
+		c := candidate{lease: l}
+		if b.Type == netconf.TypeVXLAN {
+			vni, mac, err := ParseVXLANData(l.Attrs.BackendData)
+			if err != nil {
+				problem("%v", err)
+				continue
+			}
+			if vni != 0 && vni != b.VNI {
+				problem("VNI %d, this node uses VNI %d", vni, b.VNI)
+				continue
+			}
+			c.mac = mac
+		}
+		last = s
+		out = append(out, c)
+	}
+	return out
+}
+
+// vtepConflicts drops all but one of the vxlan peers that publish one VTEP
+// MAC with different public IPs: the FDB can send a MAC to one VTEP only.
+// The lease with the highest revision (the newest) wins; on a tie, the
+// lowest subnet. Leases sharing MAC and public IP (one node, two subnets)
+// are not a conflict.
+func vtepConflicts(peers []candidate, p *Plan) []candidate {
+	owner := map[string]lease.Lease{}
+	for _, c := range peers {
+		k := c.mac.String()
+		o, ok := owner[k]
+		if !ok || c.lease.Revision > o.Revision {
+			owner[k] = c.lease
+		}
+	}
+	out := peers[:0:0]
+	for _, c := range peers {
+		o := owner[c.mac.String()]
+		if o.Attrs.PublicIP != c.lease.Attrs.PublicIP {
+			p.Problems = append(p.Problems, Problem{Subnet: c.lease.Subnet, PublicIP: c.lease.Attrs.PublicIP,
+				Reason: fmt.Sprintf("VtepMAC %s is also published by %s at %s (newer lease); skipped", c.mac, o.Subnet, o.Attrs.PublicIP)})
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func (p *Plan) sort() {
+	slices.SortFunc(p.Routes, func(a, b Route) int {
+		return cmp.Or(comparePrefix(a.Dst, b.Dst), cmp.Compare(a.Device, b.Device))
+	})
+	slices.SortFunc(p.Neighbors, func(a, b Neighbor) int {
+		return cmp.Or(cmp.Compare(a.Device, b.Device), a.IP.Compare(b.IP))
+	})
+	slices.SortFunc(p.FDB, compareFDB)
+	p.FDB = slices.CompactFunc(p.FDB, func(a, b FDBEntry) bool { return compareFDB(a, b) == 0 })
+	slices.SortFunc(p.Peers, func(a, b Peer) int { return comparePrefix(a.Subnet, b.Subnet) })
+	slices.SortFunc(p.Problems, func(a, b Problem) int {
+		return cmp.Or(comparePrefix(a.Subnet, b.Subnet), a.PublicIP.Compare(b.PublicIP), cmp.Compare(a.Reason, b.Reason))
+	})
+}
+
+func compareFDB(a, b FDBEntry) int {
+	return cmp.Or(cmp.Compare(a.Device, b.Device), bytes.Compare(a.MAC, b.MAC), a.Dst.Compare(b.Dst))
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
