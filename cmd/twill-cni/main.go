@@ -1,0 +1,23 @@
+//go:build linux
+
+// Command twill-cni is twill's CNI plugin, installed as /opt/cni/bin/twill.
+// Runtimes run it with CNI_COMMAND and friends in the environment and the
+// network configuration on stdin; the work is done by overlay/cni.
+package main
+
+import (
+	"log/slog"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/twillnet/twill/overlay/cni"
+)
+
+func main() {
+	// stdout carries the CNI result; logs go to stderr, which runtimes
+	// keep when a command fails.
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	p := &cni.Plugin{Log: log}
+	skel.PluginMainFuncs(p.Funcs(), cni.Versions, cni.About)
+}

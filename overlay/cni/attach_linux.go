@@ -1,0 +1,361 @@
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/twillnet/twill/overlay/subnetfile"
+)
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
+
+// ensureBridge creates the bridge if it is missing, sets its MTU, gives it
+// the gateway address (replacing addresses of an old node subnet) and brings
+// it up. The caller holds the store lock, so plugin runs do not race here.
+func ensureBridge(conf Conf, sf subnetfile.File, log *slog.Logger) (netlink.Link, error) {
+	name := conf.Bridge
+	link, err := netlinksafe.LinkByName(name)
+	if isNotFound(err) {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1}}
+		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return nil, fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		link, err = netlinksafe.LinkByName(name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find bridge %s: %w", name, err)
+	}
+	if _, ok := link.(*netlink.Bridge); !ok {
+		return nil, fmt.Errorf("bridge %s: exists but is a %s, not a bridge", name, link.Type())
+	}
+	if link.Attrs().MTU != sf.MTU {
+		if err := netlink.LinkSetMTU(link, sf.MTU); err != nil {
+			return nil, fmt.Errorf("set bridge %s mtu %d: %w", name, sf.MTU, err)
+		}
+	}
+	if conf.IsGateway {
+		gw := sf.Subnet // gateway address with the subnet's length
+		addrs, err := netlinksafe.AddrList(link, family(gw.Addr()))
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of bridge %s: %w", name, err)
+		}
+		have := false
+		for _, a := range addrs {
+			p, ok := prefixOf(a.IPNet)
+			if !ok || p.Addr().IsLinkLocalUnicast() {
+				continue
+			}
+			if p == gw {
+				have = true
+				continue
+			}
+			log.Warn("removing address of another subnet from the bridge", "bridge", name, "old", p, "new", gw)
+			if err := netlink.AddrDel(link, &a); err != nil {
+				return nil, fmt.Errorf("remove old address %s from bridge %s: %w", p, name, err)
+			}
+		}
+		if !have {
+			n := ipNet(gw)
+			if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &n}); err != nil && !errors.Is(err, syscall.EEXIST) {
+				return nil, fmt.Errorf("add address %s to bridge %s: %w", gw, name, err)
+			}
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("bring up bridge %s: %w", name, err)
+	}
+	return netlinksafe.LinkByName(name)
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+// attach creates the veth pair (the pod end born in the pod namespace under
+// its final name), puts the node end on the bridge, and configures the pod
+// end's address and default route. It returns the 1.1.0 result.
+func attach(conf Conf, sf subnetfile.File, bridge netlink.Link, podNS ns.NetNS, owner Attachment, addr netip.Addr) (*types100.Result, error) {
+	hostName := VethName(owner)
+	// A second ADD for the same attachment starts over; deleting the node
+	// end deletes the pod end with it.
+	if err := deleteLink(hostName); err != nil {
+		return nil, err
+	}
+	pod, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("netlink in pod namespace %s: %w", podNS.Path(), err)
+	}
+	defer pod.Close()
+	if l, err := pod.LinkByName(owner.IfName); err == nil {
+		return nil, fmt.Errorf("pod namespace %s already has an interface %s (%s)", podNS.Path(), owner.IfName, l.Type())
+	}
+
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostName, MTU: sf.MTU, TxQLen: -1},
+		PeerName:      owner.IfName,
+		PeerMTU:       uint32(sf.MTU),
+		PeerNamespace: netlink.NsFd(podNS.Fd()),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("create veth %s with peer %s in %s: %w", hostName, owner.IfName, podNS.Path(), err)
+	}
+	host, err := netlinksafe.LinkByName(hostName)
+	if err != nil {
+		return nil, fmt.Errorf("find veth %s: %w", hostName, err)
+	}
+	if err := netlink.LinkSetMaster(host, bridge); err != nil {
+		return nil, fmt.Errorf("put veth %s on bridge %s: %w", hostName, conf.Bridge, err)
+	}
+	if conf.HairpinMode {
+		if err := netlink.LinkSetHairpin(host, true); err != nil {
+			return nil, fmt.Errorf("set hairpin on %s: %w", hostName, err)
+		}
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return nil, fmt.Errorf("bring up veth %s: %w", hostName, err)
+	}
+
+	podLink, err := pod.LinkByName(owner.IfName)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in pod namespace %s: %w", owner.IfName, podNS.Path(), err)
+	}
+	podAddr := netip.PrefixFrom(addr, sf.Subnet.Bits())
+	n := ipNet(podAddr)
+	if err := pod.AddrAdd(podLink, &netlink.Addr{IPNet: &n}); err != nil {
+		return nil, fmt.Errorf("add address %s to %s in pod: %w", podAddr, owner.IfName, err)
+	}
+	if err := pod.LinkSetUp(podLink); err != nil {
+		return nil, fmt.Errorf("bring up %s in pod: %w", owner.IfName, err)
+	}
+	result := &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{
+			{Name: conf.Bridge, Mac: bridge.Attrs().HardwareAddr.String()},
+			{Name: hostName, Mac: host.Attrs().HardwareAddr.String()},
+			{Name: owner.IfName, Mac: podLink.Attrs().HardwareAddr.String(), Sandbox: podNS.Path(), Mtu: sf.MTU},
+		},
+	}
+	podIP := &types100.IPConfig{Interface: types100.Int(2), Address: n}
+	if conf.IsGateway {
+		gw := sf.Gateway()
+		podIP.Gateway = net.IP(gw.AsSlice())
+		r := defaultRoute(gw)
+		if err := pod.RouteAdd(&netlink.Route{LinkIndex: podLink.Attrs().Index, Dst: &r.Dst, Gw: r.GW}); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return nil, fmt.Errorf("add default route via %s in pod: %w", gw, err)
+		}
+		result.Routes = append(result.Routes, r)
+	}
+	result.IPs = append(result.IPs, podIP)
+	return result, nil
+}
+
+// deleteLink deletes a link of the node's namespace if it exists.
+func deleteLink(name string) error {
+	l, err := netlinksafe.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil && !isNotFound(err) && !errors.Is(err, syscall.ENODEV) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// removeStaleVeths deletes veths on the bridge that carry the plugin's name
+// prefix and belong to no valid attachment.
+func removeStaleVeths(bridgeName string, valid map[string]bool) ([]string, error) {
+	br, err := netlinksafe.LinkByName(bridgeName)
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find bridge %s: %w", bridgeName, err)
+	}
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, l := range links {
+		a := l.Attrs()
+		if a.MasterIndex != br.Attrs().Index || l.Type() != "veth" || !strings.HasPrefix(a.Name, vethPrefix) || len(a.Name) != len(vethPrefix)+12 || valid[a.Name] {
+			continue
+		}
+		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete stale veth %s: %w", a.Name, err))
+			continue
+		}
+		removed = append(removed, a.Name)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// check compares the kernel and the store with a previous result.
+func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner Attachment, prev *types100.Result) error {
+	var errs []error
+	missing := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	pod, err := netlinksafe.NewHandleAt(netns.NsHandle(podNS.Fd()))
+	if err != nil {
+		return fmt.Errorf("netlink in pod namespace %s: %w", podNS.Path(), err)
+	}
+	defer pod.Close()
+
+	br, err := netlinksafe.LinkByName(conf.Bridge)
+	if err != nil {
+		missing("bridge %s is missing: %v", conf.Bridge, err)
+	} else if conf.IsGateway {
+		gw := sf.Subnet
+		addrs, err := netlinksafe.AddrList(br, family(gw.Addr()))
+		found := false
+		for _, a := range addrs {
+			if p, ok := prefixOf(a.IPNet); ok && p == gw {
+				found = true
+			}
+		}
+		if err != nil || !found {
+			missing("bridge %s lacks its gateway address %s", conf.Bridge, gw)
+		}
+	}
+
+	podIdx := -1
+	var podLink netlink.Link
+	for i, ifc := range prev.Interfaces {
+		switch {
+		case ifc.Sandbox != "":
+			if ifc.Name != owner.IfName {
+				continue
+			}
+			podIdx = i
+			l, err := pod.LinkByName(ifc.Name)
+			if err != nil {
+				missing("interface %s is missing in pod namespace %s", ifc.Name, podNS.Path())
+				continue
+			}
+			podLink = l
+			if ifc.Mac != "" && l.Attrs().HardwareAddr.String() != ifc.Mac {
+				missing("interface %s in pod has MAC %s, not %s", ifc.Name, l.Attrs().HardwareAddr, ifc.Mac)
+			}
+			if l.Attrs().OperState == netlink.OperDown || l.Attrs().Flags&net.FlagUp == 0 {
+				missing("interface %s in pod is down", ifc.Name)
+			}
+		case ifc.Name == conf.Bridge:
+		default:
+			l, err := netlinksafe.LinkByName(ifc.Name)
+			if err != nil {
+				missing("veth %s is missing on the node", ifc.Name)
+				continue
+			}
+			if br != nil && l.Attrs().MasterIndex != br.Attrs().Index {
+				missing("veth %s is not on bridge %s", ifc.Name, conf.Bridge)
+			}
+		}
+	}
+	if podIdx < 0 {
+		missing("prevResult has no interface %s in a sandbox", owner.IfName)
+	}
+
+	for _, ipc := range prev.IPs {
+		if ipc.Interface == nil || *ipc.Interface != podIdx {
+			continue
+		}
+		want, ok := prefixOf(&ipc.Address)
+		if !ok {
+			missing("prevResult address %s does not parse", ipc.Address.String())
+			continue
+		}
+		if podLink != nil {
+			addrs, err := pod.AddrList(podLink, family(want.Addr()))
+			found := false
+			for _, a := range addrs {
+				if p, ok := prefixOf(a.IPNet); ok && p == want {
+					found = true
+				}
+			}
+			if err != nil || !found {
+				missing("address %s is missing on %s in pod", want, owner.IfName)
+			}
+		}
+		who, held, err := store.Owner(want.Addr())
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case !held:
+			missing("address %s has no allocation in %s", want.Addr(), store.Dir())
+		case who != owner:
+			missing("address %s is allocated to %s, not %s", want.Addr(), who, owner)
+		}
+	}
+
+	if podLink != nil {
+		for _, r := range prev.Routes {
+			want, ok := prefixOf(&r.Dst)
+			if !ok {
+				continue
+			}
+			routes, err := pod.RouteList(podLink, family(want.Addr()))
+			found := false
+			for _, kr := range routes {
+				dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+				if want.Addr().Is6() {
+					dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+				}
+				if kr.Dst != nil {
+					dst, _ = prefixOf(kr.Dst)
+				}
+				if dst == want && (r.GW == nil || r.GW.Equal(kr.Gw)) {
+					found = true
+				}
+			}
+			if err != nil || !found {
+				missing("route to %s via %s is missing in pod", want, r.GW)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sameNS says whether two namespace file descriptors name one namespace.
+func sameNS(a, b uintptr) (bool, error) {
+	var sa, sb syscall.Stat_t
+	if err := syscall.Fstat(int(a), &sa); err != nil {
+		return false, fmt.Errorf("stat network namespace: %w", err)
+	}
+	if err := syscall.Fstat(int(b), &sb); err != nil {
+		return false, fmt.Errorf("stat network namespace: %w", err)
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
+}
