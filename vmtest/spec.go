@@ -169,8 +169,8 @@ type Node struct {
 	// DaemonName is the name twilld registers (--node-name): <lab>-<Name>.
 	DaemonName string `json:"daemon_name"`
 	// NetNS is the node's network namespace, <lab>-<Name>.
-	NetNS      string       `json:"netns"`
-	UnderlayIP netip.Addr   `json:"underlay"`
+	NetNS      string     `json:"netns"`
+	UnderlayIP netip.Addr `json:"underlay"`
 	// Subnet is the node's pod subnet from its subnet file (invalid while
 	// there is none).
 	Subnet       netip.Prefix `json:"subnet"`
