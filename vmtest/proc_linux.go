@@ -60,6 +60,9 @@ func (p proc) alive() bool {
 	if err != nil {
 		return false
 	}
+	if len(cmd) == 0 {
+		return true // in the middle of exec: the start time matched
+	}
 	argv0, _, _ := bytes.Cut(cmd, []byte{0})
 	return string(argv0) == p.Exe || filepath.Base(string(argv0)) == "ip"
 }
