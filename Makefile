@@ -6,10 +6,16 @@ BIN         := bin
 VERSION     := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The lab `make lab` brings up: its name, nodes, pods per node and backend
+# (alloc when twilld does not know LAB_BACKEND yet).
+LAB_NAME    ?= twill
+LAB_NODES   ?= 3
+LAB_PODS    ?= 2
+LAB_BACKEND ?= vxlan
 # Packages the tests and the lab need, by Debian name.
 APT_PACKAGES := iproute2 nftables iputils-ping
 
-.PHONY: all build deps lab test unit lint bench clean
+.PHONY: all build deps lab lab-down test unit lint bench clean
 
 all: build
 
@@ -21,8 +27,13 @@ build:
 deps:
 	@scripts/deps.sh $(APT_PACKAGES)
 
-lab: build
-	scripts/lab.sh
+# lab brings up a lab cluster (see scripts/lab.sh) and leaves it running;
+# lab-down removes it.
+lab: deps build
+	LAB_NAME=$(LAB_NAME) LAB_NODES=$(LAB_NODES) LAB_PODS=$(LAB_PODS) LAB_BACKEND=$(LAB_BACKEND) scripts/lab.sh
+
+lab-down: build
+	$(BIN)/twillctl lab down --name $(LAB_NAME)
 
 test: deps lint unit
 

@@ -31,7 +31,7 @@ func init() {
 func runEtcd(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("etcd")
 	dataDir := fs.String("data-dir", "", "where etcd keeps its data (required)")
-	client := fs.String("listen-client-urls", "http://127.0.0.1:2379", "where clients connect")
+	client := fs.String("listen-client-urls", "http://127.0.0.1:2379", "where clients connect; comma-separated, the first is advertised (more may be unix:///PATH sockets)")
 	peer := fs.String("listen-peer-urls", "", "peer listener (default: a free port on the client host)")
 	logLevel := fs.String("log-level", "fatal", "etcd's own log level (debug, info, warn, error, fatal)")
 	if err := fs.Parse(args); err != nil {
@@ -40,7 +40,16 @@ func runEtcd(ctx context.Context, args []string, out io.Writer) error {
 	if *dataDir == "" {
 		return errors.New("--data-dir is required")
 	}
-	srv, err := embedded.Start(embedded.Config{DataDir: *dataDir, ClientURL: *client, PeerURL: *peer, LogLevel: *logLevel})
+	var urls []string
+	for _, u := range strings.Split(*client, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	if len(urls) == 0 {
+		return errors.New("--listen-client-urls is empty")
+	}
+	srv, err := embedded.Start(embedded.Config{DataDir: *dataDir, ClientURL: urls[0], MoreClientURLs: urls[1:], PeerURL: *peer, LogLevel: *logLevel})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,6 @@
 // Command twillctl is twill's operator tool: it runs a one-machine etcd,
-// puts the network config into etcd, and lists and reserves leases. Later
-// commands bring up labs and run scenarios.
+// puts the network config into etcd, lists and reserves leases, and brings
+// up labs (lab up/down/status) and their pods (pod add/del/list).
 package main
 
 import (

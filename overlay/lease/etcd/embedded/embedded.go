@@ -21,6 +21,10 @@ type Config struct {
 	// ClientURL is where clients connect, e.g. http://127.0.0.1:2379.
 	// Empty: a free port on 127.0.0.1.
 	ClientURL string
+	// MoreClientURLs are further client listeners, not advertised: for
+	// example unix:///run/x/etcd.sock, which a process in any network
+	// namespace of the machine can reach.
+	MoreClientURLs []string
 	// PeerURL is the (unused, single-member) peer listener. Empty: a free
 	// port on the client URL's host.
 	PeerURL string
@@ -73,10 +77,19 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("embedded etcd: peer URL %q: want http://HOST:PORT", cfg.PeerURL)
 	}
 
+	listen := []url.URL{*cu}
+	for _, m := range cfg.MoreClientURLs {
+		mu, err := url.Parse(m)
+		if err != nil || (mu.Host == "" && mu.Path == "") {
+			return nil, fmt.Errorf("embedded etcd: client URL %q: want http://HOST:PORT or unix:///PATH", m)
+		}
+		listen = append(listen, *mu)
+	}
+
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = cfg.DataDir
-	ec.ListenClientUrls = []url.URL{*cu}
+	ec.ListenClientUrls = listen
 	ec.AdvertiseClientUrls = []url.URL{*cu}
 	ec.ListenPeerUrls = []url.URL{*pu}
 	ec.AdvertisePeerUrls = []url.URL{*pu}

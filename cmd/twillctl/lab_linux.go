@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/twillnet/twill/vmtest"
+)
+
+func init() {
+	register("lab up", "bring up a lab: etcd and N twilld nodes in network namespaces, with pods", runLabUp)
+	register("lab down", "remove a lab and everything it left behind", runLabDown)
+	register("lab status", "show a lab's nodes, dashboards and pods", runLabStatus)
+	register("pod add", "attach a new pod to a lab's node through the CNI plugin: pod add NODE POD", runPodAdd)
+	register("pod del", "detach and remove a lab's pod: pod del POD", runPodDel)
+	register("pod list", "list a lab's pods", runPodList)
+}
+
+// labName picks the lab: the one named, else the only one running, else
+// def (when def is not empty).
+func labName(name, def string) (string, error) {
+	if name != "" {
+		return name, nil
+	}
+	names, err := vmtest.List()
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case len(names) == 1:
+		return names[0], nil
+	case len(names) > 1:
+		return "", fmt.Errorf("several labs run (%s): say which with --name", strings.Join(names, ", "))
+	case def != "":
+		return def, nil
+	}
+	return "", errors.New("no lab runs (start one with: twillctl lab up)")
+}
+
+func runLabUp(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("lab up")
+	var spec vmtest.Spec
+	fs.StringVar(&spec.Name, "name", vmtest.DefaultName, "lab name (prefix of its namespaces, links and directory)")
+	fs.IntVar(&spec.Nodes, "nodes", 3, "number of nodes")
+	fs.StringVar(&spec.Backend, "backend", "vxlan", "backend type of the network config")
+	netConfig := fs.String("net-config", "", "network config file (instead of --backend)")
+	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods p1, p2, ... to add to every node")
+	fs.BoolVar(&spec.IPMasq, "ip-masq", false, "run twilld with --ip-masq")
+	fs.BoolVar(&spec.Outside, "outside", false, "add a namespace on the underlay that plays the outside world")
+	fs.BoolVar(&spec.HostAccess, "host-access", true, "join this host to the lab's underlay (one veth <name>-host), so a browser here reaches the dashboards")
+	fs.DurationVar(&spec.SubnetLeaseTTL, "subnet-lease-ttl", 0, "twilld --subnet-lease-ttl (0: twilld's default)")
+	fs.DurationVar(&spec.RenewMargin, "subnet-lease-renew-margin", 0, "twilld --subnet-lease-renew-margin (0: twilld's default)")
+	fs.StringVar(&spec.Bin, "bin", "", "directory with twilld, twillctl and twill-cni (default: this twillctl's)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *netConfig != "" {
+		b, err := os.ReadFile(*netConfig)
+		if err != nil {
+			return fmt.Errorf("read network config: %w", err)
+		}
+		spec.NetConfig = string(b)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	began := time.Now()
+	c, err := vmtest.Up(ctx, spec, log)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(out, "lab %s is up (%s)\n\n", c.Name(), time.Since(began).Round(100*time.Millisecond))
+	return printStatus(out, c)
+}
+
+func runLabDown(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("lab down")
+	name := fs.String("name", "", "lab name (default: the only lab running, else twill)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 1 && *name == "" {
+		*name = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	n, err := labName(*name, vmtest.DefaultName)
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	if err := vmtest.Down(ctx, n); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "lab %s is down (%s)\n", n, time.Since(began).Round(100*time.Millisecond))
+	return nil
+}
+
+func openLab(name string) (*vmtest.Cluster, error) {
+	n, err := labName(name, "")
+	if err != nil {
+		return nil, err
+	}
+	return vmtest.Open(n)
+}
+
+// labStatus is lab status -o json.
+type labStatus struct {
+	Name         string        `json:"name"`
+	EtcdEndpoint string        `json:"etcd_endpoint"`
+	EtcdURL      string        `json:"etcd_url"`
+	EtcdPID      int           `json:"etcd_pid"`
+	EtcdRunning  bool          `json:"etcd_running"`
+	HostAddr     netip.Addr    `json:"host_addr,omitzero"`
+	Outside      netip.Addr    `json:"outside_addr,omitzero"`
+	OutsideNetNS string        `json:"outside_netns,omitempty"`
+	Nodes        []vmtest.Node `json:"nodes"`
+	Pods         []vmtest.Pod  `json:"pods"`
+}
+
+func status(c *vmtest.Cluster) labStatus {
+	s := labStatus{Name: c.Name(), EtcdEndpoint: c.EtcdEndpoint(), EtcdURL: c.NodeEtcdEndpoint(), Nodes: c.Nodes(), Pods: c.Pods()}
+	s.EtcdPID, s.EtcdRunning = c.EtcdPID()
+	s.HostAddr, _ = c.HostAddr()
+	s.OutsideNetNS, s.Outside, _ = c.Outside()
+	if s.Pods == nil {
+		s.Pods = []vmtest.Pod{}
+	}
+	return s
+}
+
+func runLabStatus(_ context.Context, args []string, out io.Writer) error {
+	fs := newFlags("lab status")
+	name := fs.String("name", "", "lab name (default: the only lab running)")
+	format := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *format != "table" && *format != "json" {
+		return fmt.Errorf("-o %q: want table or json", *format)
+	}
+	c, err := openLab(*name)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if *format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(status(c))
+	}
+	return printStatus(out, c)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
+}
+
+func printStatus(out io.Writer, c *vmtest.Cluster) error {
+	s := status(c)
+	fmt.Fprintf(out, "lab %s: etcd %s (pid %d, running: %s; from this host: --etcd-endpoints %s)\n",
+		s.Name, s.EtcdURL, s.EtcdPID, yesNo(s.EtcdRunning), s.EtcdEndpoint)
+	if s.HostAddr.IsValid() {
+		fmt.Fprintf(out, "this host is %s on the lab's underlay: open the dashboards below in a browser here\n", s.HostAddr)
+	} else {
+		fmt.Fprintf(out, "this host is not on the lab's underlay (no --host-access): reach nodes with ip netns exec\n")
+	}
+	if s.OutsideNetNS != "" {
+		fmt.Fprintf(out, "outside: %s in namespace %s\n", s.Outside, s.OutsideNetNS)
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNETNS\tUNDERLAY\tSUBNET\tDASHBOARD\tTWILLD PID\tRUNNING")
+	for _, n := range s.Nodes {
+		subnet := "-"
+		if n.Subnet.IsValid() {
+			subnet = n.Subnet.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.NetNS, n.UnderlayIP, subnet, n.DashboardURL, n.PID, yesNo(n.Running))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(s.Pods) == 0 {
+		fmt.Fprintln(out, "\nno pods (add one with: twillctl pod add NODE POD)")
+		return nil
+	}
+	fmt.Fprintln(out)
+	return printPods(out, s.Pods)
+}
+
+func printPods(out io.Writer, pods []vmtest.Pod) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POD\tNODE\tNETNS\tADDRESS")
+	for _, p := range pods {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.NetNSPath, p.Addr)
+	}
+	return tw.Flush()
+}
+
+func runPodAdd(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("pod add")
+	name := fs.String("lab", "", "lab name (default: the only lab running)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return errors.New("want two arguments: NODE POD")
+	}
+	c, err := openLab(*name)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := c.AddPod(ctx, fs.Arg(0), fs.Arg(1))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "pod %s on %s: %s in %s\n", p.Name, p.Node, p.Addr, p.NetNSPath)
+	return nil
+}
+
+func runPodDel(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("pod del")
+	name := fs.String("lab", "", "lab name (default: the only lab running)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("want one argument: POD")
+	}
+	c, err := openLab(*name)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.DelPod(ctx, fs.Arg(0)); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "pod %s deleted\n", fs.Arg(0))
+	return nil
+}
+
+func runPodList(_ context.Context, args []string, out io.Writer) error {
+	fs := newFlags("pod list")
+	name := fs.String("lab", "", "lab name (default: the only lab running)")
+	format := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := openLab(*name)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	pods := c.Pods()
+	switch *format {
+	case "json":
+		if pods == nil {
+			pods = []vmtest.Pod{}
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(pods)
+	case "table":
+		return printPods(out, pods)
+	}
+	return fmt.Errorf("-o %q: want table or json", *format)
+}

@@ -1,0 +1,18 @@
+// Package vmtest brings up whole twill clusters on one machine, for tests,
+// scenarios and labs: an etcd, one real twilld process per node, pods
+// attached through the real CNI plugin, and the handles to disturb them
+// (stop a daemon, cut a node's underlay, stop etcd).
+//
+// The netns driver makes each node a network namespace on a shared underlay
+// bridge. The bridge lives in a "hub" namespace of its own, so a lab changes
+// nothing in the host's own namespace unless Spec.HostAccess asks for one
+// veth there (for a browser on the host to reach the dashboards). Every
+// namespace, link, process and file of a lab carries the lab's name, and a
+// lab's state is kept in StateDir/<name>/state.json, so that another process
+// (twillctl lab status, pod add) can attach with Open and Down can remove
+// everything, also what a crashed run left behind.
+//
+// vmtest drives the binaries as a user would: it imports nothing from
+// overlay/daemon, and it must not touch namespaces, links or processes that
+// are not its lab's.
+package vmtest

@@ -1,0 +1,194 @@
+package vmtest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+)
+
+// StateDir holds one directory per lab: its state file, logs, subnet files,
+// CNI data and etcd data.
+const StateDir = "/run/twill-lab"
+
+// DefaultName is the lab name when Spec.Name is empty.
+const DefaultName = "twill"
+
+// DashboardPort is where a node's dashboard listens (on its underlay
+// address).
+const DashboardPort = 9180
+
+// MaxNameLen is the longest lab name: the lab's link in the host's namespace
+// is <name>-host, and Linux allows 15 characters.
+const MaxNameLen = 10
+
+// MaxNodes is the most nodes one lab has: node addresses are .11 to .48 of
+// the lab's /26 slice of the underlay.
+const MaxNodes = 38
+
+// hostSlots is how many labs with host access can run side by side: each
+// owns a /26 of 192.168.56.0/24 in the host's namespace.
+const hostSlots = 4
+
+// Spec describes a lab.
+type Spec struct {
+	// Name of the lab (default "twill"): lower-case letters and digits,
+	// starting with a letter, at most MaxNameLen characters. It prefixes
+	// every namespace, link and directory of the lab.
+	Name string `json:"name"`
+	// Driver is how nodes are made; only "netns" (the default) so far.
+	Driver string `json:"driver"`
+	// Nodes is the number of nodes (default 1).
+	Nodes int `json:"nodes"`
+	// Backend is the backend type in the default network config.
+	Backend string `json:"backend,omitempty"`
+	// NetConfig is the whole network config JSON; empty means
+	// {"Network":"10.244.0.0/16","Backend":{"Type":Backend}}.
+	NetConfig string `json:"net_config,omitempty"`
+	// PodsPerNode pods are added to every node by Up, numbered across the
+	// lab: p1, p2 on n1, p3, p4 on n2, ...
+	PodsPerNode int `json:"pods_per_node,omitempty"`
+	// IPMasq runs twilld with --ip-masq.
+	IPMasq bool `json:"ip_masq,omitempty"`
+	// SubnetLeaseTTL and RenewMargin are passed to twilld when not 0.
+	SubnetLeaseTTL time.Duration `json:"subnet_lease_ttl,omitempty"`
+	RenewMargin    time.Duration `json:"renew_margin,omitempty"`
+	// Outside adds a namespace on the underlay that plays the world
+	// outside the cluster.
+	Outside bool `json:"outside,omitempty"`
+	// HostAccess joins the host's own namespace to the underlay with one
+	// veth (<name>-host) and an address of the lab's slice, so that a
+	// browser or twillctl on the host reaches the nodes. Tests leave it
+	// off: then the lab changes nothing in the host's namespace.
+	HostAccess bool `json:"host_access,omitempty"`
+	// EtcdPrefix is the etcd key prefix (default: twilld's default).
+	EtcdPrefix string `json:"etcd_prefix,omitempty"`
+	// Bin is the directory with twilld, twillctl and twill-cni. Empty: the
+	// directory of the running executable if it has them, else ./bin if it
+	// has them, else they are built with go build into the lab directory.
+	Bin string `json:"bin,omitempty"`
+	// TwilldArgs are extra twilld flags for every node.
+	TwilldArgs []string `json:"twilld_args,omitempty"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9]*$`)
+
+// ValidName checks a lab name.
+func ValidName(name string) error {
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("lab name %q is too long: at most %d characters (interface names are limited to 15)", name, MaxNameLen)
+	}
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("lab name %q: want lower-case letters and digits, starting with a letter", name)
+	}
+	return nil
+}
+
+var podRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.]{0,31}$`)
+
+// validPodName checks a pod name: it becomes part of a namespace name and a
+// CNI container ID.
+func validPodName(pod string) error {
+	if !podRE.MatchString(pod) {
+		return fmt.Errorf("pod name %q: want up to 32 lower-case letters, digits and dots", pod)
+	}
+	return nil
+}
+
+// withDefaults fills in defaults and checks the spec.
+func (s Spec) withDefaults() (Spec, error) {
+	if s.Name == "" {
+		s.Name = DefaultName
+	}
+	if s.Driver == "" {
+		s.Driver = "netns"
+	}
+	if s.Nodes == 0 {
+		s.Nodes = 1
+	}
+	var errs []error
+	if err := ValidName(s.Name); err != nil {
+		errs = append(errs, err)
+	}
+	if s.Driver != "netns" {
+		errs = append(errs, fmt.Errorf("driver %q: only netns exists so far", s.Driver))
+	}
+	if s.Nodes < 1 || s.Nodes > MaxNodes {
+		errs = append(errs, fmt.Errorf("%d nodes: want 1 to %d", s.Nodes, MaxNodes))
+	}
+	if s.PodsPerNode < 0 {
+		errs = append(errs, fmt.Errorf("%d pods per node: want 0 or more", s.PodsPerNode))
+	}
+	if s.NetConfig == "" {
+		if s.Backend == "" {
+			errs = append(errs, errors.New("neither a backend nor a network config"))
+		}
+		b, err := json.Marshal(map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": s.Backend}})
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.NetConfig = string(b)
+	} else if !json.Valid([]byte(s.NetConfig)) {
+		errs = append(errs, errors.New("network config is not JSON"))
+	}
+	return s, errors.Join(errs...)
+}
+
+// layout is the addressing of one lab's underlay: a /26 of 192.168.56.0/24.
+type layout struct {
+	Prefix  netip.Prefix // the slice, e.g. 192.168.56.0/26
+	Hub     netip.Addr   // the bridge's address in the hub; etcd listens here
+	Host    netip.Addr   // the host's address with HostAccess
+	Outside netip.Addr   // the outside namespace
+}
+
+func slotLayout(slot int) layout {
+	base := byte(slot * 64)
+	a := func(n byte) netip.Addr { return netip.AddrFrom4([4]byte{192, 168, 56, base + n}) }
+	return layout{
+		Prefix:  netip.PrefixFrom(a(0), 26),
+		Hub:     a(1),
+		Host:    a(2),
+		Outside: a(50),
+	}
+}
+
+// nodeAddr is node i's (1-based) underlay address.
+func (l layout) nodeAddr(i int) netip.Addr {
+	b := l.Prefix.Addr().As4()
+	b[3] += byte(10 + i)
+	return netip.AddrFrom4(b)
+}
+
+// Node is one node of a lab.
+type Node struct {
+	// Name is the node's short name in the lab, n1, n2, ...
+	Name string `json:"name"`
+	// DaemonName is the name twilld registers (--node-name): <lab>-<Name>.
+	DaemonName string `json:"daemon_name"`
+	// NetNS is the node's network namespace, <lab>-<Name>.
+	NetNS      string     `json:"netns"`
+	UnderlayIP netip.Addr `json:"underlay"`
+	// Subnet is the node's pod subnet from its subnet file (invalid while
+	// there is none).
+	Subnet       netip.Prefix `json:"subnet"`
+	DashboardURL string       `json:"dashboard"`
+	// PID of the node's twilld (0 when it was stopped) and whether it runs.
+	PID        int    `json:"pid"`
+	Running    bool   `json:"running"`
+	LogPath    string `json:"log"`
+	SubnetFile string `json:"subnet_file"`
+}
+
+// Pod is a pod: a network namespace attached to a node by the CNI plugin.
+type Pod struct {
+	Name string `json:"name"`
+	Node string `json:"node"`
+	// NetNS is the pod's namespace name, <lab>-<node>-<pod>; NetNSPath its
+	// path under /run/netns.
+	NetNS     string     `json:"netns"`
+	NetNSPath string     `json:"netns_path"`
+	Addr      netip.Addr `json:"addr"`
+}
