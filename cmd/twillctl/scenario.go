@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/twillnet/twill/scenarios"
+)
+
+func init() {
+	register("scenario run", "bring up the cluster each scenario file asks for, play it, tear it down", runScenario)
+}
+
+func runScenario(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("scenario run")
+	driver := fs.String("driver", "netns", "cluster driver: netns (network namespaces on this machine)")
+	bin := fs.String("bin", binDir(), "directory with twilld, twillctl and twill-cni")
+	reports := fs.String("report-dir", "scenario-reports", "where to write a JSON report per scenario")
+	lab := fs.String("lab", "", "lab name (default: a random one)")
+	keep := fs.Bool("keep", false, "leave the cluster running after the scenario")
+	verbose := fs.Bool("v", false, "log the lab's own progress")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("want one or more scenario files, e.g. scenarios/basic-vxlan.yaml")
+	}
+	var list []*scenarios.Scenario
+	for _, f := range fs.Args() {
+		s, err := scenarios.Load(f)
+		if err != nil {
+			return err
+		}
+		list = append(list, s)
+	}
+	log := slog.New(slog.DiscardHandler)
+	if *verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	r := &scenarios.Runner{Driver: *driver, Bin: *bin, Out: out, ReportDir: *reports, LabName: *lab, Keep: *keep, Log: log}
+	failed := 0
+	for _, s := range list {
+		if _, err := r.Run(ctx, s); err != nil {
+			failed++
+		}
+	}
+	fmt.Fprintf(out, "%d passed, %d failed\n", len(list)-failed, failed)
+	if failed > 0 {
+		return fmt.Errorf("%d of %d scenarios failed (reports in %s)", failed, len(list), *reports)
+	}
+	return nil
+}
+
+// binDir is the directory this twillctl runs from, where make puts twilld
+// and twill-cni beside it.
+func binDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "bin"
+	}
+	return filepath.Dir(exe)
+}

@@ -1,0 +1,397 @@
+package scenarios
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/subnetfile"
+)
+
+var readSubnetFile = subnetfile.Read
+
+// pingOnce sends one echo request from a pod's namespace.
+func (p *play) pingOnce(ctx context.Context, netns string, dst netip.Addr, extra ...string) (string, error) {
+	argv := append([]string{"ping", "-n", "-c", "1", "-W", "1"}, extra...)
+	argv = append(argv, dst.String())
+	out, err := p.c.Exec(ctx, netns, argv...)
+	return string(out), err
+}
+
+// pingAll checks that every live pod reaches every other live pod, and
+// reports the matrix.
+func (p *play) pingAll(ctx context.Context, within time.Duration) (string, map[string]any, error) {
+	pods := p.livePods()
+	if len(pods) < 2 {
+		return "", nil, fmt.Errorf("ping-all needs at least 2 pods on running nodes, have %d", len(pods))
+	}
+	n := len(pods)
+	ok := make([][]bool, n)
+	lastOut := make([][]string, n)
+	for i := range ok {
+		ok[i] = make([]bool, n)
+		lastOut[i] = make([]string, n)
+	}
+	var mu sync.Mutex
+	parallel(8, n*n, func(k int) {
+		i, j := k/n, k%n
+		if i == j {
+			return
+		}
+		out, err := retry(ctx, within, func() (string, error) {
+			return p.pingOnce(ctx, pods[i].NetNS, pods[j].Addr)
+		})
+		mu.Lock()
+		ok[i][j], lastOut[i][j] = err == nil, out
+		mu.Unlock()
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-8s", "from\\to")
+	for _, q := range pods {
+		fmt.Fprintf(&b, " %-7s", q.Name)
+	}
+	b.WriteString("\n")
+	var failed []string
+	for i := range pods {
+		fmt.Fprintf(&b, "%-8s", pods[i].Name)
+		for j := range pods {
+			cell := "ok"
+			switch {
+			case i == j:
+				cell = "-"
+			case !ok[i][j]:
+				cell = "FAIL"
+				failed = append(failed, fmt.Sprintf("%s (%s) -> %s (%s): %s", pods[i].Name, pods[i].Addr, pods[j].Name, pods[j].Addr, lastLine(lastOut[i][j])))
+			}
+			fmt.Fprintf(&b, " %-7s", cell)
+		}
+		b.WriteString("\n")
+	}
+	data := map[string]any{"pods": len(pods), "pairs": n * (n - 1), "failed": len(failed)}
+	if len(failed) > 0 {
+		return b.String(), data, fmt.Errorf("%d of %d pod pairs cannot reach each other: %s", len(failed), n*(n-1), strings.Join(failed, "; "))
+	}
+	return b.String(), data, nil
+}
+
+// refusal picks the line of ping's output that says why a packet was
+// refused.
+func refusal(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		low := strings.ToLower(l)
+		if strings.Contains(low, "too long") || strings.Contains(low, "frag") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return lastLine(out)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" {
+			return l
+		}
+	}
+	return "(no output)"
+}
+
+func (p *play) ping(ctx context.Context, from, to string, wantOK bool, within time.Duration) (string, map[string]any, error) {
+	src, err := p.pod(from)
+	if err != nil {
+		return "", nil, err
+	}
+	dst, err := p.pod(to)
+	if err != nil {
+		return "", nil, err
+	}
+	out, err := retry(ctx, within, func() (string, error) {
+		out, err := p.pingOnce(ctx, src.NetNS, dst.Addr)
+		if (err == nil) != wantOK {
+			if wantOK {
+				return out, fmt.Errorf("%s cannot reach %s: %s", from, to, lastLine(out))
+			}
+			return out, fmt.Errorf("%s still reaches %s", from, to)
+		}
+		return out, nil
+	})
+	return lastLine(out), nil, err
+}
+
+// nettest runs a server in one namespace and a sender in another and
+// compares what was sent with what arrived.
+type nettestResult struct {
+	Bytes   int64   `json:"bytes"`
+	SHA256  string  `json:"sha256"`
+	Peer    string  `json:"peer"`
+	Seconds float64 `json:"seconds"`
+	Mbps    float64 `json:"mbps"`
+}
+
+func parseNettest(out []byte) (nettestResult, error) {
+	var r nettestResult
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
+		return r, fmt.Errorf("nettest printed no result: %s", lastLine(string(out)))
+	}
+	return r, nil
+}
+
+func (p *play) transfer(ctx context.Context, fromNS, toNS string, to netip.Addr, size int64, within time.Duration) (sent, got nettestResult, err error) {
+	twillctl, _ := filepath.Abs(filepath.Join(p.bin, "twillctl"))
+	timeout := within + time.Duration(size/(1<<20))*time.Second // at least 1 MiB/s
+	addr := netip.AddrPortFrom(to, 5201).String()
+	ctx, cancel := context.WithTimeout(ctx, timeout+10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var srvOut []byte
+	var srvErr error
+	wg.Go(func() {
+		srvOut, srvErr = p.c.Exec(ctx, toNS, twillctl, "nettest", "serve", "--listen", addr, "--timeout", timeout.String())
+	})
+	time.Sleep(200 * time.Millisecond)
+	sndOut, sndErr := p.c.Exec(ctx, fromNS, twillctl, "nettest", "send", "--to", addr, "--size", fmt.Sprint(size), "--timeout", timeout.String())
+	if sndErr != nil {
+		cancel()
+	}
+	wg.Wait()
+	if sndErr != nil {
+		return sent, got, fmt.Errorf("send to %s: %v: %s", addr, sndErr, lastLine(string(sndOut)))
+	}
+	if srvErr != nil {
+		return sent, got, fmt.Errorf("receive at %s: %v: %s", addr, srvErr, lastLine(string(srvOut)))
+	}
+	if sent, err = parseNettest(sndOut); err != nil {
+		return sent, got, err
+	}
+	if got, err = parseNettest(srvOut); err != nil {
+		return sent, got, err
+	}
+	return sent, got, nil
+}
+
+func (p *play) tcp(ctx context.Context, from, to string, size int64, within time.Duration) (string, map[string]any, error) {
+	src, err := p.pod(from)
+	if err != nil {
+		return "", nil, err
+	}
+	dst, err := p.pod(to)
+	if err != nil {
+		return "", nil, err
+	}
+	sent, got, err := p.transfer(ctx, src.NetNS, dst.NetNS, dst.Addr, size, within)
+	if err != nil {
+		return "", nil, err
+	}
+	detail := fmt.Sprintf("sent %d bytes sha256 %.16s…, received %d bytes sha256 %.16s…, %.0f Mbit/s",
+		sent.Bytes, sent.SHA256, got.Bytes, got.SHA256, sent.Mbps)
+	data := map[string]any{"bytes": got.Bytes, "mbps": sent.Mbps, "sha256": got.SHA256}
+	if sent.Bytes != size || got.Bytes != size || sent.SHA256 != got.SHA256 {
+		return detail, data, fmt.Errorf("the transfer from %s to %s did not arrive intact: sent %d bytes (%s), received %d bytes (%s)",
+			from, to, sent.Bytes, sent.SHA256, got.Bytes, got.SHA256)
+	}
+	// Inside the cluster network nothing is masqueraded.
+	if got.Peer != src.Addr.String() {
+		return detail, data, fmt.Errorf("%s saw the transfer come from %s, not from %s's own address %s", to, got.Peer, from, src.Addr)
+	}
+	return detail, data, nil
+}
+
+// mtu checks that a DF packet of exactly the pod MTU passes and one byte
+// more is refused.
+func (p *play) mtu(ctx context.Context, from, to string, within time.Duration) (string, map[string]any, error) {
+	src, err := p.pod(from)
+	if err != nil {
+		return "", nil, err
+	}
+	dst, err := p.pod(to)
+	if err != nil {
+		return "", nil, err
+	}
+	node, err := p.c.Node(src.Node)
+	if err != nil {
+		return "", nil, err
+	}
+	f, err := readSubnetFile(node.SubnetFile)
+	if err != nil {
+		return "", nil, err
+	}
+	payload := f.MTU - 28 // IPv4 and ICMP headers
+	out, err := retry(ctx, within, func() (string, error) {
+		out, err := p.pingOnce(ctx, src.NetNS, dst.Addr, "-M", "do", "-s", fmt.Sprint(payload))
+		if err != nil {
+			return out, fmt.Errorf("a %d-byte packet (the pod MTU) with DF set from %s to %s did not pass: %s", f.MTU, from, to, lastLine(out))
+		}
+		return out, nil
+	})
+	if err != nil {
+		return lastLine(out), nil, err
+	}
+	big, err := p.pingOnce(ctx, src.NetNS, dst.Addr, "-M", "do", "-s", fmt.Sprint(payload+1))
+	detail := fmt.Sprintf("%d bytes with DF: passed; %d bytes: %s", f.MTU, f.MTU+1, refusal(big))
+	data := map[string]any{"mtu": f.MTU}
+	if err == nil {
+		return detail, data, fmt.Errorf("a %d-byte packet with DF set passed, but the pod MTU is %d", f.MTU+1, f.MTU)
+	}
+	low := strings.ToLower(big)
+	if !strings.Contains(low, "message too long") && !strings.Contains(low, "frag") {
+		return detail, data, fmt.Errorf("a %d-byte packet with DF set failed, but not with \"fragmentation needed\" or \"message too long\": %s", f.MTU+1, lastLine(big))
+	}
+	return detail, data, nil
+}
+
+// outside checks that a pod reaches a host outside the cluster, masqueraded
+// to its node's address.
+func (p *play) outside(ctx context.Context, from string, within time.Duration) (string, map[string]any, error) {
+	src, err := p.pod(from)
+	if err != nil {
+		return "", nil, err
+	}
+	ns, addr, ok := p.c.Outside()
+	if !ok {
+		return "", nil, errors.New("the cluster has no outside host: set cluster.outside: true")
+	}
+	node, err := p.c.Node(src.Node)
+	if err != nil {
+		return "", nil, err
+	}
+	var got nettestResult
+	_, err = retry(ctx, within, func() (string, error) {
+		_, g, err := p.transfer(ctx, src.NetNS, ns, addr, 1<<20, 10*time.Second)
+		got = g
+		return "", err
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("%s cannot reach the outside host %s: %w", from, addr, err)
+	}
+	detail := fmt.Sprintf("%s (%s) reached %s; the outside host saw the source %s", from, src.Addr, addr, got.Peer)
+	data := map[string]any{"source": got.Peer}
+	want := node.UnderlayIP.String()
+	if p.s.Cluster.IPMasq && got.Peer != want {
+		return detail, data, fmt.Errorf("traffic from %s was not masqueraded: the outside saw %s, want the node's address %s", from, got.Peer, want)
+	}
+	return detail, data, nil
+}
+
+// lease checks whether a node holds a lease.
+func (p *play) lease(ctx context.Context, nodeName string, holds bool, within time.Duration) (string, map[string]any, error) {
+	node, err := p.c.Node(nodeName)
+	if err != nil {
+		return "", nil, err
+	}
+	detail, err := retry(ctx, within, func() (string, error) {
+		ls, err := p.leases(ctx)
+		if err != nil {
+			return "", fmt.Errorf("list leases: %w", err)
+		}
+		var held []string
+		for _, l := range ls {
+			if l.Attrs.PublicIP == node.UnderlayIP {
+				held = append(held, l.Subnet.String())
+			}
+		}
+		switch {
+		case holds && len(held) == 0:
+			return "", fmt.Errorf("%s (%s) holds no lease; leases: %s", nodeName, node.UnderlayIP, describeLeases(ls))
+		case !holds && len(held) > 0:
+			return "", fmt.Errorf("%s (%s) still holds %s", nodeName, node.UnderlayIP, strings.Join(held, ", "))
+		case holds:
+			return fmt.Sprintf("%s holds %s", nodeName, strings.Join(held, ", ")), nil
+		}
+		return fmt.Sprintf("%s holds no lease", nodeName), nil
+	})
+	return detail, nil, err
+}
+
+func describeLeases(ls []lease.Lease) string {
+	var parts []string
+	for _, l := range ls {
+		parts = append(parts, fmt.Sprintf("%s=%s", l.Subnet, l.Attrs.PublicIP))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// kernelRoutes lists twill's routes (protocol 126) in a node's namespace.
+func (p *play) kernelRoutes(ctx context.Context, netns string) ([]string, error) {
+	out, err := p.c.Exec(ctx, netns, "ip", "-j", "route", "show", "proto", "126")
+	if err != nil {
+		return nil, fmt.Errorf("ip route in %s: %v: %s", netns, err, lastLine(string(out)))
+	}
+	var routes []struct {
+		Dst string `json:"dst"`
+	}
+	if err := json.Unmarshal(out, &routes); err != nil {
+		return nil, fmt.Errorf("read ip -j route output in %s: %w", netns, err)
+	}
+	var dsts []string
+	for _, r := range routes {
+		dst := r.Dst
+		if !strings.Contains(dst, "/") {
+			dst += "/32"
+		}
+		dsts = append(dsts, dst)
+	}
+	slices.Sort(dsts)
+	return dsts, nil
+}
+
+// wantRoutes is the set of twill routes a node should hold, given the leases.
+func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
+	var want []string
+	switch p.backend {
+	case "udp":
+		if p.network.IsValid() {
+			want = []string{p.network.String()}
+		}
+	case "vxlan", "host-gw", "ipip":
+		for _, l := range ls {
+			if l.Subnet != own {
+				want = append(want, l.Subnet.String())
+			}
+		}
+	}
+	slices.Sort(want)
+	return want
+}
+
+// routes checks that every running node's kernel routes match the leases.
+func (p *play) routes(ctx context.Context, within time.Duration) (string, map[string]any, error) {
+	detail, err := retry(ctx, within, func() (string, error) {
+		ls, err := p.leases(ctx)
+		if err != nil {
+			return "", fmt.Errorf("list leases: %w", err)
+		}
+		var b strings.Builder
+		var bad []string
+		for _, n := range p.c.Nodes() {
+			if p.down[n.Name] {
+				continue
+			}
+			have, err := p.kernelRoutes(ctx, n.NetNS)
+			if err != nil {
+				return "", err
+			}
+			want := p.wantRoutes(n.Subnet, ls)
+			fmt.Fprintf(&b, "%s (%s): %d routes\n", n.Name, n.Subnet, len(have))
+			if !slices.Equal(have, want) {
+				bad = append(bad, fmt.Sprintf("%s has %v, want %v", n.Name, have, want))
+			}
+		}
+		if len(bad) > 0 {
+			return b.String(), fmt.Errorf("kernel routes do not match the leases: %s", strings.Join(bad, "; "))
+		}
+		return b.String(), nil
+	})
+	return detail, nil, err
+}

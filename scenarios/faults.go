@@ -1,0 +1,140 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// nodeSubnet reads a node's subnet from its subnet file.
+func (p *play) nodeSubnet(name string) (netip.Prefix, error) {
+	n, err := p.c.Node(name)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	f, err := readSubnetFile(n.SubnetFile)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return f.NodeSubnet(), nil
+}
+
+// restartDaemon stops twilld with sig and starts it again; it must come back
+// with the same subnet.
+func (p *play) restartDaemon(ctx context.Context, node string, sig syscall.Signal) (string, map[string]any, error) {
+	before, err := p.nodeSubnet(node)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := p.c.StopDaemon(ctx, node, sig); err != nil {
+		return "", nil, err
+	}
+	t0 := time.Now()
+	if err := p.c.StartDaemon(ctx, node); err != nil {
+		return "", nil, err
+	}
+	after, err := p.nodeSubnet(node)
+	if err != nil {
+		return "", nil, err
+	}
+	detail := fmt.Sprintf("%s stopped (%s) and ready again in %.1fs with %s", node, sig, time.Since(t0).Seconds(), after)
+	if after != before {
+		return detail, nil, fmt.Errorf("%s came back with %s, but held %s before", node, after, before)
+	}
+	return detail, nil, nil
+}
+
+// killDaemon kills twilld (SIGKILL, a crash) and leaves it dead; its pods
+// stay in the checks, since the kernel data path outlives the daemon.
+func (p *play) killDaemon(ctx context.Context, node string) (string, map[string]any, error) {
+	before, err := p.nodeSubnet(node)
+	if err != nil {
+		return "", nil, err
+	}
+	p.subnets[node] = before
+	if err := p.c.StopDaemon(ctx, node, syscall.SIGKILL); err != nil {
+		return "", nil, err
+	}
+	return fmt.Sprintf("%s killed while holding %s", node, before), nil, nil
+}
+
+// startDaemon starts a stopped twilld; after a kill it must get the same
+// subnet back.
+func (p *play) startDaemon(ctx context.Context, node string) (string, map[string]any, error) {
+	if err := p.c.StartDaemon(ctx, node); err != nil {
+		return "", nil, err
+	}
+	after, err := p.nodeSubnet(node)
+	if err != nil {
+		return "", nil, err
+	}
+	if before, ok := p.subnets[node]; ok && before != after {
+		return "", nil, fmt.Errorf("%s came back with %s, but held %s before", node, after, before)
+	}
+	delete(p.subnets, node)
+	return fmt.Sprintf("%s ready with %s", node, after), nil, nil
+}
+
+// stopNode takes a node away: its daemon stops and its underlay link goes
+// down. Its pods leave the checks.
+func (p *play) stopNode(ctx context.Context, node string) (string, map[string]any, error) {
+	if err := p.c.StopDaemon(ctx, node, syscall.SIGTERM); err != nil {
+		return "", nil, err
+	}
+	if err := p.c.SetUnderlay(ctx, node, false); err != nil {
+		return "", nil, err
+	}
+	p.down[node] = true
+	return fmt.Sprintf("%s: twilld stopped, underlay down", node), nil, nil
+}
+
+// startNode brings a stopped node back.
+func (p *play) startNode(ctx context.Context, node string) (string, map[string]any, error) {
+	if err := p.c.SetUnderlay(ctx, node, true); err != nil {
+		return "", nil, err
+	}
+	if err := p.c.StartDaemon(ctx, node); err != nil {
+		return "", nil, err
+	}
+	delete(p.down, node)
+	sub, _ := p.nodeSubnet(node)
+	return fmt.Sprintf("%s: underlay up, twilld ready with %s", node, sub), nil, nil
+}
+
+// deleteRoute deletes one of twill's routes by hand, as an operator might:
+// the one to peer's subnet, or the first twill route.
+func (p *play) deleteRoute(ctx context.Context, node, peer string) (string, map[string]any, error) {
+	n, err := p.c.Node(node)
+	if err != nil {
+		return "", nil, err
+	}
+	routes, err := p.kernelRoutes(ctx, n.NetNS)
+	if err != nil {
+		return "", nil, err
+	}
+	target := ""
+	if peer != "" {
+		sub, err := p.nodeSubnet(peer)
+		if err != nil {
+			return "", nil, err
+		}
+		for _, r := range routes {
+			if r == sub.String() {
+				target = r
+			}
+		}
+		if target == "" {
+			return "", nil, fmt.Errorf("%s has no twill route to %s's subnet %s (it has %v)", node, peer, sub, routes)
+		}
+	} else if len(routes) > 0 {
+		target = routes[0]
+	} else {
+		return "", nil, fmt.Errorf("%s has no twill route to delete", node)
+	}
+	if out, err := p.c.Exec(ctx, n.NetNS, "ip", "route", "del", target, "proto", "126"); err != nil {
+		return "", nil, fmt.Errorf("delete route %s on %s: %v: %s", target, node, err, lastLine(string(out)))
+	}
+	return fmt.Sprintf("deleted %s on %s", target, node), nil, nil
+}

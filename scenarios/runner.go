@@ -1,0 +1,362 @@
+package scenarios
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/lease/etcd"
+	"github.com/twillnet/twill/vmtest"
+)
+
+// Runner plays scenarios.
+type Runner struct {
+	// Driver is the vmtest driver ("netns" unless set).
+	Driver string
+	// Bin is the directory with twilld, twillctl and twill-cni.
+	Bin string
+	// Out receives the progress, one line per step.
+	Out io.Writer
+	// ReportDir, if set, receives <scenario>.json.
+	ReportDir string
+	// LabName names the cluster (default: "sc" and a random number).
+	LabName string
+	// Keep leaves the cluster running after the scenario.
+	Keep bool
+	Log  *slog.Logger
+}
+
+// Report is the result of one scenario, as written to JSON.
+type Report struct {
+	Scenario string       `json:"scenario"`
+	File     string       `json:"file"`
+	Driver   string       `json:"driver"`
+	Lab      string       `json:"lab"`
+	Started  time.Time    `json:"started"`
+	Seconds  float64      `json:"seconds"`
+	Passed   bool         `json:"passed"`
+	Error    string       `json:"error,omitempty"`
+	Steps    []StepReport `json:"steps"`
+}
+
+// StepReport is the result of one step.
+type StepReport struct {
+	Index   int     `json:"index"`
+	Kind    string  `json:"kind"`
+	Line    int     `json:"line"`
+	Passed  bool    `json:"passed"`
+	Seconds float64 `json:"seconds"`
+	// Detail is what was seen: a ping matrix, a checksum, a route diff.
+	Detail string `json:"detail,omitempty"`
+	Error  string `json:"error,omitempty"`
+	// Data carries numbers for tools (throughput, bytes).
+	Data map[string]any `json:"data,omitempty"`
+}
+
+// Cluster is what a scenario drives: the vmtest cluster API.
+type Cluster interface {
+	Name() string
+	Nodes() []vmtest.Node
+	Node(name string) (vmtest.Node, error)
+	Pods() []vmtest.Pod
+	AddPod(ctx context.Context, node, pod string) (vmtest.Pod, error)
+	Exec(ctx context.Context, netns string, argv ...string) ([]byte, error)
+	StartDaemon(ctx context.Context, node string) error
+	StopDaemon(ctx context.Context, node string, sig syscall.Signal) error
+	SetUnderlay(ctx context.Context, node string, up bool) error
+	StopEtcd(ctx context.Context) error
+	StartEtcd(ctx context.Context) error
+	EtcdEndpoint() string
+	EtcdPrefix() string
+	Outside() (string, netip.Addr, bool)
+}
+
+// play is the state of one scenario being played.
+type play struct {
+	r       *Runner
+	s       *Scenario
+	c       Cluster
+	bin     string
+	network netip.Prefix
+	backend string
+	// down holds the nodes whose daemon or underlay is stopped; checks
+	// leave their pods out.
+	down map[string]bool
+	// subnets remembers each node's subnet before a restart.
+	subnets map[string]netip.Prefix
+}
+
+// Run brings up the scenario's cluster, plays it and tears it down. The
+// report is returned also when the scenario failed; err says why.
+func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) {
+	driver := cmp.Or(r.Driver, "netns")
+	if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, driver) {
+		return nil, fmt.Errorf("scenario %s runs on %s, not on the %s driver", s.Name, strings.Join(s.Drivers, ", "), driver)
+	}
+	out := r.Out
+	if out == nil {
+		out = io.Discard
+	}
+	log := r.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	lab := cmp.Or(r.LabName, fmt.Sprintf("sc%03d", rand.IntN(1000)))
+	rep = &Report{Scenario: s.Name, File: s.file, Driver: driver, Lab: lab, Started: time.Now()}
+	defer func() {
+		rep.Seconds = time.Since(rep.Started).Seconds()
+		rep.Passed = err == nil
+		if err != nil {
+			rep.Error = err.Error()
+			fmt.Fprintf(out, "FAIL %s after %.1fs: %v\n", s.Name, rep.Seconds, err)
+		} else {
+			fmt.Fprintf(out, "PASS %s in %.1fs\n", s.Name, rep.Seconds)
+		}
+		if r.ReportDir != "" {
+			if werr := writeReport(r.ReportDir, rep); werr != nil {
+				err = errors.Join(err, werr)
+			}
+		}
+	}()
+
+	spec := vmtest.Spec{
+		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, Bin: r.Bin,
+		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
+	}
+	fmt.Fprintf(out, "== %s: %d nodes, backend %s, %d pods per node (lab %s, driver %s)\n",
+		s.Name, s.Cluster.Nodes, cmp.Or(s.Cluster.Backend, "from netConfig"), s.Cluster.PodsPerNode, lab, driver)
+	start := time.Now()
+	c, err := vmtest.Up(ctx, spec, log)
+	if err != nil {
+		return rep, fmt.Errorf("bring up the cluster: %w", err)
+	}
+	if !r.Keep {
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if derr := vmtest.Down(dctx, lab); derr != nil {
+				err = errors.Join(err, fmt.Errorf("tear down lab %s: %w", lab, derr))
+			}
+		}()
+	}
+	defer c.Close()
+	for i := 1; i <= s.Cluster.Nodes; i++ {
+		for j := 1; j <= s.Cluster.PodsPerNode; j++ {
+			if _, err := c.AddPod(ctx, NodeName(i), PodName(i, j)); err != nil {
+				return rep, fmt.Errorf("add pod %s: %w", PodName(i, j), err)
+			}
+		}
+	}
+	fmt.Fprintf(out, "   cluster up with %d pods in %.1fs\n", len(c.Pods()), time.Since(start).Seconds())
+	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
+}
+
+func (r *Runner) play(ctx context.Context, s *Scenario, c Cluster, binDir string, rep *Report, out io.Writer) error {
+	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend}
+	if nodes := c.Nodes(); len(nodes) > 0 {
+		if f, err := readSubnetFile(nodes[0].SubnetFile); err == nil {
+			p.network = f.Network
+		}
+	}
+	if p.backend == "" {
+		var nc struct{ Backend struct{ Type string } }
+		if err := json.Unmarshal([]byte(s.Cluster.NetConfig), &nc); err == nil {
+			p.backend = cmp.Or(nc.Backend.Type, "udp")
+		}
+	}
+	for i, st := range s.Steps {
+		sr := StepReport{Index: i + 1, Kind: st.Kind, Line: st.Line}
+		fmt.Fprintf(out, "[%d/%d] %s%s ... ", i+1, len(s.Steps), st.Kind, describeParams(st))
+		t0 := time.Now()
+		detail, data, err := p.step(ctx, st)
+		sr.Seconds = time.Since(t0).Seconds()
+		sr.Detail, sr.Data, sr.Passed = detail, data, err == nil
+		if err != nil {
+			sr.Error = err.Error()
+			fmt.Fprintf(out, "FAILED (%.1fs)\n", sr.Seconds)
+		} else {
+			fmt.Fprintf(out, "ok (%.1fs)\n", sr.Seconds)
+		}
+		if detail != "" {
+			for _, line := range strings.Split(strings.TrimRight(detail, "\n"), "\n") {
+				fmt.Fprintf(out, "      %s\n", line)
+			}
+		}
+		rep.Steps = append(rep.Steps, sr)
+		if err != nil {
+			return fmt.Errorf("step %d (%s, line %d): %w", i+1, st.Kind, st.Line, err)
+		}
+	}
+	return nil
+}
+
+func describeParams(st Step) string {
+	var parts []string
+	for _, kv := range [][2]string{{"node", st.Node}, {"peer", st.Peer}, {"from", st.From}, {"to", st.To}} {
+		if kv[1] != "" {
+			parts = append(parts, kv[0]+"="+kv[1])
+		}
+	}
+	if st.Kind == "tcp" {
+		parts = append(parts, fmt.Sprintf("size=%dMiB", st.Size>>20))
+	}
+	if st.Holds != nil {
+		parts = append(parts, fmt.Sprintf("holds=%t", *st.Holds))
+	}
+	if st.Kind == "ping" && st.Expect != "ok" {
+		parts = append(parts, "expect="+st.Expect)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " " + strings.Join(parts, " ")
+}
+
+func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error) {
+	within := time.Duration(st.Within)
+	if within == 0 {
+		within = 30 * time.Second
+	}
+	switch st.Kind {
+	case "ping-all":
+		return p.pingAll(ctx, within)
+	case "ping":
+		return p.ping(ctx, st.From, st.To, st.Expect == "ok", within)
+	case "tcp":
+		return p.tcp(ctx, st.From, st.To, st.Size, within)
+	case "mtu":
+		return p.mtu(ctx, st.From, st.To, within)
+	case "outside":
+		return p.outside(ctx, st.From, within)
+	case "lease":
+		return p.lease(ctx, st.Node, *st.Holds, within)
+	case "routes":
+		return p.routes(ctx, within)
+	case "restart-daemon":
+		return p.restartDaemon(ctx, st.Node, syscall.SIGTERM)
+	case "kill-daemon":
+		return p.killDaemon(ctx, st.Node)
+	case "start-daemon":
+		return p.startDaemon(ctx, st.Node)
+	case "stop-node":
+		return p.stopNode(ctx, st.Node)
+	case "start-node":
+		return p.startNode(ctx, st.Node)
+	case "etcd-down":
+		return "", nil, p.c.StopEtcd(ctx)
+	case "etcd-up":
+		return "", nil, p.c.StartEtcd(ctx)
+	case "delete-route":
+		return p.deleteRoute(ctx, st.Node, st.Peer)
+	case "wait-lease-expiry":
+		limit := time.Duration(st.Within)
+		if limit == 0 {
+			limit = time.Duration(p.s.Cluster.SubnetLeaseTTL) + 30*time.Second
+		}
+		return p.lease(ctx, st.Node, false, limit)
+	case "sleep":
+		select {
+		case <-ctx.Done():
+			return "", nil, ctx.Err()
+		case <-time.After(time.Duration(st.For)):
+			return "", nil, nil
+		}
+	}
+	return "", nil, fmt.Errorf("step %q is not implemented", st.Kind)
+}
+
+// retry runs f until it succeeds or within has passed, and returns the last
+// result.
+func retry(ctx context.Context, within time.Duration, f func() (string, error)) (string, error) {
+	deadline := time.Now().Add(within)
+	for {
+		detail, err := f()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return detail, err
+		}
+		select {
+		case <-ctx.Done():
+			return detail, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// livePods are the pods on nodes that are up, by name.
+func (p *play) livePods() []vmtest.Pod {
+	var out []vmtest.Pod
+	for _, pod := range p.c.Pods() {
+		if !p.down[pod.Node] {
+			out = append(out, pod)
+		}
+	}
+	slices.SortFunc(out, func(a, b vmtest.Pod) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (p *play) pod(name string) (vmtest.Pod, error) {
+	for _, pod := range p.c.Pods() {
+		if pod.Name == name {
+			return pod, nil
+		}
+	}
+	return vmtest.Pod{}, fmt.Errorf("no pod %q in the cluster", name)
+}
+
+func (p *play) registry() (*etcd.Registry, error) {
+	return etcd.New(etcd.Config{Endpoints: []string{p.c.EtcdEndpoint()}, Prefix: p.c.EtcdPrefix(), DialTimeout: 2 * time.Second, RequestTimeout: 3 * time.Second})
+}
+
+func (p *play) leases(ctx context.Context) ([]lease.Lease, error) {
+	reg, err := p.registry()
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Close()
+	ls, _, err := reg.List(ctx)
+	return ls, err
+}
+
+func writeReport(dir string, rep *Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, rep.Scenario+".json")
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// parallel runs f for each index with at most n at once.
+func parallel(n, count int, f func(i int)) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, n)
+	for i := range count {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			f(i)
+		})
+	}
+	wg.Wait()
+}

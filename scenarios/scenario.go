@@ -1,0 +1,305 @@
+// Package scenarios reads scenario files (scenarios/*.yaml) and plays them
+// against a vmtest cluster: it brings up the cluster a scenario names, adds
+// its pods, runs its steps (checks and faults) in order, prints each step with
+// its result and timing, and writes a JSON report. The first failed check
+// stops the scenario with the evidence.
+//
+// It drives the cluster as a user would, through vmtest and the real
+// binaries; it must not import overlay/daemon or reach into twilld.
+package scenarios
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Scenario is one scenario file.
+type Scenario struct {
+	Name        string      `yaml:"name"`
+	Description string      `yaml:"description"`
+	Cluster     ClusterSpec `yaml:"cluster"`
+	Steps       []Step      `yaml:"-"`
+	// Drivers lists the drivers the scenario runs on (default: all). A
+	// scenario whose backend needs a kernel feature this host lacks (ipip,
+	// ipvlan) names only the drivers that boot their own kernel.
+	Drivers []string `yaml:"drivers"`
+	file    string
+}
+
+// ClusterSpec is the cluster a scenario asks for.
+type ClusterSpec struct {
+	Nodes          int      `yaml:"nodes"`
+	Backend        string   `yaml:"backend"`
+	NetConfig      string   `yaml:"netConfig"`
+	PodsPerNode    int      `yaml:"podsPerNode"`
+	IPMasq         bool     `yaml:"ipMasq"`
+	Outside        bool     `yaml:"outside"`
+	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
+	RenewMargin    Duration `yaml:"renewMargin"`
+}
+
+// Duration is a time.Duration written as "10s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML reads "10s", "1m30s".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 10s", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 10s", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Step is one check or fault, with its parameters.
+type Step struct {
+	Kind string
+	Line int
+
+	Node   string   // lease, restart-daemon, kill-daemon, start-daemon, stop-node, start-node, delete-route, wait-lease-expiry
+	Peer   string   // delete-route: whose subnet's route
+	From   string   // tcp, mtu, outside, ping
+	To     string   // tcp, mtu, ping
+	Size   int64    // tcp: bytes
+	Holds  *bool    // lease: true or false
+	Within Duration // checks: how long to retry before failing; wait-*: the limit
+	For    Duration // sleep
+	Expect string   // ping: "ok" or "fail"
+}
+
+// stepKinds lists the step kinds and the parameters each takes.
+var stepKinds = map[string][]string{
+	"ping-all":          {"within"},
+	"ping":              {"from", "to", "expect", "within"},
+	"tcp":               {"from", "to", "size", "within"},
+	"mtu":               {"from", "to", "within"},
+	"outside":           {"from", "within"},
+	"lease":             {"node", "holds", "within"},
+	"routes":            {"within"},
+	"restart-daemon":    {"node"},
+	"kill-daemon":       {"node"},
+	"start-daemon":      {"node"},
+	"stop-node":         {"node"},
+	"start-node":        {"node"},
+	"etcd-down":         {},
+	"etcd-up":           {},
+	"delete-route":      {"node", "peer"},
+	"wait-lease-expiry": {"node", "within"},
+	"sleep":             {"for"},
+}
+
+// Load reads and validates a scenario file.
+func Load(path string) (*Scenario, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read scenario: %w", err)
+	}
+	s, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	s.file = path
+	return s, nil
+}
+
+// Parse reads and validates a scenario.
+func Parse(data []byte) (*Scenario, error) {
+	var raw struct {
+		Scenario `yaml:",inline"`
+		Steps    []yaml.Node `yaml:"steps"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	s := raw.Scenario
+	var errs []error
+	if s.Name == "" {
+		errs = append(errs, errors.New("scenario: name: missing"))
+	}
+	c := &s.Cluster
+	if c.Nodes < 1 || c.Nodes > 8 {
+		errs = append(errs, fmt.Errorf("scenario: cluster.nodes = %d: want 1..8", c.Nodes))
+	}
+	if c.Backend == "" && c.NetConfig == "" {
+		errs = append(errs, errors.New("scenario: cluster.backend: missing (or give cluster.netConfig)"))
+	}
+	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
+		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))
+	}
+	if len(raw.Steps) == 0 {
+		errs = append(errs, errors.New("scenario: steps: none given"))
+	}
+	for i := range raw.Steps {
+		st, err := parseStep(&raw.Steps[i], c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("scenario: steps[%d]: %w", i, err))
+			continue
+		}
+		s.Steps = append(s.Steps, st)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
+	// A step is "- kind" or "- kind: {params}".
+	var kind string
+	params := map[string]yaml.Node{}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		kind = n.Value
+	case yaml.MappingNode:
+		if len(n.Content) != 2 {
+			return Step{}, fmt.Errorf("line %d: a step is one kind with its parameters, e.g. \"- tcp: {from: n1p1, to: n2p1}\"", n.Line)
+		}
+		kind = n.Content[0].Value
+		v := n.Content[1]
+		switch {
+		case v.Kind == yaml.MappingNode:
+			if err := v.Decode(&params); err != nil {
+				return Step{}, fmt.Errorf("line %d: %s: %w", n.Line, kind, err)
+			}
+		case v.Kind == yaml.ScalarNode && (v.Tag == "!!null" || v.Value == ""):
+		case v.Kind == yaml.ScalarNode && kind == "sleep":
+			params["for"] = *v
+		default:
+			return Step{}, fmt.Errorf("line %d: %s: parameters must be a mapping", v.Line, kind)
+		}
+	default:
+		return Step{}, fmt.Errorf("line %d: a step is one kind with its parameters", n.Line)
+	}
+	known, ok := stepKinds[kind]
+	if !ok {
+		kinds := make([]string, 0, len(stepKinds))
+		for k := range stepKinds {
+			kinds = append(kinds, k)
+		}
+		return Step{}, fmt.Errorf("line %d: unknown step %q; known steps: %s", n.Line, kind, strings.Join(slices.Sorted(slices.Values(kinds)), ", "))
+	}
+	st := Step{Kind: kind, Line: n.Line, Expect: "ok"}
+	for name, v := range params {
+		if !slices.Contains(known, name) {
+			return Step{}, fmt.Errorf("line %d: %s takes no parameter %q (it takes: %s)", v.Line, kind, name, strings.Join(known, ", "))
+		}
+		var err error
+		switch name {
+		case "node":
+			err = v.Decode(&st.Node)
+		case "peer":
+			err = v.Decode(&st.Peer)
+		case "from":
+			err = v.Decode(&st.From)
+		case "to":
+			err = v.Decode(&st.To)
+		case "expect":
+			err = v.Decode(&st.Expect)
+			if err == nil && st.Expect != "ok" && st.Expect != "fail" {
+				err = fmt.Errorf("%q: want ok or fail", st.Expect)
+			}
+		case "holds":
+			var b bool
+			err = v.Decode(&b)
+			st.Holds = &b
+		case "size":
+			var s string
+			if err = v.Decode(&s); err == nil {
+				st.Size, err = parseSize(s)
+			}
+		case "within":
+			err = st.Within.UnmarshalYAML(&v)
+		case "for":
+			err = st.For.UnmarshalYAML(&v)
+		}
+		if err != nil {
+			return Step{}, fmt.Errorf("line %d: %s.%s: %w", v.Line, kind, name, err)
+		}
+	}
+	// Required parameters.
+	need := map[string][]string{
+		"tcp": {"from", "to"}, "mtu": {"from", "to"}, "outside": {"from"}, "ping": {"from", "to"},
+		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "start-daemon": {"node"},
+		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
+	}
+	for _, p := range need[kind] {
+		if _, ok := params[p]; !ok {
+			return Step{}, fmt.Errorf("line %d: %s needs %q", n.Line, kind, p)
+		}
+	}
+	if st.Kind == "tcp" && st.Size == 0 {
+		st.Size = 16 << 20
+	}
+	for _, ref := range []struct{ field, v string }{{"node", st.Node}, {"peer", st.Peer}} {
+		if ref.v != "" && !validNode(ref.v, c.Nodes) {
+			return Step{}, fmt.Errorf("line %d: %s.%s = %q: no such node (nodes are n1..n%d)", n.Line, kind, ref.field, ref.v, c.Nodes)
+		}
+	}
+	for _, ref := range []struct{ field, v string }{{"from", st.From}, {"to", st.To}} {
+		if ref.v != "" && !validPod(ref.v, c.Nodes, c.PodsPerNode) {
+			return Step{}, fmt.Errorf("line %d: %s.%s = %q: no such pod (pods are nIpJ, I in 1..%d, J in 1..%d)", n.Line, kind, ref.field, ref.v, c.Nodes, c.PodsPerNode)
+		}
+	}
+	return st, nil
+}
+
+// NodeName is the name of the i-th node (from 1), as vmtest names them.
+func NodeName(i int) string { return fmt.Sprintf("n%d", i) }
+
+// PodName is the name of the j-th pod (from 1) on node i.
+func PodName(i, j int) string { return fmt.Sprintf("n%dp%d", i, j) }
+
+func validNode(name string, nodes int) bool {
+	for i := 1; i <= nodes; i++ {
+		if name == NodeName(i) {
+			return true
+		}
+	}
+	return false
+}
+
+func validPod(name string, nodes, pods int) bool {
+	for i := 1; i <= nodes; i++ {
+		for j := 1; j <= pods; j++ {
+			if name == PodName(i, j) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// parseSize reads 64MiB, 1GiB, 512KiB or a number of bytes.
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			var n int64
+			if _, err := fmt.Sscan(num, &n); err != nil || n <= 0 {
+				return 0, fmt.Errorf("%q: want a size such as 64MiB", s)
+			}
+			return n * u.mult, nil
+		}
+	}
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q: want a size such as 64MiB", s)
+	}
+	return n, nil
+}
