@@ -139,4 +139,3 @@ func (b *Backend) Cleanup(context.Context) error { return b.r.Cleanup() }
 
 // Router is the backend's Router (for tests and status pages).
 func (b *Backend) Router() *routing.Router { return b.r }
-
