@@ -73,6 +73,7 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	recLog := log // the reconciler names the backend itself
 	log = log.With("backend", cfg.Backend.Type)
 	if cfg.Node.Network == nil {
 		return nil, errors.New("routing: the node has no network config")
@@ -98,7 +99,7 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	r.nft = nft.New(log, nft.InNetNS(int(ns)))
-	r.rec = kernel.NewReconciler(r.kh, kernel.ReconcilerOptions{Log: log, Resync: cfg.Resync, BeforePass: r.beforePass})
+	r.rec = kernel.NewReconciler(r.kh, kernel.ReconcilerOptions{Log: recLog, Resync: cfg.Resync, BeforePass: r.beforePass})
 	return r, nil
 }
 

@@ -97,7 +97,7 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 	switch {
 	case err == nil && len(link.Attrs().HardwareAddr) == 6:
 		b.mac = link.Attrs().HardwareAddr
-		b.log.Info("reusing the VTEP MAC of the existing device", "device", b.device, "mac", b.mac)
+		b.log.Info("reusing the VTEP MAC of the existing device", "device", b.device, "mac", b.mac.String())
 	case err == nil || routing.IsNotFound(err):
 		b.mac = DerivedMAC(b.node.PublicIP, b.opts.VNI)
 	default:
@@ -148,7 +148,7 @@ func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
 		if err := nl.LinkAdd(want); err != nil {
 			return fmt.Errorf("create vxlan device %s (VNI %d, port %d, local %s): %w", b.device, want.VxlanId, want.Port, b.node.PublicIP, err)
 		}
-		b.log.Info("device created", "device", b.device, "vni", want.VxlanId, "port", want.Port, "mac", b.mac, "mtu", b.mtu)
+		b.log.Info("device created", "device", b.device, "vni", want.VxlanId, "port", want.Port, "mac", b.mac.String(), "mtu", b.mtu)
 		if link, err = nl.LinkByName(b.device); err != nil {
 			return fmt.Errorf("look up %s after creating it: %w", b.device, err)
 		}
