@@ -241,3 +241,18 @@ func TestIPMasqAndCleanup(t *testing.T) {
 		t.Errorf("Cleanup touched cni0: %q", got)
 	}
 }
+
+// TestDirectRouting: with DirectRouting a peer on the segment is routed
+// over eth0, without neighbour or FDB entries, and pods still reach it.
+func TestDirectRouting(t *testing.T) {
+	lab := backendtest.New(t, "vxlan", 2)
+	rs := lab.Start(t, config(t, `{"Type":"vxlan","DirectRouting":true}`), newVXLAN)
+	n1 := lab.Nodes[0]
+	if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "10.244.2.0/24 via 192.168.56.12 dev eth0 proto 126") {
+		t.Errorf("direct route to the peer: %q", got)
+	}
+	if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); strings.TrimSpace(got) != "" {
+		t.Errorf("neighbours on twill.1 for a direct peer: %q", got)
+	}
+	backendtest.CheckPodToPod(t, rs)
+}
