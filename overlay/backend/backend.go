@@ -34,6 +34,13 @@ type Node struct {
 	IfacePrefix netip.Prefix
 	// Network is the cluster network config.
 	Network *netconf.Config
+	// IPMasq asks the backend to masquerade pod traffic that leaves the
+	// cluster network (twilld --ip-masq).
+	IPMasq bool
+	// NetNS is the path of the network namespace the backend works in
+	// (/run/netns/NAME, /proc/PID/ns/net); empty for the namespace of the
+	// thread that creates the backend, which is twilld's.
+	NetNS string
 }
 
 // Prepared is what a backend publishes before its lease is acquired.

@@ -146,10 +146,12 @@ func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 }
 
 // newBackend picks the backend for the config.
-func newBackend(node backend.Node) (backend.Backend, error) {
+func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeAlloc:
 		return alloc.New(node), nil
+	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP:
+		return newKernelBackend(node, log)
 	default:
 		return nil, fmt.Errorf("backend %q is not available in this twilld yet", t)
 	}
@@ -168,10 +170,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	node := u.backendNode(d.cfg.NodeName)
 	node.Network = netcfg
+	node.IPMasq = d.cfg.IPMasq
 	d.log.Info("starting", "node", node.Name, "public_ip", node.PublicIP, "iface", node.Iface,
 		"network", netcfg.Network, "backend", netcfg.Backend.Type)
 
-	be, err := newBackend(node)
+	be, err := newBackend(node, d.log)
 	if err != nil {
 		return err
 	}
@@ -327,7 +330,8 @@ func (d *Daemon) Cleanup(ctx context.Context) error {
 	}
 	node := u.backendNode(d.cfg.NodeName)
 	node.Network = netcfg
-	be, err := newBackend(node)
+	node.IPMasq = d.cfg.IPMasq
+	be, err := newBackend(node, d.log)
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,12 @@ type ReconcilerOptions struct {
 	Settle time.Duration
 	// Log receives a line per pass that changed something or failed.
 	Log *slog.Logger
+	// BeforePass, if set, runs before each pass: the backend makes sure its
+	// device exists (a deleted device comes back before the routes through
+	// it are applied) and brings its other state up to date. Its error is
+	// the pass's error (retried as any failed pass) but does not stop the
+	// pass.
+	BeforePass func() error
 }
 
 // Status is a snapshot of a Reconciler, for the dashboard.
@@ -157,9 +163,13 @@ func (r *Reconciler) pass() error {
 	if p == nil {
 		return nil
 	}
+	var berr error
+	if r.opts.BeforePass != nil {
+		berr = r.opts.BeforePass()
+	}
 	ch, err := r.h.Apply(*p)
 	actual, rerr := r.h.Read(devices...)
-	err = errors.Join(err, rerr)
+	err = errors.Join(berr, err, rerr)
 	drift := Compare(*p, actual)
 
 	r.mu.Lock()

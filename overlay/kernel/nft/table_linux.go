@@ -36,6 +36,12 @@ const (
 
 var multicast = netip.MustParsePrefix("224.0.0.0/4")
 
+// setIDs serialises queueing sets across Tables: github.com/google/nftables
+// (v0.3.0, Conn.AddSet) numbers new sets from a package variable without a
+// lock, so two Tables in one process (one per namespace, in tests) must not
+// add sets at the same time.
+var setIDs sync.Mutex
+
 // Table is the twill nftables table in one network namespace. Its methods may
 // be called from several goroutines; they run one at a time.
 type Table struct {
@@ -349,7 +355,9 @@ func (t *Table) Apply(r Rules) error {
 	if err != nil {
 		return fmt.Errorf("read nftables table %s: %w", TableName, err)
 	}
+	setIDs.Lock()
 	ops, summary, err := plan(c, st, r)
+	setIDs.Unlock()
 	if err != nil {
 		return fmt.Errorf("plan nftables table %s: %w", TableName, err)
 	}

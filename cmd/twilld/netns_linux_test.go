@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/overlay/backend/backendtest"
+	"github.com/twillnet/twill/overlay/subnetfile"
+)
+
+// TestKernelBackendsInNamespaces runs twilld processes with a kernel
+// backend inside two node namespaces (etcd runs in the switch namespace,
+// at 192.168.56.1), checks that their pods reach each other, then stops
+// node 1's twilld and checks that `twilld --cleanup` removes its device,
+// routes and nftables table.
+func TestKernelBackendsInNamespaces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds twilld and twillctl and starts processes; skipped with -short")
+	}
+	backendtest.NeedRoot(t)
+	dir := t.TempDir()
+	twilld, twillctl := filepath.Join(dir, "twilld"), filepath.Join(dir, "twillctl")
+	backendtest.Run(t, "go", "build", "-o", twilld, ".")
+	backendtest.Run(t, "go", "build", "-o", twillctl, "../twillctl")
+
+	for _, tc := range []struct {
+		backend string
+		device  string
+	}{
+		{"vxlan", "twill.1"},
+		{"host-gw", ""},
+	} {
+		t.Run(tc.backend, func(t *testing.T) {
+			lab := backendtest.New(t, "twilld", 2)
+			backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
+			url := "http://192.168.56.1:2379"
+			start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, tc.backend+"-etcd"),
+				"--listen-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380")
+
+			netConfig := filepath.Join(dir, tc.backend+".json")
+			if err := os.WriteFile(netConfig, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+tc.backend+`"}}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var procs []proc
+			for _, n := range lab.Nodes {
+				// The subnet file makes each node ask for the subnet its cni0 holds.
+				sf := filepath.Join(dir, tc.backend+"-"+n.Name+".env")
+				err := subnetfile.Write(sf, subnetfile.File{Network: netip.MustParsePrefix("10.244.0.0/16"),
+					Subnet: netip.PrefixFrom(n.Subnet.Addr().Next(), 24), MTU: 1450})
+				if err != nil {
+					t.Fatal(err)
+				}
+				procs = append(procs, start(t, n.Name, n.Name, twilld, "msg=ready",
+					"--etcd-endpoints", url, "--etcd-prefix", "/twill-test", "--net-config", netConfig,
+					"--iface", "eth0", "--subnet-file", sf, "--node-name", n.Name, "--ip-masq"))
+			}
+			n1, n2 := lab.Nodes[0], lab.Nodes[1]
+			backendtest.Eventually(t, 20*time.Second, func() string {
+				if got := n1.Ping(t, n2.PodIP, 1); got != 1 {
+					return fmt.Sprintf("no reply from %s yet; node1 routes:\n%s", n2.PodIP, n1.IP(t, "route"))
+				}
+				return ""
+			})
+			if got := n2.Ping(t, n1.PodIP, 3); got != 3 {
+				t.Fatalf("pod2 -> pod1: %d of 3 replies", got)
+			}
+
+			// Stop node 1's twilld; its data path stays; --cleanup removes it.
+			if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			procs[0].wait(t)
+			if got := n1.IP(t, "route", "show", "proto", "126"); strings.TrimSpace(got) == "" {
+				t.Fatalf("a stopped twilld must leave its routes in place")
+			}
+			backendtest.Run(t, "ip", "netns", "exec", n1.Name, twilld, "--cleanup", "--net-config", netConfig, "--iface", "eth0",
+				"--subnet-file", filepath.Join(dir, "unused.env"))
+			if got := n1.IP(t, "route", "show", "proto", "126"); strings.TrimSpace(got) != "" {
+				t.Errorf("routes left after --cleanup: %q", got)
+			}
+			if tc.device != "" {
+				if got := n1.IP(t, "-o", "link", "show"); strings.Contains(got, tc.device) {
+					t.Errorf("device %s left after --cleanup:\n%s", tc.device, got)
+				}
+			}
+			if got := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "nft", "list", "tables"); strings.Contains(got, "twill") {
+				t.Errorf("nftables table left after --cleanup: %q", got)
+			}
+			if got := n1.IP(t, "-o", "addr", "show", "dev", "eth0"); !strings.Contains(got, "192.168.56.11/24") {
+				t.Errorf("--cleanup touched eth0: %q", got)
+			}
+		})
+	}
+}
+
+// proc is a process the test started; done closes when it exited.
+type proc struct {
+	pid  int
+	done chan struct{}
+}
+
+// start runs bin in namespace ns and waits until its output shows ready.
+// It is stopped (by its PID) when the test ends.
+func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		pw.Close()
+		close(done)
+	}()
+	var log syncBuffer
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := false
+		for sc.Scan() {
+			log.Write([]byte(sc.Text() + "\n"))
+			if !once && strings.Contains(sc.Text(), ready) {
+				once = true
+				close(found)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, log.String())
+		}
+	})
+	select {
+	case <-found:
+	case <-done:
+		t.Fatalf("%s exited before it was ready:\n%s", name, log.String())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s not ready after 20s:\n%s", name, log.String())
+	}
+	return proc{cmd.Process.Pid, done}
+}
+
+func (p proc) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("process %d did not stop", p.pid)
+	}
+}

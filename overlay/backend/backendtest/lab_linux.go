@@ -1,0 +1,346 @@
+// Package backendtest builds, for a backend's tests, a small cluster out of
+// network namespaces: nodes on one underlay segment (a bridge in a switch
+// namespace, 192.168.56.0/24), each with a cni0 bridge holding its pod
+// subnet's gateway and one pod namespace behind it, and runs a backend
+// in-process for each node.
+//
+// It must only ever change namespaces it created (named
+// twt-<tag>-<pid>-<n>-<role>, deleted when the test ends, passed or not),
+// never the namespace the test runs in, and only send traffic to addresses
+// inside them. It needs root and the ip command; without them tests skip.
+// The package is Linux-only.
+package backendtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
+)
+
+var seq atomic.Int32
+
+// Underlay is the segment the lab's nodes share.
+var Underlay = netip.MustParsePrefix("192.168.56.0/24")
+
+// Lab is a set of nodes on one underlay segment.
+type Lab struct {
+	Prefix string
+	Switch string
+	Nodes  []*Node
+}
+
+// Node is one node namespace and its pod.
+type Node struct {
+	// Name is the node's namespace; NetNS its path, for backend.Node.
+	Name  string
+	NetNS string
+	// PublicIP is eth0's address on the underlay.
+	PublicIP netip.Addr
+	// Subnet is the node's pod subnet; its .1 sits on cni0.
+	Subnet netip.Prefix
+	// Pod is the pod's namespace, PodIP its address (.2 of Subnet).
+	Pod   string
+	PodIP netip.Addr
+}
+
+// NeedRoot skips the test unless it runs as root with the ip command.
+func NeedRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: creates network namespaces, devices, routes and nftables tables")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		tb.Skip("needs the ip command (iproute2) to build the lab")
+	}
+}
+
+// Run runs a command and fails the test if it fails; it returns the output.
+func Run(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// New builds a lab of n nodes (node i, from 1: public IP 192.168.56.1i,
+// subnet 10.244.i.0/24, pod 10.244.i.2). tag names the test's package.
+func New(tb testing.TB, tag string, n int) *Lab {
+	tb.Helper()
+	NeedRoot(tb)
+	l := &Lab{Prefix: fmt.Sprintf("twt-%s-%d-%d", tag, os.Getpid(), seq.Add(1))}
+	l.Switch = l.netns(tb, "sw")
+	Run(tb, "ip", "-n", l.Switch, "link", "add", "br0", "type", "bridge")
+	Run(tb, "ip", "-n", l.Switch, "link", "set", "br0", "up")
+	for i := 1; i <= n; i++ {
+		node := &Node{
+			PublicIP: netip.AddrFrom4([4]byte{192, 168, 56, byte(10 + i)}),
+			Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
+			PodIP:    netip.AddrFrom4([4]byte{10, 244, byte(i), 2}),
+		}
+		node.Name = l.netns(tb, fmt.Sprintf("node%d", i))
+		node.NetNS = "/run/netns/" + node.Name
+		node.Pod = l.netns(tb, fmt.Sprintf("pod%d", i))
+		port := fmt.Sprintf("p%d", i)
+		Run(tb, "ip", "-n", l.Switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.Name)
+		Run(tb, "ip", "-n", l.Switch, "link", "set", port, "master", "br0", "up")
+		Run(tb, "ip", "-n", node.Name, "addr", "add", netip.PrefixFrom(node.PublicIP, 24).String(), "dev", "eth0")
+		Run(tb, "ip", "-n", node.Name, "link", "set", "eth0", "up")
+		gw := node.Subnet.Addr().Next()
+		Run(tb, "ip", "-n", node.Name, "link", "add", "cni0", "type", "bridge")
+		Run(tb, "ip", "-n", node.Name, "addr", "add", netip.PrefixFrom(gw, 24).String(), "dev", "cni0")
+		Run(tb, "ip", "-n", node.Name, "link", "set", "cni0", "up")
+		Run(tb, "ip", "-n", node.Name, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", node.Pod)
+		Run(tb, "ip", "-n", node.Name, "link", "set", "veth0", "master", "cni0", "up")
+		Run(tb, "ip", "-n", node.Pod, "addr", "add", netip.PrefixFrom(node.PodIP, 24).String(), "dev", "eth0")
+		Run(tb, "ip", "-n", node.Pod, "link", "set", "eth0", "up")
+		Run(tb, "ip", "-n", node.Pod, "route", "add", "default", "via", gw.String())
+		// Forwarding on in the node only; /proc/sys/net is the opener's namespace's.
+		Run(tb, "ip", "netns", "exec", node.Name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+		l.Nodes = append(l.Nodes, node)
+	}
+	return l
+}
+
+func (l *Lab) netns(tb testing.TB, role string) string {
+	tb.Helper()
+	name := l.Prefix + "-" + role
+	Run(tb, "ip", "netns", "add", name)
+	tb.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			tb.Errorf("delete netns %s: %v: %s", name, err, out)
+		}
+	})
+	Run(tb, "ip", "-n", name, "link", "set", "lo", "up")
+	return name
+}
+
+// IP runs `ip -n <node> args...` and returns its output.
+func (n *Node) IP(tb testing.TB, args ...string) string {
+	tb.Helper()
+	return Run(tb, "ip", append([]string{"-n", n.Name}, args...)...)
+}
+
+// BackendNode describes the node to a backend working in its namespace.
+func (n *Node) BackendNode(cfg *netconf.Config) backend.Node {
+	return backend.Node{
+		Name:        strings.TrimPrefix(n.Name, "twt-"),
+		PublicIP:    n.PublicIP,
+		Iface:       "eth0",
+		IfaceMTU:    1500,
+		IfacePrefix: Underlay,
+		Network:     cfg,
+		NetNS:       n.NetNS,
+	}
+}
+
+// Lease is the node's lease as its backend would publish it.
+func (n *Node) Lease(backendType string, data json.RawMessage) lease.Lease {
+	return lease.Lease{
+		Subnet:     n.Subnet,
+		Attrs:      lease.Attrs{PublicIP: n.PublicIP, BackendType: backendType, BackendData: data},
+		Expiration: time.Now().Add(time.Hour),
+	}
+}
+
+var received = regexp.MustCompile(`(\d+) received`)
+
+// Ping sends count echo requests of 56 bytes (84-byte IP packets) from the
+// node's pod to dst and returns how many replies came back.
+func (n *Node) Ping(tb testing.TB, dst netip.Addr, count int) int {
+	tb.Helper()
+	out, _ := exec.Command("ip", "netns", "exec", n.Pod, "ping", "-n", "-q", "-c", strconv.Itoa(count),
+		"-i", "0.2", "-W", "1", "-s", "56", dst.String()).CombinedOutput()
+	m := received.FindSubmatch(out)
+	if m == nil {
+		tb.Fatalf("ping %s from %s: %s", dst, n.Pod, out)
+	}
+	k, _ := strconv.Atoi(string(m[1]))
+	return k
+}
+
+// Running is a backend running for one node.
+type Running struct {
+	Node     *Node
+	Backend  backend.Backend
+	Prepared backend.Prepared
+	Lease    lease.Lease
+
+	stop func()
+}
+
+// Stop ends the backend's Run and waits for it (Cleanup wants a backend
+// that is not running). It is also done when the test ends.
+func (r *Running) Stop() { r.stop() }
+
+// Start makes a backend for each node with newBackend, prepares it, gives
+// it its lease and every other node's, and runs it until the test ends.
+func (l *Lab) Start(tb testing.TB, cfg *netconf.Config, newBackend func(backend.Node, *slog.Logger) (backend.Backend, error)) []*Running {
+	tb.Helper()
+	ctx := context.Background()
+	var rs []*Running
+	for _, n := range l.Nodes {
+		log := slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.Name)
+		b, err := newBackend(n.BackendNode(cfg), log)
+		if err != nil {
+			tb.Fatalf("new backend for %s: %v", n.Name, err)
+		}
+		p, err := b.Prepare(ctx)
+		if err != nil {
+			tb.Fatalf("prepare %s backend on %s: %v", b.Type(), n.Name, err)
+		}
+		r := &Running{Node: n, Backend: b, Prepared: p, Lease: n.Lease(b.Type(), p.BackendData)}
+		if err := b.SetLease(ctx, r.Lease); err != nil {
+			tb.Fatalf("set lease on %s: %v", n.Name, err)
+		}
+		rs = append(rs, r)
+	}
+	for _, r := range rs {
+		var evs []lease.Event
+		for _, o := range rs {
+			if o != r {
+				evs = append(evs, lease.Event{Type: lease.Added, Lease: o.Lease})
+			}
+		}
+		if err := r.Backend.Handle(ctx, evs); err != nil {
+			tb.Fatalf("handle peers on %s: %v", r.Node.Name, err)
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := r.Backend.Run(rctx); err != nil {
+				tb.Errorf("run backend on %s: %v", r.Node.Name, err)
+			}
+		}()
+		r.stop = sync.OnceFunc(func() {
+			cancel()
+			<-done
+		})
+		tb.Cleanup(r.stop)
+	}
+	for _, r := range rs {
+		r.WaitInSync(tb)
+	}
+	return rs
+}
+
+// WaitInSync waits until the backend reports the kernel in sync.
+func (r *Running) WaitInSync(tb testing.TB) {
+	tb.Helper()
+	Eventually(tb, 10*time.Second, func() string {
+		st := r.Backend.Status()
+		if st.InSync {
+			return ""
+		}
+		return fmt.Sprintf("%s backend on %s not in sync: %v", r.Backend.Type(), r.Node.Name, st.Problems)
+	})
+}
+
+// Peer is the backend's status for the peer subnet; false if not listed.
+func (r *Running) Peer(subnet netip.Prefix) (backend.PeerStatus, bool) {
+	for _, p := range r.Backend.Status().Peers {
+		if p.Subnet == subnet {
+			return p, true
+		}
+	}
+	return backend.PeerStatus{}, false
+}
+
+// Eventually polls cond (which says what is still wrong, or "") until it
+// holds, failing the test with the last complaint after timeout.
+func Eventually(tb testing.TB, timeout time.Duration, cond func() string) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %v: %s", timeout, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pingCount is how many echo requests CheckPodToPod sends each way.
+const pingCount = 5
+
+// CheckPodToPod pings from every node's pod to every other node's pod and
+// checks that all replies came back and that both nodes' per-peer counters
+// counted the requests and the replies (84-byte IP packets).
+func CheckPodToPod(tb testing.TB, rs []*Running) {
+	tb.Helper()
+	for _, from := range rs {
+		for _, to := range rs {
+			if from == to {
+				continue
+			}
+			fromBefore, _ := from.Peer(to.Node.Subnet)
+			toBefore, _ := to.Peer(from.Node.Subnet)
+			if got := from.Node.Ping(tb, to.Node.PodIP, pingCount); got != pingCount {
+				tb.Fatalf("%s backend: ping %s -> %s: %d of %d replies\n%s routes:\n%s", from.Backend.Type(),
+					from.Node.PodIP, to.Node.PodIP, got, pingCount, from.Node.Name, from.Node.IP(tb, "route"))
+			}
+			fromAfter, ok1 := from.Peer(to.Node.Subnet)
+			toAfter, ok2 := to.Peer(from.Node.Subnet)
+			if !ok1 || !ok2 {
+				tb.Fatalf("peers missing from status: %s lists %s: %t; %s lists %s: %t", from.Node.Name, to.Node.Subnet, ok1, to.Node.Name, from.Node.Subnet, ok2)
+			}
+			checkCounted(tb, from.Node.Name+" tx to "+to.Node.Subnet.String(), fromBefore.TxPackets, fromAfter.TxPackets, fromBefore.TxBytes, fromAfter.TxBytes)
+			checkCounted(tb, from.Node.Name+" rx from "+to.Node.Subnet.String(), fromBefore.RxPackets, fromAfter.RxPackets, fromBefore.RxBytes, fromAfter.RxBytes)
+			checkCounted(tb, to.Node.Name+" rx from "+from.Node.Subnet.String(), toBefore.RxPackets, toAfter.RxPackets, toBefore.RxBytes, toAfter.RxBytes)
+			checkCounted(tb, to.Node.Name+" tx to "+from.Node.Subnet.String(), toBefore.TxPackets, toAfter.TxPackets, toBefore.TxBytes, toAfter.TxBytes)
+			tb.Logf("%s -> %s: %d/%d replies; %s counters tx %d pkts %d B, rx %d pkts %d B", from.Node.PodIP, to.Node.PodIP,
+				pingCount, pingCount, from.Node.Name, fromAfter.TxPackets, fromAfter.TxBytes, fromAfter.RxPackets, fromAfter.RxBytes)
+		}
+	}
+}
+
+func checkCounted(tb testing.TB, what string, p0, p1, b0, b1 uint64) {
+	tb.Helper()
+	// Exactly the pings: nothing else crosses between the pods.
+	if p1-p0 != pingCount || b1-b0 != pingCount*84 {
+		tb.Errorf("counter %s: +%d packets +%d bytes, want +%d packets +%d bytes", what, p1-p0, b1-b0, pingCount, pingCount*84)
+	}
+}
+
+// CheckPeerExpires tells rs[0] that rs[1]'s lease expired and checks that
+// its route is gone, the peer left the status and pings fail.
+func CheckPeerExpires(tb testing.TB, rs []*Running) {
+	tb.Helper()
+	a, b := rs[0], rs[1]
+	if err := a.Backend.Handle(context.Background(), []lease.Event{{Type: lease.Expired, Lease: b.Lease}}); err != nil {
+		tb.Fatal(err)
+	}
+	Eventually(tb, 10*time.Second, func() string {
+		if out := a.Node.IP(tb, "route", "show", b.Node.Subnet.String()); strings.TrimSpace(out) != "" {
+			return fmt.Sprintf("route to the expired peer still there: %s", out)
+		}
+		return ""
+	})
+	a.WaitInSync(tb)
+	if _, ok := a.Peer(b.Node.Subnet); ok {
+		tb.Errorf("expired peer %s still in status", b.Node.Subnet)
+	}
+	if got := a.Node.Ping(tb, b.Node.PodIP, 2); got != 0 {
+		tb.Errorf("ping to the expired peer's pod %s: %d replies, want none", b.Node.PodIP, got)
+	}
+}

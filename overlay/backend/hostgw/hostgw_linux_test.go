@@ -1,0 +1,93 @@
+package hostgw_test
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/backendtest"
+	"github.com/twillnet/twill/overlay/backend/hostgw"
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
+)
+
+func newHostGW(n backend.Node, log *slog.Logger) (backend.Backend, error) {
+	return hostgw.New(n, log)
+}
+
+func TestTwoNodesPodToPod(t *testing.T) {
+	lab := backendtest.New(t, "hostgw", 2)
+	cfg, err := netconf.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := lab.Start(t, cfg, newHostGW)
+	n1 := lab.Nodes[0]
+	for _, r := range rs {
+		if r.Prepared.MTU != 1500 || len(r.Prepared.BackendData) != 0 {
+			t.Errorf("%s prepared MTU %d data %s; want 1500 and none", r.Node.Name, r.Prepared.MTU, r.Prepared.BackendData)
+		}
+	}
+	if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "10.244.2.0/24 via 192.168.56.12 dev eth0 proto 126") {
+		t.Errorf("route to the peer: %q", got)
+	}
+
+	backendtest.CheckPodToPod(t, rs)
+
+	// A peer behind a router: reported, not routed; the others stay.
+	far := lease.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"),
+		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("10.0.9.13"), BackendType: netconf.TypeHostGW}}
+	if err := rs[0].Backend.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: far}}); err != nil {
+		t.Fatal(err)
+	}
+	rs[0].WaitInSync(t)
+	st := rs[0].Backend.Status()
+	found := false
+	for _, p := range st.Problems {
+		if strings.Contains(p, "10.244.3.0/24") && strings.Contains(p, "not on this node's L2 segment") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("off-segment peer not reported: %q", st.Problems)
+	}
+	if _, ok := rs[0].Peer(far.Subnet); ok {
+		t.Errorf("off-segment peer listed as routed")
+	}
+	if got := n1.IP(t, "route", "show", "10.244.3.0/24"); strings.TrimSpace(got) != "" {
+		t.Errorf("off-segment peer got a route: %q", got)
+	}
+	// It leaves; the problem goes with it.
+	if err := rs[0].Backend.Handle(context.Background(), []lease.Event{{Type: lease.Expired, Lease: far}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := rs[0].Backend.Status(); len(st.Problems) != 0 {
+		t.Errorf("problems after the far peer left: %q", st.Problems)
+	}
+
+	// A route deleted by hand comes back.
+	n1.IP(t, "route", "del", "10.244.2.0/24")
+	backendtest.Eventually(t, 10*time.Second, func() string {
+		if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "via 192.168.56.12") {
+			return "route not repaired: " + got
+		}
+		return ""
+	})
+
+	backendtest.CheckPeerExpires(t, rs)
+
+	rs[0].Stop()
+	if err := rs[0].Backend.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := n1.IP(t, "route", "show", "proto", "126"); strings.TrimSpace(got) != "" {
+		t.Errorf("twill routes left after Cleanup: %q", got)
+	}
+	if got := n1.IP(t, "route", "show", "192.168.56.0/24"); !strings.Contains(got, "dev eth0") {
+		t.Errorf("Cleanup removed the connected route: %q", got)
+	}
+}

@@ -1,0 +1,99 @@
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
+)
+
+// MTU is the MTU of the backend's device and of the node's pods: the
+// configured one, else the underlay's minus the backend's overhead, the
+// underlay taken as 1500 when its MTU is not known.
+func MTU(node backend.Node, b netconf.Backend) int {
+	u := node.IfaceMTU
+	if u <= 0 {
+		u = 1500
+	}
+	return min(plan.MTU(b, u), 65535)
+}
+
+// UnderlayIndex is the index of the node's underlay interface in the
+// namespace of nl; 0 when the node names none.
+func UnderlayIndex(nl *netlink.Handle, node backend.Node) (int, error) {
+	if node.Iface == "" {
+		return 0, nil
+	}
+	l, err := nl.LinkByName(node.Iface)
+	if err != nil {
+		return 0, fmt.Errorf("underlay interface %s: %w", node.Iface, err)
+	}
+	return l.Attrs().Index, nil
+}
+
+// IsNotFound reports whether err says a link does not exist.
+func IsNotFound(err error) bool {
+	return errors.As(err, new(netlink.LinkNotFoundError)) || errors.Is(err, unix.ENODEV)
+}
+
+// SetUpDevice brings link to the given MTU and MAC (nil: leave it), up, and
+// with the own subnet's network address as its only IPv4 address (a /32, as
+// flannel gives its devices; own invalid: leave the addresses alone).
+func SetUpDevice(nl *netlink.Handle, link netlink.Link, mtu int, mac net.HardwareAddr, own netip.Prefix) error {
+	name := link.Attrs().Name
+	var errs []error
+	if mtu > 0 && link.Attrs().MTU != mtu {
+		if err := nl.LinkSetMTU(link, mtu); err != nil {
+			errs = append(errs, fmt.Errorf("set MTU %d on %s: %w", mtu, name, err))
+		}
+	}
+	if mac != nil && link.Attrs().HardwareAddr.String() != mac.String() {
+		if err := nl.LinkSetHardwareAddr(link, mac); err != nil {
+			errs = append(errs, fmt.Errorf("set MAC %s on %s: %w", mac, name, err))
+		}
+	}
+	if own.IsValid() {
+		errs = append(errs, setAddress(nl, link, netip.PrefixFrom(own.Masked().Addr(), 32)))
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := nl.LinkSetUp(link); err != nil {
+			errs = append(errs, fmt.Errorf("set %s up: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func setAddress(nl *netlink.Handle, link netlink.Link, want netip.Prefix) error {
+	name := link.Attrs().Name
+	addrs, err := nl.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", name, err)
+	}
+	var errs []error
+	have := false
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		if netip.PrefixFrom(ip.Unmap(), ones) == want {
+			have = true
+			continue
+		}
+		if err := nl.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("delete address %s from %s: %w", a.IPNet, name, err))
+		}
+	}
+	if !have {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: want.Addr().AsSlice(), Mask: net.CIDRMask(want.Bits(), 32)}}
+		if err := nl.AddrAdd(link, a); err != nil {
+			errs = append(errs, fmt.Errorf("add address %s to %s: %w", want, name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,309 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/kernel"
+	"github.com/twillnet/twill/overlay/kernel/nft"
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
+)
+
+// Config describes the backend a Router works for.
+type Config struct {
+	// Node is the node; its NetNS names the namespace to work in.
+	Node backend.Node
+	// Backend is the backend's type and options, defaults applied (the plan
+	// is built with them rather than with Node.Network.Backend).
+	Backend netconf.Backend
+	// Device is the backend's device ("" for none, as host-gw).
+	Device string
+	// EnsureDevice, if set, creates or repairs the device. It is called by
+	// Prepare-time code through Router.EnsureDevice and before every
+	// reconcile pass, with the own lease's subnet (invalid before the
+	// lease is known).
+	EnsureDevice func(nl *netlink.Handle, own netip.Prefix) error
+	// Log receives what the Router does; nil discards it.
+	Log *slog.Logger
+	// Resync is how often the kernel state is checked without a netlink
+	// event saying it changed (the reconciler's default when 0).
+	Resync time.Duration
+}
+
+// Router keeps the peers' routes, neighbours, FDB entries and nftables
+// rules of one backend in one network namespace.
+type Router struct {
+	cfg Config
+	log *slog.Logger
+
+	ns  netns.NsHandle
+	nl  *netlink.Handle
+	kh  *kernel.Handle
+	rec *kernel.Reconciler
+	nft *nft.Table
+
+	// ensureMu serialises device repair (Prepare against reconcile passes).
+	ensureMu sync.Mutex
+
+	mu       sync.Mutex
+	own      lease.Lease
+	hasOwn   bool
+	peers    map[netip.Prefix]lease.Lease
+	plan     *plan.Plan
+	rules    *nft.Rules
+	problems []string
+}
+
+// New opens the namespace named by cfg.Node.NetNS (the calling thread's
+// when empty) and returns a Router for it. It changes nothing in the kernel.
+func New(cfg Config) (*Router, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	recLog := log // the reconciler names the backend itself
+	log = log.With("backend", cfg.Backend.Type)
+	if cfg.Node.Network == nil {
+		return nil, errors.New("routing: the node has no network config")
+	}
+	var ns netns.NsHandle
+	var err error
+	if cfg.Node.NetNS == "" {
+		ns, err = netns.Get()
+	} else {
+		ns, err = netns.GetFromPath(cfg.Node.NetNS)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open network namespace %q: %w", cfg.Node.NetNS, err)
+	}
+	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[netip.Prefix]lease.Lease{}}
+	if r.nl, err = netlink.NewHandleAt(ns); err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("netlink handle in network namespace %q: %w", cfg.Node.NetNS, err)
+	}
+	if r.kh, err = kernel.Open(ns, log); err != nil {
+		r.nl.Close()
+		ns.Close()
+		return nil, err
+	}
+	r.nft = nft.New(log, nft.InNetNS(int(ns)))
+	r.rec = kernel.NewReconciler(r.kh, kernel.ReconcilerOptions{Log: recLog, Resync: cfg.Resync, BeforePass: r.beforePass})
+	return r, nil
+}
+
+// Close releases the namespace and the netlink sockets. The kernel state
+// stays.
+func (r *Router) Close() error {
+	r.nl.Close()
+	return errors.Join(r.kh.Close(), r.ns.Close())
+}
+
+// Netlink is the netlink handle into the Router's namespace, for the
+// backend's device.
+func (r *Router) Netlink() *netlink.Handle { return r.nl }
+
+// EnsureDevice creates or repairs the backend's device now.
+func (r *Router) EnsureDevice() error {
+	if r.cfg.EnsureDevice == nil {
+		return nil
+	}
+	r.mu.Lock()
+	own := netip.Prefix{}
+	if r.hasOwn {
+		own = r.own.Subnet
+	}
+	r.mu.Unlock()
+	r.ensureMu.Lock()
+	defer r.ensureMu.Unlock()
+	return r.cfg.EnsureDevice(r.nl, own)
+}
+
+// beforePass runs before each reconcile pass: the device first (routes
+// through it need it), then the nftables table, which no netlink event
+// watches and which is therefore repaired here too.
+func (r *Router) beforePass() error {
+	err := r.EnsureDevice()
+	r.mu.Lock()
+	rules := r.rules
+	r.mu.Unlock()
+	if rules != nil {
+		if nerr := r.nft.Apply(*rules); nerr != nil {
+			err = errors.Join(err, fmt.Errorf("nftables: %w", nerr))
+		}
+	}
+	return err
+}
+
+// SetLease sets the node's own lease and replans.
+func (r *Router) SetLease(own lease.Lease) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.own, r.hasOwn = own, true
+	delete(r.peers, own.Subnet)
+	return r.replan()
+}
+
+// Handle applies peers' lease events and replans.
+func (r *Router) Handle(evs []lease.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range evs {
+		if r.hasOwn && e.Lease.Subnet == r.own.Subnet {
+			continue
+		}
+		if e.Type == lease.Expired {
+			delete(r.peers, e.Lease.Subnet)
+			continue
+		}
+		r.peers[e.Lease.Subnet] = e.Lease
+	}
+	if !r.hasOwn {
+		return nil // planned once the own lease is known
+	}
+	return r.replan()
+}
+
+// replan builds the plan and the nftables rules from the own lease and the
+// peers and hands them to the reconciler. r.mu is held.
+func (r *Router) replan() error {
+	n := r.cfg.Node
+	in := plan.Input{
+		Backend: r.cfg.Backend,
+		Own:     r.own,
+		Peers:   make([]lease.Lease, 0, len(r.peers)),
+		Underlay: plan.Underlay{
+			Device:   n.Iface,
+			PublicIP: n.PublicIP,
+			Prefix:   n.IfacePrefix,
+			MTU:      n.IfaceMTU,
+		},
+		Device: r.cfg.Device,
+	}
+	in.Network = n.Network.Network
+	for _, l := range r.peers {
+		in.Peers = append(in.Peers, l)
+	}
+	p, err := plan.Build(in)
+	if err != nil {
+		return fmt.Errorf("plan routes for %s: %w", r.own.Subnet, err)
+	}
+	rules := nft.Rules{ClusterNetwork: in.Network, NodeSubnet: r.own.Subnet, Masquerade: n.IPMasq}
+	for _, peer := range p.Peers {
+		rules.Peers = append(rules.Peers, peer.Subnet)
+	}
+	r.plan, r.rules = &p, &rules
+	r.logProblems(p.Problems)
+	r.rec.Set(p)
+	return nil
+}
+
+// logProblems logs the problems that are new since the last plan and those
+// that went away, once each. r.mu is held.
+func (r *Router) logProblems(ps []plan.Problem) {
+	now := make([]string, len(ps))
+	for i, p := range ps {
+		now[i] = p.String()
+		if !slices.Contains(r.problems, now[i]) {
+			r.log.Warn("peer not routed", "peer", p.Subnet, "public_ip", p.PublicIP, "reason", p.Reason)
+		}
+	}
+	for _, old := range r.problems {
+		if !slices.Contains(now, old) {
+			r.log.Info("peer problem resolved", "problem", old)
+		}
+	}
+	r.problems = now
+}
+
+// Run keeps the kernel equal to the plan until ctx ends.
+func (r *Router) Run(ctx context.Context) error {
+	err := r.rec.Run(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Status reports the peers of the current plan with their nftables
+// counters (read now), the plan's problems, and whether the last reconcile
+// pass left the kernel as planned.
+func (r *Router) Status() backend.Status {
+	r.mu.Lock()
+	p := r.plan
+	r.mu.Unlock()
+	var st backend.Status
+	if p == nil {
+		st.Problems = []string{"no lease yet: nothing planned"}
+		return st
+	}
+	counters, cerr := r.nft.Counters()
+	for _, peer := range p.Peers {
+		c := counters[peer.Subnet]
+		st.Peers = append(st.Peers, backend.PeerStatus{
+			Subnet: peer.Subnet, PublicIP: peer.PublicIP,
+			TxPackets: c.Tx.Packets, TxBytes: c.Tx.Bytes,
+			RxPackets: c.Rx.Packets, RxBytes: c.Rx.Bytes,
+		})
+	}
+	for _, pr := range p.Problems {
+		st.Problems = append(st.Problems, pr.String())
+	}
+	if cerr != nil {
+		st.Problems = append(st.Problems, fmt.Sprintf("read counters: %v", cerr))
+	}
+	ks := r.rec.Status()
+	if ks.LastError != nil {
+		st.Problems = append(st.Problems, fmt.Sprintf("kernel state not fully applied: %v", ks.LastError))
+	}
+	st.InSync = ks.InSync
+	return st
+}
+
+// Plan returns the current plan; false before the own lease is known.
+func (r *Router) Plan() (plan.Plan, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.plan == nil {
+		return plan.Plan{}, false
+	}
+	return *r.plan, true
+}
+
+// Cleanup removes twill's routes, the permanent neighbour and FDB entries of
+// the device, the device itself and the nftables table.
+func (r *Router) Cleanup() error {
+	var errs []error
+	if _, err := r.kh.Apply(plan.Plan{Backend: r.cfg.Backend.Type, Device: r.cfg.Device}); err != nil {
+		errs = append(errs, fmt.Errorf("remove twill's routes and neighbours: %w", err))
+	}
+	if r.cfg.Device != "" {
+		r.ensureMu.Lock()
+		link, err := r.nl.LinkByName(r.cfg.Device)
+		if err == nil {
+			if err := r.nl.LinkDel(link); err != nil {
+				errs = append(errs, fmt.Errorf("delete device %s: %w", r.cfg.Device, err))
+			} else {
+				r.log.Info("device deleted", "device", r.cfg.Device)
+			}
+		} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
+			errs = append(errs, fmt.Errorf("look up device %s: %w", r.cfg.Device, err))
+		}
+		r.ensureMu.Unlock()
+	}
+	if err := r.nft.Cleanup(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

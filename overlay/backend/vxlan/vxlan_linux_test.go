@@ -1,0 +1,258 @@
+package vxlan_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/backendtest"
+	"github.com/twillnet/twill/overlay/backend/vxlan"
+	"github.com/twillnet/twill/overlay/netconf"
+)
+
+func config(t testing.TB, backendJSON string) *netconf.Config {
+	t.Helper()
+	c, err := netconf.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":` + backendJSON + `}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newVXLAN(n backend.Node, log *slog.Logger) (backend.Backend, error) {
+	b, err := vxlan.New(n, log)
+	if err != nil {
+		return nil, err
+	}
+	return closing{b}, nil
+}
+
+// closing is a vxlan backend whose handles the test closes.
+type closing struct{ *vxlan.Backend }
+
+// deviceMAC is the MAC of twill.1 in the node's namespace ("" if none).
+func deviceMAC(t testing.TB, n *backendtest.Node) string {
+	t.Helper()
+	out := n.IP(t, "-o", "link", "show")
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, " twill.1:") {
+			continue
+		}
+		fs := strings.Fields(line)
+		for i, f := range fs {
+			if f == "link/ether" && i+1 < len(fs) {
+				return fs[i+1]
+			}
+		}
+	}
+	return ""
+}
+
+func TestTwoNodesPodToPod(t *testing.T) {
+	lab := backendtest.New(t, "vxlan", 2)
+	cfg := config(t, `{"Type":"vxlan"}`)
+	rs := lab.Start(t, cfg, newVXLAN)
+	n1, n2 := lab.Nodes[0], lab.Nodes[1]
+
+	// Flannel's BackendData, with the derived MAC; pods get underlay - 50.
+	for _, r := range rs {
+		mac := vxlan.DerivedMAC(r.Node.PublicIP, 1)
+		want := fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac)
+		if string(r.Prepared.BackendData) != want {
+			t.Errorf("%s BackendData %s, want %s", r.Node.Name, r.Prepared.BackendData, want)
+		}
+		var d struct{ VNI int }
+		if err := json.Unmarshal(r.Prepared.BackendData, &d); err != nil || d.VNI != 1 {
+			t.Errorf("BackendData VNI: %v %v", d, err)
+		}
+		if r.Prepared.MTU != 1450 {
+			t.Errorf("MTU %d, want 1450", r.Prepared.MTU)
+		}
+		if got := deviceMAC(t, r.Node); got != mac.String() {
+			t.Errorf("%s twill.1 MAC %q, want %s", r.Node.Name, got, mac)
+		}
+		link := r.Node.IP(t, "-d", "link", "show", "twill.1")
+		for _, want := range []string{"mtu 1450", "vxlan id 1 ", "local " + r.Node.PublicIP.String(), "dev eth0", "dstport 8472", "nolearning", ",UP"} {
+			if !strings.Contains(link, want) {
+				t.Errorf("%s twill.1 lacks %q:\n%s", r.Node.Name, want, link)
+			}
+		}
+		if addr := r.Node.IP(t, "-4", "-o", "addr", "show", "dev", "twill.1"); !strings.Contains(addr, "inet "+r.Node.Subnet.Addr().String()+"/32") {
+			t.Errorf("%s twill.1 address: %s", r.Node.Name, addr)
+		}
+	}
+	// The kernel state of flannel's data path, marked as twill's.
+	peerMAC := vxlan.DerivedMAC(n2.PublicIP, 1).String()
+	if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "10.244.2.0/24 via 10.244.2.0 dev twill.1 proto 126 onlink") {
+		t.Errorf("route to the peer: %q", got)
+	}
+	if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); !strings.Contains(got, "10.244.2.0 lladdr "+peerMAC+" PERMANENT") {
+		t.Errorf("neighbour of the peer: %q", got)
+	}
+	if got := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "bridge", "fdb", "show", "dev", "twill.1"); !strings.Contains(got, peerMAC+" dst "+n2.PublicIP.String()+" self permanent") {
+		t.Errorf("fdb entry of the peer: %q", got)
+	}
+
+	backendtest.CheckPodToPod(t, rs)
+
+	// Someone deletes the device: it comes back with its MAC, and traffic flows.
+	mac1 := deviceMAC(t, n1)
+	n1.IP(t, "link", "del", "twill.1")
+	backendtest.Eventually(t, 10*time.Second, func() string {
+		if got := deviceMAC(t, n1); got != mac1 {
+			return fmt.Sprintf("twill.1 MAC %q, want it back as %s", got, mac1)
+		}
+		if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "dev twill.1") {
+			return "route to the peer not back: " + got
+		}
+		return ""
+	})
+	rs[0].WaitInSync(t)
+	if got := n1.Ping(t, n2.PodIP, 3); got != 3 {
+		t.Fatalf("after the device came back: %d of 3 replies", got)
+	}
+	if addr := n1.IP(t, "-4", "-o", "addr", "show", "dev", "twill.1"); !strings.Contains(addr, "inet 10.244.1.0/32") {
+		t.Errorf("recreated twill.1 address: %s", addr)
+	}
+
+	// Neighbour and FDB entries removed by hand are repaired too.
+	n1.IP(t, "neigh", "del", "10.244.2.0", "dev", "twill.1")
+	backendtest.Eventually(t, 10*time.Second, func() string {
+		if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); !strings.Contains(got, "10.244.2.0 lladdr "+peerMAC+" PERMANENT") {
+			return "neighbour not repaired: " + got
+		}
+		return ""
+	})
+
+	backendtest.CheckPeerExpires(t, rs)
+	if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); strings.Contains(got, "10.244.2.0") {
+		t.Errorf("neighbour of the expired peer left: %q", got)
+	}
+	if got := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "bridge", "fdb", "show", "dev", "twill.1"); strings.Contains(got, peerMAC) {
+		t.Errorf("fdb entry of the expired peer left: %q", got)
+	}
+}
+
+// TestVtepMACSurvivesRestart: a backend made again in the same namespace
+// publishes the same VTEP MAC (it reuses the device), and so does one made
+// after the device is gone (a reboot: the MAC is derived), while an
+// existing device that someone else made (flannel's, say) keeps its MAC.
+func TestVtepMACSurvivesRestart(t *testing.T) {
+	lab := backendtest.New(t, "vxlan", 1)
+	n := lab.Nodes[0]
+	cfg := config(t, `{"Type":"vxlan"}`)
+	prepare := func() string {
+		t.Helper()
+		b, err := vxlan.New(n.BackendNode(cfg), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		p, err := b.Prepare(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(p.BackendData)
+	}
+	first := prepare()
+	ifindex := n.IP(t, "-o", "link", "show", "twill.1")[:4]
+	if again := prepare(); again != first {
+		t.Errorf("restart: BackendData %s, was %s", again, first)
+	}
+	if now := n.IP(t, "-o", "link", "show", "twill.1")[:4]; now != ifindex {
+		t.Errorf("restart replaced the device: ifindex %q, was %q", now, ifindex)
+	}
+	n.IP(t, "link", "del", "twill.1")
+	if reboot := prepare(); reboot != first {
+		t.Errorf("reboot: BackendData %s, was %s", reboot, first)
+	}
+
+	n.IP(t, "link", "del", "twill.1")
+	n.IP(t, "link", "add", "twill.1", "address", "0a:58:0a:f4:01:00", "type", "vxlan", "id", "1", "local", n.PublicIP.String(),
+		"dev", "eth0", "dstport", "8472", "nolearning")
+	if got, want := prepare(), `{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}`; got != want {
+		t.Errorf("existing device: BackendData %s, want %s", got, want)
+	}
+}
+
+// TestReplacesMismatchedDevice: a twill.1 with other options (port 4789)
+// is replaced by one with the configured options, keeping its MAC.
+func TestReplacesMismatchedDevice(t *testing.T) {
+	lab := backendtest.New(t, "vxlan", 1)
+	n := lab.Nodes[0]
+	n.IP(t, "link", "add", "twill.1", "address", "0a:58:0a:f4:01:01", "type", "vxlan", "id", "1", "local", n.PublicIP.String(),
+		"dev", "eth0", "dstport", "4789")
+	b, err := vxlan.New(n.BackendNode(config(t, `{"Type":"vxlan","MTU":1400,"Learning":true}`)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	p, err := b.Prepare(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(p.BackendData) != `{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:01"}` || p.MTU != 1400 {
+		t.Errorf("prepared %s mtu %d", p.BackendData, p.MTU)
+	}
+	link := n.IP(t, "-d", "link", "show", "twill.1")
+	for _, want := range []string{"dstport 8472", "mtu 1400", "0a:58:0a:f4:01:01"} {
+		if !strings.Contains(link, want) {
+			t.Errorf("twill.1 lacks %q:\n%s", want, link)
+		}
+	}
+	if strings.Contains(link, "nolearning") {
+		t.Errorf("Learning is on, device says nolearning:\n%s", link)
+	}
+}
+
+// TestIPMasqAndCleanup: with IPMasq the table masquerades; Cleanup removes
+// the device, twill's routes and the table, and leaves the rest.
+func TestIPMasqAndCleanup(t *testing.T) {
+	lab := backendtest.New(t, "vxlan", 2)
+	cfg := config(t, `{"Type":"vxlan"}`)
+	rs := lab.Start(t, cfg, func(n backend.Node, log *slog.Logger) (backend.Backend, error) {
+		n.IPMasq = true
+		return newVXLAN(n, log)
+	})
+	n1 := lab.Nodes[0]
+	table := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "nft", "list", "table", "ip", "twill")
+	if !strings.Contains(table, "masquerade") {
+		t.Errorf("IPMasq on, no masquerade in the table:\n%s", table)
+	}
+	rs[0].Stop()
+	if err := rs[0].Backend.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := n1.IP(t, "-o", "link", "show"); strings.Contains(got, "twill.1") {
+		t.Errorf("device left after Cleanup:\n%s", got)
+	}
+	if got := n1.IP(t, "route", "show", "proto", "126"); strings.TrimSpace(got) != "" {
+		t.Errorf("twill routes left after Cleanup: %q", got)
+	}
+	if got := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "nft", "list", "tables"); strings.Contains(got, "twill") {
+		t.Errorf("table left after Cleanup: %q", got)
+	}
+	if got := n1.IP(t, "-o", "addr", "show", "dev", "cni0"); !strings.Contains(got, "10.244.1.1/24") {
+		t.Errorf("Cleanup touched cni0: %q", got)
+	}
+}
+
+// TestDirectRouting: with DirectRouting a peer on the segment is routed
+// over eth0, without neighbour or FDB entries, and pods still reach it.
+func TestDirectRouting(t *testing.T) {
+	lab := backendtest.New(t, "vxlan", 2)
+	rs := lab.Start(t, config(t, `{"Type":"vxlan","DirectRouting":true}`), newVXLAN)
+	n1 := lab.Nodes[0]
+	if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "10.244.2.0/24 via 192.168.56.12 dev eth0 proto 126") {
+		t.Errorf("direct route to the peer: %q", got)
+	}
+	if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); strings.TrimSpace(got) != "" {
+		t.Errorf("neighbours on twill.1 for a direct peer: %q", got)
+	}
+	backendtest.CheckPodToPod(t, rs)
+}

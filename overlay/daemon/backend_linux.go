@@ -1,0 +1,27 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/hostgw"
+	"github.com/twillnet/twill/overlay/backend/ipip"
+	"github.com/twillnet/twill/overlay/backend/vxlan"
+	"github.com/twillnet/twill/overlay/netconf"
+)
+
+// newKernelBackend makes a backend whose data path the kernel carries. It
+// works in the namespace twilld runs in.
+func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
+	switch t := node.Network.Backend.Type; t {
+	case netconf.TypeVXLAN:
+		return vxlan.New(node, log)
+	case netconf.TypeHostGW:
+		return hostgw.New(node, log)
+	case netconf.TypeIPIP:
+		return ipip.New(node, log)
+	default:
+		return nil, fmt.Errorf("backend %q is not a kernel backend", t)
+	}
+}

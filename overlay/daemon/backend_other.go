@@ -1,0 +1,15 @@
+//go:build !linux
+
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/twillnet/twill/overlay/backend"
+)
+
+// newKernelBackend fails: the kernel backends need Linux.
+func newKernelBackend(node backend.Node, _ *slog.Logger) (backend.Backend, error) {
+	return nil, fmt.Errorf("backend %q needs Linux", node.Network.Backend.Type)
+}
