@@ -13,6 +13,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
 )
@@ -34,6 +36,14 @@ type Node struct {
 	IfacePrefix netip.Prefix
 	// Network is the cluster network config.
 	Network *netconf.Config
+	// IPMasq asks for flannel's --ip-masq rules: pod traffic that leaves the
+	// cluster network is masqueraded.
+	IPMasq bool
+	// NetNS is the network namespace the backend works in: its devices,
+	// sockets, routes and nftables live there. Zero (or netns.None()) is
+	// the namespace the daemon runs in. The caller keeps it open while the
+	// backend is in use.
+	NetNS netns.NsHandle
 }
 
 // Prepared is what a backend publishes before its lease is acquired.
@@ -76,6 +86,10 @@ type Status struct {
 	Problems []string
 	// InSync says the kernel holds what the backend wants.
 	InSync bool
+	// Drops counts dropped packets that belong to no peer, by reason
+	// (no-route, unknown-peer, ...); a peer's own drops are in its
+	// PeerStatus.
+	Drops map[string]uint64
 }
 
 // PeerStatus is the state and the counters of the tunnel to one peer.

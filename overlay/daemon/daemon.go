@@ -21,6 +21,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/alloc"
+	"github.com/twillnet/twill/overlay/backend/udp"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/netconf"
@@ -146,10 +147,12 @@ func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 }
 
 // newBackend picks the backend for the config.
-func newBackend(node backend.Node) (backend.Backend, error) {
+func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeAlloc:
 		return alloc.New(node), nil
+	case netconf.TypeUDP:
+		return udp.New(node, log), nil
 	default:
 		return nil, fmt.Errorf("backend %q is not available in this twilld yet", t)
 	}
@@ -168,10 +171,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	node := u.backendNode(d.cfg.NodeName)
 	node.Network = netcfg
+	node.IPMasq = d.cfg.IPMasq
 	d.log.Info("starting", "node", node.Name, "public_ip", node.PublicIP, "iface", node.Iface,
 		"network", netcfg.Network, "backend", netcfg.Backend.Type)
 
-	be, err := newBackend(node)
+	be, err := newBackend(node, d.log)
 	if err != nil {
 		return err
 	}
@@ -327,7 +331,8 @@ func (d *Daemon) Cleanup(ctx context.Context) error {
 	}
 	node := u.backendNode(d.cfg.NodeName)
 	node.Network = netcfg
-	be, err := newBackend(node)
+	node.IPMasq = d.cfg.IPMasq
+	be, err := newBackend(node, d.log)
 	if err != nil {
 		return err
 	}
