@@ -372,18 +372,17 @@ func (b *Backend) Run(ctx context.Context) error {
 			errc <- err
 		}
 	})
-	loop := func(name string, f func(context.Context) error) {
+	// A loop ends with nil when Cleanup closed the device or the socket;
+	// Run then stops as if ctx had ended.
+	loop := func(f func(context.Context) error) {
 		err := f(ctx)
-		if ctx.Err() == nil {
-			if err == nil {
-				err = fmt.Errorf("%s loop ended", name)
-			}
+		if err != nil && ctx.Err() == nil {
 			errc <- err
-			cancel()
 		}
+		cancel()
 	}
-	wg.Go(func() { loop("TUN", b.tunLoop) })
-	wg.Go(func() { loop("UDP", b.udpLoop) })
+	wg.Go(func() { loop(b.tunLoop) })
+	wg.Go(func() { loop(b.udpLoop) })
 	<-ctx.Done()
 	now := time.Now()
 	_ = uc.SetReadDeadline(now)
@@ -416,7 +415,7 @@ func (b *Backend) tunLoop(ctx context.Context) error {
 	for {
 		n, err := b.dev.Read(bufs, sizes, tunOffset)
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
 			if errors.Is(err, tun.ErrTooManySegments) {
@@ -455,7 +454,7 @@ func (b *Backend) tunLoop(ctx context.Context) error {
 			off += m
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
-					return err
+					return nil
 				}
 				// The first unsent datagram failed; skip it.
 				if off < k {
@@ -502,7 +501,7 @@ func (b *Backend) udpLoop(ctx context.Context) error {
 	for {
 		n, err := pc.ReadBatch(msgs, 0)
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("receive from udp %s: %w", b.conn.LocalAddr(), err)
@@ -544,7 +543,7 @@ func (b *Backend) udpLoop(ctx context.Context) error {
 		}
 		if _, err := b.dev.Write(out, tunOffset); err != nil {
 			if errors.Is(err, os.ErrClosed) {
-				return err
+				return nil
 			}
 			b.drops.add(DropTUNWrite, uint64(countErrors(err)))
 		}
