@@ -65,8 +65,8 @@ type Backend struct {
 	haveOwn  bool
 	leases   map[netip.Prefix]lease.Lease
 	problems []string
-	applied  error // the last synchronous apply's result
-	running  bool
+	applied  error         // the last synchronous apply's result
+	running  chan struct{} // non-nil while Run runs; closed when it returns
 
 	// The packet loops read these without locks.
 	table atomic.Pointer[peerTable]
@@ -346,15 +346,16 @@ func (b *Backend) Run(ctx context.Context) error {
 		b.mu.Unlock()
 		return errors.New("udp backend: Run before Prepare")
 	}
-	if b.running {
+	if b.running != nil {
 		b.mu.Unlock()
 		return errors.New("udp backend: already running")
 	}
-	b.running = true
+	b.running = make(chan struct{})
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
-		b.running = false
+		close(b.running)
+		b.running = nil
 		b.mu.Unlock()
 	}()
 
@@ -374,8 +375,8 @@ func (b *Backend) Run(ctx context.Context) error {
 	})
 	// A loop ends with nil when Cleanup closed the device or the socket;
 	// Run then stops as if ctx had ended.
-	loop := func(f func(context.Context) error) {
-		err := f(ctx)
+	loop := func(f func(context.Context, tun.Device, *net.UDPConn) error) {
+		err := f(ctx, dev, uc)
 		if err != nil && ctx.Err() == nil {
 			errc <- err
 		}
@@ -399,8 +400,8 @@ func (b *Backend) Run(ctx context.Context) error {
 // tunLoop reads packets from twill0 and sends each to the peer whose subnet
 // holds its destination; a packet for a subnet nobody holds is answered
 // with ICMP net unreachable.
-func (b *Backend) tunLoop(ctx context.Context) error {
-	batch := b.dev.BatchSize()
+func (b *Backend) tunLoop(ctx context.Context, dev tun.Device, uc *net.UDPConn) error {
+	batch := dev.BatchSize()
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
 	msgs := make([]ipv4.Message, batch)
@@ -409,11 +410,11 @@ func (b *Backend) tunLoop(ctx context.Context) error {
 		bufs[i] = make([]byte, tunOffset+maxPacket)
 		msgs[i].Buffers = make([][]byte, 1)
 	}
-	pc := ipv4.NewPacketConn(b.conn)
+	pc := ipv4.NewPacketConn(uc)
 	icmp := make([]byte, tunOffset+576)
 	limit := tokenBucket{rate: icmpRate, burst: icmpBurst}
 	for {
-		n, err := b.dev.Read(bufs, sizes, tunOffset)
+		n, err := dev.Read(bufs, sizes, tunOffset)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
 				return nil
@@ -428,6 +429,10 @@ func (b *Backend) tunLoop(ctx context.Context) error {
 		k := 0
 		for i := range n {
 			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
+			if len(pkt) > 0 && pkt[0]>>4 != 4 {
+				b.drops.add(DropNotIPv4, 1)
+				continue
+			}
 			if !validIPv4(pkt) {
 				b.drops.add(DropMalformed, 1)
 				continue
@@ -436,7 +441,7 @@ func (b *Backend) tunLoop(ctx context.Context) error {
 			if p == nil {
 				b.drops.add(DropNoRoute, 1)
 				if limit.allow(time.Now()) {
-					b.answerUnreachable(icmp, pkt)
+					b.answerUnreachable(dev, icmp, pkt)
 				}
 				continue
 			}
@@ -471,7 +476,7 @@ func (b *Backend) tunLoop(ctx context.Context) error {
 // the destination): nobody holds that subnet, the kernel routes it to
 // twill0, so the answer passes reverse-path checks, and it is not one of the
 // node's own addresses (which the kernel would drop as a martian).
-func (b *Backend) answerUnreachable(buf, pkt []byte) {
+func (b *Backend) answerUnreachable(dev tun.Device, buf, pkt []byte) {
 	bits := b.node.Network.SubnetLen
 	if bits <= 0 || bits > 32 {
 		bits = 24
@@ -481,14 +486,14 @@ func (b *Backend) answerUnreachable(buf, pkt []byte) {
 	if out == nil {
 		return
 	}
-	if _, err := b.dev.Write([][]byte{buf[:tunOffset+len(out)]}, tunOffset); err != nil {
+	if _, err := dev.Write([][]byte{buf[:tunOffset+len(out)]}, tunOffset); err != nil {
 		b.drops.add(DropTUNWrite, 1)
 	}
 }
 
 // udpLoop receives datagrams, checks them (decap) and writes the packets
 // that pass into twill0.
-func (b *Backend) udpLoop(ctx context.Context) error {
+func (b *Backend) udpLoop(ctx context.Context, dev tun.Device, uc *net.UDPConn) error {
 	batch := conn.IdealBatchSize
 	bufs := make([][]byte, batch)
 	msgs := make([]ipv4.Message, batch)
@@ -497,14 +502,14 @@ func (b *Backend) udpLoop(ctx context.Context) error {
 		msgs[i].Buffers = [][]byte{bufs[i][tunOffset:]}
 	}
 	out := make([][]byte, 0, batch)
-	pc := ipv4.NewPacketConn(b.conn)
+	pc := ipv4.NewPacketConn(uc)
 	for {
 		n, err := pc.ReadBatch(msgs, 0)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("receive from udp %s: %w", b.conn.LocalAddr(), err)
+			return fmt.Errorf("receive from udp %s: %w", uc.LocalAddr(), err)
 		}
 		t := b.table.Load()
 		var local netip.Prefix
@@ -541,7 +546,7 @@ func (b *Backend) udpLoop(ctx context.Context) error {
 		if len(out) == 0 {
 			continue
 		}
-		if _, err := b.dev.Write(out, tunOffset); err != nil {
+		if _, err := dev.Write(out, tunOffset); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				return nil
 			}
@@ -603,10 +608,11 @@ func (b *Backend) Status() backend.Status {
 }
 
 // Cleanup closes and removes twill0, removes twill's routes and the
-// nftables table from the node's namespace.
+// nftables table from the node's namespace. A running Run stops (it returns
+// nil) before the routes are removed, so that its reconciler cannot put
+// them back.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	var errs []error
 	if b.dev != nil {
 		if err := b.dev.Close(); err != nil {
@@ -617,6 +623,17 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		}
 		b.dev, b.conn = nil, nil
 	}
+	running := b.running
+	b.mu.Unlock()
+	if running != nil {
+		select {
+		case <-running:
+		case <-ctx.Done():
+			return errors.Join(append(errs, fmt.Errorf("wait for the packet loops to stop: %w", ctx.Err()))...)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if err := b.open(); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
@@ -634,5 +651,17 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	}
 	b.table.Store(newPeerTable(nil, nil, b.port))
 	b.haveOwn = false
+	b.closeHandles()
 	return errors.Join(errs...)
+}
+
+// closeHandles releases what open took. Called with mu held.
+func (b *Backend) closeHandles() {
+	if b.nl == nil {
+		return
+	}
+	b.kh.Close()
+	b.nl.Close()
+	b.ns.Close()
+	b.nl, b.kh, b.rec, b.nft, b.ns = nil, nil, nil, nil, netns.None()
 }

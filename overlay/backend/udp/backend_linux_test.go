@@ -3,6 +3,7 @@ package udp
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -44,6 +45,12 @@ func testTwoNodes(t *testing.T, offload bool) {
 		if tables := run(t, "ip", "netns", "exec", a.ns, "nft", "list", "tables"); !strings.Contains(tables, "table ip twill") {
 			t.Errorf("no twill nftables table: %s", tables)
 		}
+		// The reconciler puts a deleted route back.
+		run(t, "ip", "-n", a.ns, "route", "del", "10.244.0.0/16", "dev", "twill0")
+		eventually(t, "the cluster route to come back", func() bool {
+			out, _ := exec.Command("ip", "-n", a.ns, "route", "show", "proto", "126").Output()
+			return strings.Contains(string(out), "10.244.0.0/16 dev twill0")
+		})
 	})
 
 	t.Run("ping", func(t *testing.T) {
@@ -116,6 +123,57 @@ func testTwoNodes(t *testing.T, offload bool) {
 		sendFrom(t, b.h, ipB, toA, udpInPacket(b.podIP, a.podIP, 9999, "hello"))
 		if got := receive(); got != "hello" {
 			t.Fatalf("pod A got %q, want hello", got)
+		}
+	})
+
+	t.Run("flannel wire format", func(t *testing.T) {
+		// A flannel udp node is a socket on port 8285 that sends and takes
+		// bare IPv4 packets as datagrams. Play one at 192.168.56.66 holding
+		// 10.244.3.0/24.
+		var flannel *net.UDPConn
+		inNS(t, b.h, func() (err error) {
+			flannel, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ipStranger, 8285)))
+			return err
+		})
+		defer flannel.Close()
+		fake := lease.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"),
+			Attrs: lease.Attrs{PublicIP: ipStranger, BackendType: "udp"}}
+		if err := a.be.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: fake}}); err != nil {
+			t.Fatal(err)
+		}
+		defer a.be.Handle(context.Background(), []lease.Event{{Type: lease.Expired, Lease: fake}})
+
+		fakePod := netip.MustParseAddr("10.244.3.5")
+		var pc *net.UDPConn
+		inNS(t, a.podH, func() (err error) {
+			pc, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(fakePod, 7777)))
+			return err
+		})
+		defer pc.Close()
+		if _, err := pc.Write([]byte("to flannel")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2000)
+		_ = flannel.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, from, err := flannel.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("the flannel node got nothing: %v", err)
+		}
+		if from != toA {
+			t.Errorf("datagram from %s, want %s (the backend's socket)", from, toA)
+		}
+		pkt := buf[:n]
+		if !validIPv4(pkt) || pkt[9] != 17 || n != 20+8+len("to flannel") ||
+			netip.AddrFrom4([4]byte(pkt[12:16])) != a.podIP || netip.AddrFrom4([4]byte(pkt[16:20])) != fakePod ||
+			binary.BigEndian.Uint16(pkt[22:24]) != 7777 || string(pkt[28:]) != "to flannel" {
+			t.Errorf("datagram is not the bare IPv4/UDP packet from pod A: % x", pkt)
+		}
+		// And back: a bare packet from the flannel node reaches pod A.
+		if _, err := flannel.WriteToUDPAddrPort(udpInPacket(fakePod, a.podIP, 9999, "from flannel"), toA); err != nil {
+			t.Fatal(err)
+		}
+		if got := receive(); got != "from flannel" {
+			t.Errorf("pod A got %q, want \"from flannel\"", got)
 		}
 	})
 

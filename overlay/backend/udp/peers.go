@@ -35,15 +35,18 @@ const (
 	DropTUNWrite = "tun-write-error"
 	// DropUDPSend: the UDP socket refused a datagram to the peer.
 	DropUDPSend = "udp-send-error"
+	// DropNotIPv4: a packet from the TUN that is not IPv4 (IPv6 the kernel
+	// sent to twill0); twill's udp carries IPv4 only. Node-wide.
+	DropNotIPv4 = "not-ipv4"
 )
 
-var dropReasons = []string{DropNoRoute, DropUnknownPeer, DropSpoofedSource, DropMalformed, DropNotLocal, DropTUNWrite, DropUDPSend}
+var dropReasons = []string{DropNoRoute, DropUnknownPeer, DropSpoofedSource, DropMalformed, DropNotLocal, DropTUNWrite, DropUDPSend, DropNotIPv4}
 
 // dropIndex maps a reason to its slot in a drops array.
 func dropIndex(reason string) int { return slices.Index(dropReasons, reason) }
 
 // drops counts dropped packets by reason, with atomics.
-type drops [7]atomic.Uint64
+type drops [8]atomic.Uint64
 
 func (d *drops) add(reason string, n uint64) { d[dropIndex(reason)].Add(n) }
 
