@@ -164,6 +164,13 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 			return err
 		}
 		uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, uint16(b.port))))
+		if errors.Is(err, unix.EADDRNOTAVAIL) {
+			// The public IP is not on this host (a NAT's address): listen
+			// on all addresses, as flannel does.
+			b.log.Warn("public IP is not a local address; listening on all addresses", "public_ip", bind)
+			bind = netip.IPv4Unspecified()
+			uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, uint16(b.port))))
+		}
 		if err != nil {
 			unix.Close(tunFD)
 			return fmt.Errorf("listen on udp %s:%d: %w", bind, b.port, err)

@@ -121,11 +121,12 @@ func newCluster(tb testing.TB, offload bool) *cluster {
 		ip("link", "set", "cni0", "up")
 		ip("link", "add", "veth0", "mtu", "1472", "type", "veth", "peer", "name", "eth0", "netns", n.pod)
 		ip("link", "set", "veth0", "master", "cni0", "up")
-		run(tb, "ip", "netns", "exec", n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		n.h = nsHandle(tb, n.ns)
+		// /proc/sys/net is the namespace of the thread that opens it.
+		inNS(tb, n.h, func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) })
 		run(tb, "ip", "-n", n.pod, "addr", "add", n.podIP.String()+"/24", "dev", "eth0")
 		run(tb, "ip", "-n", n.pod, "link", "set", "eth0", "mtu", "1472", "up")
 		run(tb, "ip", "-n", n.pod, "route", "add", "default", "via", gw.String())
-		n.h = nsHandle(tb, n.ns)
 		n.podH = nsHandle(tb, n.pod)
 		n.lease = lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: pub, BackendType: netconf.TypeUDP}}
 		n.be = New(backend.Node{Name: n.ns, PublicIP: pub, Iface: "eth0", IfaceMTU: 1500,

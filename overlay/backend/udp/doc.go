@@ -22,6 +22,16 @@
 // answered with ICMP destination net unreachable (rate-limited) and counted
 // as no-route.
 //
+// flannel accepts a datagram from anyone; twill accepts it only from a
+// peer's published PublicIP. A flannel node whose datagrams leave from
+// another address (its socket listens on all addresses, so the kernel picks
+// the source) is dropped as unknown-peer; twill's own socket is bound to the
+// public IP when that is a local address, so its datagrams carry it.
+// flannel's proxy also decrements the inner TTL on each side; twill leaves
+// it alone (the kernel decrements it when it forwards, and the not-local
+// check means a datagram is never forwarded on to another peer, so no loop
+// needs the TTL to end it). Neither difference shows on the wire format.
+//
 // I/O is batched from the start: the TUN is golang.zx2c4.com/wireguard/tun
 // (Read(bufs, sizes, offset) / Write(bufs, offset), BatchSize), the socket
 // goes through golang.org/x/net/ipv4's ReadBatch and WriteBatch (recvmmsg,
