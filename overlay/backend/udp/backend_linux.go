@@ -464,7 +464,7 @@ func (b *Backend) tunLoop(ctx context.Context, dev tun.Device, uc *net.UDPConn) 
 				dst[j].c.txBytes.Add(uint64(len(msgs[j].Buffers[0])))
 			}
 			off += m
-			if err != nil {
+			if err != nil || m == 0 {
 				if errors.Is(err, net.ErrClosed) {
 					return nil
 				}
