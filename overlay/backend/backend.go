@@ -83,6 +83,10 @@ type Status struct {
 	Problems []string
 	// InSync says the kernel holds what the backend wants.
 	InSync bool
+	// Drops counts dropped packets that belong to no peer, by reason
+	// (no-route, unknown-peer, ...); a peer's own drops are in its
+	// PeerStatus.
+	Drops map[string]uint64
 }
 
 // PeerStatus is the state and the counters of the tunnel to one peer.

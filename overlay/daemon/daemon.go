@@ -21,6 +21,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/alloc"
+	"github.com/twillnet/twill/overlay/backend/udp"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/netconf"
@@ -152,6 +153,8 @@ func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 		return alloc.New(node), nil
 	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP:
 		return newKernelBackend(node, log)
+	case netconf.TypeUDP:
+		return udp.New(node, log), nil
 	default:
 		return nil, fmt.Errorf("backend %q is not available in this twilld yet", t)
 	}

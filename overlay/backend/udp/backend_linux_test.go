@@ -1,0 +1,268 @@
+package udp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/overlay/lease"
+)
+
+func TestTwoNodes(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		name := "offload"
+		if !offload {
+			name = "no-offload"
+		}
+		t.Run(name, func(t *testing.T) { testTwoNodes(t, offload) })
+	}
+}
+
+func testTwoNodes(t *testing.T, offload bool) {
+	c := newCluster(t, offload)
+	a, b := c.a, c.b
+	subA, subB := a.lease.Subnet, b.lease.Subnet
+
+	t.Run("kernel state", func(t *testing.T) {
+		routes := run(t, "ip", "-n", a.ns, "route", "show", "proto", "126")
+		if strings.TrimSpace(routes) != "10.244.0.0/16 dev twill0 scope link" {
+			t.Errorf("twill routes in %s:\n%s\nwant only 10.244.0.0/16 dev twill0", a.ns, routes)
+		}
+		addrs := run(t, "ip", "-n", a.ns, "-4", "-o", "addr", "show", "dev", "twill0")
+		if !strings.Contains(addrs, "inet 10.244.1.0/32") || strings.Count(addrs, "inet ") != 1 {
+			t.Errorf("twill0 addresses: %s, want only 10.244.1.0/32", addrs)
+		}
+		link := run(t, "ip", "-n", a.ns, "-d", "link", "show", "twill0")
+		if !strings.Contains(link, "mtu 1472") || !strings.Contains(link, "tun type tun") {
+			t.Errorf("twill0: %s, want a TUN with mtu 1472", link)
+		}
+		if tables := run(t, "ip", "netns", "exec", a.ns, "nft", "list", "tables"); !strings.Contains(tables, "table ip twill") {
+			t.Errorf("no twill nftables table: %s", tables)
+		}
+		// The reconciler puts a deleted route back.
+		run(t, "ip", "-n", a.ns, "route", "del", "10.244.0.0/16", "dev", "twill0")
+		eventually(t, "the cluster route to come back", func() bool {
+			out, _ := exec.Command("ip", "-n", a.ns, "route", "show", "proto", "126").Output()
+			return strings.Contains(string(out), "10.244.0.0/16 dev twill0")
+		})
+	})
+
+	t.Run("ping", func(t *testing.T) {
+		if out, ok := ping(t, a.pod, b.podIP, 3); !ok {
+			t.Fatalf("pod A cannot ping pod B:\n%s", out)
+		}
+		if out, ok := ping(t, b.pod, a.podIP, 3); !ok {
+			t.Fatalf("pod B cannot ping pod A:\n%s", out)
+		}
+		pa, _ := peerStatus(a, subB)
+		pb, _ := peerStatus(b, subA)
+		if pa.TxPackets < 3 || pa.RxPackets < 3 || pb.TxPackets < 3 || pb.RxPackets < 3 {
+			t.Errorf("counters after 6 pings: A->B %+v, B->A %+v", pa, pb)
+		}
+		if time.Since(pa.LastSeen) > time.Minute {
+			t.Errorf("A last saw B at %v", pa.LastSeen)
+		}
+	})
+
+	t.Run("tcp transfer", func(t *testing.T) {
+		before, _ := peerStatus(a, subB)
+		beforeRx, _ := peerStatus(b, subA)
+		const size = 8 << 20
+		sent, got := transfer(t, a, b, size)
+		if sent != got {
+			t.Fatalf("SHA-256 differs: sent %x, received %x", sent, got)
+		}
+		// Wait for datagrams in flight, then compare A's tx towards B with
+		// B's rx from A: both count inner IP bytes, so they are equal
+		// unless the underlay lost datagrams (which TCP then resent).
+		var tx, rx uint64
+		eventually(t, "B's rx to catch up with A's tx", func() bool {
+			pa, _ := peerStatus(a, subB)
+			pb, _ := peerStatus(b, subA)
+			tx, rx = pa.TxBytes-before.TxBytes, pb.RxBytes-beforeRx.RxBytes
+			return tx == rx
+		})
+		if rx < size {
+			t.Errorf("B received %d inner bytes from A, less than the %d bytes of data", rx, size)
+		}
+		// Headers: at most 20 (IP) + 60 (TCP) per packet of at least 1000
+		// bytes of payload, plus a few small packets.
+		if rx > size+size/10 {
+			t.Errorf("B received %d inner bytes for %d bytes of data: more than headers explain", rx, size)
+		}
+		t.Logf("A->B: tx %d bytes, rx %d bytes for %d bytes of data", tx, rx, size)
+	})
+
+	// A UDP listener in pod A shows what the spoof checks let through.
+	var podListener *net.UDPConn
+	inNS(t, a.podH, func() (err error) {
+		podListener, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.podIP, 9999)))
+		return err
+	})
+	defer podListener.Close()
+	receive := func() string {
+		buf := make([]byte, 100)
+		_ = podListener.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := podListener.Read(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
+	toA := netip.AddrPortFrom(ipA, 8285)
+
+	t.Run("legitimate handmade datagram arrives", func(t *testing.T) {
+		// The control for the spoof tests: a datagram built as they are, but
+		// valid, is delivered.
+		sendFrom(t, b.h, ipB, toA, udpInPacket(b.podIP, a.podIP, 9999, "hello"))
+		if got := receive(); got != "hello" {
+			t.Fatalf("pod A got %q, want hello", got)
+		}
+	})
+
+	t.Run("flannel wire format", func(t *testing.T) {
+		// A flannel udp node is a socket on port 8285 that sends and takes
+		// bare IPv4 packets as datagrams. Play one at 192.168.56.66 holding
+		// 10.244.3.0/24.
+		var flannel *net.UDPConn
+		inNS(t, b.h, func() (err error) {
+			flannel, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ipStranger, 8285)))
+			return err
+		})
+		defer flannel.Close()
+		fake := lease.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"),
+			Attrs: lease.Attrs{PublicIP: ipStranger, BackendType: "udp"}}
+		if err := a.be.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: fake}}); err != nil {
+			t.Fatal(err)
+		}
+		defer a.be.Handle(context.Background(), []lease.Event{{Type: lease.Expired, Lease: fake}})
+
+		fakePod := netip.MustParseAddr("10.244.3.5")
+		var pc *net.UDPConn
+		inNS(t, a.podH, func() (err error) {
+			pc, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(fakePod, 7777)))
+			return err
+		})
+		defer pc.Close()
+		if _, err := pc.Write([]byte("to flannel")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2000)
+		_ = flannel.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, from, err := flannel.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("the flannel node got nothing: %v", err)
+		}
+		if from != toA {
+			t.Errorf("datagram from %s, want %s (the backend's socket)", from, toA)
+		}
+		pkt := buf[:n]
+		if !validIPv4(pkt) || pkt[9] != 17 || n != 20+8+len("to flannel") ||
+			netip.AddrFrom4([4]byte(pkt[12:16])) != a.podIP || netip.AddrFrom4([4]byte(pkt[16:20])) != fakePod ||
+			binary.BigEndian.Uint16(pkt[22:24]) != 7777 || string(pkt[28:]) != "to flannel" {
+			t.Errorf("datagram is not the bare IPv4/UDP packet from pod A: % x", pkt)
+		}
+		// And back: a bare packet from the flannel node reaches pod A.
+		if _, err := flannel.WriteToUDPAddrPort(udpInPacket(fakePod, a.podIP, 9999, "from flannel"), toA); err != nil {
+			t.Fatal(err)
+		}
+		if got := receive(); got != "from flannel" {
+			t.Errorf("pod A got %q, want \"from flannel\"", got)
+		}
+	})
+
+	t.Run("unknown peer", func(t *testing.T) {
+		before := a.be.Status().Drops[DropUnknownPeer]
+		sendFrom(t, b.h, ipStranger, toA, udpInPacket(b.podIP, a.podIP, 9999, "stranger"))
+		if got := receive(); got != "" {
+			t.Errorf("pod A received %q from a stranger", got)
+		}
+		eventually(t, "unknown-peer drop", func() bool { return a.be.Status().Drops[DropUnknownPeer] == before+1 })
+	})
+
+	t.Run("spoofed source", func(t *testing.T) {
+		before, _ := peerStatus(a, subB)
+		sendFrom(t, b.h, ipB, toA, udpInPacket(netip.MustParseAddr("10.244.7.7"), a.podIP, 9999, "spoofed"))
+		if got := receive(); got != "" {
+			t.Errorf("pod A received %q with a spoofed source", got)
+		}
+		eventually(t, "spoofed-source drop", func() bool {
+			p, _ := peerStatus(a, subB)
+			return p.Drops[DropSpoofedSource] == before.Drops[DropSpoofedSource]+1
+		})
+	})
+
+	t.Run("random bytes", func(t *testing.T) {
+		before, _ := peerStatus(a, subB)
+		for range 20 {
+			junk := make([]byte, 1+int(time.Now().UnixNano()%1400))
+			rand.Read(junk)
+			junk[0] = 0x13 // never a valid IPv4 version nibble
+			sendFrom(t, b.h, ipB, toA, junk)
+		}
+		eventually(t, "malformed drops", func() bool {
+			p, _ := peerStatus(a, subB)
+			return p.Drops[DropMalformed] == before.Drops[DropMalformed]+20
+		})
+		if out, ok := ping(t, a.pod, b.podIP, 2); !ok {
+			t.Fatalf("traffic stopped after random datagrams:\n%s", out)
+		}
+	})
+
+	t.Run("net unreachable", func(t *testing.T) {
+		before := a.be.Status().Drops[DropNoRoute]
+		out, ok := ping(t, a.pod, netip.MustParseAddr("10.244.9.9"), 1)
+		if ok || !strings.Contains(out, "Destination Net Unreachable") || !strings.Contains(out, "From 10.244.9.0") {
+			t.Errorf("ping to a subnet nobody holds:\n%s\nwant Destination Net Unreachable from 10.244.9.0", out)
+		}
+		if got := a.be.Status().Drops[DropNoRoute]; got <= before {
+			t.Errorf("no-route drops %d, want more than %d", got, before)
+		}
+	})
+
+	t.Run("expired peer", func(t *testing.T) {
+		if err := a.be.Handle(context.Background(), []lease.Event{{Type: lease.Expired, Lease: b.lease}}); err != nil {
+			t.Fatal(err)
+		}
+		if out, ok := ping(t, a.pod, b.podIP, 2); ok {
+			t.Errorf("pod A still reaches pod B after B's lease expired:\n%s", out)
+		}
+		if p, ok := peerStatus(a, subB); ok {
+			t.Errorf("A still reports B: %+v", p)
+		}
+		// B still knows A, but A no longer accepts B's datagrams.
+		if got := a.be.Status().Drops[DropUnknownPeer]; got == 0 {
+			t.Errorf("A counted no unknown-peer drops for B's replies")
+		}
+		if err := a.be.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: b.lease}}); err != nil {
+			t.Fatal(err)
+		}
+		if out, ok := ping(t, a.pod, b.podIP, 2); !ok {
+			t.Errorf("pod A cannot reach pod B after B's lease came back:\n%s", out)
+		}
+		if p, _ := peerStatus(a, subB); p.TxPackets == 0 || p.Drops[DropSpoofedSource] != 0 {
+			t.Errorf("B's counters did not start afresh: %+v", p)
+		}
+	})
+
+	t.Run("cleanup", func(t *testing.T) {
+		if err := a.be.Cleanup(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := exec.Command("ip", "-n", a.ns, "link", "show", "twill0").Run(); err == nil {
+			t.Error("twill0 still exists after Cleanup")
+		}
+		if routes := run(t, "ip", "-n", a.ns, "route", "show", "proto", "126"); strings.TrimSpace(routes) != "" {
+			t.Errorf("twill routes left after Cleanup: %s", routes)
+		}
+		if tables := run(t, "ip", "netns", "exec", a.ns, "nft", "list", "tables"); strings.Contains(tables, "twill") {
+			t.Errorf("twill nftables table left after Cleanup: %s", tables)
+		}
+	})
+}
