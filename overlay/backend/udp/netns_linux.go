@@ -58,7 +58,6 @@ func currentNetNS() (netns.NsHandle, error) {
 	return netns.NsHandle(fd), nil
 }
 
-
 // openTUN creates (or attaches to) the TUN device name in the calling
 // thread's namespace and returns its file descriptor, non-blocking. With
 // vnetHdr the device is opened with IFF_VNET_HDR, which lets the kernel hand
