@@ -49,6 +49,23 @@ type Prepared struct {
 	BackendData json.RawMessage
 	// MTU is the MTU pods on this node must use.
 	MTU int
+	// Underlay is set by the underlay backends (macvlan, ipvlan): pods
+	// attach to the underlay, and the daemon passes this on to the CNI
+	// plugin through the subnet file.
+	Underlay *Underlay
+}
+
+// Underlay is where pods of an underlay backend attach.
+type Underlay struct {
+	// Master is the host interface pods' sub-interfaces hang off.
+	Master string
+	// Mode is the macvlan or ipvlan mode.
+	Mode string
+	// Subnet is the master's subnet that holds the cluster network.
+	Subnet netip.Prefix
+	// Gateway is the underlay's default gateway (the master's default
+	// route); invalid if the master has none.
+	Gateway netip.Addr
 }
 
 // Backend is one data path.
@@ -77,6 +94,9 @@ type Backend interface {
 
 // Status is a backend's report.
 type Status struct {
+	// Mode is the backend's mode where it has one (macvlan bridge, ipvlan
+	// l3, ...), for the dashboard; empty otherwise.
+	Mode  string
 	Peers []PeerStatus
 	// Problems are conditions an operator must see, such as a host-gw peer
 	// that is not on this node's L2 segment.
