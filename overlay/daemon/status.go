@@ -26,6 +26,9 @@ type NodeInfo struct {
 	Iface       string
 	Network     netip.Prefix
 	BackendType string
+	// BackendMode is the macvlan or ipvlan mode (bridge, l2, l3, ...);
+	// empty for backends without modes.
+	BackendMode string
 	MTU         int
 }
 
@@ -47,6 +50,7 @@ func (d *Daemon) Snapshot() Snapshot {
 	if netcfg != nil {
 		s.Node.Network = netcfg.Network
 		s.Node.BackendType = netcfg.Backend.Type
+		s.Node.BackendMode = netcfg.Backend.Mode
 	}
 	if keeper != nil {
 		s.Lease = keeper.Current()
