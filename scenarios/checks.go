@@ -14,6 +14,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/subnetfile"
+	"github.com/twillnet/twill/vmtest"
 )
 
 var readSubnetFile = subnetfile.Read
@@ -105,11 +106,7 @@ func lastLine(s string) string {
 }
 
 func (p *play) ping(ctx context.Context, from, to string, wantOK bool, within time.Duration) (string, map[string]any, error) {
-	src, err := p.pod(from)
-	if err != nil {
-		return "", nil, err
-	}
-	dst, err := p.pod(to)
+	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
 	}
@@ -124,6 +121,15 @@ func (p *play) ping(ctx context.Context, from, to string, wantOK bool, within ti
 		return out, nil
 	})
 	return lastLine(out), nil, err
+}
+
+// podPair looks up the two pods of a check.
+func (p *play) podPair(from, to string) (src, dst vmtest.Pod, err error) {
+	if src, err = p.pod(from); err != nil {
+		return src, dst, err
+	}
+	dst, err = p.pod(to)
+	return src, dst, err
 }
 
 // nettest runs a server in one namespace and a sender in another and
@@ -179,11 +185,7 @@ func (p *play) transfer(ctx context.Context, fromNS, toNS string, to netip.Addr,
 }
 
 func (p *play) tcp(ctx context.Context, from, to string, size int64, within time.Duration) (string, map[string]any, error) {
-	src, err := p.pod(from)
-	if err != nil {
-		return "", nil, err
-	}
-	dst, err := p.pod(to)
+	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
 	}
@@ -208,11 +210,7 @@ func (p *play) tcp(ctx context.Context, from, to string, size int64, within time
 // mtu checks that a DF packet of exactly the pod MTU passes and one byte
 // more is refused.
 func (p *play) mtu(ctx context.Context, from, to string, within time.Duration) (string, map[string]any, error) {
-	src, err := p.pod(from)
-	if err != nil {
-		return "", nil, err
-	}
-	dst, err := p.pod(to)
+	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
 	}

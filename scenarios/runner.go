@@ -37,7 +37,11 @@ type Runner struct {
 	LabName string
 	// Keep leaves the cluster running after the scenario.
 	Keep bool
-	Log  *slog.Logger
+	// Attach plays the scenario on the running lab LabName instead of
+	// bringing up a cluster; the lab must have the nodes, backend and pods
+	// the scenario names. The lab is left running.
+	Attach bool
+	Log    *slog.Logger
 }
 
 // Report is the result of one scenario, as written to JSON.
@@ -143,11 +147,16 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 	fmt.Fprintf(out, "== %s: %d nodes, backend %s, %d pods per node (lab %s, driver %s)\n",
 		s.Name, s.Cluster.Nodes, cmp.Or(s.Cluster.Backend, "from netConfig"), s.Cluster.PodsPerNode, lab, driver)
 	start := time.Now()
-	c, err := vmtest.Up(ctx, spec, log)
+	var c *vmtest.Cluster
+	if r.Attach {
+		c, err = attach(lab, s)
+	} else {
+		c, err = vmtest.Up(ctx, spec, log)
+	}
 	if err != nil {
 		return rep, fmt.Errorf("bring up the cluster: %w", err)
 	}
-	if !r.Keep {
+	if !r.Keep && !r.Attach {
 		defer func() {
 			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
@@ -157,8 +166,15 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 		}()
 	}
 	defer c.Close()
+	have := map[string]bool{}
+	for _, pod := range c.Pods() {
+		have[pod.Name] = true
+	}
 	for i := 1; i <= s.Cluster.Nodes; i++ {
 		for j := 1; j <= s.Cluster.PodsPerNode; j++ {
+			if have[PodName(i, j)] {
+				continue
+			}
 			if _, err := c.AddPod(ctx, NodeName(i), PodName(i, j)); err != nil {
 				return rep, fmt.Errorf("add pod %s: %w", PodName(i, j), err)
 			}
@@ -166,6 +182,34 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 	}
 	fmt.Fprintf(out, "   cluster up with %d pods in %.1fs\n", len(c.Pods()), time.Since(start).Seconds())
 	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
+}
+
+// attach opens a running lab and checks that it is the cluster the
+// scenario asks for.
+func attach(lab string, s *Scenario) (*vmtest.Cluster, error) {
+	c, err := vmtest.Open(lab)
+	if err != nil {
+		return nil, err
+	}
+	spec := c.Spec()
+	var problems []string
+	if n := len(c.Nodes()); n < s.Cluster.Nodes {
+		problems = append(problems, fmt.Sprintf("it has %d nodes, the scenario needs %d", n, s.Cluster.Nodes))
+	}
+	if s.Cluster.Backend != "" && spec.Backend != s.Cluster.Backend {
+		problems = append(problems, fmt.Sprintf("its backend is %s, the scenario's is %s", spec.Backend, s.Cluster.Backend))
+	}
+	if s.Cluster.IPMasq && !spec.IPMasq {
+		problems = append(problems, "the scenario needs --ip-masq")
+	}
+	if s.Cluster.Outside && !spec.Outside {
+		problems = append(problems, "the scenario needs an outside host (--outside)")
+	}
+	if len(problems) > 0 {
+		c.Close()
+		return nil, fmt.Errorf("lab %s does not fit scenario %s: %s", lab, s.Name, strings.Join(problems, "; "))
+	}
+	return c, nil
 }
 
 func (r *Runner) play(ctx context.Context, s *Scenario, c Cluster, binDir string, rep *Report, out io.Writer) error {

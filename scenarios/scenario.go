@@ -35,8 +35,11 @@ type Scenario struct {
 
 // ClusterSpec is the cluster a scenario asks for.
 type ClusterSpec struct {
-	Nodes          int      `yaml:"nodes"`
-	Backend        string   `yaml:"backend"`
+	Nodes   int    `yaml:"nodes"`
+	Backend string `yaml:"backend"`
+	// Backends plays the scenario once per backend listed (instead of
+	// Backend); each play is named <name>-<backend>.
+	Backends       []string `yaml:"backends"`
 	NetConfig      string   `yaml:"netConfig"`
 	PodsPerNode    int      `yaml:"podsPerNode"`
 	IPMasq         bool     `yaml:"ipMasq"`
@@ -135,8 +138,11 @@ func Parse(data []byte) (*Scenario, error) {
 	if c.Nodes < 1 || c.Nodes > 8 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.nodes = %d: want 1..8", c.Nodes))
 	}
-	if c.Backend == "" && c.NetConfig == "" {
-		errs = append(errs, errors.New("scenario: cluster.backend: missing (or give cluster.netConfig)"))
+	switch {
+	case c.Backend == "" && c.NetConfig == "" && len(c.Backends) == 0:
+		errs = append(errs, errors.New("scenario: cluster.backend: missing (or give cluster.backends or cluster.netConfig)"))
+	case len(c.Backends) > 0 && (c.Backend != "" || c.NetConfig != ""):
+		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
 	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))
@@ -256,6 +262,23 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		}
 	}
 	return st, nil
+}
+
+// Plays returns the scenario as it is played: once, or once per backend of
+// cluster.backends, named <name>-<backend>.
+func (s *Scenario) Plays() []*Scenario {
+	if len(s.Cluster.Backends) == 0 {
+		return []*Scenario{s}
+	}
+	out := make([]*Scenario, 0, len(s.Cluster.Backends))
+	for _, b := range s.Cluster.Backends {
+		v := *s
+		v.Name = s.Name + "-" + b
+		v.Cluster.Backend = b
+		v.Cluster.Backends = nil
+		out = append(out, &v)
+	}
+	return out
 }
 
 // NodeName is the name of the i-th node (from 1), as vmtest names them.

@@ -28,7 +28,7 @@ func TestScenarioFilesParse(t *testing.T) {
 			t.Errorf("%s and %s are both named %q", f, other, s.Name)
 		}
 		names[s.Name] = f
-		if want := strings.TrimSuffix(f, ".yaml"); s.Name != want {
+		if want := strings.TrimSuffix(filepath.Base(f), ".yaml"); s.Name != want {
 			t.Errorf("%s is named %q; name it after its file", f, s.Name)
 		}
 	}
@@ -51,12 +51,24 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - host-to-pods: {node: n1}\n", `host-to-pods takes no parameter "node"`},
 		{"name: x\ncluster: {nodes: 0, backend: vxlan}\nsteps: [ping-all]\n", "cluster.nodes = 0"},
 		{"name: x\ncluster: {nodes: 2}\nsteps: [ping-all]\n", "cluster.backend: missing"},
+		{"name: x\ncluster: {nodes: 2, backend: udp, backends: [vxlan]}\nsteps: [ping-all]\n", "not both"},
 		{"name: x\ncluster: {nodes: 2, backend: vxlan, pods: 2}\nsteps: [ping-all]\n", "field pods not found"},
 	} {
 		_, err := Parse([]byte(tt.in))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Parse:\n%s\n= %v\nwant an error containing %q", tt.in, err, tt.want)
 		}
+	}
+}
+
+func TestPlaysPerBackend(t *testing.T) {
+	s, err := Parse([]byte("name: x\ncluster: {nodes: 2, backends: [vxlan, udp]}\nsteps: [ping-all]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plays := s.Plays()
+	if len(plays) != 2 || plays[0].Name != "x-vxlan" || plays[0].Cluster.Backend != "vxlan" || plays[1].Name != "x-udp" || plays[1].Cluster.Backend != "udp" {
+		t.Errorf("plays: %+v %+v", plays[0], plays[1])
 	}
 }
 
@@ -87,11 +99,15 @@ func TestScenarios(t *testing.T) {
 	}
 	files, _ := filepath.Glob("*.yaml")
 	reports := filepath.Join(os.TempDir(), "twill-scenario-reports")
-	for i, f := range files {
+	var plays []*Scenario
+	for _, f := range files {
 		s, err := Load(f)
 		if err != nil {
 			t.Fatal(err)
 		}
+		plays = append(plays, s.Plays()...)
+	}
+	for i, s := range plays {
 		lab := fmt.Sprintf("s%d%c", os.Getpid()%1000, 'a'+i)
 		t.Run(s.Name, func(t *testing.T) {
 			if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, "netns") {

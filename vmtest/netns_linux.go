@@ -341,10 +341,10 @@ func (c *Cluster) build(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	// Pods are numbered across the lab: p1, p2 on n1, p3, p4 on n2, ...
-	for i, n := range st.Nodes {
+	// Pods are named after their node: n1p1, n1p2 on n1, n2p1 on n2, ...
+	for _, n := range st.Nodes {
 		for k := 1; k <= spec.PodsPerNode; k++ {
-			if _, err := c.AddPod(ctx, n.Name, "p"+strconv.Itoa(i*spec.PodsPerNode+k)); err != nil {
+			if _, err := c.AddPod(ctx, n.Name, n.Name+"p"+strconv.Itoa(k)); err != nil {
 				return err
 			}
 		}

@@ -47,8 +47,8 @@ type Spec struct {
 	// NetConfig is the whole network config JSON; empty means
 	// {"Network":"10.244.0.0/16","Backend":{"Type":Backend}}.
 	NetConfig string `json:"net_config,omitempty"`
-	// PodsPerNode pods are added to every node by Up, numbered across the
-	// lab: p1, p2 on n1, p3, p4 on n2, ...
+	// PodsPerNode pods are added to every node by Up, named after their
+	// node: n1p1, n1p2 on n1, n2p1, n2p2 on n2, ... (the scenarios' names).
 	PodsPerNode int `json:"pods_per_node,omitempty"`
 	// IPMasq runs twilld with --ip-masq.
 	IPMasq bool `json:"ip_masq,omitempty"`

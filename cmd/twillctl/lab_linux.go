@@ -53,7 +53,7 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&spec.Nodes, "nodes", 3, "number of nodes")
 	fs.StringVar(&spec.Backend, "backend", "vxlan", "backend type of the network config")
 	netConfig := fs.String("net-config", "", "network config file (instead of --backend)")
-	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods p1, p2, ... to add to every node")
+	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods to add to every node (n1p1, n1p2 on n1, ...)")
 	fs.BoolVar(&spec.IPMasq, "ip-masq", false, "run twilld with --ip-masq")
 	fs.BoolVar(&spec.Outside, "outside", false, "add a namespace on the underlay that plays the outside world")
 	fs.BoolVar(&spec.HostAccess, "host-access", true, "join this host to the lab's underlay (one veth <name>-host), so a browser here reaches the dashboards")

@@ -23,6 +23,7 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	reports := fs.String("report-dir", "scenario-reports", "where to write a JSON report per scenario")
 	lab := fs.String("lab", "", "lab name (default: a random one)")
 	keep := fs.Bool("keep", false, "leave the cluster running after the scenario")
+	attach := fs.Bool("attach", false, "play on the running lab --lab instead of bringing up a cluster (it stays up)")
 	verbose := fs.Bool("v", false, "log the lab's own progress")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -30,19 +31,22 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() == 0 {
 		return errors.New("want one or more scenario files, e.g. scenarios/basic-vxlan.yaml")
 	}
+	if *attach && *lab == "" {
+		return errors.New("--attach needs --lab NAME")
+	}
 	var list []*scenarios.Scenario
 	for _, f := range fs.Args() {
 		s, err := scenarios.Load(f)
 		if err != nil {
 			return err
 		}
-		list = append(list, s)
+		list = append(list, s.Plays()...)
 	}
 	log := slog.New(slog.DiscardHandler)
 	if *verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	r := &scenarios.Runner{Driver: *driver, Bin: *bin, Out: out, ReportDir: *reports, LabName: *lab, Keep: *keep, Log: log}
+	r := &scenarios.Runner{Driver: *driver, Bin: *bin, Out: out, ReportDir: *reports, LabName: *lab, Keep: *keep, Attach: *attach, Log: log}
 	failed := 0
 	for _, s := range list {
 		if _, err := r.Run(ctx, s); err != nil {

@@ -160,27 +160,36 @@ func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 	}
 }
 
-// Run runs the daemon until ctx ends. It returns an error only if the node
-// could not start; after it is ready, trouble is logged and retried.
-func (d *Daemon) Run(ctx context.Context) error {
+// configure finds the underlay, reads the network config and picks the
+// backend: what both Run and Cleanup start from.
+func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, backend.Backend, error) {
 	u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
 	if err != nil {
-		return err
+		return nil, backend.Node{}, nil, err
 	}
 	netcfg, err := d.networkConfig(ctx)
 	if err != nil {
-		return err
+		return nil, backend.Node{}, nil, err
 	}
 	node := u.backendNode(d.cfg.NodeName)
 	node.Network = netcfg
 	node.IPMasq = d.cfg.IPMasq
-	d.log.Info("starting", "node", node.Name, "public_ip", node.PublicIP, "iface", node.Iface,
-		"network", netcfg.Network, "backend", netcfg.Backend.Type)
-
 	be, err := newBackend(node, d.log)
+	if err != nil {
+		return nil, backend.Node{}, nil, err
+	}
+	return netcfg, node, be, nil
+}
+
+// Run runs the daemon until ctx ends. It returns an error only if the node
+// could not start; after it is ready, trouble is logged and retried.
+func (d *Daemon) Run(ctx context.Context) error {
+	netcfg, node, be, err := d.configure(ctx)
 	if err != nil {
 		return err
 	}
+	d.log.Info("starting", "node", node.Name, "public_ip", node.PublicIP, "iface", node.Iface,
+		"network", netcfg.Network, "backend", netcfg.Backend.Type)
 	d.mu.Lock()
 	d.netcfg, d.node, d.be = netcfg, node, be
 	d.mu.Unlock()
@@ -329,18 +338,7 @@ func (d *Daemon) setReady(v bool) {
 // Cleanup removes the kernel state of the configured backend (twilld
 // --cleanup). It needs the network config to know the backend.
 func (d *Daemon) Cleanup(ctx context.Context) error {
-	u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
-	if err != nil {
-		return err
-	}
-	netcfg, err := d.networkConfig(ctx)
-	if err != nil {
-		return err
-	}
-	node := u.backendNode(d.cfg.NodeName)
-	node.Network = netcfg
-	node.IPMasq = d.cfg.IPMasq
-	be, err := newBackend(node, d.log)
+	_, _, be, err := d.configure(ctx)
 	if err != nil {
 		return err
 	}

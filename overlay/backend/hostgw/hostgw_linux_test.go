@@ -37,6 +37,7 @@ func TestTwoNodesPodToPod(t *testing.T) {
 	}
 
 	backendtest.CheckPodToPod(t, rs)
+	backendtest.CheckBulkCounters(t, rs, 1500)
 
 	// A peer behind a router: reported, not routed; the others stay.
 	far := lease.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"),

@@ -99,6 +99,7 @@ func TestTwoNodesPodToPod(t *testing.T) {
 	}
 
 	backendtest.CheckPodToPod(t, rs)
+	backendtest.CheckBulkCounters(t, rs, 1450)
 
 	// Someone deletes the device: it comes back with its MAC, and traffic flows.
 	mac1 := deviceMAC(t, n1)
