@@ -83,6 +83,7 @@ func (d *Daemon) Snapshot() Snapshot {
 		routes.Detail = "the kernel differs from the plan (see Routes)"
 	}
 	etcdCheck := Check{Name: "etcd-reachable", OK: d.reach.Reachable()}
+	etcdCheck.Detail = "etcd answered the last request"
 	if !etcdCheck.OK {
 		etcdCheck.Detail = "the last etcd request failed"
 	}
