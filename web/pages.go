@@ -251,7 +251,9 @@ var funcs = template.FuncMap{
 		}
 		return buf.String()
 	},
-	"args": func(title string, rows []RouteRow) map[string]any { return map[string]any{"Title": title, "Rows": rows} },
+	"args": func(title string, rows []RouteRow) map[string]any {
+		return map[string]any{"Title": title, "Rows": rows}
+	},
 	"sum": func(m map[string]uint64) uint64 {
 		var n uint64
 		for _, v := range m {

@@ -60,9 +60,9 @@ type Server struct {
 	metrics *prometheus.Registry
 	handler http.Handler
 
-	mu      sync.Mutex
-	latest  *daemon.Snapshot // the last sampled snapshot
-	tick    chan struct{}    // closed and replaced after each sample
+	mu     sync.Mutex
+	latest *daemon.Snapshot // the last sampled snapshot
+	tick   chan struct{}    // closed and replaced after each sample
 }
 
 // New returns a Server. It serves at once; Run samples and probes.

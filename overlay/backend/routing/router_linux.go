@@ -293,7 +293,6 @@ func kernelState(ks kernel.Status) *backend.KernelState {
 	return k
 }
 
-
 // Plan returns the current plan; false before the own lease is known.
 func (r *Router) Plan() (plan.Plan, bool) {
 	r.mu.Lock()
