@@ -209,6 +209,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush()
 	}
+	// Take the tick before the snapshot, so that no sample is missed.
+	tick := s.ticked()
 	if err := send(s.sampled()); err != nil {
 		return
 	}
@@ -216,7 +218,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-s.ticked():
+		case <-tick:
+			tick = s.ticked()
 			if err := send(s.sampled()); err != nil {
 				return
 			}

@@ -130,7 +130,7 @@ func (s *Server) routes() http.Handler {
 		r.Get("/health", s.apiHealth)
 		r.Post("/resync", s.requireToken(s.resync))
 	})
-	r.Handle("/metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{ErrorLog: slogPrinter{s.log}}))
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{ErrorLog: slogPrinter{s.log}}))
 	r.Get("/livez", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	r.Get("/readyz", s.readyz)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusNotFound, "not found\n") })
