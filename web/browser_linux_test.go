@@ -189,6 +189,31 @@ func TestBrowser(t *testing.T) {
 	}
 	shot(t, b, art, "1-overview")
 
+	// twillctl reads the same API (from the hub, where the nodes answer).
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"status"}, []string{n1.DaemonName, "lease-held", "yes", n1.Subnet.String()}},
+		{[]string{"leases"}, []string{n2.DaemonName, n3.Subnet.String(), "(this node)"}},
+		{[]string{"routes"}, []string{n2.Subnet.String(), "ok", "twill.1"}},
+		{[]string{"tunnels"}, []string{n2.DaemonName, n3.Subnet.String(), "192.168.56."}},
+		{[]string{"tunnels", "-o", "json"}, []string{`"tx_packets"`, `"peer": "` + n2.Subnet.String()}},
+	} {
+		argv := append([]string{filepath.Join(bin, "twillctl")}, tc.args...)
+		argv = append(argv, "--node", base)
+		out, err := c.Exec(ctx, c.HubNetNS(), argv...)
+		if err != nil {
+			t.Errorf("twillctl %v: %v\n%s", tc.args, err, out)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("twillctl %v lacks %q:\n%s", tc.args, w, out)
+			}
+		}
+	}
+
 	// Tunnels: the counters count up while pods talk, without a reload.
 	pods := c.Pods()
 	var src, dst vmtest.Pod

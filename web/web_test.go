@@ -548,4 +548,3 @@ func BenchmarkPageTunnels1000(b *testing.B) {
 }
 func BenchmarkPageOverview1000(b *testing.B) { benchmarkGet(b, "/") }
 func BenchmarkMetrics1000(b *testing.B)      { benchmarkGet(b, "/metrics") }
-
