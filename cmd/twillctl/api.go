@@ -246,4 +246,3 @@ func drops(m map[string]uint64) string {
 	}
 	return strings.Join(parts, ",")
 }
-

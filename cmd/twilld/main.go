@@ -239,7 +239,7 @@ func dashboardURL(listen string, publicIP netip.Addr) string {
 // serveWeb starts the dashboard on --listen and returns a function that
 // stops it.
 func serveWeb(ctx context.Context, a *args, d *daemon.Daemon, log *slog.Logger) (func(), error) {
-	srv, err := web.New(web.Options{Source: d, Log: log.With("component", "web"), Version: version, APIToken: a.apiToken})
+	srv, err := web.New(web.Options{Source: d, Log: log.With("component", "web"), Version: version, APIToken: a.apiToken, Resync: d.Resync})
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,18 @@ type Check struct {
 	Detail string
 }
 
+// Resync asks the backend to compare its kernel state with its plan and
+// repair it now, if it keeps kernel state.
+func (d *Daemon) Resync() {
+	d.mu.Lock()
+	be := d.be
+	d.mu.Unlock()
+	if r, ok := be.(interface{ Resync() }); ok {
+		r.Resync()
+		d.log.Info("resync requested")
+	}
+}
+
 // Snapshot returns the daemon's state now. It is safe to call at any time,
 // also before Run got far.
 func (d *Daemon) Snapshot() Snapshot {

@@ -97,6 +97,9 @@ func (r *Reconciler) Set(p plan.Plan) {
 	r.poke()
 }
 
+// Kick asks for a pass now, as if netlink had reported a change.
+func (r *Reconciler) Kick() { r.poke() }
+
 func (r *Reconciler) poke() {
 	select {
 	case r.kick <- struct{}{}:

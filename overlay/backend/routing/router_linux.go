@@ -228,6 +228,9 @@ func (r *Router) logProblems(ps []plan.Problem) {
 	r.problems = now
 }
 
+// Resync asks for a reconcile pass now.
+func (r *Router) Resync() { r.rec.Kick() }
+
 // Run keeps the kernel equal to the plan until ctx ends.
 func (r *Router) Run(ctx context.Context) error {
 	err := r.rec.Run(ctx)

@@ -599,6 +599,16 @@ func (t *tokenBucket) allow(now time.Time) bool {
 	return true
 }
 
+// Resync compares and repairs the route now.
+func (b *Backend) Resync() {
+	b.mu.Lock()
+	rec := b.rec
+	b.mu.Unlock()
+	if rec != nil {
+		rec.Kick()
+	}
+}
+
 // Status reports the per-peer counters, node-wide drops, the peers the plan
 // left out, and whether the route is in place.
 func (b *Backend) Status() backend.Status {
