@@ -322,6 +322,7 @@ func humanDuration(d time.Duration) string {
 type sparkline struct {
 	W, H   int
 	Tx, Rx string // polyline points
+	RxArea string // polygon under Rx
 	Peak   float64
 	Empty  bool
 }
@@ -346,6 +347,7 @@ func newSparkline(h []RatePoint) sparkline {
 		fmt.Fprintf(&rx, "%.1f,%.1f ", x, yr)
 	}
 	s.Tx, s.Rx = strings.TrimSpace(tx.String()), strings.TrimSpace(rx.String())
+	s.RxArea = fmt.Sprintf("1,%d %s %d,%d", s.H-2, s.Rx, s.W-1, s.H-2)
 	return s
 }
 
