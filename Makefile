@@ -13,7 +13,7 @@ LAB_NODES   ?= 3
 LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
 # Packages the tests and the lab need, by Debian name.
-APT_PACKAGES := iproute2 nftables iputils-ping
+APT_PACKAGES := iproute2 nftables iputils-ping chromium
 
 .PHONY: all build deps lab lab-down test unit lint bench clean
 

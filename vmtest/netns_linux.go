@@ -418,6 +418,7 @@ func (c *Cluster) twilldArgs(n nodeState) []string {
 		"--iface", "eth0",
 		"--node-name", spec.Name + "-" + n.Name,
 		"--subnet-file", n.SubnetFile,
+		"--listen", net.JoinHostPort(n.IP.String(), strconv.Itoa(DashboardPort)),
 	}
 	if spec.EtcdPrefix != "" {
 		args = append(args, "--etcd-prefix", spec.EtcdPrefix)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 )
 
 // Node is what a backend knows of the node it runs on.
@@ -107,6 +108,30 @@ type Status struct {
 	// (no-route, unknown-peer, ...); a peer's own drops are in its
 	// PeerStatus.
 	Drops map[string]uint64
+	// Device is the backend's device ("" for none, as host-gw and alloc);
+	// DeviceUp says it exists and is up.
+	Device   string
+	DeviceUp bool
+	// Kernel is what the backend wants in the kernel and what the kernel
+	// holds; nil for a backend without kernel state (alloc).
+	Kernel *KernelState
+}
+
+// KernelState is a read-only copy of a backend's desired and actual kernel
+// state: the receiver may keep it, nothing else writes to it.
+type KernelState struct {
+	Desired, Actual KernelTables
+	// LastPass is when the reconciler last compared them; zero before the
+	// first pass. LastError is that pass's error ("" if none).
+	LastPass  time.Time
+	LastError string
+}
+
+// KernelTables are the routes, neighbours and FDB entries of one side.
+type KernelTables struct {
+	Routes    []plan.Route
+	Neighbors []plan.Neighbor
+	FDB       []plan.FDBEntry
 }
 
 // PeerStatus is the state and the counters of the tunnel to one peer.

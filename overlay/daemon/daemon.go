@@ -45,6 +45,10 @@ type Config struct {
 	RenewMargin    time.Duration
 	IPMasq         bool
 	ReleaseOnExit  bool
+
+	// Dashboard is the URL of this node's dashboard, published in its lease
+	// for peers' cluster views; empty publishes none.
+	Dashboard string
 }
 
 // Validate checks the configuration before anything is done.
@@ -207,7 +211,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Request: lease.Request{
 			Config: netcfg,
 			Attrs: lease.Attrs{PublicIP: node.PublicIP, BackendType: be.Type(), BackendData: prep.BackendData,
-				Twill: &lease.NodeInfo{Node: node.Name}},
+				Twill: &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
 			TTL:      d.cfg.SubnetLeaseTTL,
 			Previous: previous,
 		},
