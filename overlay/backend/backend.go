@@ -102,6 +102,10 @@ type Status struct {
 	// Problems are conditions an operator must see, such as a host-gw peer
 	// that is not on this node's L2 segment.
 	Problems []string
+	// PeerProblems are the Problems about peers twill cannot route to (a
+	// host-gw peer off the segment, a lease with unusable backend data).
+	// They make the node not ready.
+	PeerProblems []string
 	// InSync says the kernel holds what the backend wants.
 	InSync bool
 	// Drops counts dropped packets that belong to no peer, by reason

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend"
@@ -103,10 +104,15 @@ func (d *Daemon) Snapshot() Snapshot {
 	if !etcdCheck.OK {
 		etcdCheck.Detail = "the last etcd request failed"
 	}
+	peers := Check{Name: "peers-routable", OK: be != nil && len(s.Backend.PeerProblems) == 0, Detail: "every peer can be routed to"}
+	if len(s.Backend.PeerProblems) > 0 {
+		peers.Detail = strings.Join(s.Backend.PeerProblems, "; ")
+	}
 	s.Checks = []Check{
 		{Name: "lease-held", OK: held, Detail: leaseDetail},
 		device,
 		routes,
+		peers,
 		etcdCheck,
 	}
 	return s

@@ -56,6 +56,9 @@ func TestTwoNodesPodToPod(t *testing.T) {
 	if !found {
 		t.Errorf("off-segment peer not reported: %q", st.Problems)
 	}
+	if len(st.PeerProblems) != 1 || !strings.Contains(st.PeerProblems[0], "10.0.9.13") {
+		t.Errorf("off-segment peer not among the peer problems (which make the node not ready): %q", st.PeerProblems)
+	}
 	if _, ok := rs[0].Peer(far.Subnet); ok {
 		t.Errorf("off-segment peer listed as routed")
 	}
