@@ -28,6 +28,9 @@ var vmModules = []string{
 	"virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "crc32c_generic",
 	"tun", "vxlan", "veth", "bridge", "ipip", "ipvlan", "macvlan",
 	"nf_tables", "nft_masq", "nft_chain_nat", "nft_ct", "sch_netem",
+	// netlink.NewHandleAt opens an XFRM socket too: without xfrm_user twilld
+	// fails with "protocol not supported".
+	"xfrm_user",
 }
 
 // vmTools are the host programs put into the initramfs, with the libraries
@@ -63,21 +66,6 @@ type Image struct {
 	Kernel        string `json:"kernel"`
 	Initrd        string `json:"initrd"`
 	KernelVersion string `json:"kernel_version"`
-}
-
-// ImageDir is where kernels and initramfs images are cached: $TWILL_VM_DIR,
-// else $XDG_CACHE_HOME/twill-vm, else ~/.cache/twill-vm.
-func ImageDir() string {
-	if d := os.Getenv("TWILL_VM_DIR"); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "twill-vm")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".cache", "twill-vm")
-	}
-	return filepath.Join(os.TempDir(), "twill-vm")
 }
 
 // CheckVMTools reports, in one error that says what to install, the host

@@ -90,6 +90,16 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 	return c, nil
 }
 
+// Alive reports whether the connection is still open.
+func (c *Client) Alive() bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Close closes the connection; requests in flight fail.
 func (c *Client) Close() error { return c.conn.Close() }
 
