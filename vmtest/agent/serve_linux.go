@@ -146,10 +146,14 @@ func execute(ctx context.Context, req Request) Response {
 	// Its own process group, so a cancel ends what it started too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	// A daemon started in the background keeps the output pipe; do not
-	// wait for it.
-	cmd.WaitDelay = time.Second
+	// A daemon started in the background may hold the output pipe for a
+	// moment (until its redirections are done); do not wait long for it.
+	cmd.WaitDelay = 2 * time.Second
 	err := cmd.Run()
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// The command itself exited 0; only the pipe stayed open.
+		err = nil
+	}
 	r := Response{ID: req.ID, Output: out.buf.Bytes()}
 	var ee *exec.ExitError
 	switch {
