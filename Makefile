@@ -14,8 +14,14 @@ LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
 # Packages the tests and the lab need, by Debian name.
 APT_PACKAGES := iproute2 nftables iputils-ping chromium
+# Packages the qemu tier (make vmtest, twillctl lab up --driver qemu) needs:
+# the emulator and what the VM image is built from. The kernel itself is
+# fetched with apt-get download (its version is pinned in vmtest/image_linux.go).
+VM_APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio kmod e2fsprogs iperf3 binutils
+# Where the VM kernel and initramfs are cached.
+TWILL_VM_DIR ?= $(CURDIR)/build/vm
 
-.PHONY: all build deps lab lab-down test unit lint bench clean
+.PHONY: all build deps lab lab-down test unit vmtest lint bench clean
 
 all: build
 
@@ -25,7 +31,7 @@ build:
 # deps installs what is missing on a fresh Debian machine (as root); it
 # does nothing when everything is there.
 deps:
-	@scripts/deps.sh $(APT_PACKAGES)
+	@scripts/deps.sh $(APT_PACKAGES) $(VM_APT_PACKAGES)
 
 # lab brings up a lab cluster (see scripts/lab.sh) and leaves it running;
 # lab-down removes it.
@@ -35,10 +41,17 @@ lab: deps build
 lab-down: build
 	$(BIN)/twillctl lab down --name $(LAB_NAME)
 
-test: deps lint unit
+test: deps lint unit vmtest
 
 unit:
 	$(GO) test -count=1 -timeout 20m ./...
+
+# vmtest is the qemu tier: a 1-VM check of the driver, then 3-VM clusters
+# playing basic-udp, basic-vxlan, basic-ipip and vm-faults, each timed.
+# Software emulation unless TWILL_VM_ACCEL=kvm or auto. It fails (never
+# skips) when QEMU or the kernel cannot be had.
+vmtest: deps
+	TWILL_QEMU=1 TWILL_VM_DIR=$(TWILL_VM_DIR) $(GO) test -count=1 -p 1 -timeout 15m -v -run '^(TestQEMUNode|TestScenariosQEMU)$$' ./vmtest ./scenarios
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

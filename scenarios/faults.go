@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"syscall"
@@ -137,4 +138,59 @@ func (p *play) deleteRoute(ctx context.Context, node, peer string) (string, map[
 		return "", nil, fmt.Errorf("delete route %s on %s: %v: %s", target, node, err, lastLine(string(out)))
 	}
 	return fmt.Sprintf("deleted %s on %s", target, node), nil, nil
+}
+
+// rebootNode reboots a node; it must come back with the same subnet, and
+// its pods are attached again.
+func (p *play) rebootNode(ctx context.Context, node string) (string, map[string]any, error) {
+	rb, ok := p.c.(NodeRebooter)
+	if !ok {
+		return "", nil, fmt.Errorf("reboot-node: %w by this cluster", errors.ErrUnsupported)
+	}
+	before, err := p.nodeSubnet(node)
+	if err != nil {
+		return "", nil, err
+	}
+	t0 := time.Now()
+	if err := rb.RebootNode(ctx, node); err != nil {
+		return "", nil, err
+	}
+	after, err := p.nodeSubnet(node)
+	if err != nil {
+		return "", nil, err
+	}
+	detail := fmt.Sprintf("%s rebooted; twilld ready and pods attached again in %.1fs, with %s", node, time.Since(t0).Seconds(), after)
+	if after != before {
+		return detail, nil, fmt.Errorf("%s came back from the reboot with %s, but held %s before", node, after, before)
+	}
+	return detail, map[string]any{"seconds": time.Since(t0).Seconds()}, nil
+}
+
+// partition cuts a node's underlay link (heal: restores it). The node and
+// its daemon keep running; its pods leave the checks until it is healed.
+func (p *play) partition(ctx context.Context, node string, heal bool) (string, map[string]any, error) {
+	if err := p.c.SetUnderlay(ctx, node, heal); err != nil {
+		return "", nil, err
+	}
+	if heal {
+		delete(p.down, node)
+		return fmt.Sprintf("%s: underlay link restored", node), nil, nil
+	}
+	p.down[node] = true
+	return fmt.Sprintf("%s: underlay link cut; twilld keeps running", node), nil, nil
+}
+
+// underlayLoss makes a node's underlay lossy and slow, or clean again.
+func (p *play) underlayLoss(ctx context.Context, node string, loss float64, delay time.Duration) (string, map[string]any, error) {
+	sh, ok := p.c.(UnderlayShaper)
+	if !ok {
+		return "", nil, fmt.Errorf("underlay-loss: %w by this cluster", errors.ErrUnsupported)
+	}
+	if err := sh.SetUnderlayLoss(ctx, node, loss, delay); err != nil {
+		return "", nil, err
+	}
+	if loss == 0 && delay == 0 {
+		return fmt.Sprintf("%s: underlay clean again", node), nil, nil
+	}
+	return fmt.Sprintf("%s: underlay loses %g%% of packets, %v added latency", node, loss, delay), nil, nil
 }

@@ -89,6 +89,19 @@ type Cluster interface {
 	Outside() (string, netip.Addr, bool)
 }
 
+// NodeRebooter is a cluster whose nodes can be rebooted (the qemu driver's
+// VMs). RebootNode returns when the node is back with its daemon ready and
+// its pods attached again.
+type NodeRebooter interface {
+	RebootNode(ctx context.Context, node string) error
+}
+
+// UnderlayShaper is a cluster that can make a node's underlay link lossy
+// and slow (netem); zeros make it clean again.
+type UnderlayShaper interface {
+	SetUnderlayLoss(ctx context.Context, node string, lossPercent float64, delay time.Duration) error
+}
+
 // play is the state of one scenario being played.
 type play struct {
 	r       *Runner
@@ -265,6 +278,9 @@ func describeParams(st Step) string {
 	if st.Holds != nil {
 		parts = append(parts, fmt.Sprintf("holds=%t", *st.Holds))
 	}
+	if st.Kind == "underlay-loss" {
+		parts = append(parts, fmt.Sprintf("loss=%g%% delay=%v", st.Loss, time.Duration(st.Delay)))
+	}
 	if st.Kind == "ping" && st.Expect != "ok" {
 		parts = append(parts, "expect="+st.Expect)
 	}
@@ -320,6 +336,14 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 			limit = time.Duration(p.s.Cluster.SubnetLeaseTTL) + 30*time.Second
 		}
 		return p.lease(ctx, st.Node, false, limit)
+	case "reboot-node":
+		return p.rebootNode(ctx, st.Node)
+	case "partition":
+		return p.partition(ctx, st.Node, false)
+	case "heal":
+		return p.partition(ctx, st.Node, true)
+	case "underlay-loss":
+		return p.underlayLoss(ctx, st.Node, st.Loss, time.Duration(st.Delay))
 	case "sleep":
 		select {
 		case <-ctx.Done():

@@ -79,6 +79,8 @@ type Step struct {
 	Within Duration // checks: how long to retry before failing; wait-*: the limit
 	For    Duration // sleep
 	Expect string   // ping: "ok" or "fail"
+	Loss   float64  // underlay-loss: percent of packets lost
+	Delay  Duration // underlay-loss: added latency
 }
 
 // stepKinds lists the step kinds and the parameters each takes.
@@ -102,6 +104,12 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
+	// Faults that need a node with a kernel and a link of its own (the
+	// qemu driver); partition and heal work on every driver.
+	"reboot-node":   {"node"},
+	"partition":     {"node"},
+	"heal":          {"node"},
+	"underlay-loss": {"node", "loss", "delay"},
 }
 
 // Load reads and validates a scenario file.
@@ -232,6 +240,13 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			err = st.Within.UnmarshalYAML(&v)
 		case "for":
 			err = st.For.UnmarshalYAML(&v)
+		case "delay":
+			err = st.Delay.UnmarshalYAML(&v)
+		case "loss":
+			var s string
+			if err = v.Decode(&s); err == nil {
+				st.Loss, err = parsePercent(s)
+			}
 		}
 		if err != nil {
 			return Step{}, fmt.Errorf("line %d: %s.%s: %w", v.Line, kind, name, err)
@@ -242,6 +257,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"tcp": {"from", "to"}, "mtu": {"from", "to"}, "outside": {"from"}, "ping": {"from", "to"}, "outside-to-pod": {"to"},
 		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "start-daemon": {"node"},
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
+		"reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {
@@ -305,6 +321,16 @@ func validPod(name string, nodes, pods int) bool {
 		}
 	}
 	return false
+}
+
+// parsePercent reads "20%" (0 to 100).
+func parsePercent(s string) (float64, error) {
+	num, ok := strings.CutSuffix(strings.TrimSpace(s), "%")
+	var f float64
+	if _, err := fmt.Sscan(num, &f); !ok || err != nil || f < 0 || f > 100 {
+		return 0, fmt.Errorf("%q: want a percentage such as 20%%", s)
+	}
+	return f, nil
 }
 
 // parseSize reads 64MiB, 1GiB, 512KiB or a number of bytes.

@@ -12,6 +12,14 @@
 // (twillctl lab status, pod add) can attach with Open and Down can remove
 // everything, also what a crashed run left behind.
 //
+// The qemu driver (qemu_linux.go) keeps the hub, its bridge, etcd and the
+// outside namespace, and makes each node a VM with its own kernel instead:
+// its eth0 is a tap device on the hub's bridge, and the host drives it
+// through an agent on a virtio-serial port (package vmtest/agent), so
+// faults only a VM has (RebootNode, SetUnderlayLoss) are possible; the
+// netns driver reports them as unsupported. Cluster's methods dispatch to
+// the lab's driver.
+//
 // vmtest drives the binaries as a user would: it imports nothing from
 // overlay/daemon, and it must not touch namespaces, links or processes that
 // are not its lab's.

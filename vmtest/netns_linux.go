@@ -21,6 +21,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/subnetfile"
+	"github.com/twillnet/twill/vmtest/agent"
 )
 
 // etcdPort is where etcd listens on the hub's underlay address. Each lab's
@@ -51,6 +52,9 @@ type state struct {
 	Pods       []Pod       `json:"pods"`
 	OutsideNS  string      `json:"outside_netns,omitempty"`
 	OutsideIP  netip.Addr  `json:"outside_addr,omitzero"`
+	// The qemu driver's: what the VMs boot and how.
+	Image Image  `json:"image,omitzero"`
+	Accel string `json:"accel,omitempty"`
 }
 
 type nodeState struct {
@@ -62,6 +66,8 @@ type nodeState struct {
 	SubnetFile string     `json:"subnet_file"`
 	LogPath    string     `json:"log"`
 	Dir        string     `json:"dir"`
+	// VM is set by the qemu driver.
+	VM *vmNode `json:"vm,omitempty"`
 }
 
 func labDir(name string) string    { return filepath.Join(StateDir, name) }
@@ -101,6 +107,9 @@ type Cluster struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	st   *state
+	// The qemu driver's connections to the VMs' agents.
+	amu    sync.Mutex
+	agents map[string]*agent.Client
 }
 
 // run runs a command and returns an error with its output.
@@ -235,6 +244,12 @@ func (c *Cluster) build(ctx context.Context) error {
 		return fmt.Errorf("link the CNI plugin: %w", err)
 	}
 
+	if c.qemu() {
+		if err := c.prepareVMs(ctx); err != nil {
+			return err
+		}
+	}
+
 	// The hub: the underlay bridge, where etcd also listens.
 	hub := st.HubNetNS
 	steps := [][]string{
@@ -275,6 +290,12 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
 			return err
+		}
+		if c.qemu() {
+			if err := c.makeVM(ctx, i-1, bits); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := attach(ctx, hub, st.Bridge, n.HubLink, n.NetNS, n.IP, bits); err != nil {
 			return fmt.Errorf("make node %s: %w", n.Name, err)
@@ -320,6 +341,21 @@ func (c *Cluster) build(ctx context.Context) error {
 		return fmt.Errorf("put the network config: %w", err)
 	}
 
+	if c.qemu() {
+		if err := c.bootVMs(ctx); err != nil {
+			return err
+		}
+		errs := make([]error, len(st.Nodes))
+		var wg sync.WaitGroup
+		for i, n := range st.Nodes {
+			wg.Go(func() { errs[i] = c.vmStartDaemon(ctx, n.Name) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		return c.addPods(ctx)
+	}
 	// The nodes' daemons start together and become ready together.
 	offsets := make([]int64, len(st.Nodes))
 	for i := range st.Nodes {
@@ -341,7 +377,13 @@ func (c *Cluster) build(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	// Pods are named after their node: n1p1, n1p2 on n1, n2p1 on n2, ...
+	return c.addPods(ctx)
+}
+
+// addPods adds Spec.PodsPerNode pods to every node, named after their
+// node: n1p1, n1p2 on n1, n2p1 on n2, ...
+func (c *Cluster) addPods(ctx context.Context) error {
+	st, spec := c.st, c.st.Spec
 	for _, n := range st.Nodes {
 		for k := 1; k <= spec.PodsPerNode; k++ {
 			if _, err := c.AddPod(ctx, n.Name, n.Name+"p"+strconv.Itoa(k)); err != nil {
@@ -509,6 +551,9 @@ func Down(ctx context.Context, name string) error {
 	if err == nil {
 		for _, n := range st.Nodes {
 			procs = append(procs, n.Daemon)
+			if n.VM != nil {
+				procs = append(procs, n.VM.QEMU)
+			}
 		}
 		procs = append(procs, st.Etcd)
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -521,7 +566,7 @@ func Down(ctx context.Context, name string) error {
 			inodes[ino] = true
 		}
 	}
-	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true})
+	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true})
 	procs = append(procs, found...)
 	// Daemons first, etcd last (they may want to talk to it on the way
 	// out); all of one kind at once.
@@ -623,10 +668,18 @@ func (c *Cluster) node(n nodeState) Node {
 		LogPath:      n.LogPath,
 		SubnetFile:   n.SubnetFile,
 	}
-	if f, err := subnetfile.Read(n.SubnetFile); err == nil {
+	if n.VM != nil {
+		c.vmNodeView(n, &node)
+		return node
+	}
+	c.readSubnet(n.SubnetFile, &node)
+	return node
+}
+
+func (c *Cluster) readSubnet(path string, node *Node) {
+	if f, err := subnetfile.Read(path); err == nil {
 		node.Subnet = f.NodeSubnet()
 	}
-	return node
 }
 
 // Node returns one node by its name (n1), its daemon's name (<lab>-n1) or
@@ -662,7 +715,14 @@ func (c *Cluster) Exec(ctx context.Context, netns string, argv ...string) ([]byt
 	if len(argv) == 0 {
 		return nil, errors.New("exec: no command")
 	}
-	ns := c.resolveNetNS(netns)
+	if c.qemu() {
+		return c.vmRunExec(ctx, netns, argv...)
+	}
+	return hostExec(ctx, c.resolveNetNS(netns), argv...)
+}
+
+// hostExec runs argv in a network namespace of this host.
+func hostExec(ctx context.Context, ns string, argv ...string) ([]byte, error) {
 	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...).CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("in %s: %s: %w", ns, strings.Join(argv, " "), err)
@@ -689,6 +749,9 @@ func (c *Cluster) resolveNetNS(name string) string {
 // StartDaemon starts twilld on a node unless it runs, and waits until it is
 // ready (it logged "ready", after writing its subnet file).
 func (c *Cluster) StartDaemon(ctx context.Context, node string) error {
+	if c.qemu() {
+		return c.vmStartDaemon(ctx, node)
+	}
 	var n nodeState
 	var off int64
 	started := false
@@ -723,6 +786,9 @@ func (c *Cluster) StartDaemon(ctx context.Context, node string) error {
 // end within 15 s of SIGTERM is an error (and is killed).
 func (c *Cluster) StopDaemon(ctx context.Context, node string, sig syscall.Signal) error {
 	st := c.snapshot()
+	if c.qemu() {
+		return c.vmStopDaemon(ctx, node, sig)
+	}
 	i, err := findNode(st, c.name, node)
 	if err != nil {
 		return err
@@ -852,4 +918,7 @@ func (c *Cluster) Outside() (netns string, addr netip.Addr, ok bool) {
 }
 
 // Close releases the cluster's handles; the lab keeps running.
-func (c *Cluster) Close() error { return nil }
+func (c *Cluster) Close() error { return c.closeAgents() }
+
+// Driver is the lab's driver, netns or qemu.
+func (c *Cluster) Driver() string { return c.snapshot().Spec.Driver }

@@ -499,7 +499,9 @@ func TestSpecValidation(t *testing.T) {
 		{Spec{Name: "ok", Nodes: MaxNodes + 1, Backend: "alloc"}, "nodes"},
 		{Spec{Name: "ok"}, "neither a backend"},
 		{Spec{Name: "ok", NetConfig: "{"}, "not JSON"},
-		{Spec{Name: "ok", Driver: "qemu", Backend: "alloc"}, "only netns"},
+		{Spec{Name: "ok", Driver: "vagrant", Backend: "alloc"}, "want one of [netns qemu]"},
+		{Spec{Name: "ok", Driver: "qemu", Nodes: MaxVMs + 1, Backend: "alloc"}, "at most 3 VMs"},
+		{Spec{Name: "ok", Driver: "qemu", Backend: "alloc", Accel: "hvf"}, "want tcg, kvm or auto"},
 	} {
 		_, err := tc.spec.withDefaults()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -71,6 +71,7 @@ func (c *Cluster) AddPod(ctx context.Context, node, pod string) (Pod, error) {
 		return Pod{}, err
 	}
 	var p Pod
+	vm := c.qemu()
 	err := c.update(func(st *state) error {
 		i, err := findNode(st, c.name, node)
 		if err != nil {
@@ -84,6 +85,16 @@ func (c *Cluster) AddPod(ctx context.Context, node, pod string) (Pod, error) {
 		n := st.Nodes[i]
 		p = Pod{Name: pod, Node: n.Name, NetNS: n.NetNS + "-" + pod}
 		p.NetNSPath = filepath.Join("/run/netns", p.NetNS)
+		if vm {
+			// The namespace is in the node's VM.
+			addr, err := c.vmAttachPod(ctx, n, p)
+			if err != nil {
+				return fmt.Errorf("add pod %s on %s: %w", pod, n.Name, err)
+			}
+			p.Addr = addr
+			st.Pods = append(st.Pods, p)
+			return nil
+		}
 		if err := run(ctx, "ip", "netns", "add", p.NetNS); err != nil {
 			return fmt.Errorf("add pod %s: %w", pod, err)
 		}
@@ -126,6 +137,7 @@ func (c *Cluster) cniAdd(ctx context.Context, n nodeState, p Pod) (addr netip.Ad
 // DelPod detaches a pod (CNI DEL) and deletes its namespace.
 func (c *Cluster) DelPod(ctx context.Context, pod string) error {
 	var errs []error
+	vm := c.qemu()
 	err := c.update(func(st *state) error {
 		k := -1
 		for j, q := range st.Pods {
@@ -137,6 +149,15 @@ func (c *Cluster) DelPod(ctx context.Context, pod string) error {
 			return fmt.Errorf("lab %s has no pod %q", c.name, pod)
 		}
 		p := st.Pods[k]
+		if vm {
+			if i, err := findNode(st, c.name, p.Node); err != nil {
+				errs = append(errs, err)
+			} else if err := c.vmDetachPod(ctx, st.Nodes[i], p); err != nil {
+				errs = append(errs, err)
+			}
+			st.Pods = append(st.Pods[:k], st.Pods[k+1:]...)
+			return nil
+		}
 		if i, err := findNode(st, c.name, p.Node); err != nil {
 			errs = append(errs, err)
 		} else if rt, list, err := c.cni(st.Nodes[i]); err != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"time"
 )
@@ -38,7 +40,9 @@ type Spec struct {
 	// starting with a letter, at most MaxNameLen characters. It prefixes
 	// every namespace, link and directory of the lab.
 	Name string `json:"name"`
-	// Driver is how nodes are made; only "netns" (the default) so far.
+	// Driver is how nodes are made: "netns" (the default: each node a
+	// network namespace of this machine) or "qemu" (each node a VM with its
+	// own kernel, see qemu_linux.go).
 	Driver string `json:"driver"`
 	// Nodes is the number of nodes (default 1).
 	Nodes int `json:"nodes"`
@@ -71,7 +75,23 @@ type Spec struct {
 	Bin string `json:"bin,omitempty"`
 	// TwilldArgs are extra twilld flags for every node.
 	TwilldArgs []string `json:"twilld_args,omitempty"`
+	// Accel is the qemu driver's accelerator: "tcg" (software emulation),
+	// "kvm", or "auto" (kvm if a plain guest boots with it, once tried and
+	// remembered in the image directory). Empty: $TWILL_VM_ACCEL, else tcg.
+	Accel string `json:"accel,omitempty"`
+	// ConsoleDir keeps the qemu driver's console logs, one per VM, after
+	// the lab is gone. Empty: $TMPDIR/twill-vm-consoles/<name>.
+	ConsoleDir string `json:"console_dir,omitempty"`
+	// ImageDir caches the VM kernel and initramfs (default: ImageDir()).
+	ImageDir string `json:"image_dir,omitempty"`
 }
+
+// Drivers are the known drivers.
+var Drivers = []string{"netns", "qemu"}
+
+// MaxVMs is the most VMs the qemu driver runs in one lab: each takes a
+// core's worth of emulation under TCG.
+const MaxVMs = 3
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9]*$`)
 
@@ -112,8 +132,29 @@ func (s Spec) withDefaults() (Spec, error) {
 	if err := ValidName(s.Name); err != nil {
 		errs = append(errs, err)
 	}
-	if s.Driver != "netns" {
-		errs = append(errs, fmt.Errorf("driver %q: only netns exists so far", s.Driver))
+	switch s.Driver {
+	case "netns":
+	case "qemu":
+		if s.Nodes > MaxVMs {
+			errs = append(errs, fmt.Errorf("%d nodes: the qemu driver runs at most %d VMs", s.Nodes, MaxVMs))
+		}
+		if s.Accel == "" {
+			s.Accel = os.Getenv("TWILL_VM_ACCEL")
+		}
+		if s.Accel == "" {
+			s.Accel = "tcg"
+		}
+		if s.Accel != "tcg" && s.Accel != "kvm" && s.Accel != "auto" {
+			errs = append(errs, fmt.Errorf("accel %q: want tcg, kvm or auto", s.Accel))
+		}
+		if s.ConsoleDir == "" {
+			s.ConsoleDir = filepath.Join(os.TempDir(), "twill-vm-consoles", s.Name)
+		}
+		if s.ImageDir == "" {
+			s.ImageDir = ImageDir()
+		}
+	default:
+		errs = append(errs, fmt.Errorf("driver %q: want one of %v", s.Driver, Drivers))
 	}
 	if s.Nodes < 1 || s.Nodes > MaxNodes {
 		errs = append(errs, fmt.Errorf("%d nodes: want 1 to %d", s.Nodes, MaxNodes))
@@ -229,4 +270,19 @@ type Pod struct {
 	NetNS     string     `json:"netns"`
 	NetNSPath string     `json:"netns_path"`
 	Addr      netip.Addr `json:"addr"`
+}
+
+// ImageDir is where kernels and initramfs images are cached: $TWILL_VM_DIR,
+// else $XDG_CACHE_HOME/twill-vm, else ~/.cache/twill-vm.
+func ImageDir() string {
+	if d := os.Getenv("TWILL_VM_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "twill-vm")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "twill-vm")
+	}
+	return filepath.Join(os.TempDir(), "twill-vm")
 }

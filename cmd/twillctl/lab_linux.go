@@ -17,7 +17,7 @@ import (
 )
 
 func init() {
-	register("lab up", "bring up a lab: etcd and N twilld nodes in network namespaces, with pods", runLabUp)
+	register("lab up", "bring up a lab: etcd and N twilld nodes (network namespaces or VMs), with pods", runLabUp)
 	register("lab down", "remove a lab and everything it left behind", runLabDown)
 	register("lab status", "show a lab's nodes, dashboards and pods", runLabStatus)
 	register("pod add", "attach a new pod to a lab's node through the CNI plugin: pod add NODE POD", runPodAdd)
@@ -51,6 +51,8 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	var spec vmtest.Spec
 	fs.StringVar(&spec.Name, "name", vmtest.DefaultName, "lab name (prefix of its namespaces, links and directory)")
 	fs.IntVar(&spec.Nodes, "nodes", 3, "number of nodes")
+	fs.StringVar(&spec.Driver, "driver", "netns", "how nodes are made: netns (network namespaces on this machine) or qemu (VMs with their own kernel)")
+	fs.StringVar(&spec.Accel, "accel", "", "qemu driver: tcg, kvm or auto (default $TWILL_VM_ACCEL, else tcg)")
 	fs.StringVar(&spec.Backend, "backend", "vxlan", "backend type of the network config")
 	netConfig := fs.String("net-config", "", "network config file (instead of --backend)")
 	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods to add to every node (n1p1, n1p2 on n1, ...)")

@@ -18,7 +18,7 @@ func init() {
 
 func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("scenario run")
-	driver := fs.String("driver", "netns", "cluster driver: netns (network namespaces on this machine)")
+	driver := fs.String("driver", "netns", "cluster driver: netns (network namespaces on this machine) or qemu (VMs with their own kernel)")
 	bin := fs.String("bin", binDir(), "directory with twilld, twillctl and twill-cni")
 	reports := fs.String("report-dir", "scenario-reports", "where to write a JSON report per scenario")
 	lab := fs.String("lab", "", "lab name (default: a random one)")

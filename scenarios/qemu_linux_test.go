@@ -1,0 +1,74 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/vmtest"
+)
+
+// qemuScenarios are the scenarios the qemu tier plays: the basic one on
+// each tunnel backend, and the faults only a VM has.
+var qemuScenarios = []string{"basic-udp", "basic-vxlan", "basic-ipip", "vm-faults"}
+
+// TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
+// tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs
+// make vmtest). Opted in, a machine without QEMU or the kernel fails the
+// test with what to install; it is never skipped.
+func TestScenariosQEMU(t *testing.T) {
+	if os.Getenv("TWILL_QEMU") != "1" {
+		t.Skip("the qemu tier boots VMs (several minutes): run it with make vmtest, or TWILL_QEMU=1")
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("the qemu tier needs root: it makes a namespace with a bridge and tap devices")
+	}
+	if err := vmtest.CheckVMTools(); err != nil {
+		t.Fatal(err)
+	}
+	if only := os.Getenv("TWILL_QEMU_SCENARIOS"); only != "" {
+		qemuScenarios = strings.Fields(only)
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "../cmd/twilld", "../cmd/twillctl", "../cmd/twill-cni")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	reports := os.Getenv("TWILL_QEMU_REPORTS")
+	if reports == "" {
+		reports = t.TempDir()
+	}
+	var summary strings.Builder
+	began := time.Now()
+	for i, name := range qemuScenarios {
+		s, err := Load(name + ".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lab := fmt.Sprintf("q%d%c", os.Getpid()%1000, 'a'+i)
+		t.Run(s.Name, func(t *testing.T) {
+			var out strings.Builder
+			r := &Runner{Driver: "qemu", Bin: bin, Out: &out, ReportDir: reports, LabName: lab}
+			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+			defer cancel()
+			rep, err := r.Run(ctx, s)
+			t.Log("\n" + out.String())
+			if rep != nil {
+				fmt.Fprintf(&summary, "  %-12s %-4s %6.1fs  (consoles: %s)\n", s.Name, map[bool]string{true: "PASS", false: "FAIL"}[rep.Passed], rep.Seconds,
+					fmt.Sprintf("%s/twill-vm-consoles/%s", os.TempDir(), lab))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !rep.Passed || len(rep.Steps) != len(s.Steps) {
+				t.Fatalf("report: passed %v, %d of %d steps", rep.Passed, len(rep.Steps), len(s.Steps))
+			}
+		})
+	}
+	t.Logf("qemu tier: %d scenarios on 3-VM clusters in %.1fs (reports in %s):\n%s", len(qemuScenarios), time.Since(began).Seconds(), reports, summary.String())
+}
