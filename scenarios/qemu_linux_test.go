@@ -14,7 +14,7 @@ import (
 
 // qemuScenarios are the scenarios the qemu tier plays: the basic one on
 // each tunnel backend, and the faults only a VM has.
-var qemuScenarios = []string{"basic-udp", "basic-vxlan", "basic-ipip", "vm-faults"}
+var qemuScenarios = []string{"basic-udp", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3"}
 
 // TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs

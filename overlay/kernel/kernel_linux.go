@@ -49,7 +49,7 @@ func Open(ns netns.NsHandle, log *slog.Logger) (*Handle, error) {
 		return nil, fmt.Errorf("duplicate netns handle: %w", err)
 	}
 	own := netns.NsHandle(fd)
-	h, err := netlink.NewHandleAt(own)
+	h, err := netlink.NewHandleAt(own, unix.NETLINK_ROUTE)
 	if err != nil {
 		own.Close()
 		return nil, fmt.Errorf("netlink handle in netns %s: %w", ns, err)

@@ -275,9 +275,12 @@ func Build(in Input) (Plan, error) {
 	if in.Underlay.MTU > 0 || b.MTU > 0 {
 		p.MTU = MTU(b, in.Underlay.MTU)
 	}
-	switch b.Type {
-	case netconf.TypeUDP, netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP:
-	case netconf.TypeMacvlan, netconf.TypeIPvlan, netconf.TypeAlloc:
+	// hostGW: every peer is routed via its public IP on the shared segment.
+	hostGW := b.Type == netconf.TypeHostGW || RoutesPeerSlices(b)
+	switch {
+	case hostGW:
+	case b.Type == netconf.TypeUDP, b.Type == netconf.TypeVXLAN, b.Type == netconf.TypeIPIP:
+	case b.Type == netconf.TypeMacvlan, b.Type == netconf.TypeIPvlan, b.Type == netconf.TypeAlloc:
 		// Pods sit on the underlay (or nothing is carried): no per-peer state.
 		return p, nil
 	default:
@@ -287,9 +290,9 @@ func Build(in Input) (Plan, error) {
 		return Plan{}, fmt.Errorf("plan: udp needs the cluster network containing %s, got %v", own, in.Network)
 	}
 	segment := in.Underlay.Prefix.Masked()
-	direct := b.Type == netconf.TypeHostGW || (b.DirectRouting && (b.Type == netconf.TypeVXLAN || b.Type == netconf.TypeIPIP))
-	if b.Type == netconf.TypeHostGW && !segment.IsValid() {
-		return Plan{}, fmt.Errorf("%w: host-gw needs the underlay interface's prefix", ErrUnderlay)
+	direct := hostGW || (b.DirectRouting && (b.Type == netconf.TypeVXLAN || b.Type == netconf.TypeIPIP))
+	if hostGW && !segment.IsValid() {
+		return Plan{}, fmt.Errorf("%w: %s needs the underlay interface's prefix", ErrUnderlay, b.Type)
 	}
 	if direct && segment.IsValid() && in.Underlay.Device == "" {
 		return Plan{}, fmt.Errorf("%w: routes over the underlay need its device name", ErrUnderlay)
@@ -322,10 +325,11 @@ func Build(in Input) (Plan, error) {
 			p.Peers = append(p.Peers, peer)
 			continue
 		}
-		switch b.Type {
-		case netconf.TypeHostGW:
-			problem("not on this node's L2 segment %s; host-gw cannot reach it, no route", segment)
+		if hostGW {
+			problem("not on this node's L2 segment %s; %s cannot reach it, no route", segment, b.Type)
 			continue
+		}
+		switch b.Type {
 		case netconf.TypeUDP:
 			// The single cluster route carries it; twilld forwards by the peer table.
 		case netconf.TypeIPIP:
@@ -344,6 +348,13 @@ func Build(in Input) (Plan, error) {
 	}
 	p.sort()
 	return p, nil
+}
+
+// RoutesPeerSlices reports whether a backend whose pods sit on the underlay
+// still routes peers' slices via their public IPs: ipvlan in l3 and l3s
+// modes, where the wire never learns pod addresses by ARP.
+func RoutesPeerSlices(b netconf.Backend) bool {
+	return b.Type == netconf.TypeIPvlan && (b.Mode == "l3" || b.Mode == "l3s")
 }
 
 // candidate is a peer lease that passed the checks common to all backends.

@@ -65,6 +65,11 @@ func withData(l lease.Lease, data string) lease.Lease {
 func withType(l lease.Lease, typ string) lease.Lease { l.Attrs.BackendType = typ; return l }
 func withRev(l lease.Lease, rev int64) lease.Lease   { l.Revision = rev; return l }
 
+func withMode(b netconf.Backend, mode string) netconf.Backend {
+	b.Mode = mode
+	return b
+}
+
 func input(typ string, b netconf.Backend, peers ...lease.Lease) Input {
 	return Input{
 		Network:  network,
@@ -154,6 +159,10 @@ func goldenCases() []golden {
 			node(vx, "10.244.1.0/24", "192.168.56.12", 1), node(vx, "10.244.2.0/24", "192.168.56.13", 2), node(vx, "10.244.3.0/24", "10.0.9.14", 3))}}},
 		golden{"ipip-direct-routing", "DirectRouting: peers on 192.168.56.0/24 are routed via eth0, the one behind a router is tunnelled", []step{{in: input(netconf.TypeIPIP, directRouting(backend(netconf.TypeIPIP)),
 			node(netconf.TypeIPIP, "10.244.1.0/24", "192.168.56.12", 1), node(netconf.TypeIPIP, "10.244.3.0/24", "10.0.9.14", 3))}}},
+		golden{"ipvlan-l3", "ipvlan l3 routes peers' slices via their public IPs, as host-gw; a peer behind a router is a problem", []step{{in: input(netconf.TypeIPvlan, withMode(backend(netconf.TypeIPvlan), "l3"),
+			node(netconf.TypeIPvlan, "10.244.1.0/24", "192.168.56.12", 1), node(netconf.TypeIPvlan, "10.244.2.0/24", "10.0.9.13", 2))}}},
+		golden{"ipvlan-l2", "ipvlan l2 (and macvlan) pods answer ARP on the segment: no routes", []step{{in: input(netconf.TypeIPvlan, withMode(backend(netconf.TypeIPvlan), "l2"),
+			node(netconf.TypeIPvlan, "10.244.1.0/24", "192.168.56.12", 1))}}},
 		golden{"host-gw-off-segment", "host-gw peers behind a router cannot be reached: a problem each, no route", []step{{in: input(netconf.TypeHostGW, backend(netconf.TypeHostGW),
 			node(netconf.TypeHostGW, "10.244.1.0/24", "192.168.56.12", 1), node(netconf.TypeHostGW, "10.244.2.0/24", "10.0.9.13", 2), node(netconf.TypeHostGW, "10.244.3.0/24", "192.168.57.14", 3))}}},
 		golden{"vxlan-bad-backend-data", "vxlan peers with missing or unusable BackendData are problems, not crashes", []step{{in: input(vx, backend(vx),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -90,7 +91,7 @@ func New(cfg Config) (*Router, error) {
 		return nil, fmt.Errorf("open network namespace %q: %w", cfg.Node.NetNS, err)
 	}
 	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[netip.Prefix]lease.Lease{}}
-	if r.nl, err = netlink.NewHandleAt(ns); err != nil {
+	if r.nl, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("netlink handle in network namespace %q: %w", cfg.Node.NetNS, err)
 	}

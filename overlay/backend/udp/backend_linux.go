@@ -112,7 +112,7 @@ func (b *Backend) open() error {
 	if err != nil {
 		return err
 	}
-	b.nl, err = netlink.NewHandleAt(b.ns)
+	b.nl, err = netlink.NewHandleAt(b.ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		b.ns.Close()
 		return fmt.Errorf("netlink handle in network namespace: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/twillnet/twill/overlay/backend/routing"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 )
 
 // HostDevice is the node's own sub-interface of the master.
@@ -47,9 +48,9 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	}
 	b := &Backend{node: node, opts: opts, master: cmpOr(opts.Master, node.Iface), log: log.With("backend", opts.Type, "mode", opts.Mode)}
 	cfg := routing.Config{Node: node, Backend: opts, Log: log}
-	if routed(opts) {
-		// Peers' slices are routed via their public IPs, as host-gw does.
-		cfg.Backend = netconf.Backend{Type: netconf.TypeHostGW}
+	if plan.RoutesPeerSlices(opts) {
+		// Peers' slices are routed via their public IPs, as host-gw does;
+		// the plan knows this mode.
 		cfg.Node.Iface = b.master
 	}
 	if HostReachesPods(opts) {
@@ -69,12 +70,6 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
-}
-
-// routed says the mode does not answer ARP for pods on the underlay, so
-// peers' slices need routes: ipvlan l3 and l3s.
-func routed(b netconf.Backend) bool {
-	return b.Type == netconf.TypeIPvlan && (b.Mode == "l3" || b.Mode == "l3s")
 }
 
 // HostReachesPods says whether twill.host can exist in the mode: not in
