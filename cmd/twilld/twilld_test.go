@@ -231,10 +231,17 @@ func (n *node) stop(t *testing.T) time.Duration {
 		t.Fatalf("%s still running 10 s after SIGTERM", n.name)
 	}
 	took := time.Since(start)
+	// The datagram was sent before the process exited; the goroutine that
+	// reads the socket may not have queued it yet.
 	sawStopping := false
-	for len(n.notes) > 0 {
-		if strings.Contains(<-n.notes, "STOPPING=1") {
-			sawStopping = true
+	deadline := time.After(2 * time.Second)
+wait:
+	for !sawStopping {
+		select {
+		case note := <-n.notes:
+			sawStopping = strings.Contains(note, "STOPPING=1")
+		case <-deadline:
+			break wait
 		}
 	}
 	if !sawStopping {
