@@ -13,13 +13,13 @@ import (
 
 // Metric names, as they appear in Path.Samples and the table.
 const (
-	TCP1       = "tcp1_gbps"      // iperf3, one TCP stream, cubic
-	TCP4       = "tcp4_gbps"      // iperf3, four TCP streams, cubic
-	PingAvg    = "ping_avg_ms"    // ping round trip, mean
-	PingP99    = "ping_p99_ms"    // ping round trip, 99th percentile
-	UDP64      = "udp64_kpps"     // iperf3 -u, 64-byte datagrams received per second
-	UDP1400    = "udp1400_kpps"   // iperf3 -u, 1400-byte datagrams received per second
-	CPUPerGB   = "cpu_s_per_gb"   // CPU seconds of the path's userspace process(es) per GB carried (one TCP stream)
+	TCP1       = "tcp1_gbps"    // iperf3, one TCP stream, cubic
+	TCP4       = "tcp4_gbps"    // iperf3, four TCP streams, cubic
+	PingAvg    = "ping_avg_ms"  // ping round trip, mean
+	PingP99    = "ping_p99_ms"  // ping round trip, 99th percentile
+	UDP64      = "udp64_kpps"   // iperf3 -u, 64-byte datagrams received per second
+	UDP1400    = "udp1400_kpps" // iperf3 -u, 1400-byte datagrams received per second
+	CPUPerGB   = "cpu_s_per_gb" // CPU seconds of the path's userspace process(es) per GB carried (one TCP stream)
 	metricsCSV = "tcp1_gbps,tcp4_gbps,ping_avg_ms,ping_p99_ms,udp64_kpps,udp1400_kpps,cpu_s_per_gb"
 )
 
