@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -249,9 +252,18 @@ func setGRO(uc *net.UDPConn) error {
 	return errors.Join(err, serr)
 }
 
-// defaultQueues is how many TUN queues (and sockets, and loops) a backend
-// uses: one. See doc.go on why more do not pay on small machines.
-func defaultQueues() int { return 1 }
+// defaultQueues is how many TUN queues (and sockets, and loop pairs) a
+// backend uses: one per two CPUs, at most four; the environment variable
+// TWILL_UDP_QUEUES overrides it (for measurements). Datagrams from one peer
+// all carry the same ports, so SO_REUSEPORT hands them to one socket: more
+// queues spread the sending side (the TUN hashes flows to queues) and
+// several peers, not one peer's receiving side.
+func defaultQueues() int {
+	if v, err := strconv.Atoi(os.Getenv("TWILL_UDP_QUEUES")); err == nil && v > 0 && v <= 16 {
+		return v
+	}
+	return max(1, min(runtime.NumCPU()/2, 4))
+}
 
 // setSocketBuffers makes the socket's buffers big enough for bursts of a
 // TCP window, beyond net.core.[rw]mem_max if the process may (root).
