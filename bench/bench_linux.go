@@ -113,7 +113,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		for i, l := range labs {
 			o.Log.Info("measuring", "path", l.path, "round", round+1)
 			if err := l.measure(ctx, r.Paths[i], o.Duration); err != nil {
-				return nil, fmt.Errorf("path %s round %d: %w", l.path, round+1, err)
+				if ctx.Err() != nil {
+					return nil, err
+				}
+				// One failed measurement costs its sample, not the run.
+				o.Log.Warn("measurement failed", "path", l.path, "round", round+1, "err", err)
+				r.Paths[i].Failures = append(r.Paths[i].Failures, fmt.Sprintf("round %d: %v", round+1, err))
 			}
 		}
 	}
@@ -241,31 +246,33 @@ func (l *lab) down(log *slog.Logger) {
 
 // measure runs one round of every measurement on the lab.
 func (l *lab) measure(ctx context.Context, p *Path, d time.Duration) error {
+	var errs []error
 	cpu0 := l.cpuSeconds()
 	res, err := l.iperf(ctx, d, "-C", "cubic")
-	if err != nil {
-		return err
-	}
 	cpu1 := l.cpuSeconds()
-	p.add(TCP1, res.End.SumReceived.BitsPerSecond/1e9)
-	if (l.self || len(l.cpuPIDs) > 0) && res.End.SumReceived.Bytes > 0 {
-		p.add(CPUPerGB, (cpu1-cpu0)/(res.End.SumReceived.Bytes/1e9))
+	if err == nil {
+		p.add(TCP1, res.End.SumReceived.BitsPerSecond/1e9)
+		if (l.self || len(l.cpuPIDs) > 0) && res.End.SumReceived.Bytes > 0 {
+			p.add(CPUPerGB, (cpu1-cpu0)/(res.End.SumReceived.Bytes/1e9))
+		}
 	}
+	errs = append(errs, err)
 	res, err = l.iperf(ctx, d, "-C", "cubic", "-P", "4")
-	if err != nil {
-		return err
+	if err == nil {
+		p.add(TCP4, res.End.SumReceived.BitsPerSecond/1e9)
 	}
-	p.add(TCP4, res.End.SumReceived.BitsPerSecond/1e9)
+	errs = append(errs, err)
 	avg, p99, err := l.ping(ctx)
-	if err != nil {
-		return err
+	if err == nil {
+		p.add(PingAvg, avg)
+		p.add(PingP99, p99)
 	}
-	p.add(PingAvg, avg)
-	p.add(PingP99, p99)
+	errs = append(errs, err)
 	for _, size := range []int{64, 1400} {
 		res, err := l.iperf(ctx, d, "-u", "-b", "0", "-l", strconv.Itoa(size))
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		s := res.End.Sum
 		pps := 0.0
@@ -278,7 +285,7 @@ func (l *lab) measure(ctx context.Context, p *Path, d time.Duration) error {
 		}
 		p.add(metric, pps/1e3)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // iperfResult is the part of iperf3's JSON the bench reads.
@@ -303,7 +310,7 @@ func (l *lab) iperf(ctx context.Context, d time.Duration, args ...string) (*iper
 	var res iperfResult
 	var out []byte
 	var err error
-	for try := 0; try < 3; try++ {
+	for range 3 {
 		cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 		out, err = exec.CommandContext(cctx, "ip", argv...).Output()
 		cancel()
@@ -312,12 +319,13 @@ func (l *lab) iperf(ctx context.Context, d time.Duration, args ...string) (*iper
 		if err == nil && jerr == nil && res.Error == "" {
 			return &res, nil
 		}
-		// "the server is busy running a test": the server has not yet
-		// noticed the last client left; try again.
-		if !strings.Contains(res.Error, "busy") {
+		// "the server is busy running a test" (it has not yet noticed the
+		// last client left), a control connection reset under load: try
+		// again.
+		if ctx.Err() != nil {
 			break
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(time.Second)
 	}
 	return nil, fmt.Errorf("iperf3 %s from %s: %v %s", strings.Join(args, " "), l.from, err, res.Error)
 }

@@ -56,7 +56,9 @@ type Path struct {
 	Samples map[string][]float64 `json:"samples"`
 	// Median per metric; Ratio per metric: Median over the baseline's.
 	Median map[string]float64 `json:"median"`
-	Ratio  map[string]float64 `json:"ratio_to_baseline"`
+	// Failures are measurements that failed (their samples are missing).
+	Failures []string           `json:"failures,omitempty"`
+	Ratio    map[string]float64 `json:"ratio_to_baseline"`
 }
 
 func (p *Path) add(metric string, v float64) {
