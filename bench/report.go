@@ -122,10 +122,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "%s, %d CPUs, Linux %s, %s; %d rounds of %s, medians (x = ratio to %s)\n",
 		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.Machine.Go, r.Rounds, r.Duration, r.Baseline)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	head := []string{"path"}
-	for _, m := range Metrics {
-		head = append(head, m)
-	}
+	head := append([]string{"path"}, Metrics...)
 	fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
 	for _, p := range r.Paths {
 		row := []string{p.Name}

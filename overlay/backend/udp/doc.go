@@ -52,7 +52,10 @@
 //     datagrams: the kernel (or the NIC) cuts them apart.
 //   - The socket has UDP GRO: one recvmmsg takes up to 32 messages, each a
 //     run of up to 64 KiB of datagrams of one flow and its size in a control
-//     message. Every datagram is checked (decap) on its own; then the
+//     message (two stages: one goroutine receives and checks, another
+//     writes into twill0, three batches between them, so that on several
+//     CPUs one batch is written while the next is received). Every
+//     datagram is checked (decap) on its own; then the
 //     coalescer merges runs of TCP segments of one flow (consecutive
 //     sequence numbers, same headers and options, only ACK/PSH) into one
 //     super-packet that is written to twill0 with one writev: a virtio-net

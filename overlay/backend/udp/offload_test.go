@@ -108,10 +108,8 @@ func TestSegmentAndCoalesce(t *testing.T) {
 			}
 			var got []byte
 			co := &coalescer{}
-			var datagrams [][]byte
 			for i, sg := range segs {
 				dg := append(bytes.Clone(sg.hdr), sg.payload...)
-				datagrams = append(datagrams, dg)
 				validChecksums(t, dg)
 				if i < len(segs)-1 && len(dg) != gso {
 					t.Errorf("segment %d is %d bytes, want %d", i, len(dg), gso)

@@ -151,78 +151,133 @@ func (b *Backend) rxLoop(ctx context.Context, q *tunQueue, uc *net.UDPConn) erro
 	if err != nil {
 		return fmt.Errorf("udp socket: %w", err)
 	}
-	rcv := newReceiver(udpBatch, rxBufSize)
-	co := &coalescer{arena: make([]byte, 0, 64<<10), iovs: make([][]byte, 0, 4096)}
-	plain := make([][]byte, 0, 1024)
+	// Two stages: this goroutine receives and checks, a writer writes into
+	// the TUN (where the kernel also runs the pod's receive path), so that
+	// on several CPUs one batch is written while the next is received.
+	free := make(chan *rxBatch, rxBatches)
+	full := make(chan *rxBatch, rxBatches)
+	for range rxBatches {
+		free <- &rxBatch{
+			rcv:   newReceiver(udpBatch, rxBufSize),
+			co:    &coalescer{arena: make([]byte, 0, 64<<10), iovs: make([][]byte, 0, 4096)},
+			plain: make([][]byte, 0, 1024),
+		}
+	}
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for rb := range full {
+			b.writeBatch(q, rb)
+			free <- rb
+		}
+	}()
+	defer func() {
+		close(full)
+		<-writerDone
+	}()
 	for {
-		n, err := rcv.recv(rc)
+		var rb *rxBatch
+		select {
+		case rb = <-free:
+		case <-ctx.Done():
+			return nil
+		}
+		n, err := rb.rcv.recv(rc)
 		if err != nil {
 			if ctx.Err() != nil || closed(err) {
 				return nil
 			}
 			return fmt.Errorf("receive from udp %s: %w", uc.LocalAddr(), err)
 		}
-		t := b.table.Load()
-		var local netip.Prefix
-		if l := b.local.Load(); l != nil {
-			local = *l
+		b.checkBatch(q, rb, n)
+		full <- rb
+	}
+}
+
+// rxBatches is how many receive batches the two stages of rxLoop pass
+// between them.
+const rxBatches = 3
+
+// rxBatch is one recvmmsg's worth of datagrams on their way to the TUN.
+type rxBatch struct {
+	rcv   *receiver
+	co    *coalescer
+	plain [][]byte
+}
+
+// checkBatch checks the n messages received into rb (decap), counts them
+// and queues those that pass for the TUN (coalesced when q has virtio-net
+// headers).
+func (b *Backend) checkBatch(q *tunQueue, rb *rxBatch, n int) {
+	t := b.table.Load()
+	var local netip.Prefix
+	if l := b.local.Load(); l != nil {
+		local = *l
+	}
+	now := time.Now().UnixNano()
+	co := rb.co
+	co.reset()
+	rb.plain = rb.plain[:0]
+	deliver := func(from netip.Addr, dg []byte) {
+		r := decap(t, local, from, dg)
+		if r.drop != "" {
+			if r.peer != nil {
+				r.peer.c.drops.add(r.drop, 1)
+			} else {
+				b.drops.add(r.drop, 1)
+			}
+			return
 		}
-		now := time.Now().UnixNano()
-		co.reset()
-		plain = plain[:0]
-		deliver := func(from netip.Addr, dg []byte) {
-			r := decap(t, local, from, dg)
-			if r.drop != "" {
-				if r.peer != nil {
-					r.peer.c.drops.add(r.drop, 1)
-				} else {
-					b.drops.add(r.drop, 1)
+		c := r.peer.c
+		c.rxPackets.Add(1)
+		c.rxBytes.Add(uint64(len(dg)))
+		c.lastSeen.Store(now)
+		if q.vnet {
+			co.add(dg)
+		} else {
+			rb.plain = append(rb.plain, dg)
+		}
+	}
+	for i := range n {
+		data, f4, gso, trunc := rb.rcv.message(i)
+		from := netip.AddrFrom4(f4)
+		switch {
+		case trunc:
+			deliver(from, nil) // cannot be whole: malformed if from a peer
+		case gso <= 0 || gso >= len(data):
+			deliver(from, data)
+		default:
+			for off := 0; off < len(data); off += gso {
+				deliver(from, data[off:min(off+gso, len(data))])
+			}
+		}
+	}
+	if q.vnet {
+		co.finish()
+	}
+}
+
+// writeBatch writes rb's packets into the TUN queue q, one write per packet
+// or super-packet. A closed queue drops them silently (the loops are
+// ending).
+func (b *Backend) writeBatch(q *tunQueue, rb *rxBatch) {
+	if q.vnet {
+		for _, g := range rb.co.groups {
+			if err := q.writev(rb.co.iovs[g.first:g.last]); err != nil {
+				if closed(err) || q.shut.Load() {
+					return
 				}
+				b.drops.add(DropTUNWrite, uint64(g.segs))
+			}
+		}
+		return
+	}
+	for _, pkt := range rb.plain {
+		if err := q.write(pkt); err != nil {
+			if closed(err) || q.shut.Load() {
 				return
 			}
-			c := r.peer.c
-			c.rxPackets.Add(1)
-			c.rxBytes.Add(uint64(len(dg)))
-			c.lastSeen.Store(now)
-			if q.vnet {
-				co.add(dg)
-			} else {
-				plain = append(plain, dg)
-			}
-		}
-		for i := range n {
-			data, f4, gso, trunc := rcv.message(i)
-			from := netip.AddrFrom4(f4)
-			switch {
-			case trunc:
-				deliver(from, nil) // cannot be whole: malformed if from a peer
-			case gso <= 0 || gso >= len(data):
-				deliver(from, data)
-			default:
-				for off := 0; off < len(data); off += gso {
-					deliver(from, data[off:min(off+gso, len(data))])
-				}
-			}
-		}
-		if q.vnet {
-			co.finish()
-			for _, g := range co.groups {
-				if err := q.writev(co.iovs[g.first:g.last]); err != nil {
-					if closed(err) || q.shut.Load() {
-						return nil
-					}
-					b.drops.add(DropTUNWrite, uint64(g.segs))
-				}
-			}
-		} else {
-			for _, pkt := range plain {
-				if err := q.write(pkt); err != nil {
-					if closed(err) || q.shut.Load() {
-						return nil
-					}
-					b.drops.add(DropTUNWrite, 1)
-				}
-			}
+			b.drops.add(DropTUNWrite, 1)
 		}
 	}
 }
