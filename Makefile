@@ -12,8 +12,8 @@ LAB_NAME    ?= twill
 LAB_NODES   ?= 3
 LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
-# Packages the tests and the lab need, by Debian name.
-APT_PACKAGES := iproute2 nftables iputils-ping chromium
+# Packages the tests, the lab and the benchmark need, by Debian name.
+APT_PACKAGES := iproute2 nftables iputils-ping chromium iperf3
 # Packages the qemu tier (make vmtest, twillctl lab up --driver qemu) needs:
 # the emulator and what the VM image is built from. The kernel itself is
 # fetched with apt-get download (its version is pinned in vmtest/image_linux.go).
@@ -21,7 +21,12 @@ VM_APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio kmod e2fsprogs
 # Where the VM kernel and initramfs are cached.
 TWILL_VM_DIR ?= $(CURDIR)/build/vm
 
-.PHONY: all build deps lab lab-down test unit vmtest lint bench clean
+# make bench: rounds and length of each iperf3 run, and where the JSON goes.
+BENCH_ROUNDS   ?= 3
+BENCH_DURATION ?= 5s
+BENCH_JSON     ?= bench.json
+
+.PHONY: all build deps lab lab-down test unit vmtest lint bench bench-go clean
 
 all: build
 
@@ -58,7 +63,15 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench:
+# bench measures every pod-to-pod path in one run (twillctl bench: labs in
+# network namespaces, iperf3, ping) and prints a table with medians and
+# ratios to kernel vxlan; it takes about ten minutes, so it is not part of
+# test (a one-round smoke test of the harness is, in bench/).
+bench: deps build
+	$(BIN)/twillctl bench -v --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) --json $(BENCH_JSON)
+
+# bench-go runs the Go benchmarks (in-process, figures per package).
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
 
 clean:

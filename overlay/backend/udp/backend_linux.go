@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,10 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/kernel"
@@ -28,10 +27,6 @@ import (
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 )
-
-// tunOffset is the room left in front of each packet buffer: the TUN
-// writes its virtio-net header there when offloads are on.
-const tunOffset = 16
 
 // maxPacket is the largest IPv4 packet.
 const maxPacket = 65535
@@ -58,8 +53,8 @@ type Backend struct {
 	kh       *kernel.Handle
 	rec      *kernel.Reconciler
 	nft      *nft.Table
-	dev      tun.Device
-	conn     *net.UDPConn
+	queues   []*tunQueue    // the TUN's queues; nil before Prepare
+	socks    []*net.UDPConn // one per queue (SO_REUSEPORT when several)
 	mtu      int
 	own      lease.Lease
 	haveOwn  bool
@@ -72,6 +67,11 @@ type Backend struct {
 	table atomic.Pointer[peerTable]
 	local atomic.Pointer[netip.Prefix]
 	drops drops // node-wide drops
+	// gso is whether sends may use UDP GSO (off with Offload false, or
+	// once the kernel refused it).
+	gso atomic.Bool
+	// nqueues is how many TUN queues and sockets Prepare makes.
+	nqueues int
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -83,7 +83,7 @@ func New(node backend.Node, log *slog.Logger) *Backend {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Backend{node: node, log: log.With("backend", netconf.TypeUDP), port: netconf.DefaultUDPPort,
-		offload: true, ns: netns.None(), leases: map[netip.Prefix]lease.Lease{}}
+		offload: true, ns: netns.None(), leases: map[netip.Prefix]lease.Lease{}, nqueues: defaultQueues()}
 	if node.Network != nil {
 		if node.Network.Backend.Port != 0 {
 			b.port = node.Network.Backend.Port
@@ -136,7 +136,7 @@ func (b *Backend) open() error {
 func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev != nil {
+	if b.queues != nil {
 		return backend.Prepared{MTU: b.mtu}, nil
 	}
 	if b.node.Network == nil {
@@ -154,39 +154,52 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		bind = b.node.PublicIP
 	}
 	var (
-		tunFD = -1
-		uc    *net.UDPConn
+		queues []*tunQueue
+		socks  []*net.UDPConn
+		uso    bool
 	)
+	closeAll := func() {
+		for _, q := range queues {
+			q.f.Close()
+		}
+		for _, s := range socks {
+			s.Close()
+		}
+	}
 	err := inNetNS(b.ns, func() error {
 		var err error
-		tunFD, err = openTUN(plan.UDPDevice, b.offload)
+		queues, uso, err = openTUNQueues(plan.UDPDevice, b.nqueues, b.offload)
 		if err != nil {
 			return err
 		}
-		uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, uint16(b.port))))
-		if errors.Is(err, unix.EADDRNOTAVAIL) {
-			// The public IP is not on this host (a NAT's address): listen
-			// on all addresses, as flannel does.
-			b.log.Warn("public IP is not a local address; listening on all addresses", "public_ip", bind)
-			bind = netip.IPv4Unspecified()
-			uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, uint16(b.port))))
-		}
-		if err != nil {
-			unix.Close(tunFD)
-			return fmt.Errorf("listen on udp %s:%d: %w", bind, b.port, err)
+		for range b.nqueues {
+			uc, err := listenUDP(ctx, bind, b.port, b.nqueues > 1)
+			if errors.Is(err, unix.EADDRNOTAVAIL) && len(socks) == 0 {
+				// The public IP is not on this host (a NAT's address): listen
+				// on all addresses, as flannel does.
+				b.log.Warn("public IP is not a local address; listening on all addresses", "public_ip", bind)
+				bind = netip.IPv4Unspecified()
+				uc, err = listenUDP(ctx, bind, b.port, b.nqueues > 1)
+			}
+			if err != nil {
+				return fmt.Errorf("listen on udp %s:%d: %w", bind, b.port, err)
+			}
+			socks = append(socks, uc)
 		}
 		return nil
 	})
 	if err != nil {
+		closeAll()
 		return backend.Prepared{}, err
 	}
-	setSocketBuffers(uc, b.log)
-	dev, _, err := tun.CreateUnmonitoredTUNFromFD(tunFD)
-	if err != nil {
-		uc.Close()
-		unix.Close(tunFD)
-		return backend.Prepared{}, fmt.Errorf("set up TUN %s: %w", plan.UDPDevice, err)
+	gro := false
+	for _, uc := range socks {
+		setSocketBuffers(uc, b.log)
+		if b.offload {
+			gro = setGRO(uc) == nil
+		}
 	}
+	b.gso.Store(b.offload)
 	link, err := b.nl.LinkByName(plan.UDPDevice)
 	if err == nil {
 		err = b.nl.LinkSetMTU(link, b.mtu)
@@ -195,14 +208,61 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		err = b.nl.LinkSetUp(link)
 	}
 	if err != nil {
-		dev.Close()
-		uc.Close()
+		closeAll()
 		return backend.Prepared{}, fmt.Errorf("set MTU %d and bring up %s: %w", b.mtu, plan.UDPDevice, err)
 	}
-	b.dev, b.conn = dev, uc
-	b.log.Info("TUN device ready", "device", plan.UDPDevice, "mtu", b.mtu, "listen", uc.LocalAddr(),
-		"offload", b.offload, "batch", dev.BatchSize())
+	b.queues, b.socks = queues, socks
+	b.log.Info("TUN device ready", "device", plan.UDPDevice, "mtu", b.mtu, "listen", socks[0].LocalAddr(),
+		"offload", b.offload, "queues", len(queues), "udp_gro", gro, "tun_uso", uso)
 	return backend.Prepared{MTU: b.mtu}, nil
+}
+
+// listenUDP opens the UDP socket on bind:port, with SO_REUSEPORT when
+// several sockets share the port (one per TUN queue).
+func listenUDP(ctx context.Context, bind netip.Addr, port int, reuse bool) (*net.UDPConn, error) {
+	lc := net.ListenConfig{}
+	if reuse {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	pc, err := lc.ListenPacket(ctx, "udp4", netip.AddrPortFrom(bind, uint16(port)).String())
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// setGRO turns on UDP GRO on the socket: the kernel then hands over runs
+// of datagrams of one flow in one message (older kernels refuse it;
+// single datagrams then).
+func setGRO(uc *net.UDPConn) error {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	})
+	return errors.Join(err, serr)
+}
+
+// defaultQueues is how many TUN queues (and sockets, and loop pairs) a
+// backend uses: one per two CPUs, at most four; the environment variable
+// TWILL_UDP_QUEUES overrides it (for measurements). Datagrams from one peer
+// all carry the same ports, so SO_REUSEPORT hands them to one socket: more
+// queues spread the sending side (the TUN hashes flows to queues) and
+// several peers, not one peer's receiving side.
+func defaultQueues() int {
+	if v, err := strconv.Atoi(os.Getenv("TWILL_UDP_QUEUES")); err == nil && v > 0 && v <= 16 {
+		return v
+	}
+	return max(1, min(runtime.NumCPU()/2, 4))
 }
 
 // setSocketBuffers makes the socket's buffers big enough for bursts of a
@@ -229,7 +289,7 @@ func setSocketBuffers(uc *net.UDPConn, log *slog.Logger) {
 func (b *Backend) SetLease(ctx context.Context, own lease.Lease) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev == nil {
+	if b.queues == nil {
 		return errors.New("udp backend: SetLease before Prepare")
 	}
 	s := own.Subnet.Masked()
@@ -348,8 +408,8 @@ func (b *Backend) rebuild(apply bool) error {
 // keep their routes; the device goes when the process ends or on Cleanup).
 func (b *Backend) Run(ctx context.Context) error {
 	b.mu.Lock()
-	dev, uc, rec := b.dev, b.conn, b.rec
-	if dev == nil {
+	queues, socks, rec := b.queues, b.socks, b.rec
+	if queues == nil {
 		b.mu.Unlock()
 		return errors.New("udp backend: Run before Prepare")
 	}
@@ -368,13 +428,15 @@ func (b *Backend) Run(ctx context.Context) error {
 
 	// Deadlines in the past are how the loops are stopped; clear any from
 	// an earlier Run.
-	_ = uc.SetReadDeadline(time.Time{})
-	_ = dev.File().SetReadDeadline(time.Time{})
+	for i := range queues {
+		_ = socks[i].SetReadDeadline(time.Time{})
+		_ = queues[i].f.SetReadDeadline(time.Time{})
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 1+2*len(queues))
 	wg.Go(func() {
 		if err := rec.Run(ctx); err != nil && ctx.Err() == nil {
 			errc <- err
@@ -382,19 +444,29 @@ func (b *Backend) Run(ctx context.Context) error {
 	})
 	// A loop ends with nil when Cleanup closed the device or the socket;
 	// Run then stops as if ctx had ended.
-	loop := func(f func(context.Context, tun.Device, *net.UDPConn) error) {
-		err := f(ctx, dev, uc)
+	loop := func(f func() error) {
+		err := f()
 		if err != nil && ctx.Err() == nil {
 			errc <- err
 		}
 		cancel()
 	}
-	wg.Go(func() { loop(b.tunLoop) })
-	wg.Go(func() { loop(b.udpLoop) })
+	for i, q := range queues {
+		uc := socks[i]
+		rc, err := uc.SyscallConn()
+		if err != nil {
+			cancel()
+			break
+		}
+		wg.Go(func() { loop(func() error { return b.txLoop(ctx, q, rc) }) })
+		wg.Go(func() { loop(func() error { return b.rxLoop(ctx, q, uc) }) })
+	}
 	<-ctx.Done()
 	now := time.Now()
-	_ = uc.SetReadDeadline(now)
-	_ = dev.File().SetReadDeadline(now)
+	for i := range queues {
+		_ = socks[i].SetReadDeadline(now)
+		_ = queues[i].f.SetReadDeadline(now)
+	}
 	wg.Wait()
 	close(errc)
 	var errs []error
@@ -402,180 +474,6 @@ func (b *Backend) Run(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// tunLoop reads packets from twill0 and sends each to the peer whose subnet
-// holds its destination; a packet for a subnet nobody holds is answered
-// with ICMP net unreachable.
-func (b *Backend) tunLoop(ctx context.Context, dev tun.Device, uc *net.UDPConn) error {
-	batch := dev.BatchSize()
-	bufs := make([][]byte, batch)
-	sizes := make([]int, batch)
-	msgs := make([]ipv4.Message, batch)
-	dst := make([]*peer, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, tunOffset+maxPacket)
-		msgs[i].Buffers = make([][]byte, 1)
-	}
-	pc := ipv4.NewPacketConn(uc)
-	icmp := make([]byte, tunOffset+576)
-	limit := tokenBucket{rate: icmpRate, burst: icmpBurst}
-	for {
-		n, err := dev.Read(bufs, sizes, tunOffset)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			if errors.Is(err, tun.ErrTooManySegments) {
-				b.drops.add(DropMalformed, 1)
-				continue
-			}
-			return fmt.Errorf("read from %s: %w", plan.UDPDevice, err)
-		}
-		t := b.table.Load()
-		k := 0
-		for i := range n {
-			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
-			if len(pkt) > 0 && pkt[0]>>4 != 4 {
-				b.drops.add(DropNotIPv4, 1)
-				continue
-			}
-			if !validIPv4(pkt) {
-				b.drops.add(DropMalformed, 1)
-				continue
-			}
-			p := t.lookup(pkt[16:20])
-			if p == nil {
-				b.drops.add(DropNoRoute, 1)
-				if limit.allow(time.Now()) {
-					b.answerUnreachable(dev, icmp, pkt)
-				}
-				continue
-			}
-			msgs[k].Buffers[0] = pkt
-			msgs[k].Addr = p.addr
-			dst[k] = p
-			k++
-		}
-		for off := 0; off < k; {
-			m, err := pc.WriteBatch(msgs[off:k], 0)
-			for j := off; j < off+m; j++ {
-				dst[j].c.txPackets.Add(1)
-				dst[j].c.txBytes.Add(uint64(len(msgs[j].Buffers[0])))
-			}
-			off += m
-			if err != nil || m == 0 {
-				if errors.Is(err, net.ErrClosed) {
-					return nil
-				}
-				// The first unsent datagram failed; skip it.
-				if off < k {
-					dst[off].c.drops.add(DropUDPSend, 1)
-					off++
-				}
-			}
-		}
-	}
-}
-
-// answerUnreachable writes ICMP net unreachable for pkt into twill0. Its
-// source is the network address of the unreachable subnet (SubnetLen bits of
-// the destination): nobody holds that subnet, the kernel routes it to
-// twill0, so the answer passes reverse-path checks, and it is not one of the
-// node's own addresses (which the kernel would drop as a martian).
-func (b *Backend) answerUnreachable(dev tun.Device, buf, pkt []byte) {
-	bits := b.node.Network.SubnetLen
-	if bits <= 0 || bits > 32 {
-		bits = 24
-	}
-	from := netip.PrefixFrom(netip.AddrFrom4([4]byte(pkt[16:20])), bits).Masked().Addr()
-	out := netUnreachable(buf[tunOffset:], pkt, from)
-	if out == nil {
-		return
-	}
-	if _, err := dev.Write([][]byte{buf[:tunOffset+len(out)]}, tunOffset); err != nil {
-		b.drops.add(DropTUNWrite, 1)
-	}
-}
-
-// udpLoop receives datagrams, checks them (decap) and writes the packets
-// that pass into twill0.
-func (b *Backend) udpLoop(ctx context.Context, dev tun.Device, uc *net.UDPConn) error {
-	batch := conn.IdealBatchSize
-	bufs := make([][]byte, batch)
-	msgs := make([]ipv4.Message, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, tunOffset+maxPacket)
-		msgs[i].Buffers = [][]byte{bufs[i][tunOffset:]}
-	}
-	out := make([][]byte, 0, batch)
-	pc := ipv4.NewPacketConn(uc)
-	for {
-		n, err := pc.ReadBatch(msgs, 0)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("receive from udp %s: %w", uc.LocalAddr(), err)
-		}
-		t := b.table.Load()
-		var local netip.Prefix
-		if l := b.local.Load(); l != nil {
-			local = *l
-		}
-		now := time.Now().UnixNano()
-		out = out[:0]
-		for i := range n {
-			m := &msgs[i]
-			var from netip.Addr
-			if ua, ok := m.Addr.(*net.UDPAddr); ok {
-				from, _ = netip.AddrFromSlice(ua.IP)
-			}
-			dg := bufs[i][tunOffset : tunOffset+m.N]
-			if m.Flags&unix.MSG_TRUNC != 0 {
-				dg = nil // cannot be whole; decap calls it malformed if from a peer
-			}
-			r := decap(t, local, from, dg)
-			if r.drop != "" {
-				if r.peer != nil {
-					r.peer.c.drops.add(r.drop, 1)
-				} else {
-					b.drops.add(r.drop, 1)
-				}
-				continue
-			}
-			c := r.peer.c
-			c.rxPackets.Add(1)
-			c.rxBytes.Add(uint64(len(dg)))
-			c.lastSeen.Store(now)
-			out = append(out, bufs[i][:tunOffset+len(dg)])
-		}
-		if len(out) == 0 {
-			continue
-		}
-		if _, err := dev.Write(out, tunOffset); err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			b.drops.add(DropTUNWrite, uint64(countErrors(err)))
-		}
-	}
-}
-
-// countErrors counts the leaves of a tree of joined errors: the TUN's Write
-// joins one error per packet it could not write.
-func countErrors(err error) int {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		n := 0
-		for _, e := range j.Unwrap() {
-			n += countErrors(e)
-		}
-		return n
-	}
-	if err == nil {
-		return 0
-	}
-	return 1
 }
 
 // tokenBucket is a rate limiter for one goroutine.
@@ -647,14 +545,18 @@ func (b *Backend) Status() backend.Status {
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
 	var errs []error
-	if b.dev != nil {
-		if err := b.dev.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close %s: %w", plan.UDPDevice, err))
+	if b.queues != nil {
+		for _, q := range b.queues {
+			if err := q.close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", plan.UDPDevice, err))
+			}
 		}
-		if err := b.conn.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close udp socket: %w", err))
+		for _, uc := range b.socks {
+			if err := uc.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close udp socket: %w", err))
+			}
 		}
-		b.dev, b.conn = nil, nil
+		b.queues, b.socks = nil, nil
 	}
 	running := b.running
 	b.mu.Unlock()

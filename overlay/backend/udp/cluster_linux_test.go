@@ -218,7 +218,7 @@ func transfer(tb testing.TB, from, to *node, size int64) (sent, got [32]byte) {
 		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(to.podIP, 5001).String(), 5*time.Second)
 		return err
 	})
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(120 * time.Second))
 	h := sha256.New()
 	src := io.LimitReader(rngReader{}, size)
 	if _, err := io.Copy(io.MultiWriter(c, h), src); err != nil {

@@ -32,25 +32,62 @@
 // check means a datagram is never forwarded on to another peer, so no loop
 // needs the TTL to end it). Neither difference shows on the wire format.
 //
-// I/O is batched from the start: the TUN is golang.zx2c4.com/wireguard/tun
-// (Read(bufs, sizes, offset) / Write(bufs, offset), BatchSize), the socket
-// goes through golang.org/x/net/ipv4's ReadBatch and WriteBatch (recvmmsg,
-// sendmmsg). wireguard-go's tun is used rather than songgao/water because
-// water cannot open a TUN with IFF_VNET_HDR (so no segmentation offload,
-// one packet per system call) and has had no commit since 2020; wireguard-go's
-// tun is maintained, and with IFF_VNET_HDR it takes the kernel's TCP/UDP
-// super-packets and splits them (TSO/USO) on Read, and coalesces received
-// segments (GRO) on Write.
+// The data path (Offload, the default) moves each byte with four copies
+// between kernel and userspace and no copy inside twilld:
 //
-// Offload. The backend opens /dev/net/tun itself, in the node's namespace,
-// and hands the descriptor to tun.CreateUnmonitoredTUNFromFD (which also
-// skips wireguard-go's link-watching goroutines, which twill does not need).
-// With Offload (the default) it sets IFF_VNET_HDR, and the tun package turns
-// on TSO (and USO where the kernel has it) and batches of up to 128
-// packets. With "Offload": false it does not: every Read and Write of the
-// TUN carries one packet, the kernel segments before the TUN, and nothing is
-// coalesced. The UDP side is batched either way. UDP GSO/GRO on the socket
-// is not used yet.
+//   - twill0 is opened here, on golang.org/x/sys/unix, with IFF_VNET_HDR,
+//     and told (TUNSETOFFLOAD) that it may hand over TCP and UDP
+//     super-packets of up to 64 KiB with partial checksums (TSO, USO where
+//     the kernel has it). A TX loop reads super-packets until the queue is
+//     empty (up to 64), and the segmenter cuts each into flannel datagrams:
+//     every datagram is one whole inner IPv4 packet with valid checksums, a
+//     fresh copy of the headers fixed up as the kernel's own segmentation
+//     would (lengths, IP ID, TCP sequence and flags) in front of a slice of
+//     the super-packet's payload. The payload is read once for the
+//     checksums (eight bytes per step) and never copied.
+//   - The datagrams of one super-packet to one peer go out as one UDP GSO
+//     message (the UDP_SEGMENT control message, at most 64 datagrams and
+//     64 KiB), its iovecs pointing at the headers and payload slices;
+//     the whole batch is one sendmmsg. On the wire these are ordinary
+//     datagrams: the kernel (or the NIC) cuts them apart.
+//   - The socket has UDP GRO: one recvmmsg takes up to 32 messages, each a
+//     run of up to 64 KiB of datagrams of one flow and its size in a control
+//     message (two stages: one goroutine receives and checks, another
+//     writes into twill0, three batches between them, so that on several
+//     CPUs one batch is written while the next is received). Every
+//     datagram is checked (decap) on its own; then the
+//     coalescer merges runs of TCP segments of one flow (consecutive
+//     sequence numbers, same headers and options, only ACK/PSH) into one
+//     super-packet that is written to twill0 with one writev: a virtio-net
+//     header (TCPv4 GSO, CHECKSUM_PARTIAL), the merged headers and the
+//     payload slices. Other packets are written one by one with an empty
+//     virtio-net header, so the kernel checks their checksums. A merged
+//     super-packet's inner checksums are not verified: the outer UDP
+//     checksum, which the kernel checked, covers them.
+//
+// A plain flannel peer sends and takes single datagrams: GRO hands those
+// over one per message, and they are checked and coalesced like the
+// others; what GSO sends looks the same on the wire as what flannel sends.
+// When the kernel refuses a GSO send (EIO: no checksum offload on the
+// route's device; EINVAL or ENOPROTOOPT: an old kernel), GSO is turned off
+// for good and the batch goes out as single datagrams; a socket that
+// refuses UDP_GRO just receives single datagrams. "Offload": false turns
+// all of it off, for debugging: no virtio-net header (one packet per TUN
+// read or write), no GSO, no GRO, no coalescing; the UDP side is still
+// batched (sendmmsg, recvmmsg).
+//
+// Queues. twill0 gets one queue per two CPUs (IFF_MULTI_QUEUE when more
+// than one; TWILL_UDP_QUEUES overrides), each with its own SO_REUSEPORT
+// socket and a TX and an RX loop. The TUN spreads flows over its queues;
+// a peer's datagrams all carry ports 8285 to 8285, so they reach one socket
+// whatever the number of queues.
+//
+// The TUN is opened here rather than through a library: songgao/water
+// cannot open one with IFF_VNET_HDR and has had no commit since 2020;
+// wireguard-go's tun package can, but its Read splits super-packets into
+// copies and its Write coalesces only what its own Read produced, while
+// twill needs the payload in place for scatter-gather sends and its own
+// coalescing of received datagrams.
 //
 // The backend works in the namespace backend.Node.NetNS: the TUN and the
 // socket are created on a locked OS thread switched into it; netlink,

@@ -57,33 +57,3 @@ func currentNetNS() (netns.NsHandle, error) {
 	unix.CloseOnExec(fd)
 	return netns.NsHandle(fd), nil
 }
-
-// openTUN creates (or attaches to) the TUN device name in the calling
-// thread's namespace and returns its file descriptor, non-blocking. With
-// vnetHdr the device is opened with IFF_VNET_HDR, which lets the kernel hand
-// over and take TCP and UDP super-packets (segmentation offload).
-func openTUN(name string, vnetHdr bool) (int, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("TUN name %q: %w", name, err)
-	}
-	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
-	if vnetHdr {
-		flags |= unix.IFF_VNET_HDR
-	}
-	ifr.SetUint16(flags)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("create TUN %s: %w", name, err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("make TUN %s non-blocking: %w", name, err)
-	}
-	return fd, nil
-}

@@ -74,6 +74,8 @@ type peer struct {
 	subnet   netip.Prefix
 	publicIP netip.Addr
 	addr     *net.UDPAddr
+	// sockaddr is addr as a struct sockaddr_in, for sendmmsg.
+	sockaddr [16]byte
 	c        *counters
 }
 
@@ -121,6 +123,10 @@ func newPeerTable(old *peerTable, list []peerEntry, port int) *peerTable {
 		}
 		p := &peer{subnet: s, publicIP: e.PublicIP, c: c,
 			addr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.PublicIP, uint16(port)))}
+		ip4 := e.PublicIP.As4()
+		binary.NativeEndian.PutUint16(p.sockaddr[0:2], 2) // AF_INET
+		binary.BigEndian.PutUint16(p.sockaddr[2:4], uint16(port))
+		copy(p.sockaddr[4:8], ip4[:])
 		a4 := s.Addr().As4()
 		t.bySubnet[subnetKey(binary.BigEndian.Uint32(a4[:]), s.Bits())] = p
 		t.byIP[e.PublicIP] = append(t.byIP[e.PublicIP], p)

@@ -1,0 +1,71 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestSmoke runs one short round over two paths, so that the harness
+// cannot rot: the labs come up, iperf3, ping and the CPU accounting
+// produce figures, the table and the JSON carry them. (make bench is the
+// real run.)
+func TestSmoke(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3 (make deps installs it)")
+	}
+	if testing.Short() {
+		t.Skip("brings up labs")
+	}
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "github.com/twillnet/twill/cmd/twilld",
+		"github.com/twillnet/twill/cmd/twillctl", "github.com/twillnet/twill/cmd/twill-cni")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Options{Rounds: 1, Duration: time.Second, Bin: bin, Prefix: "bsmk",
+		Paths: []string{"kernel-vxlan", "twill-udp", "one-packet-per-syscall"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl, js bytes.Buffer
+	if err := r.WriteTable(&tbl); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", tbl.String())
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatalf("JSON does not read back: %v", err)
+	}
+	for _, p := range back.Paths {
+		for _, m := range []string{TCP1, TCP4, PingAvg, PingP99, UDP64, UDP1400} {
+			if v := p.Median[m]; !(v > 0) {
+				t.Errorf("%s: %s = %v, want a positive figure", p.Name, m, v)
+			}
+		}
+		if p.Name != "kernel-vxlan" && !(p.Median[CPUPerGB] > 0) {
+			t.Errorf("%s: no CPU per GB", p.Name)
+		}
+		if p.Name == "kernel-vxlan" && p.Ratio[TCP1] != 1 {
+			t.Errorf("baseline ratio %v, want 1", p.Ratio[TCP1])
+		}
+	}
+	// No lab is left behind.
+	if m, _ := filepath.Glob("/run/netns/bsmk*"); len(m) > 0 {
+		t.Errorf("namespaces left: %v", m)
+	}
+}
