@@ -73,7 +73,7 @@ func testTwoNodes(t *testing.T, offload bool) {
 	t.Run("tcp transfer", func(t *testing.T) {
 		before, _ := peerStatus(a, subB)
 		beforeRx, _ := peerStatus(b, subA)
-		const size = 8 << 20
+		const size = 64 << 20
 		sent, got := transfer(t, a, b, size)
 		if sent != got {
 			t.Fatalf("SHA-256 differs: sent %x, received %x", sent, got)
