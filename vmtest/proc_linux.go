@@ -46,14 +46,22 @@ func procStat(pid int) (start uint64, state byte, err error) {
 	return start, f[0][0], nil
 }
 
-// alive reports whether p still runs (a zombie does not).
+// alive reports whether p still runs (a zombie whose threads have all
+// exited does not).
 func (p proc) alive() bool {
 	if p.PID <= 0 {
 		return false
 	}
 	start, state, err := procStat(p.PID)
-	if err != nil || start != p.Start || state == 'Z' || state == 'X' {
+	if err != nil || start != p.Start || state == 'X' {
 		return false
+	}
+	if state == 'Z' {
+		// The leader of a killed multi-threaded process turns zombie while
+		// its other threads still exit; their shared files (a listening
+		// socket, a TUN) are closed only when the last one is gone.
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.PID))
+		return err == nil && len(tasks) > 1
 	}
 	// Before exec the process is "ip netns exec ..."; after, the binary.
 	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
