@@ -8,10 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync"
 
-	"github.com/vishvananda/netns"
+	"github.com/twillnet/twill/overlay/namespace"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/vmtest"
@@ -38,7 +38,7 @@ func startRefTunnel(ctx context.Context, nodes []vmtest.Node, pods []vmtest.Pod)
 		peer := nodes[1-i]
 		var tf *os.File
 		var uc *net.UDPConn
-		err := inNetNS(n.NetNS, func() error {
+		err := namespace.DoName(n.NetNS, func() error {
 			var err error
 			tf, err = openPlainTUN("ref0")
 			if err != nil {
@@ -134,40 +134,4 @@ func openPlainTUN(name string) (*os.File, error) {
 		return nil, err
 	}
 	return os.NewFile(uintptr(fd), "/dev/net/tun"), nil
-}
-
-// inNetNS runs fn on a thread inside the named namespace; a thread that
-// cannot return to its namespace is never unlocked (the runtime retires it).
-func inNetNS(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.GetFromName(name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open namespace %s: %w", name, err)
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter namespace %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twillnet/twill/overlay/namespace"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -92,40 +93,6 @@ func newNS(t *testing.T, role string) string {
 	return "/run/netns/" + name
 }
 
-// inNS runs f on an OS thread that has entered the namespace at path. If the
-// thread cannot be put back into its namespace it is left locked, so that
-// the runtime retires it instead of reusing it.
-func inNS(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return // thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // nodeExec starts plugins inside the node namespace.
 type nodeExec struct {
 	*invoke.DefaultExec
@@ -135,7 +102,7 @@ type nodeExec struct {
 func (e nodeExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
 	var out []byte
 	var perr error
-	if err := inNS(e.nsPath, func() error {
+	if err := namespace.DoPath(e.nsPath, func() error {
 		out, perr = e.DefaultExec.ExecPlugin(ctx, pluginPath, stdin, environ)
 		return nil
 	}); err != nil {
@@ -183,7 +150,7 @@ func newNode(t *testing.T, subnet string) *node {
 	// Make sure a process started through nodeExec really runs in the node
 	// namespace before letting the plugin create anything.
 	var out []byte
-	err = inNS(n.ns, func() error {
+	err = namespace.DoPath(n.ns, func() error {
 		var err error
 		out, err = exec.Command("stat", "-L", "-c", "%i", "/proc/self/ns/net").Output()
 		return err
@@ -310,7 +277,7 @@ func hasAddr(t *testing.T, nl netlinksafe.Handle, link, want string) bool {
 // ping sends ICMP echo requests from inside the namespace at path to dst
 // and reports whether a reply came back.
 func ping(path string, dst netip.Addr) error {
-	return inNS(path, func() error {
+	return namespace.DoPath(path, func() error {
 		c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		if err != nil {
 			return fmt.Errorf("icmp socket: %w", err)
@@ -562,7 +529,7 @@ func runPlugin(t *testing.T, n *node, env []string, stdin string) *types.Error {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	var runErr error
-	err := inNS(n.ns, func() error {
+	err := namespace.DoPath(n.ns, func() error {
 		cmd := exec.Command(filepath.Join(pluginDir, "twill"))
 		cmd.Env = append([]string{"CNI_PATH=" + pluginDir}, env...)
 		cmd.Stdin = strings.NewReader(stdin)

@@ -2,46 +2,14 @@ package backendtest
 
 import (
 	"crypto/sha256"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
-	"runtime"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/twillnet/twill/overlay/namespace"
 )
-
-// inNetNS runs f on an OS thread inside the namespace /run/netns/name, so
-// that the sockets f creates live there.
-func inNetNS(name string, f func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open namespace %s: %w", name, err)
-	}
-	defer ns.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter namespace %s: %w", name, err)
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// The thread stays locked and dies with the goroutine: it must not
-		// run anything else in the wrong namespace.
-		return fmt.Errorf("leave namespace %s: %w", name, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
 
 // BulkTransfer sends size pseudo-random bytes over TCP from from's pod to
 // to's pod, checks that they arrived with the same SHA-256, and returns how
@@ -49,7 +17,7 @@ func inNetNS(name string, f func() error) error {
 func BulkTransfer(tb testing.TB, from, to *Node, size int64) time.Duration {
 	tb.Helper()
 	var l net.Listener
-	if err := inNetNS(to.Pod, func() (err error) {
+	if err := namespace.DoName(to.Pod, func() (err error) {
 		l, err = net.Listen("tcp4", net.JoinHostPort(to.PodIP.String(), "0"))
 		return err
 	}); err != nil {
@@ -78,7 +46,7 @@ func BulkTransfer(tb testing.TB, from, to *Node, size int64) time.Duration {
 		got <- r
 	}()
 	var c net.Conn
-	if err := inNetNS(from.Pod, func() (err error) {
+	if err := namespace.DoName(from.Pod, func() (err error) {
 		c, err = net.DialTimeout("tcp4", l.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twillnet/twill/overlay/namespace"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -166,7 +168,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 			s.Close()
 		}
 	}
-	err := inNetNS(b.ns, func() error {
+	err := namespace.Do(b.ns, func() error {
 		var err error
 		queues, uso, err = openTUNQueues(plan.UDPDevice, b.nqueues, b.offload)
 		if err != nil {

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/overlay/namespace"
+
 	"github.com/vishvananda/netns"
 
 	"github.com/twillnet/twill/overlay/backend"
@@ -181,7 +183,7 @@ func ping(tb testing.TB, pod string, dst netip.Addr, count int) (string, bool) {
 // there).
 func inNS(tb testing.TB, h netns.NsHandle, fn func() error) {
 	tb.Helper()
-	if err := inNetNS(h, fn); err != nil {
+	if err := namespace.Do(h, fn); err != nil {
 		tb.Fatal(err)
 	}
 }

@@ -3,20 +3,18 @@
 package nft
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/twillnet/twill/overlay/namespace"
 )
 
 // Namespaces for the kernel tests: each is named twt-nft-<pid>-<n>-<role> and
@@ -67,43 +65,6 @@ func nsFD(tb testing.TB, name string) int {
 	return int(f.Fd())
 }
 
-// inNS runs fn on an OS thread that has entered the namespace. Sockets made
-// in fn stay in that namespace. A thread that cannot be switched back is
-// never unlocked, so the runtime retires it.
-func inNS(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave netns %s: %w", name, err))
-			return // thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 func testLog(tb testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
@@ -149,7 +110,7 @@ func newCluster(t *testing.T) *cluster {
 	ipCmd(t, "-n", c.peer, "addr", "add", "10.244.2.1/24", "dev", "lo")
 	ipCmd(t, "-n", c.peer, "link", "set", "u0", "up")
 	ipCmd(t, "-n", c.peer, "route", "add", "10.244.1.0/24", "via", "192.168.56.1")
-	if err := inNS(c.node, func() error {
+	if err := namespace.DoName(c.node, func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
 	}); err != nil {
 		t.Fatalf("enable forwarding in %s: %v", c.node, err)
@@ -164,7 +125,7 @@ func newCluster(t *testing.T) *cluster {
 func udpEcho(t *testing.T, ns string, addr netip.AddrPort) {
 	t.Helper()
 	var conn *net.UDPConn
-	if err := inNS(ns, func() (err error) {
+	if err := namespace.DoName(ns, func() (err error) {
 		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {
@@ -187,7 +148,7 @@ func udpEcho(t *testing.T, ns string, addr netip.AddrPort) {
 func udpListen(t *testing.T, ns string, port int) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
-	if err := inNS(ns, func() (err error) {
+	if err := namespace.DoName(ns, func() (err error) {
 		conn, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
 		return err
 	}); err != nil {
@@ -205,7 +166,7 @@ func udpDial(t *testing.T, ns string, src netip.Addr, dst netip.AddrPort) *net.U
 		laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
 	var conn *net.UDPConn
-	if err := inNS(ns, func() (err error) {
+	if err := namespace.DoName(ns, func() (err error) {
 		conn, err = net.DialUDP("udp4", laddr, net.UDPAddrFromAddrPort(dst))
 		return err
 	}); err != nil {
