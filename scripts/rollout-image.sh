@@ -16,7 +16,7 @@
 set -euo pipefail
 out=${1:?usage: rollout-image.sh DIR}
 suite=bookworm
-packages=systemd-sysv,openssh-server,python3,iproute2,iputils-ping,sudo,kmod,udev,ifupdown,isc-dhcp-client,linux-image-cloud-amd64,initramfs-tools,etcd-server,etcd-client,nftables
+packages=systemd-sysv,openssh-server,python3,python3-apt,iproute2,iputils-ping,sudo,kmod,udev,ifupdown,isc-dhcp-client,linux-image-cloud-amd64,initramfs-tools,etcd-server,etcd-client,nftables
 
 # mirror prints the Debian mirror of this machine's apt sources.
 mirror() {
