@@ -12,10 +12,11 @@ LAB_NAME    ?= twill
 LAB_NODES   ?= 3
 LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
-# Packages the tests and the lab need, by Debian name: the lab's, then
+# Packages the tests and the lab need, by Debian name: the lab's and the
+# browser test's, then
 # the rollout test's (debootstrap image, QEMU, Ansible over SSH) and lint's
 # (ansible-lint, vagrant for `vagrant validate`).
-APT_PACKAGES := iproute2 nftables iputils-ping \
+APT_PACKAGES := iproute2 nftables iputils-ping chromium \
 	debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client ansible-core \
 	ansible-lint vagrant
 # What make vagrant-test needs besides: libvirt and its Vagrant provider.

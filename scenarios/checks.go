@@ -352,6 +352,13 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 		if p.network.IsValid() {
 			want = []string{p.network.String()}
 		}
+	case "ipvlan":
+		// The routed modes route peers' slices as host-gw does; l2 routes
+		// nothing.
+		if p.mode != "l3" && p.mode != "l3s" {
+			break
+		}
+		fallthrough
 	case "vxlan", "host-gw", "ipip":
 		for _, l := range ls {
 			if l.Subnet != own {
@@ -392,4 +399,71 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 		return b.String(), nil
 	})
 	return detail, nil, err
+}
+
+// hostToPods checks that every running node reaches each of its own pods
+// from its own namespace. With the underlay backends this is what
+// twill.host is for: the kernel does not pass traffic between a macvlan or
+// ipvlan parent and its children.
+func (p *play) hostToPods(ctx context.Context, within time.Duration) (string, map[string]any, error) {
+	var b strings.Builder
+	var failed []string
+	count := 0
+	for _, n := range p.c.Nodes() {
+		if p.down[n.Name] {
+			continue
+		}
+		for _, pod := range p.livePods() {
+			if pod.Node != n.Name {
+				continue
+			}
+			count++
+			out, err := retry(ctx, within, func() (string, error) {
+				return p.pingOnce(ctx, n.NetNS, pod.Addr)
+			})
+			cell := "ok"
+			if err != nil {
+				cell = "FAIL"
+				failed = append(failed, fmt.Sprintf("%s -> %s (%s): %s", n.Name, pod.Name, pod.Addr, lastLine(out)))
+			}
+			fmt.Fprintf(&b, "%s -> %s (%s): %s\n", n.Name, pod.Name, pod.Addr, cell)
+		}
+	}
+	data := map[string]any{"pairs": count, "failed": len(failed)}
+	if count == 0 {
+		return "", data, errors.New("host-to-pods needs pods on running nodes")
+	}
+	if len(failed) > 0 {
+		return b.String(), data, fmt.Errorf("%d of %d nodes' own pods are unreachable from their node: %s", len(failed), count, strings.Join(failed, "; "))
+	}
+	return b.String(), data, nil
+}
+
+// outsideToPod checks that the host outside the cluster opens a TCP
+// connection straight to a pod's address, and that the pod sees the
+// outside's own address (no NAT on the way in).
+func (p *play) outsideToPod(ctx context.Context, to string, within time.Duration) (string, map[string]any, error) {
+	dst, err := p.pod(to)
+	if err != nil {
+		return "", nil, err
+	}
+	ns, addr, ok := p.c.Outside()
+	if !ok {
+		return "", nil, errors.New("the cluster has no outside host: set cluster.outside: true")
+	}
+	var got nettestResult
+	_, err = retry(ctx, within, func() (string, error) {
+		_, g, err := p.transfer(ctx, ns, dst.NetNS, dst.Addr, 1<<20, 10*time.Second)
+		got = g
+		return "", err
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("the outside host %s cannot reach %s at %s: %w", addr, to, dst.Addr, err)
+	}
+	detail := fmt.Sprintf("the outside host %s reached %s (%s); the pod saw the source %s", addr, to, dst.Addr, got.Peer)
+	data := map[string]any{"source": got.Peer}
+	if got.Peer != addr.String() {
+		return detail, data, fmt.Errorf("%s saw the connection come from %s, not from the outside host's own address %s (translated on the way)", to, got.Peer, addr)
+	}
+	return detail, data, nil
 }

@@ -97,6 +97,8 @@ type play struct {
 	bin     string
 	network netip.Prefix
 	backend string
+	// mode is the backend's mode (macvlan, ipvlan), from the network config.
+	mode string
 	// down holds the nodes whose daemon or underlay is stopped; checks
 	// leave their pods out.
 	down map[string]bool
@@ -217,10 +219,11 @@ func (r *Runner) play(ctx context.Context, s *Scenario, c Cluster, binDir string
 			p.network = f.Network
 		}
 	}
-	if p.backend == "" {
-		var nc struct{ Backend struct{ Type string } }
+	if s.Cluster.NetConfig != "" {
+		var nc struct{ Backend struct{ Type, Mode string } }
 		if err := json.Unmarshal([]byte(s.Cluster.NetConfig), &nc); err == nil {
-			p.backend = cmp.Or(nc.Backend.Type, "udp")
+			p.backend = cmp.Or(p.backend, nc.Backend.Type, "udp")
+			p.mode = nc.Backend.Mode
 		}
 	}
 	for i, st := range s.Steps {
@@ -287,6 +290,10 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.mtu(ctx, st.From, st.To, within)
 	case "outside":
 		return p.outside(ctx, st.From, within)
+	case "host-to-pods":
+		return p.hostToPods(ctx, within)
+	case "outside-to-pod":
+		return p.outsideToPod(ctx, st.To, within)
 	case "lease":
 		return p.lease(ctx, st.Node, *st.Holds, within)
 	case "routes":

@@ -73,7 +73,7 @@ type Step struct {
 	Node   string   // lease, restart-daemon, kill-daemon, start-daemon, stop-node, start-node, delete-route, wait-lease-expiry
 	Peer   string   // delete-route: whose subnet's route
 	From   string   // tcp, mtu, outside, ping
-	To     string   // tcp, mtu, ping
+	To     string   // tcp, mtu, ping, outside-to-pod
 	Size   int64    // tcp: bytes
 	Holds  *bool    // lease: true or false
 	Within Duration // checks: how long to retry before failing; wait-*: the limit
@@ -88,6 +88,8 @@ var stepKinds = map[string][]string{
 	"tcp":               {"from", "to", "size", "within"},
 	"mtu":               {"from", "to", "within"},
 	"outside":           {"from", "within"},
+	"host-to-pods":      {"within"},
+	"outside-to-pod":    {"to", "within"},
 	"lease":             {"node", "holds", "within"},
 	"routes":            {"within"},
 	"restart-daemon":    {"node"},
@@ -237,7 +239,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 	}
 	// Required parameters.
 	need := map[string][]string{
-		"tcp": {"from", "to"}, "mtu": {"from", "to"}, "outside": {"from"}, "ping": {"from", "to"},
+		"tcp": {"from", "to"}, "mtu": {"from", "to"}, "outside": {"from"}, "ping": {"from", "to"}, "outside-to-pod": {"to"},
 		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "start-daemon": {"node"},
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 	}

@@ -211,6 +211,15 @@ func (c *Cluster) build(ctx context.Context) error {
 	st.Bridge = spec.Name + "-br"
 	st.HubAddr = lay.Hub
 	bits := strconv.Itoa(lay.Prefix.Bits())
+	hostBits := bits
+	underlayPods := spec.underlayLab()
+	if underlayPods {
+		bits = strconv.Itoa(underlayBits)
+		if spec.NetConfig == "" {
+			spec.NetConfig = UnderlayNetConfig(spec.Backend, st.Slot)
+			st.Spec = spec
+		}
+	}
 
 	bin, err := findBin(ctx, spec.Bin, st.Dir)
 	if err != nil {
@@ -246,7 +255,7 @@ func (c *Cluster) build(ctx context.Context) error {
 		steps = [][]string{
 			{"ip", "link", "add", st.HostLink, "type", "veth", "peer", "name", "host", "netns", hub},
 			{"ip", "-n", hub, "link", "set", "host", "master", st.Bridge, "up"},
-			{"ip", "addr", "add", lay.Host.String() + "/" + bits, "dev", st.HostLink},
+			{"ip", "addr", "add", lay.Host.String() + "/" + hostBits, "dev", st.HostLink},
 			{"ip", "link", "set", st.HostLink, "up"},
 		}
 		if err := runAll(ctx, steps); err != nil {
@@ -274,6 +283,13 @@ func (c *Cluster) build(ctx context.Context) error {
 		// it is.
 		if err := run(ctx, "ip", "netns", "exec", n.NetNS, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
 			return fmt.Errorf("make node %s: %w", n.Name, err)
+		}
+		// Underlay pods take the node's default gateway as theirs: the
+		// hub plays the segment's router.
+		if underlayPods {
+			if err := run(ctx, "ip", "-n", n.NetNS, "route", "add", "default", "via", lay.Hub.String()); err != nil {
+				return fmt.Errorf("make node %s: %w", n.Name, err)
+			}
 		}
 	}
 	if spec.Outside {
@@ -402,6 +418,7 @@ func (c *Cluster) twilldArgs(n nodeState) []string {
 		"--iface", "eth0",
 		"--node-name", spec.Name + "-" + n.Name,
 		"--subnet-file", n.SubnetFile,
+		"--listen", net.JoinHostPort(n.IP.String(), strconv.Itoa(DashboardPort)),
 	}
 	if spec.EtcdPrefix != "" {
 		args = append(args, "--etcd-prefix", spec.EtcdPrefix)

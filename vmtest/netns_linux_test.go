@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
 var (
@@ -518,5 +520,38 @@ func TestSpecValidation(t *testing.T) {
 				t.Errorf("slot %d: %s outside %s", slot, a, l.Prefix)
 			}
 		}
+	}
+}
+
+// TestUnderlayLab brings up a macvlan lab with the default network config:
+// pods get addresses of the slot's pod range on the lab's /24, the nodes'
+// subnet files describe the underlay, and a pod reaches the hub (its
+// gateway) and a pod on the other node directly.
+func TestUnderlayLab(t *testing.T) {
+	needRoot(t)
+	ctx := testCtx(t)
+	c := up(t, Spec{Name: labName("u"), Backend: "macvlan", Nodes: 2, PodsPerNode: 1})
+	pods := slotLayout(0).Pods
+	for _, p := range c.Pods() {
+		if !pods.Contains(p.Addr) {
+			t.Errorf("pod %s has %s, outside the lab's pod range %s", p.Name, p.Addr, pods)
+		}
+	}
+	for _, n := range c.Nodes() {
+		sf, err := subnetfile.Read(n.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sf.IsUnderlay() || sf.Underlay.Master != "eth0" || sf.Underlay.Mode != "bridge" ||
+			sf.Underlay.Subnet.String() != "192.168.56.0/24" || sf.Underlay.Gateway != c.snapshot().HubAddr {
+			t.Errorf("node %s subnet file: %+v", n.Name, sf)
+		}
+	}
+	ps := c.Pods()
+	if err := ping(ctx, c, ps[0].NetNS, c.snapshot().HubAddr); err != nil {
+		t.Errorf("pod to the hub: %v", err)
+	}
+	if err := ping(ctx, c, ps[0].NetNS, ps[1].Addr); err != nil {
+		t.Errorf("pod to the other node's pod: %v", err)
 	}
 }

@@ -121,7 +121,10 @@ func (s Spec) withDefaults() (Spec, error) {
 	if s.PodsPerNode < 0 {
 		errs = append(errs, fmt.Errorf("%d pods per node: want 0 or more", s.PodsPerNode))
 	}
-	if s.NetConfig == "" {
+	if s.NetConfig == "" && isUnderlay(s.Backend) {
+		// Filled in by the driver once the lab's slot, and so its
+		// underlay pod range, is known (UnderlayNetConfig).
+	} else if s.NetConfig == "" {
 		if s.Backend == "" {
 			errs = append(errs, errors.New("neither a backend nor a network config"))
 		}
@@ -142,6 +145,40 @@ type layout struct {
 	Hub     netip.Addr   // the bridge's address in the hub; etcd listens here
 	Host    netip.Addr   // the host's address with HostAccess
 	Outside netip.Addr   // the outside namespace
+	// Pods is the range of the underlay left to pods of the underlay
+	// backends (macvlan, ipvlan): the half of 192.168.56.0/24 that does not
+	// hold the lab's slot, 192.168.56.128/25 for slots 0 and 1.
+	Pods netip.Prefix
+}
+
+// underlayBits is the prefix length of a lab's segment when its pods sit on
+// the underlay: the whole 192.168.56.0/24, so that the pod range (the other
+// half of it) is on-link to nodes, hub and outside alike. Each lab's
+// segment is a bridge in its own hub namespace, so labs never share it; the
+// host's own link (HostAccess) keeps the slot's /26.
+const underlayBits = 24
+
+// isUnderlay says whether a backend type puts pods on the underlay.
+func isUnderlay(backendType string) bool {
+	return backendType == "macvlan" || backendType == "ipvlan"
+}
+
+// underlayLab says whether the spec's network config (or backend) puts pods
+// on the underlay.
+func (s Spec) underlayLab() bool {
+	if s.NetConfig == "" {
+		return isUnderlay(s.Backend)
+	}
+	var nc struct{ Backend struct{ Type string } }
+	return json.Unmarshal([]byte(s.NetConfig), &nc) == nil && isUnderlay(nc.Backend.Type)
+}
+
+// UnderlayNetConfig is the default network config of an underlay lab in a
+// slot: the slot's pod range in /28 slices (13 pods a node).
+func UnderlayNetConfig(backendType string, slot int) string {
+	b, _ := json.Marshal(map[string]any{"Network": slotLayout(slot).Pods.String(), "SubnetLen": 28,
+		"Backend": map[string]string{"Type": backendType}})
+	return string(b)
 }
 
 func slotLayout(slot int) layout {
@@ -152,6 +189,7 @@ func slotLayout(slot int) layout {
 		Hub:     a(1),
 		Host:    a(2),
 		Outside: a(50),
+		Pods:    netip.MustParsePrefix([]string{"192.168.56.128/25", "192.168.56.0/25"}[slot/2%2]),
 	}
 }
 

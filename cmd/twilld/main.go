@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -24,6 +26,7 @@ import (
 	"github.com/twillnet/twill/overlay/daemon"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/subnetfile"
+	"github.com/twillnet/twill/web"
 )
 
 // version is set by the build (-ldflags "-X main.version=...").
@@ -38,6 +41,10 @@ type args struct {
 	logLevel  string
 	logFormat string
 	version   bool
+	// listen is where the dashboard, API and metrics are served ("" or
+	// "off" for nowhere); apiToken enables the endpoints that change state.
+	listen   string
+	apiToken string
 }
 
 // listFlag is a repeatable string flag.
@@ -70,6 +77,9 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade pod traffic that leaves the cluster network")
 	fs.BoolVar(&c.ReleaseOnExit, "release-on-exit", false, "give the lease back when stopping (by default it is kept for a restart)")
 	fs.BoolVar(&a.cleanup, "cleanup", false, "remove the backend's kernel state and exit")
+	fs.StringVar(&a.listen, "listen", "127.0.0.1:9180", "address of the dashboard, JSON API, /metrics and /livez, /readyz (\"off\": none)")
+	fs.StringVar(&a.apiToken, "api-token", "", "bearer token that enables the API endpoints that change state (default: none do)")
+	fs.StringVar(&c.Dashboard, "dashboard-url", "", "URL of this node's dashboard published in its lease (default: http://<listen address>, with the public IP for an unspecified address; none for loopback)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&a.version, "version", false, "print the version and exit")
@@ -118,6 +128,14 @@ func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*ar
 	for _, e := range strings.Split(a.endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {
 			a.cfg.Etcd.Endpoints = append(a.cfg.Etcd.Endpoints, e)
+		}
+	}
+	if a.listen == "off" {
+		a.listen = ""
+	}
+	if a.listen != "" {
+		if _, _, err := net.SplitHostPort(a.listen); err != nil {
+			return nil, fmt.Errorf("--listen %q: want HOST:PORT: %w", a.listen, err)
 		}
 	}
 	if a.publicIP != "" {
@@ -172,6 +190,9 @@ func run(a *args) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	if a.cfg.Dashboard == "" && a.listen != "" && !a.cleanup {
+		a.cfg.Dashboard = dashboardURL(a.listen, a.cfg.PublicIP)
+	}
 	d, err := daemon.New(a.cfg, log)
 	if err != nil {
 		return err
@@ -180,9 +201,75 @@ func run(a *args) error {
 	if a.cleanup {
 		return d.Cleanup(ctx)
 	}
+	if a.listen != "" {
+		stopWeb, err := serveWeb(ctx, a, d, log)
+		if err != nil {
+			return err
+		}
+		defer stopWeb()
+	}
 	err = d.Run(ctx)
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil // stopped before it was ready
 	}
 	return err
+}
+
+// dashboardURL is the URL peers reach the dashboard at: the listen address,
+// with the public IP for an unspecified host; none for a loopback address
+// (peers cannot reach it).
+func dashboardURL(listen string, publicIP netip.Addr) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return ""
+	}
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case host == "" || (err == nil && ip.IsUnspecified()):
+		if !publicIP.IsValid() {
+			return ""
+		}
+		host = publicIP.String()
+	case err == nil && ip.IsLoopback(), host == "localhost":
+		return ""
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+// serveWeb starts the dashboard on --listen and returns a function that
+// stops it.
+func serveWeb(ctx context.Context, a *args, d *daemon.Daemon, log *slog.Logger) (func(), error) {
+	srv, err := web.New(web.Options{Source: d, Log: log.With("component", "web"), Version: version, APIToken: a.apiToken, Resync: d.Resync})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", a.listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	// Requests (event streams too) end when the dashboard stops.
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return wctx }}
+	done := make(chan struct{}, 2)
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("dashboard stopped", "err", err)
+		}
+		done <- struct{}{}
+	}()
+	go func() {
+		_ = srv.Run(wctx)
+		done <- struct{}{}
+	}()
+	log.Info("dashboard listening", "addr", ln.Addr().String(), "url", "http://"+ln.Addr().String())
+	return func() {
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		defer scancel()
+		_ = hs.Shutdown(sctx)
+		_ = hs.Close()
+		<-done
+		<-done
+	}, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
@@ -165,5 +166,49 @@ func (p proc) wait(t *testing.T) {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("process %d did not stop", p.pid)
+	}
+}
+
+// TestUnderlayBadConfigRefused runs twilld in a node namespace with
+// underlay configs it must refuse before taking a lease: a master that does
+// not exist and a pod range outside the master's subnet. It exits with an
+// error naming the field, the value and what the node has.
+func TestUnderlayBadConfigRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds twilld and starts it; skipped with -short")
+	}
+	backendtest.NeedRoot(t)
+	dir := t.TempDir()
+	twilld := filepath.Join(dir, "twilld")
+	backendtest.Run(t, "go", "build", "-o", twilld, ".")
+	lab := backendtest.New(t, "twilld", 1)
+	n := lab.Nodes[0]
+	for i, tc := range []struct{ config, want string }{
+		{`{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Master":"nope0"}}`,
+			`master interface "nope0" (Backend.Master) does not exist on this node`},
+		{`{"Network":"10.99.0.0/24","SubnetLen":28,"Backend":{"Type":"ipvlan","Mode":"l2"}}`,
+			"Network 10.99.0.0/24 is not inside the subnet of master interface eth0 (subnet 192.168.56.0/24)"},
+		{`{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Mode":"l3"}}`,
+			`Backend.Mode`},
+	} {
+		conf := filepath.Join(dir, fmt.Sprintf("net%d.json", i))
+		if err := os.WriteFile(conf, []byte(tc.config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sf := filepath.Join(dir, fmt.Sprintf("subnet%d.env", i))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.Name, twilld, "--net-config", conf, "--iface", "eth0",
+			"--etcd-endpoints", "http://192.168.56.1:2379", "--subnet-file", sf).CombinedOutput()
+		timedOut := ctx.Err() != nil
+		cancel()
+		if err == nil || timedOut {
+			t.Fatalf("%s: twilld did not exit with an error (%v):\n%s", tc.config, err, out)
+		}
+		if !strings.Contains(string(out), tc.want) {
+			t.Errorf("%s: output does not say %q:\n%s", tc.config, tc.want, out)
+		}
+		if _, err := os.Stat(sf); err == nil {
+			t.Errorf("%s: a subnet file was written for a refused config", tc.config)
+		}
 	}
 }

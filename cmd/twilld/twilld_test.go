@@ -171,6 +171,7 @@ func (c *cluster) start(name, ip string, extra ...string) *node {
 	args := append([]string{
 		"--etcd-endpoints", c.url, "--etcd-prefix", c.prefix,
 		"--public-ip", ip, "--node-name", name, "--subnet-file", n.subnetFile,
+		"--listen", "127.0.0.1:0",
 	}, extra...)
 	n.cmd = exec.Command(c.bin, args...)
 	n.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)

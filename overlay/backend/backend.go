@@ -15,6 +15,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 )
 
 // Node is what a backend knows of the node it runs on.
@@ -49,6 +50,23 @@ type Prepared struct {
 	BackendData json.RawMessage
 	// MTU is the MTU pods on this node must use.
 	MTU int
+	// Underlay is set by the underlay backends (macvlan, ipvlan): pods
+	// attach to the underlay, and the daemon passes this on to the CNI
+	// plugin through the subnet file.
+	Underlay *Underlay
+}
+
+// Underlay is where pods of an underlay backend attach.
+type Underlay struct {
+	// Master is the host interface pods' sub-interfaces hang off.
+	Master string
+	// Mode is the macvlan or ipvlan mode.
+	Mode string
+	// Subnet is the master's subnet that holds the cluster network.
+	Subnet netip.Prefix
+	// Gateway is the underlay's default gateway (the master's default
+	// route); invalid if the master has none.
+	Gateway netip.Addr
 }
 
 // Backend is one data path.
@@ -77,6 +95,9 @@ type Backend interface {
 
 // Status is a backend's report.
 type Status struct {
+	// Mode is the backend's mode where it has one (macvlan bridge, ipvlan
+	// l3, ...), for the dashboard; empty otherwise.
+	Mode  string
 	Peers []PeerStatus
 	// Problems are conditions an operator must see, such as a host-gw peer
 	// that is not on this node's L2 segment.
@@ -87,6 +108,30 @@ type Status struct {
 	// (no-route, unknown-peer, ...); a peer's own drops are in its
 	// PeerStatus.
 	Drops map[string]uint64
+	// Device is the backend's device ("" for none, as host-gw and alloc);
+	// DeviceUp says it exists and is up.
+	Device   string
+	DeviceUp bool
+	// Kernel is what the backend wants in the kernel and what the kernel
+	// holds; nil for a backend without kernel state (alloc).
+	Kernel *KernelState
+}
+
+// KernelState is a read-only copy of a backend's desired and actual kernel
+// state: the receiver may keep it, nothing else writes to it.
+type KernelState struct {
+	Desired, Actual KernelTables
+	// LastPass is when the reconciler last compared them; zero before the
+	// first pass. LastError is that pass's error ("" if none).
+	LastPass  time.Time
+	LastError string
+}
+
+// KernelTables are the routes, neighbours and FDB entries of one side.
+type KernelTables struct {
+	Routes    []plan.Route
+	Neighbors []plan.Neighbor
+	FDB       []plan.FDBEntry
 }
 
 // PeerStatus is the state and the counters of the tunnel to one peer.

@@ -234,8 +234,10 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 	}
 	defer pod.Close()
 
-	br, err := netlinksafe.LinkByName(conf.Bridge)
-	if err != nil {
+	var br netlink.Link
+	if sf.IsUnderlay() {
+		// No bridge: the pod's interface hangs off the master.
+	} else if br, err = netlinksafe.LinkByName(conf.Bridge); err != nil {
 		missing("bridge %s is missing: %v", conf.Bridge, err)
 	} else if conf.IsGateway {
 		gw := sf.Subnet
@@ -271,6 +273,11 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 			}
 			if l.Attrs().OperState == netlink.OperDown || l.Attrs().Flags&net.FlagUp == 0 {
 				missing("interface %s in pod is down", ifc.Name)
+			}
+			if sf.IsUnderlay() {
+				if err := checkSubInterface(sf, l); err != nil {
+					errs = append(errs, err)
+				}
 			}
 		case ifc.Name == conf.Bridge:
 		default:

@@ -25,7 +25,7 @@ import (
 var Versions = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 // About is what the plugin prints when run without CNI_COMMAND.
-const About = "twill CNI plugin: veth + bridge attachment to the node's twill subnet"
+const About = "twill CNI plugin: veth + bridge attachment to the node's twill subnet, or macvlan/ipvlan attachment to the underlay"
 
 // Plugin is the CNI plugin. Its methods are the CNI verbs, called by skel
 // with the command's arguments; they act in the current network namespace
@@ -115,8 +115,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 			return err
 		}
 		defer unlock()
-		if bridge, err = ensureBridge(conf, sf, log); err != nil {
-			return err
+		if !sf.IsUnderlay() {
+			if bridge, err = ensureBridge(conf, sf, log); err != nil {
+				return err
+			}
 		}
 		addr, err = store.Allocate(sf.NodeSubnet(), sf.Gateway(), owner)
 		return err
@@ -126,10 +128,18 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	log = log.With("addr", addr)
 
-	result, err := attach(conf, sf, bridge, podNS, owner, addr)
+	var result *types100.Result
+	if sf.IsUnderlay() {
+		result, err = attachUnderlay(sf, podNS, owner, addr)
+	} else {
+		result, err = attach(conf, sf, bridge, podNS, owner, addr)
+	}
 	if err != nil {
 		var errs []error
 		errs = append(errs, err)
+		if derr := deletePodSubInterface(args.Netns, owner.IfName); derr != nil {
+			errs = append(errs, derr)
+		}
 		if derr := deleteLink(VethName(owner)); derr != nil {
 			errs = append(errs, derr)
 		}
@@ -162,8 +172,10 @@ func releaseAttachment(store *Store, owner Attachment) error {
 	return err
 }
 
-// Del detaches the pod: frees its address and deletes its veth. A container
-// the plugin does not know, or a pod namespace that is gone, is not an error.
+// Del detaches the pod: frees its address and deletes its veth (or, on the
+// underlay, its macvlan or ipvlan interface in the pod namespace). A
+// container the plugin does not know, or a pod namespace that is gone, is
+// not an error.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	conf, cerr := parseConf(args.StdinData)
 	if cerr != nil {
@@ -172,6 +184,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	owner := Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	var errs []error
 	if err := deleteLink(VethName(owner)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deletePodSubInterface(args.Netns, owner.IfName); err != nil {
 		errs = append(errs, err)
 	}
 	store, err := OpenStore(conf.DataDir, conf.Name)

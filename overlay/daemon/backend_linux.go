@@ -7,6 +7,7 @@ import (
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/hostgw"
 	"github.com/twillnet/twill/overlay/backend/ipip"
+	podunderlay "github.com/twillnet/twill/overlay/backend/underlay"
 	"github.com/twillnet/twill/overlay/backend/vxlan"
 	"github.com/twillnet/twill/overlay/netconf"
 )
@@ -21,6 +22,8 @@ func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, err
 		return hostgw.New(node, log)
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
+	case netconf.TypeMacvlan, netconf.TypeIPvlan:
+		return podunderlay.New(node, log)
 	default:
 		return nil, fmt.Errorf("backend %q is not a kernel backend", t)
 	}

@@ -45,6 +45,10 @@ type Config struct {
 	RenewMargin    time.Duration
 	IPMasq         bool
 	ReleaseOnExit  bool
+
+	// Dashboard is the URL of this node's dashboard, published in its lease
+	// for peers' cluster views; empty publishes none.
+	Dashboard string
 }
 
 // Validate checks the configuration before anything is done.
@@ -151,7 +155,7 @@ func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeAlloc:
 		return alloc.New(node), nil
-	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP:
+	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return newKernelBackend(node, log)
 	case netconf.TypeUDP:
 		return udp.New(node, log), nil
@@ -207,7 +211,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Request: lease.Request{
 			Config: netcfg,
 			Attrs: lease.Attrs{PublicIP: node.PublicIP, BackendType: be.Type(), BackendData: prep.BackendData,
-				Twill: &lease.NodeInfo{Node: node.Name}},
+				Twill: &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
 			TTL:      d.cfg.SubnetLeaseTTL,
 			Previous: previous,
 		},
@@ -226,7 +230,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := be.SetLease(ctx, own); err != nil {
 		return fmt.Errorf("set up %s backend for %s: %w", be.Type(), own.Subnet, err)
 	}
-	if err := d.writeSubnetFile(own, prep.MTU); err != nil {
+	if err := d.writeSubnetFile(own, prep); err != nil {
 		return err
 	}
 
@@ -236,7 +240,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if err := be.SetLease(ctx, l); err != nil {
 			d.log.Error("set up backend for the new lease", "subnet", l.Subnet, "err", err)
 		}
-		if err := d.writeSubnetFile(l, prep.MTU); err != nil {
+		if err := d.writeSubnetFile(l, prep); err != nil {
 			d.log.Error("write subnet file", "err", err)
 		}
 	}
@@ -309,13 +313,19 @@ func (d *Daemon) handleEvents(ctx context.Context, evs []lease.Event) {
 	}
 }
 
-func (d *Daemon) writeSubnetFile(l lease.Lease, mtu int) error {
+// writeSubnetFile writes the node's lease for the CNI plugin; for the
+// underlay backends also the backend type and where pods attach.
+func (d *Daemon) writeSubnetFile(l lease.Lease, prep backend.Prepared) error {
 	f := subnetfile.File{
 		Network: d.netcfg.Network,
 
 		Subnet: netip.PrefixFrom(netconf.Gateway(l.Subnet), l.Subnet.Bits()),
-		MTU:    mtu,
+		MTU:    prep.MTU,
 		IPMasq: d.cfg.IPMasq,
+	}
+	if u := prep.Underlay; u != nil {
+		f.Backend = d.netcfg.Backend.Type
+		f.Underlay = subnetfile.Underlay{Master: u.Master, Mode: u.Mode, Subnet: u.Subnet, Gateway: u.Gateway}
 	}
 	if err := subnetfile.Write(d.cfg.SubnetFile, f); err != nil {
 		return err

@@ -97,6 +97,9 @@ func (r *Reconciler) Set(p plan.Plan) {
 	r.poke()
 }
 
+// Kick asks for a pass now, as if netlink had reported a change.
+func (r *Reconciler) Kick() { r.poke() }
+
 func (r *Reconciler) poke() {
 	select {
 	case r.kick <- struct{}{}:
@@ -111,6 +114,16 @@ func (r *Reconciler) Status() Status {
 	s := r.status
 	s.Desired = r.desired
 	return s
+}
+
+// Tables returns copies of the desired plan's and the kernel's routes,
+// neighbours and FDB entries, which the caller may keep.
+func (s Status) Tables() (desired, actual State) {
+	if s.Desired != nil {
+		desired = State{Routes: slices.Clone(s.Desired.Routes), Neighbors: slices.Clone(s.Desired.Neighbors), FDB: slices.Clone(s.Desired.FDB)}
+	}
+	actual = State{Routes: slices.Clone(s.Actual.Routes), Neighbors: slices.Clone(s.Actual.Neighbors), FDB: slices.Clone(s.Actual.FDB)}
+	return desired, actual
 }
 
 // Run applies the plan until ctx ends, and returns ctx's error.

@@ -9,6 +9,22 @@
 //
 // TWILL_SUBNET is the node's subnet written as its gateway address (the first
 // address) with the subnet's prefix length, as flannel writes FLANNEL_SUBNET.
+//
+// With an underlay backend (macvlan, ipvlan) twilld adds what the CNI plugin
+// needs to put pods straight onto the underlay; these keys are optional, and a
+// file without them describes an overlay node:
+//
+//	TWILL_BACKEND=macvlan
+//	TWILL_UNDERLAY_MASTER=eth0
+//	TWILL_UNDERLAY_MODE=bridge
+//	TWILL_UNDERLAY_SUBNET=192.168.56.0/24
+//	TWILL_UNDERLAY_GATEWAY=192.168.56.1
+//
+// There TWILL_SUBNET's address is the one twilld gives the host itself (on
+// twill.host), TWILL_UNDERLAY_SUBNET the master's subnet (pods get addresses
+// of that length, so the whole segment is on-link to them) and
+// TWILL_UNDERLAY_GATEWAY the underlay's default gateway (absent if the
+// master has none).
 // Writes are atomic: a reader sees the old file or the new one, never a part.
 package subnetfile
 
@@ -38,7 +54,30 @@ type File struct {
 	// IPMasq says twilld masquerades pod traffic leaving the network, so the
 	// CNI plugin need not.
 	IPMasq bool
+
+	// Backend is the backend type (TWILL_BACKEND); empty in files written
+	// before it was added, which are overlay files.
+	Backend string
+	// Underlay describes the underlay pods attach to; only for underlay
+	// backends (macvlan, ipvlan).
+	Underlay Underlay
 }
+
+// Underlay is what the CNI plugin needs to attach pods to the underlay.
+type Underlay struct {
+	// Master is the host interface pods' sub-interfaces hang off.
+	Master string
+	// Mode is the macvlan or ipvlan mode.
+	Mode string
+	// Subnet is the master's subnet (with its address bits cleared).
+	Subnet netip.Prefix
+	// Gateway is the underlay's default gateway; invalid if none.
+	Gateway netip.Addr
+}
+
+// IsUnderlay says pods attach to the underlay (macvlan, ipvlan) rather than
+// to the cni0 bridge.
+func (f File) IsUnderlay() bool { return f.Backend == "macvlan" || f.Backend == "ipvlan" }
 
 // NodeSubnet is the node's subnet with the host bits cleared.
 func (f File) NodeSubnet() netip.Prefix { return f.Subnet.Masked() }
@@ -53,10 +92,24 @@ func (f File) Marshal() []byte {
 	fmt.Fprintf(&b, "TWILL_SUBNET=%s\n", f.Subnet)
 	fmt.Fprintf(&b, "TWILL_MTU=%d\n", f.MTU)
 	fmt.Fprintf(&b, "TWILL_IPMASQ=%t\n", f.IPMasq)
+	if f.Backend != "" {
+		fmt.Fprintf(&b, "TWILL_BACKEND=%s\n", f.Backend)
+	}
+	if f.IsUnderlay() {
+		fmt.Fprintf(&b, "TWILL_UNDERLAY_MASTER=%s\n", f.Underlay.Master)
+		fmt.Fprintf(&b, "TWILL_UNDERLAY_MODE=%s\n", f.Underlay.Mode)
+		fmt.Fprintf(&b, "TWILL_UNDERLAY_SUBNET=%s\n", f.Underlay.Subnet)
+		if f.Underlay.Gateway.IsValid() {
+			fmt.Fprintf(&b, "TWILL_UNDERLAY_GATEWAY=%s\n", f.Underlay.Gateway)
+		}
+	}
 	return b.Bytes()
 }
 
-// Parse reads a subnet file's content. Every key is required.
+// Parse reads a subnet file's content. The four TWILL_NETWORK, TWILL_SUBNET,
+// TWILL_MTU and TWILL_IPMASQ keys are required; TWILL_BACKEND is optional,
+// and when it names an underlay backend TWILL_UNDERLAY_MASTER, _MODE and
+// _SUBNET are required too (TWILL_UNDERLAY_GATEWAY stays optional).
 func Parse(data []byte) (File, error) {
 	vals := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -107,6 +160,43 @@ func Parse(data []byte) (File, error) {
 			errs = append(errs, fmt.Errorf("TWILL_IPMASQ=%s: not true or false", v))
 		}
 		f.IPMasq = b
+	}
+	if v, ok := vals["TWILL_BACKEND"]; ok {
+		if v == "" || strings.ContainsAny(v, " \t") {
+			errs = append(errs, fmt.Errorf("TWILL_BACKEND=%s: not a backend type", v))
+		}
+		f.Backend = v
+	}
+	if f.IsUnderlay() {
+		if v, ok := need("TWILL_UNDERLAY_MASTER"); ok {
+			if v == "" || len(v) > 15 || strings.ContainsAny(v, "/ \t") {
+				errs = append(errs, fmt.Errorf("TWILL_UNDERLAY_MASTER=%s: not an interface name", v))
+			}
+			f.Underlay.Master = v
+		}
+		if v, ok := need("TWILL_UNDERLAY_MODE"); ok {
+			if v == "" {
+				errs = append(errs, errors.New("TWILL_UNDERLAY_MODE is empty"))
+			}
+			f.Underlay.Mode = v
+		}
+		if v, ok := need("TWILL_UNDERLAY_SUBNET"); ok {
+			p, err := netip.ParsePrefix(v)
+			if err != nil || p.Masked() != p {
+				errs = append(errs, fmt.Errorf("TWILL_UNDERLAY_SUBNET=%s: not a network CIDR", v))
+			}
+			f.Underlay.Subnet = p
+		}
+		if v, ok := vals["TWILL_UNDERLAY_GATEWAY"]; ok && v != "" {
+			a, err := netip.ParseAddr(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("TWILL_UNDERLAY_GATEWAY=%s: not an address", v))
+			}
+			f.Underlay.Gateway = a
+		}
+		if len(errs) == 0 && !f.Underlay.Subnet.Contains(f.Network.Addr()) {
+			errs = append(errs, fmt.Errorf("TWILL_NETWORK=%s is outside TWILL_UNDERLAY_SUBNET=%s", f.Network, f.Underlay.Subnet))
+		}
 	}
 	if len(errs) == 0 && !f.Network.Contains(f.Subnet.Addr()) {
 		errs = append(errs, fmt.Errorf("TWILL_SUBNET=%s is outside TWILL_NETWORK=%s", f.Subnet, f.Network))

@@ -46,3 +46,53 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		}
 	}
 }
+
+func TestUnderlayKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "subnet.env")
+	f := File{
+		Network: netip.MustParsePrefix("192.168.56.128/25"), Subnet: netip.MustParsePrefix("192.168.56.145/28"), MTU: 1500,
+		Backend: "macvlan",
+		Underlay: Underlay{Master: "eth0", Mode: "bridge", Subnet: netip.MustParsePrefix("192.168.56.0/24"),
+			Gateway: netip.MustParseAddr("192.168.56.1")},
+	}
+	if err := Write(path, f); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	want := "TWILL_NETWORK=192.168.56.128/25\nTWILL_SUBNET=192.168.56.145/28\nTWILL_MTU=1500\nTWILL_IPMASQ=false\n" +
+		"TWILL_BACKEND=macvlan\nTWILL_UNDERLAY_MASTER=eth0\nTWILL_UNDERLAY_MODE=bridge\nTWILL_UNDERLAY_SUBNET=192.168.56.0/24\nTWILL_UNDERLAY_GATEWAY=192.168.56.1\n"
+	if string(data) != want {
+		t.Fatalf("file:\n%s\nwant:\n%s", data, want)
+	}
+	got, err := Read(path)
+	if err != nil || got != f || !got.IsUnderlay() {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+
+	// No gateway: the key is left out and reads back as none.
+	f.Underlay.Gateway = netip.Addr{}
+	got, err = Parse(f.Marshal())
+	if err != nil || got != f || strings.Contains(string(f.Marshal()), "GATEWAY") {
+		t.Fatalf("without a gateway: %+v, %v", got, err)
+	}
+
+	// A file from before TWILL_BACKEND is an overlay file.
+	old, err := Parse([]byte("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n"))
+	if err != nil || old.IsUnderlay() || old.Backend != "" {
+		t.Fatalf("old file: %+v, %v", old, err)
+	}
+}
+
+func TestUnderlayKeysChecked(t *testing.T) {
+	base := "TWILL_NETWORK=192.168.56.128/25\nTWILL_SUBNET=192.168.56.145/28\nTWILL_MTU=1500\nTWILL_IPMASQ=false\nTWILL_BACKEND=ipvlan\n"
+	for in, want := range map[string]string{
+		base: "TWILL_UNDERLAY_MASTER is missing",
+		base + "TWILL_UNDERLAY_MASTER=eth0\nTWILL_UNDERLAY_MODE=l2\nTWILL_UNDERLAY_SUBNET=10.0.0.0/24\n":                               "TWILL_NETWORK=192.168.56.128/25 is outside TWILL_UNDERLAY_SUBNET=10.0.0.0/24",
+		base + "TWILL_UNDERLAY_MASTER=eth0\nTWILL_UNDERLAY_MODE=l2\nTWILL_UNDERLAY_SUBNET=192.168.56.0/24\nTWILL_UNDERLAY_GATEWAY=x\n": "TWILL_UNDERLAY_GATEWAY=x",
+		base + "TWILL_UNDERLAY_MASTER=a/b\nTWILL_UNDERLAY_MODE=l2\nTWILL_UNDERLAY_SUBNET=192.168.56.0/24\n":                            "TWILL_UNDERLAY_MASTER=a/b",
+	} {
+		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want it to say %q", in, err, want)
+		}
+	}
+}

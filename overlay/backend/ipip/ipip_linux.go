@@ -134,6 +134,9 @@ func (b *Backend) Run(ctx context.Context) error { return b.r.Run(ctx) }
 // Status reports per-peer counters and problems.
 func (b *Backend) Status() backend.Status { return b.r.Status() }
 
+// Resync compares and repairs the kernel state now.
+func (b *Backend) Resync() { b.r.Resync() }
+
 // Cleanup removes the device, twill's routes and the nftables table.
 func (b *Backend) Cleanup(context.Context) error { return b.r.Cleanup() }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -227,6 +228,9 @@ func (r *Router) logProblems(ps []plan.Problem) {
 	r.problems = now
 }
 
+// Resync asks for a reconcile pass now.
+func (r *Router) Resync() { r.rec.Kick() }
+
 // Run keeps the kernel equal to the plan until ctx ends.
 func (r *Router) Run(ctx context.Context) error {
 	err := r.rec.Run(ctx)
@@ -268,7 +272,28 @@ func (r *Router) Status() backend.Status {
 		st.Problems = append(st.Problems, fmt.Sprintf("kernel state not fully applied: %v", ks.LastError))
 	}
 	st.InSync = ks.InSync
+	st.Kernel = kernelState(ks)
+	if r.cfg.Device != "" {
+		st.Device = r.cfg.Device
+		if l, err := r.nl.LinkByName(r.cfg.Device); err == nil {
+			st.DeviceUp = l.Attrs().Flags&net.FlagUp != 0
+		}
+	}
 	return st
+}
+
+// kernelState copies a reconciler's status for backend.Status.
+func kernelState(ks kernel.Status) *backend.KernelState {
+	desired, actual := ks.Tables()
+	k := &backend.KernelState{
+		Desired:  backend.KernelTables{Routes: desired.Routes, Neighbors: desired.Neighbors, FDB: desired.FDB},
+		Actual:   backend.KernelTables{Routes: actual.Routes, Neighbors: actual.Neighbors, FDB: actual.FDB},
+		LastPass: ks.LastPass,
+	}
+	if ks.LastError != nil {
+		k.LastError = ks.LastError.Error()
+	}
+	return k
 }
 
 // Plan returns the current plan; false before the own lease is known.

@@ -599,17 +599,43 @@ func (t *tokenBucket) allow(now time.Time) bool {
 	return true
 }
 
+// Resync compares and repairs the route now.
+func (b *Backend) Resync() {
+	b.mu.Lock()
+	rec := b.rec
+	b.mu.Unlock()
+	if rec != nil {
+		rec.Kick()
+	}
+}
+
 // Status reports the per-peer counters, node-wide drops, the peers the plan
 // left out, and whether the route is in place.
 func (b *Backend) Status() backend.Status {
 	b.mu.Lock()
-	st := backend.Status{Problems: slices.Clone(b.problems), Drops: b.drops.snapshot()}
+	st := backend.Status{Problems: slices.Clone(b.problems), Drops: b.drops.snapshot(), Device: plan.UDPDevice}
 	if rec := b.rec; rec != nil && rec.Status().Passes > 0 {
-		st.InSync = rec.Status().InSync
+		ks := rec.Status()
+		st.InSync = ks.InSync
+		desired, actual := ks.Tables()
+		st.Kernel = &backend.KernelState{
+			Desired:  backend.KernelTables{Routes: desired.Routes, Neighbors: desired.Neighbors, FDB: desired.FDB},
+			Actual:   backend.KernelTables{Routes: actual.Routes, Neighbors: actual.Neighbors, FDB: actual.FDB},
+			LastPass: ks.LastPass,
+		}
+		if ks.LastError != nil {
+			st.Kernel.LastError = ks.LastError.Error()
+		}
 	} else {
 		st.InSync = b.haveOwn && b.applied == nil
 	}
+	nl := b.nl
 	b.mu.Unlock()
+	if nl != nil {
+		if l, err := nl.LinkByName(plan.UDPDevice); err == nil {
+			st.DeviceUp = l.Attrs().Flags&net.FlagUp != 0
+		}
+	}
 	st.Peers = b.table.Load().status()
 	return st
 }

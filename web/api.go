@@ -1,0 +1,163 @@
+package web
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// The JSON API's types. Field names are part of the API (docs/api.md):
+// add fields, never rename or remove them.
+
+// NodeInfo is /api/v1/node: this node and its readiness.
+type NodeInfo struct {
+	Name          string  `json:"name"`
+	PublicIP      string  `json:"public_ip"`
+	Iface         string  `json:"iface"`
+	Network       string  `json:"network"`
+	Subnet        string  `json:"subnet"`
+	Backend       string  `json:"backend"`
+	MTU           int     `json:"mtu"`
+	Version       string  `json:"version"`
+	StartedAt     string  `json:"started_at"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	Ready         bool    `json:"ready"`
+	Checks        []Check `json:"checks"`
+	// LeaseExpiresAt is empty for a reservation or before the lease is held.
+	LeaseExpiresAt string   `json:"lease_expires_at,omitempty"`
+	Reservation    bool     `json:"reservation"`
+	Dashboard      string   `json:"dashboard,omitempty"`
+	Peers          int      `json:"peers"`
+	Problems       []string `json:"problems"`
+}
+
+// Check is one named readiness check.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Health is /api/v1/health.
+type Health struct {
+	Ready  bool    `json:"ready"`
+	Checks []Check `json:"checks"`
+}
+
+// LeaseList is /api/v1/leases.
+type LeaseList struct {
+	Now    string  `json:"now"`
+	Leases []Lease `json:"leases"`
+}
+
+// Lease is one subnet lease of the cluster.
+type Lease struct {
+	Subnet      string          `json:"subnet"`
+	Node        string          `json:"node"`
+	PublicIP    string          `json:"public_ip"`
+	Backend     string          `json:"backend"`
+	BackendData json.RawMessage `json:"backend_data,omitempty"`
+	// ExpiresAt is empty for a reservation.
+	ExpiresAt        string  `json:"expires_at,omitempty"`
+	ExpiresInSeconds float64 `json:"expires_in_seconds,omitempty"`
+	Reservation      bool    `json:"reservation"`
+	Own              bool    `json:"own"`
+	Dashboard        string  `json:"dashboard,omitempty"`
+}
+
+// Routes is /api/v1/routes: desired against actual kernel state.
+type Routes struct {
+	InSync    bool       `json:"in_sync"`
+	LastPass  string     `json:"last_pass,omitempty"`
+	LastError string     `json:"last_error,omitempty"`
+	Routes    []RouteRow `json:"routes"`
+	Neighbors []RouteRow `json:"neighbors"`
+	FDB       []RouteRow `json:"fdb"`
+}
+
+// RouteRow pairs a desired entry with the kernel's entry for the same
+// destination (route), address (neighbour) or MAC (FDB). Desired and
+// Actual are in ip(8) syntax; Status is ok, missing (only desired), extra
+// (only in the kernel) or differs.
+type RouteRow struct {
+	Key     string `json:"key"`
+	Status  string `json:"status"`
+	Desired string `json:"desired,omitempty"`
+	Actual  string `json:"actual,omitempty"`
+}
+
+// TunnelList is /api/v1/tunnels.
+type TunnelList struct {
+	SampledAt       string            `json:"sampled_at,omitempty"`
+	IntervalSeconds float64           `json:"interval_seconds"`
+	Tunnels         []Tunnel          `json:"tunnels"`
+	Drops           map[string]uint64 `json:"drops"`
+}
+
+// Tunnel is the tunnel to one peer. Rates are bytes or packets per second
+// over the last sample interval.
+type Tunnel struct {
+	Peer        string `json:"peer"`
+	Node        string `json:"node"`
+	PublicIP    string `json:"public_ip"`
+	State       string `json:"state"`
+	StateDetail string `json:"state_detail,omitempty"`
+
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+
+	TxBytesPerSecond   float64 `json:"tx_bytes_per_second"`
+	RxBytesPerSecond   float64 `json:"rx_bytes_per_second"`
+	TxPacketsPerSecond float64 `json:"tx_packets_per_second"`
+	RxPacketsPerSecond float64 `json:"rx_packets_per_second"`
+
+	Drops    map[string]uint64 `json:"drops"`
+	LastSeen string            `json:"last_seen,omitempty"`
+	// History is the rate over the last minutes, oldest first (only with
+	// ?history=1).
+	History []RatePoint `json:"history,omitempty"`
+}
+
+// Tunnel states.
+const (
+	StateUp          = "up"
+	StateIdle        = "idle"
+	StateUnreachable = "unreachable"
+)
+
+// RatePoint is one sample interval's rates.
+type RatePoint struct {
+	At               string  `json:"t"`
+	TxBytesPerSecond float64 `json:"tx_bytes_per_second"`
+	RxBytesPerSecond float64 `json:"rx_bytes_per_second"`
+}
+
+// Cluster is /api/v1/cluster: every lease's node as this node sees it,
+// with what the node's own API answered.
+type Cluster struct {
+	Nodes []ClusterNode `json:"nodes"`
+}
+
+// ClusterNode is one node of the cluster.
+type ClusterNode struct {
+	Subnet    string `json:"subnet"`
+	Name      string `json:"name"`
+	PublicIP  string `json:"public_ip"`
+	Dashboard string `json:"dashboard,omitempty"`
+	Self      bool   `json:"self"`
+	// Reachability is "self", "answers", "no-answer", or "unknown" (the
+	// lease publishes no dashboard).
+	Reachability string    `json:"reachability"`
+	Error        string    `json:"error,omitempty"`
+	CheckedAt    string    `json:"checked_at,omitempty"`
+	Node         *NodeInfo `json:"node,omitempty"`
+	Tunnels      []Tunnel  `json:"tunnels,omitempty"`
+}
+
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}

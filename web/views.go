@@ -1,0 +1,278 @@
+package web
+
+import (
+	"cmp"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/plan"
+)
+
+// activeWindow is how recently a counter must have grown for a tunnel to
+// be up; a peer that got packets but answered none for longer than
+// silentAfter is unreachable.
+const (
+	activeWindow = 10 * time.Second
+	silentAfter  = 6 * time.Second
+)
+
+func (s *Server) nodeInfo(snap daemon.Snapshot) NodeInfo {
+	n := NodeInfo{
+		Name:      snap.Node.Name,
+		Iface:     snap.Node.Iface,
+		Backend:   snap.Node.BackendType,
+		MTU:       snap.Node.MTU,
+		Version:   s.opts.Version,
+		StartedAt: timeString(snap.StartedAt),
+		Peers:     len(snap.Backend.Peers),
+		Problems:  slices.Clone(snap.Backend.Problems),
+	}
+	if n.Problems == nil {
+		n.Problems = []string{}
+	}
+	if !snap.StartedAt.IsZero() {
+		n.UptimeSeconds = time.Since(snap.StartedAt).Round(time.Second).Seconds()
+	}
+	if snap.Node.PublicIP.IsValid() {
+		n.PublicIP = snap.Node.PublicIP.String()
+	}
+	if snap.Node.Network.IsValid() {
+		n.Network = snap.Node.Network.String()
+	}
+	if snap.Lease.Subnet.IsValid() {
+		n.Subnet = snap.Lease.Subnet.String()
+		n.Reservation = snap.Lease.Reservation
+		if !snap.Lease.Reservation {
+			n.LeaseExpiresAt = timeString(snap.Lease.Expiration)
+		}
+		if snap.Lease.Attrs.Twill != nil {
+			n.Dashboard = snap.Lease.Attrs.Twill.Dashboard
+		}
+	}
+	h := health(snap)
+	n.Ready, n.Checks = h.Ready, h.Checks
+	return n
+}
+
+// health is ready when the daemon says it is and every check passes.
+func health(snap daemon.Snapshot) Health {
+	h := Health{Ready: snap.Ready, Checks: []Check{{Name: "running", OK: snap.Ready, Detail: "twilld finished starting"}}}
+	if !snap.Ready {
+		h.Checks[0].Detail = "twilld is starting or stopping"
+	}
+	for _, c := range snap.Checks {
+		h.Checks = append(h.Checks, Check{Name: c.Name, OK: c.OK, Detail: c.Detail})
+		h.Ready = h.Ready && c.OK
+	}
+	return h
+}
+
+func leaseList(snap daemon.Snapshot, now time.Time) LeaseList {
+	ls := make([]Lease, 0, len(snap.Leases)+1)
+	own := false
+	for _, l := range snap.Leases {
+		v := leaseView(l, now)
+		if l.Subnet == snap.Lease.Subnet {
+			v.Own, own = true, true
+		}
+		ls = append(ls, v)
+	}
+	if !own && snap.Lease.Subnet.IsValid() {
+		v := leaseView(snap.Lease, now)
+		v.Own = true
+		ls = append(ls, v)
+	}
+	slices.SortFunc(ls, func(a, b Lease) int { return cmpSubnet(a.Subnet, b.Subnet) })
+	return LeaseList{Now: timeString(now), Leases: ls}
+}
+
+func cmpSubnet(a, b string) int {
+	pa, ea := netip.ParsePrefix(a)
+	pb, eb := netip.ParsePrefix(b)
+	if ea != nil || eb != nil {
+		return cmp.Compare(a, b)
+	}
+	return cmp.Or(pa.Addr().Compare(pb.Addr()), cmp.Compare(pa.Bits(), pb.Bits()))
+}
+
+func leaseView(l lease.Lease, now time.Time) Lease {
+	v := Lease{
+		Subnet:      l.Subnet.String(),
+		Node:        l.Attrs.NodeName(),
+		Backend:     l.Attrs.BackendType,
+		BackendData: l.Attrs.BackendData,
+		Reservation: l.Reservation,
+	}
+	if l.Attrs.PublicIP.IsValid() {
+		v.PublicIP = l.Attrs.PublicIP.String()
+	}
+	if len(v.BackendData) == 0 || string(v.BackendData) == "null" {
+		v.BackendData = nil
+	}
+	if !l.Reservation && !l.Expiration.IsZero() {
+		v.ExpiresAt = timeString(l.Expiration)
+		v.ExpiresInSeconds = max(0, l.Expiration.Sub(now).Round(time.Second).Seconds())
+	}
+	if l.Attrs.Twill != nil {
+		v.Dashboard = l.Attrs.Twill.Dashboard
+	}
+	return v
+}
+
+func routeTable(snap daemon.Snapshot) Routes {
+	r := Routes{InSync: snap.Backend.InSync, Routes: []RouteRow{}, Neighbors: []RouteRow{}, FDB: []RouteRow{}}
+	k := snap.Backend.Kernel
+	if k == nil {
+		return r
+	}
+	r.LastPass, r.LastError = timeString(k.LastPass), k.LastError
+	r.Routes = pair(k.Desired.Routes, k.Actual.Routes, func(x plan.Route) string { return x.Dst.String() }, routeText)
+	r.Neighbors = pair(k.Desired.Neighbors, k.Actual.Neighbors, func(x plan.Neighbor) string { return x.IP.String() + " dev " + x.Device }, neighText)
+	r.FDB = pair(k.Desired.FDB, k.Actual.FDB, func(x plan.FDBEntry) string { return x.MAC.String() + " dev " + x.Device }, fdbText)
+	return r
+}
+
+// The entries in ip(8) syntax, without the object word.
+func routeText(r plan.Route) string    { return r.String()[len("route "):] }
+func neighText(n plan.Neighbor) string { return n.String()[len("neigh "):] }
+func fdbText(f plan.FDBEntry) string   { return f.String()[len("fdb "):] }
+
+// pair matches desired and actual entries by key, in key order.
+func pair[T any](desired, actual []T, key, text func(T) string) []RouteRow {
+	rows := map[string]*RouteRow{}
+	get := func(k string) *RouteRow {
+		if rows[k] == nil {
+			rows[k] = &RouteRow{Key: k}
+		}
+		return rows[k]
+	}
+	for _, x := range desired {
+		get(key(x)).Desired = text(x)
+	}
+	for _, x := range actual {
+		get(key(x)).Actual = text(x)
+	}
+	out := make([]RouteRow, 0, len(rows))
+	for _, k := range slices.SortedFunc(maps.Keys(rows), cmpKey) {
+		r := *rows[k]
+		switch {
+		case r.Actual == "":
+			r.Status = "missing"
+		case r.Desired == "":
+			r.Status = "extra"
+		case r.Actual != r.Desired:
+			r.Status = "differs"
+		default:
+			r.Status = "ok"
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// cmpKey orders keys that start with an address or prefix by it.
+func cmpKey(a, b string) int {
+	pa, ea := netip.ParsePrefix(firstWord(a))
+	pb, eb := netip.ParsePrefix(firstWord(b))
+	if ea == nil && eb == nil {
+		return cmp.Or(pa.Addr().Compare(pb.Addr()), cmp.Compare(a, b))
+	}
+	aa, ea := netip.ParseAddr(firstWord(a))
+	ab, eb := netip.ParseAddr(firstWord(b))
+	if ea == nil && eb == nil {
+		return cmp.Or(aa.Compare(ab), cmp.Compare(a, b))
+	}
+	return cmp.Compare(a, b)
+}
+
+func firstWord(s string) string {
+	for i := range len(s) {
+		if s[i] == ' ' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func (s *Server) tunnelList(snap daemon.Snapshot, withHistory bool) TunnelList {
+	tl := TunnelList{
+		SampledAt:       timeString(s.hist.sampledAt()),
+		IntervalSeconds: s.opts.SampleInterval.Seconds(),
+		Tunnels:         make([]Tunnel, 0, len(snap.Backend.Peers)),
+		Drops:           maps.Clone(snap.Backend.Drops),
+	}
+	if tl.Drops == nil {
+		tl.Drops = map[string]uint64{}
+	}
+	names := map[netip.Prefix]string{}
+	for _, l := range snap.Leases {
+		names[l.Subnet] = l.Attrs.NodeName()
+	}
+	for _, p := range snap.Backend.Peers {
+		tl.Tunnels = append(tl.Tunnels, s.tunnel(p, names[p.Subnet], withHistory))
+	}
+	slices.SortFunc(tl.Tunnels, func(a, b Tunnel) int { return cmpSubnet(a.Peer, b.Peer) })
+	return tl
+}
+
+func (s *Server) tunnel(p backend.PeerStatus, node string, withHistory bool) Tunnel {
+	t := Tunnel{
+		Peer: p.Subnet.String(), Node: node,
+		TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
+		Drops: maps.Clone(p.Drops),
+	}
+	if t.Drops == nil {
+		t.Drops = map[string]uint64{}
+	}
+	if t.Node == "" {
+		t.Node = p.PublicIP.String()
+	}
+	if p.PublicIP.IsValid() {
+		t.PublicIP = p.PublicIP.String()
+	}
+	lastSeen := p.LastSeen
+	r, ok := s.hist.get(p.Subnet, withHistory)
+	if ok {
+		if r.last.hasRate {
+			t.TxBytesPerSecond, t.RxBytesPerSecond = r.last.txRate, r.last.rxRate
+			t.TxPacketsPerSecond, t.RxPacketsPerSecond = r.last.txpRate, r.last.rxpRate
+		}
+		if r.lastRx.After(lastSeen) {
+			lastSeen = r.lastRx
+		}
+		for _, x := range r.series {
+			if x.hasRate {
+				t.History = append(t.History, RatePoint{At: timeString(x.at), TxBytesPerSecond: x.txRate, RxBytesPerSecond: x.rxRate})
+			}
+		}
+	}
+	t.LastSeen = timeString(lastSeen)
+	t.State, t.StateDetail = s.tunnelState(p, r, ok)
+	return t
+}
+
+// tunnelState says whether a tunnel is up (packets flowed lately), idle (no
+// packets lately) or unreachable (the peer's dashboard does not answer, or
+// packets went out for a while and none came back).
+func (s *Server) tunnelState(p backend.PeerStatus, r peerRates, ok bool) (string, string) {
+	if pr, probed := s.peers.result(p.Subnet); probed && !pr.ok {
+		return StateUnreachable, "its dashboard does not answer: " + pr.err
+	}
+	if !ok {
+		return StateIdle, "no samples yet"
+	}
+	now := r.last.at
+	sending := !r.lastTx.IsZero() && now.Sub(r.lastTx) < activeWindow
+	if sending && (r.lastRx.IsZero() || r.lastTx.Sub(r.lastRx) > silentAfter) {
+		return StateUnreachable, "packets sent, none received back"
+	}
+	if sending || (!r.lastRx.IsZero() && now.Sub(r.lastRx) < activeWindow) {
+		return StateUp, "packets in the last 10 s"
+	}
+	return StateIdle, "no packets in the last 10 s"
+}
