@@ -41,7 +41,7 @@ fail() {
 	exit 1
 }
 
-build=$repo/build/rollout
+build=$repo/build/.rollout # a dot: go ./... does not walk into it
 mkdir -p "$build"
 step "image"
 img=$(scripts/rollout-image.sh "$build")

@@ -22,9 +22,9 @@ if [ "${1:-}" != "--inside" ]; then
 	done
 	vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt || { echo "vagrant-test: vagrant-libvirt is missing" >&2; exit 1; }
 	[ -x bin/twilld ] || { echo "vagrant-test: run make build first" >&2; exit 1; }
-	build=$repo/build/vagrant
+	build=$repo/build/.vagrant-test
 	mkdir -p "$build"
-	img=$(scripts/rollout-image.sh "$repo/build/rollout")
+	img=$(scripts/rollout-image.sh "$repo/build/.rollout")
 	ns=twt-vagrant-$$
 	ip netns add "$ns"
 	trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
