@@ -183,7 +183,7 @@ playbook "$run/upgrade.log" -e "twill_binary_dir=$run/bin-v2" || { cat "$run/upg
 grep -A4 'PLAY RECAP' "$run/upgrade.log"
 # One node at a time: each node's restart is followed by its readiness check
 # before the next node's install.
-order=$(grep -E '^(RUNNING HANDLER \[twill : Restart twilld\]|TASK \[twill : Check that this node holds)' -A1 "$run/upgrade.log" |
+order=$(grep -E '^(TASK \[twill : Restart twilld\]|TASK \[twill : Check that this node holds)' -A1 "$run/upgrade.log" |
 	grep -Eo '^(changed|ok): \[node[0-9]\]' | tr '\n' ' ')
 echo "restart / ready order: $order"
 [ "$order" = "changed: [node1] ok: [node1] changed: [node2] ok: [node2] changed: [node3] ok: [node3] " ] ||

@@ -76,6 +76,8 @@ fi
 state=$build/state-$$
 mkdir -p "$state"/{run,lib,log,etc,cache}
 cp -a /etc/libvirt/. "$state/etc/"
+# QEMU runs as root here: its files live in the build directory.
+printf 'user = "root"\ngroup = "root"\n' >>"$state/etc/qemu.conf"
 mount --bind "$state/run" /run/libvirt 2>/dev/null || { mkdir -p /run/libvirt; mount --bind "$state/run" /run/libvirt; }
 mount --bind "$state/lib" /var/lib/libvirt
 mount --bind "$state/log" /var/log/libvirt 2>/dev/null || { mkdir -p /var/log/libvirt; mount --bind "$state/log" /var/log/libvirt; }
