@@ -56,7 +56,7 @@ rollout-test: deps
 # ansible/site.yml); vagrant-down destroys it. Needs Vagrant with the
 # libvirt or VirtualBox provider on your machine.
 vagrant-up: build
-	TWILL_NODES=$(TWILL_NODES) vagrant up
+	TWILL_NODES=$(TWILL_NODES) vagrant up --no-parallel
 
 vagrant-down:
 	TWILL_NODES=$(TWILL_NODES) vagrant destroy -f

@@ -123,7 +123,9 @@ export ANSIBLE_NOCOLOR=1
 vagrant box add --force --name twill-test "$box/twill.box" >/dev/null
 export VAGRANT_CWD=$repo
 step "vagrant up (2 nodes, provisioned by ansible/site.yml, then ansible/pod-check.yml)"
-vagrant up --provider libvirt
+# One VM at a time: the provisioner runs from the last VM and needs the
+# others fully up (vagrant-libvirt brings machines up in parallel).
+vagrant up --provider libvirt --no-parallel
 step "vagrant status"
 vagrant status
 step "pod-to-pod check passed; destroying"
