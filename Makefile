@@ -74,7 +74,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
-	cd ansible && ANSIBLE_CONFIG=ansible.cfg ansible-lint --nocolor --profile production site.yml
+	cd ansible && ANSIBLE_CONFIG=ansible.cfg ansible-lint --nocolor --profile production site.yml pod-check.yml
 	VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate --ignore-provider
 
 bench:
