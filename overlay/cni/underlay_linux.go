@@ -14,6 +14,8 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/twillnet/twill/overlay/backend/underlay"
+	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
@@ -28,23 +30,13 @@ func podGateway(sf subnetfile.File, master netlink.Link) netip.Addr {
 	if err != nil {
 		return netip.Addr{}
 	}
-	for _, r := range routes {
-		if r.Dst != nil {
-			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-				continue
-			}
-		}
-		if gw, ok := netip.AddrFromSlice(r.Gw.To4()); ok && r.Gw != nil {
-			return gw
-		}
-	}
-	return netip.Addr{}
+	return underlay.DefaultGateway(routes)
 }
 
 // routedMode says the pod's sub-interface does no ARP (ipvlan l3, l3s): its
 // default route names the device, not a gateway.
 func routedMode(sf subnetfile.File) bool {
-	return sf.Backend == "ipvlan" && (sf.Underlay.Mode == "l3" || sf.Underlay.Mode == "l3s")
+	return plan.RoutesPeerSlices(netconf.Backend{Type: sf.Backend, Mode: sf.Underlay.Mode})
 }
 
 // attachUnderlay creates a macvlan or ipvlan sub-interface of the master

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vishvananda/netlink"
 
 	"github.com/twillnet/twill/overlay/backend"
@@ -148,14 +150,7 @@ func (b *Backend) inspect(nl *netlink.Handle) (backend.Underlay, int, error) {
 	if err != nil {
 		return backend.Underlay{}, 0, fmt.Errorf("%s: list routes of master %s: %w", b.opts.Type, b.master, err)
 	}
-	for _, r := range routes {
-		if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.Gw != nil && r.Table == 254 {
-			if gw, ok := netip.AddrFromSlice(r.Gw.To4()); ok {
-				u.Gateway = gw
-				break
-			}
-		}
-	}
+	u.Gateway = DefaultGateway(routes)
 	mtu := link.Attrs().MTU
 	if b.opts.MTU > 0 {
 		if b.opts.MTU > mtu {
@@ -166,9 +161,24 @@ func (b *Backend) inspect(nl *netlink.Handle) (backend.Underlay, int, error) {
 	return u, min(mtu, 65535), nil
 }
 
-func isZeroMask(m net.IPMask) bool {
-	ones, _ := m.Size()
-	return ones == 0
+// DefaultGateway is the gateway of the IPv4 default route in the main table
+// among routes (a link's routes); invalid if there is none. The backend
+// publishes it in the subnet file, and the CNI plugin falls back to it.
+func DefaultGateway(routes []netlink.Route) netip.Addr {
+	for _, r := range routes {
+		if r.Gw == nil || r.Table != unix.RT_TABLE_MAIN {
+			continue
+		}
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 || !r.Dst.IP.IsUnspecified() {
+				continue
+			}
+		}
+		if gw, ok := netip.AddrFromSlice(r.Gw.To4()); ok {
+			return gw
+		}
+	}
+	return netip.Addr{}
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

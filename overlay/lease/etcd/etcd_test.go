@@ -166,8 +166,6 @@ func TestRestartGetsSameSubnet(t *testing.T) {
 	}
 	// The previous subnet from a subnet file wins when the public IP changed
 	// and the subnet is still free.
-	l, _, _ := reg.List(ctx)
-	_ = l
 	if err := reg.Delete(ctx, again); err != nil {
 		t.Fatal(err)
 	}
