@@ -6,15 +6,15 @@ BIN         := bin
 VERSION     := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-# The lab `make lab` brings up: its name, nodes, pods per node and backend
-# (alloc when twilld does not know LAB_BACKEND yet).
+# The lab `make lab` brings up: its name, nodes, pods per node and backend.
 LAB_NAME    ?= twill
 LAB_NODES   ?= 3
 LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
-# Packages the tests, the lab, the benchmark and lint (ansible-lint, vagrant
-# for `vagrant validate`) need, by Debian name.
-APT_PACKAGES := iproute2 nftables iputils-ping chromium iperf3 ansible-lint vagrant
+# Packages the lab needs, by Debian name; then what the tests, the benchmark
+# and lint (ansible-lint, vagrant for `vagrant validate`) need besides.
+LAB_APT_PACKAGES := iproute2 nftables iputils-ping
+APT_PACKAGES := $(LAB_APT_PACKAGES) chromium iperf3 ansible-lint vagrant
 # Packages the qemu tier (make vmtest, twillctl lab up --driver qemu) needs:
 # the emulator and what the VM image is built from. The kernel itself is
 # fetched with apt-get download (its version is pinned in vmtest/image_linux.go).
@@ -36,7 +36,7 @@ VAGRANT_TEST_PACKAGES := vagrant-libvirt libvirt-daemon-system qemu-system-x86 d
 # Nodes of make vagrant-up (the Vagrantfile reads TWILL_NODES).
 TWILL_NODES ?= 3
 
-.PHONY: all build deps lab lab-down test unit vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
+.PHONY: all build deps lab-deps lab lab-down test unit vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
 
 all: build
 
@@ -48,9 +48,13 @@ build:
 deps:
 	@scripts/deps.sh $(APT_PACKAGES) $(VM_APT_PACKAGES)
 
+# lab-deps installs only what the lab needs.
+lab-deps:
+	@scripts/deps.sh $(LAB_APT_PACKAGES)
+
 # lab brings up a lab cluster (see scripts/lab.sh) and leaves it running;
 # lab-down removes it.
-lab: deps build
+lab: lab-deps build
 	LAB_NAME=$(LAB_NAME) LAB_NODES=$(LAB_NODES) LAB_PODS=$(LAB_PODS) LAB_BACKEND=$(LAB_BACKEND) scripts/lab.sh
 
 lab-down: build
