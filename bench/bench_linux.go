@@ -38,14 +38,15 @@ type Options struct {
 }
 
 // PathNames are the paths Run knows, in table order.
-var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-nooffload", "one-packet-per-syscall"}
+var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload", "one-packet-per-syscall"}
 
 var descriptions = map[string]string{
 	"underlay":               "node to node over the veth underlay, no tunnel",
 	"host-gw":                "twilld host-gw: plain routes between pods",
 	"kernel-vxlan":           "a vxlan device set up by hand (VNI 42, MTU 1450), no twilld in the path",
 	"twill-vxlan":            "twilld vxlan backend (the kernel's vxlan, MTU 1450)",
-	"twill-udp":              "twilld udp backend, offloads on (TUN TSO/USO, UDP GSO/GRO, coalescing; MTU 1472)",
+	"twill-udp":              "twilld udp backend as configured by default: the eBPF kernel path (MTU 1472)",
+	"twill-udp-userspace":    "twilld udp backend, KernelPath:false: userspace with offloads (TUN TSO/USO, UDP GSO/GRO, coalescing)",
 	"twill-udp-nooffload":    "twilld udp backend, Offload:false (one packet per TUN read/write, sendmmsg/recvmmsg)",
 	"one-packet-per-syscall": "the reference tunnel: flannel's design, read/sendto and recvfrom/write one packet each (MTU 1472)",
 }
@@ -136,6 +137,8 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 		spec.Backend = "vxlan"
 	case "twill-udp":
 		spec.Backend = "udp"
+	case "twill-udp-userspace":
+		spec.NetConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","KernelPath":false}}`
 	case "twill-udp-nooffload":
 		spec.NetConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Offload":false}}`
 	default:
@@ -164,7 +167,7 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	case "one-packet-per-syscall":
 		l.self = true
 		l.ref, setupErr = startRefTunnel(ctx, nodes, pods)
-	case "twill-vxlan", "twill-udp", "twill-udp-nooffload":
+	case "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload":
 		for _, n := range nodes {
 			l.cpuPIDs = append(l.cpuPIDs, n.PID)
 		}

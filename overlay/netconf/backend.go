@@ -32,7 +32,7 @@ const (
 // backendOptions lists, per backend type, the option keys it takes besides Type.
 var backendOptions = map[string][]string{
 	TypeAlloc:   {},
-	TypeUDP:     {"Port", "Offload"},
+	TypeUDP:     {"Port", "Offload", "KernelPath"},
 	TypeVXLAN:   {"VNI", "Port", "GBP", "Learning", "DirectRouting", "MTU"},
 	TypeHostGW:  {},
 	TypeIPIP:    {"DirectRouting", "MTU"},
@@ -59,6 +59,10 @@ type Backend struct {
 	Port int
 	// Offload turns on TUN and UDP segmentation offloads for udp (default true).
 	Offload bool
+	// KernelPath lets udp move packets to and from peers in the kernel
+	// (two eBPF programs, same wire format) where the kernel can (default
+	// true); false, or Offload false, keeps every packet in userspace.
+	KernelPath bool
 	// VNI is the VXLAN network identifier (default 1).
 	VNI int
 	// GBP turns on VXLAN group-based policy; Learning lets the VXLAN device
@@ -104,7 +108,7 @@ func parseBackend(data json.RawMessage) (Backend, error) {
 
 	switch b.Type {
 	case TypeUDP:
-		b.Port, b.Offload = DefaultUDPPort, true
+		b.Port, b.Offload, b.KernelPath = DefaultUDPPort, true, true
 	case TypeVXLAN:
 		b.Port, b.VNI = DefaultVXLANPort, DefaultVNI
 	case TypeMacvlan:
@@ -133,6 +137,10 @@ func parseBackend(data json.RawMessage) (Backend, error) {
 			}
 		case "Offload":
 			if err := json.Unmarshal(v, &b.Offload); err != nil {
+				return Backend{}, fieldErr(field, v, "must be true or false")
+			}
+		case "KernelPath":
+			if err := json.Unmarshal(v, &b.KernelPath); err != nil {
 				return Backend{}, fieldErr(field, v, "must be true or false")
 			}
 		case "GBP":
@@ -184,6 +192,8 @@ func (b Backend) MarshalJSON() ([]byte, error) {
 			}
 		case "Offload":
 			m[key] = b.Offload
+		case "KernelPath":
+			m[key] = b.KernelPath
 		case "GBP":
 			m[key] = b.GBP
 		case "Learning":

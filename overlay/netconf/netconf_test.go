@@ -18,7 +18,7 @@ func TestParseDefaults(t *testing.T) {
 		backend   Backend
 	}{
 		{"big network", `{"Network":"10.244.0.0/16"}`, 24, "10.244.1.0", "10.244.255.0", 255,
-			Backend{Type: "udp", Port: 8285, Offload: true}},
+			Backend{Type: "udp", Port: 8285, Offload: true, KernelPath: true}},
 		{"a /22 gets prefix+2", `{"Network":"10.244.0.0/22","Backend":{"Type":"vxlan"}}`, 24, "10.244.1.0", "10.244.3.0", 3,
 			Backend{Type: "vxlan", Port: 8472, VNI: 1}},
 		{"smaller than /22", `{"Network":"10.244.0.0/23","Backend":{"Type":"host-gw"}}`, 25, "10.244.0.128", "10.244.1.128", 3,
@@ -28,7 +28,9 @@ func TestParseDefaults(t *testing.T) {
 		{"explicit range", `{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"DirectRouting":true}}`,
 			24, "10.244.1.0", "10.244.16.0", 16, Backend{Type: "vxlan", Port: 4789, VNI: 4096, DirectRouting: true}},
 		{"flannel keys", `{"EnableIPv4":true,"EnableIPv6":false,"EnableNFTables":true,"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false}}`,
-			24, "10.244.1.0", "10.244.255.0", 255, Backend{Type: "udp", Port: 9000}},
+			24, "10.244.1.0", "10.244.255.0", 255, Backend{Type: "udp", Port: 9000, KernelPath: true}},
+		{"udp without the kernel path", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","KernelPath":false}}`,
+			24, "10.244.1.0", "10.244.255.0", 255, Backend{Type: "udp", Port: 8285, Offload: true}},
 		{"macvlan", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Master":"eth1"}}`, 28, "192.168.56.144", "192.168.56.240", 7,
 			Backend{Type: "macvlan", Mode: "bridge", Master: "eth1"}},
 		{"ipvlan l3", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Mode":"l3"}}`, 28, "192.168.56.144", "192.168.56.240", 7,
@@ -101,6 +103,7 @@ func TestParseRefusesBadConfig(t *testing.T) {
 		{"bad mode", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Mode":"l2"}}`, "Backend.Mode", `"l2"`, "bridge, private, vepa, passthru"},
 		{"bad master", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Master":"a/b"}}`, "Backend.Master", `"a/b"`, "interface name"},
 		{"bool option not bool", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}`, "Backend.GBP", `"yes"`, "true or false"},
+		{"KernelPath not bool", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","KernelPath":1}}`, "Backend.KernelPath", `1`, "true or false"},
 		{"backend not object", `{"Network":"10.244.0.0/16","Backend":"vxlan"}`, "Backend", `"vxlan"`, "JSON object"},
 		{"IPv6 enabled", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "EnableIPv6", `true`, "not supported"},
 		{"IPv4 disabled", `{"Network":"10.244.0.0/16","EnableIPv4":false}`, "EnableIPv4", `false`, "needs IPv4"},

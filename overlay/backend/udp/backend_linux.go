@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/udp/kernelpath"
 	"github.com/twillnet/twill/overlay/kernel"
 	"github.com/twillnet/twill/overlay/kernel/nft"
 	"github.com/twillnet/twill/overlay/lease"
@@ -48,6 +49,8 @@ type Backend struct {
 	log     *slog.Logger
 	port    int
 	offload bool
+	// kernelPath is whether Prepare tries the eBPF fast path.
+	kernelPath bool
 
 	mu       sync.Mutex // guards the control-path fields below
 	ns       netns.NsHandle
@@ -57,6 +60,8 @@ type Backend struct {
 	nft      *nft.Table
 	queues   []*tunQueue    // the TUN's queues; nil before Prepare
 	socks    []*net.UDPConn // one per queue (SO_REUSEPORT when several)
+	kp       *kernelpath.Path // the kernel fast path; nil when not attached
+	kpWhy    string           // why there is no kernel path
 	mtu      int
 	own      lease.Lease
 	haveOwn  bool
@@ -91,6 +96,7 @@ func New(node backend.Node, log *slog.Logger) *Backend {
 			b.port = node.Network.Backend.Port
 		}
 		b.offload = node.Network.Backend.Offload
+		b.kernelPath = node.Network.Backend.KernelPath && b.offload
 	}
 	b.table.Store(newPeerTable(nil, nil, b.port))
 	return b
@@ -214,9 +220,46 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		return backend.Prepared{}, fmt.Errorf("set MTU %d and bring up %s: %w", b.mtu, plan.UDPDevice, err)
 	}
 	b.queues, b.socks = queues, socks
+	b.attachKernelPath(bind)
+	if b.kp != nil && gro {
+		// GRO would merge a peer's datagrams before the ingress program sees
+		// them (on devices that do GRO), and merged ones take the slow path.
+		for _, uc := range socks {
+			_ = setGROValue(uc, 0)
+		}
+		gro = false
+	}
 	b.log.Info("TUN device ready", "device", plan.UDPDevice, "mtu", b.mtu, "listen", socks[0].LocalAddr(),
-		"offload", b.offload, "queues", len(queues), "udp_gro", gro, "tun_uso", uso)
+		"offload", b.offload, "queues", len(queues), "udp_gro", gro, "tun_uso", uso, "kernel_path", b.kp != nil)
 	return backend.Prepared{MTU: b.mtu}, nil
+}
+
+// attachKernelPath attaches the eBPF fast path when the config allows it
+// and the node can use it (its public IP is a local address on a known
+// underlay device, the kernel has tcx); otherwise every packet takes the
+// userspace path and kpWhy says why. Called with mu held.
+func (b *Backend) attachKernelPath(bind netip.Addr) {
+	switch {
+	case !b.kernelPath && !b.offload:
+		b.kpWhy = "off (Offload is false)"
+	case !b.kernelPath:
+		b.kpWhy = "off (KernelPath is false)"
+	case bind.IsUnspecified():
+		b.kpWhy = "public IP is not a local address"
+	case b.node.Iface == "":
+		b.kpWhy = "no underlay device"
+	}
+	if b.kpWhy != "" {
+		return
+	}
+	kp, err := kernelpath.Attach(b.ns, kernelpath.Config{TUN: plan.UDPDevice, Underlay: b.node.Iface,
+		LocalIP: bind, Port: uint16(b.port)})
+	if err != nil {
+		b.kpWhy = err.Error()
+		b.log.Info("kernel path unavailable; every packet takes the userspace path", "reason", err)
+		return
+	}
+	b.kp = kp
 }
 
 // listenUDP opens the UDP socket on bind:port, with SO_REUSEPORT when
@@ -242,14 +285,16 @@ func listenUDP(ctx context.Context, bind netip.Addr, port int, reuse bool) (*net
 // setGRO turns on UDP GRO on the socket: the kernel then hands over runs
 // of datagrams of one flow in one message (older kernels refuse it;
 // single datagrams then).
-func setGRO(uc *net.UDPConn) error {
+func setGRO(uc *net.UDPConn) error { return setGROValue(uc, 1) }
+
+func setGROValue(uc *net.UDPConn, v int) error {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, v)
 	})
 	return errors.Join(err, serr)
 }
@@ -302,6 +347,11 @@ func (b *Backend) SetLease(ctx context.Context, own lease.Lease) error {
 	b.local.Store(&s)
 	if err := b.setAddress(netip.PrefixFrom(s.Addr(), 32)); err != nil {
 		return err
+	}
+	if b.kp != nil {
+		if err := b.kp.SetSubnet(s); err != nil {
+			return err
+		}
 	}
 	return b.rebuild(true)
 }
@@ -385,11 +435,20 @@ func (b *Backend) rebuild(apply bool) error {
 		subnets = append(subnets, pe.Subnet)
 	}
 	b.table.Store(newPeerTable(b.table.Load(), entries, b.port))
+	var errs []error
+	if b.kp != nil {
+		m := make(map[netip.Prefix]netip.Addr, len(entries))
+		for _, e := range entries {
+			m[e.Subnet] = e.PublicIP
+		}
+		if err := b.kp.SetPeers(m); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	b.problems = b.problems[:0]
 	for _, pr := range p.Problems {
 		b.problems = append(b.problems, pr.String())
 	}
-	var errs []error
 	if apply {
 		if _, err := b.kh.Apply(p); err != nil {
 			errs = append(errs, fmt.Errorf("route %s to %s: %w", b.node.Network.Network, plan.UDPDevice, err))
@@ -410,7 +469,7 @@ func (b *Backend) rebuild(apply bool) error {
 // keep their routes; the device goes when the process ends or on Cleanup).
 func (b *Backend) Run(ctx context.Context) error {
 	b.mu.Lock()
-	queues, socks, rec := b.queues, b.socks, b.rec
+	queues, socks, rec, kp, ns := b.queues, b.socks, b.rec, b.kp, b.ns
 	if queues == nil {
 		b.mu.Unlock()
 		return errors.New("udp backend: Run before Prepare")
@@ -444,6 +503,20 @@ func (b *Backend) Run(ctx context.Context) error {
 			errc <- err
 		}
 	})
+	if kp != nil {
+		wg.Go(func() {
+			subnet := func() (netip.Prefix, bool) {
+				s := b.local.Load()
+				if s == nil {
+					return netip.Prefix{}, false
+				}
+				return *s, true
+			}
+			if err := kp.WatchPods(ctx, ns, subnet, b.log); err != nil && ctx.Err() == nil {
+				b.log.Warn("kernel path: no direct delivery to pods", "err", err)
+			}
+		})
+	}
 	// A loop ends with nil when Cleanup closed the device or the socket;
 	// Run then stops as if ctx had ended.
 	loop := func(f func() error) {
@@ -529,7 +602,13 @@ func (b *Backend) Status() backend.Status {
 	} else {
 		st.InSync = b.haveOwn && b.applied == nil
 	}
-	nl := b.nl
+	nl, kp := b.nl, b.kp
+	st.Mode = "userspace"
+	if kp != nil {
+		st.Mode = "kernel path"
+	} else if b.kpWhy != "" {
+		st.Mode = "userspace (kernel path: " + b.kpWhy + ")"
+	}
 	b.mu.Unlock()
 	if nl != nil {
 		if l, err := nl.LinkByName(plan.UDPDevice); err == nil {
@@ -537,6 +616,26 @@ func (b *Backend) Status() backend.Status {
 		}
 	}
 	st.Peers = b.table.Load().status()
+	if kp != nil {
+		kc, err := kp.Counters()
+		if err != nil {
+			st.Problems = append(st.Problems, err.Error())
+		}
+		for i := range st.Peers {
+			c, ok := kc[st.Peers[i].Subnet]
+			if !ok {
+				continue
+			}
+			ps := &st.Peers[i]
+			ps.TxPackets += c.TxPackets
+			ps.TxBytes += c.TxBytes
+			ps.RxPackets += c.RxPackets
+			ps.RxBytes += c.RxBytes
+			if c.LastReceived.After(ps.LastSeen) {
+				ps.LastSeen = c.LastReceived
+			}
+		}
+	}
 	return st
 }
 
@@ -559,6 +658,12 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			}
 		}
 		b.queues, b.socks = nil, nil
+	}
+	if b.kp != nil {
+		if err := b.kp.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		b.kp = nil
 	}
 	running := b.running
 	b.mu.Unlock()

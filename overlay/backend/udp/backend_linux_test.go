@@ -11,23 +11,43 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/udp/kernelpath"
 	"github.com/twillnet/twill/overlay/lease"
 )
 
 func TestTwoNodes(t *testing.T) {
-	for _, offload := range []bool{true, false} {
-		name := "offload"
-		if !offload {
-			name = "no-offload"
-		}
-		t.Run(name, func(t *testing.T) { testTwoNodes(t, offload) })
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) { testTwoNodes(t, m.name, m.options) })
 	}
 }
 
-func testTwoNodes(t *testing.T, offload bool) {
-	c := newCluster(t, offload)
+// userspaceCounters are what the userspace loops counted for subnet s
+// (the kernel path's counters are not in them).
+func userspaceCounters(n *node, s netip.Prefix) backend.PeerStatus {
+	for _, p := range n.be.table.Load().status() {
+		if p.Subnet == s {
+			return p
+		}
+	}
+	return backend.PeerStatus{}
+}
+
+func testTwoNodes(t *testing.T, mode, options string) {
+	c := newCluster(t, options)
 	a, b := c.a, c.b
 	subA, subB := a.lease.Subnet, b.lease.Subnet
+	kernelPath := mode == "kernel-path"
+	if kernelPath {
+		if err := kernelpath.Supported(); err != nil {
+			t.Skipf("no kernel path here: %v", err)
+		}
+	}
+	wantMode := map[string]string{"kernel-path": "kernel path", "userspace-offload": "userspace (kernel path: off (KernelPath is false))",
+		"userspace-no-offload": "userspace (kernel path: off (Offload is false))"}[mode]
+	if got := a.be.Status().Mode; got != wantMode {
+		t.Fatalf("Status().Mode = %q, want %q", got, wantMode)
+	}
 
 	t.Run("kernel state", func(t *testing.T) {
 		routes := run(t, "ip", "-n", a.ns, "route", "show", "proto", "126")
@@ -68,6 +88,14 @@ func testTwoNodes(t *testing.T, offload bool) {
 		if time.Since(pa.LastSeen) > time.Minute {
 			t.Errorf("A last saw B at %v", pa.LastSeen)
 		}
+		if kernelPath {
+			// Once B has talked to its pod, B's ingress program delivers
+			// into the pod's namespace directly.
+			eventually(t, "B's kernel path to find its pod", func() bool {
+				pod, ok := b.be.kp.Pods()[b.podIP]
+				return ok && pod.Ifindex > 0 && len(pod.MAC) == 6
+			})
+		}
 	})
 
 	t.Run("tcp transfer", func(t *testing.T) {
@@ -97,6 +125,15 @@ func testTwoNodes(t *testing.T, offload bool) {
 			t.Errorf("B received %d inner bytes for %d bytes of data: more than headers explain", rx, size)
 		}
 		t.Logf("A->B: tx %d bytes, rx %d bytes for %d bytes of data", tx, rx, size)
+		// Which path carried it: in kernel-path mode the userspace loops
+		// saw (almost) none of it, in the others all of it.
+		ua, ub := userspaceCounters(a, subB), userspaceCounters(b, subA)
+		if kernelPath && (ua.TxBytes > size/100 || ub.RxBytes > size/100) {
+			t.Errorf("kernel path: the userspace loops carried A->B tx %d, rx %d bytes of %d", ua.TxBytes, ub.RxBytes, size)
+		}
+		if !kernelPath && ub.RxBytes < size {
+			t.Errorf("%s: the userspace loops received only %d bytes of %d", mode, ub.RxBytes, size)
+		}
 	})
 
 	t.Run("256 MiB both ways at once", func(t *testing.T) {

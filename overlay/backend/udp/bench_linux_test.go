@@ -9,16 +9,12 @@ import (
 )
 
 // BenchmarkPodToPodTCP measures one TCP stream from pod A to pod B through
-// the two udp backends (go test -bench PodToPod: MB/s is the figure), with
-// the TUN's offloads on and off.
+// the two udp backends (go test -bench PodToPod: MB/s is the figure), in
+// each data path mode.
 func BenchmarkPodToPodTCP(b *testing.B) {
-	for _, offload := range []bool{true, false} {
-		name := "offload=on"
-		if !offload {
-			name = "offload=off"
-		}
-		b.Run(name, func(b *testing.B) {
-			c := newCluster(b, offload)
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			c := newCluster(b, m.options)
 			var ln net.Listener
 			inNS(b, c.b.podH, func() (err error) {
 				ln, err = net.Listen("tcp4", netip.AddrPortFrom(c.b.podIP, 5002).String())

@@ -99,7 +99,15 @@ func testLog(tb testing.TB) *slog.Logger {
 
 // newCluster builds the namespaces and starts both backends (Prepare,
 // SetLease, Handle with the peer's Added event, Run).
-func newCluster(tb testing.TB, offload bool) *cluster {
+// The data path modes the tests run: the eBPF kernel path (the default),
+// userspace with offloads, userspace without.
+var modes = []struct{ name, options string }{
+	{"kernel-path", ``},
+	{"userspace-offload", `,"KernelPath":false`},
+	{"userspace-no-offload", `,"Offload":false`},
+}
+
+func newCluster(tb testing.TB, options string) *cluster {
 	tb.Helper()
 	needRoot(tb)
 	c := &cluster{
@@ -107,7 +115,7 @@ func newCluster(tb testing.TB, offload bool) *cluster {
 		b: &node{ns: newNS(tb, "b"), pod: newNS(tb, "pb"), podIP: netip.MustParseAddr("10.244.2.2")},
 	}
 	run(tb, "ip", "link", "add", "eth0", "netns", c.a.ns, "type", "veth", "peer", "name", "eth0", "netns", c.b.ns)
-	cfg, err := netconf.Parse(fmt.Appendf(nil, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Offload":%v}}`, offload))
+	cfg, err := netconf.Parse(fmt.Appendf(nil, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"%s}}`, options))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,0 +1,389 @@
+package kernelpath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/twillnet/twill/overlay/namespace"
+)
+
+// MaxPeers is how many peer subnets the fast path carries; packets for
+// further ones take the userspace path.
+const MaxPeers = 16384
+
+// MaxPods is how many local pods the ingress program delivers to directly.
+const MaxPods = 4096
+
+// Pod is a pod on this node's bridge, as the ingress program delivers to
+// it: into the namespace of the peer of the veth Ifindex, with MAC as the
+// destination and BridgeMAC as the source.
+type Pod struct {
+	Ifindex        int
+	MAC, BridgeMAC net.HardwareAddr
+}
+
+// Config says where the fast path is attached and what it sends.
+type Config struct {
+	// TUN is twill0's name; Underlay the device the public IP is on.
+	TUN, Underlay string
+	// LocalIP is this node's public IP: the outer source, and the only
+	// outer destination taken off the wire.
+	LocalIP netip.Addr
+	// Port is the UDP port of every node (flannel's 8285).
+	Port uint16
+}
+
+// Counters are a peer's fast-path traffic: inner IP packets and bytes each
+// way (a super-packet counts as its segments, headers included), and when
+// the last packet arrived (zero: none yet).
+type Counters struct {
+	TxPackets, TxBytes, RxPackets, RxBytes uint64
+	LastReceived                           time.Time
+}
+
+// Path is the attached fast path. Its methods may be called from several
+// goroutines.
+type Path struct {
+	mu     sync.Mutex
+	coll   *ebpf.Collection
+	links  []link.Link
+	cfg    [cfgSize]byte
+	peers  map[netip.Prefix]peerValue
+	pods   map[netip.Addr]podValue
+	slots  map[netip.Prefix]uint32
+	free   []uint32
+	closed bool
+}
+
+type lpmKey struct {
+	Bits uint32
+	Addr [4]byte
+}
+
+type peerValue struct {
+	IP   [4]byte
+	Slot uint32
+}
+
+type podValue struct {
+	MACs    [12]byte
+	Ifindex uint32
+}
+
+type statValue struct {
+	TxPackets, TxBytes, RxPackets, RxBytes, RxLast uint64
+}
+
+// Supported says why the fast path cannot run on this machine, or nil.
+func Supported() error {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		return errors.New("the fast path's programs are written for little-endian machines")
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return fmt.Errorf("read the kernel version %q: %w", unix.ByteSliceToString(u.Release[:]), err)
+	}
+	if major < 6 || major == 6 && minor < 6 {
+		return fmt.Errorf("kernel %d.%d has no tcx (needs 6.6)", major, minor)
+	}
+	return nil
+}
+
+func spec() *ebpf.CollectionSpec {
+	return &ebpf.CollectionSpec{
+		Maps: map[string]*ebpf.MapSpec{
+			"config": {Name: "twill_cfg", Type: ebpf.Array, KeySize: 4, ValueSize: cfgSize, MaxEntries: 1},
+			"peers": {Name: "twill_peers", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 8, MaxEntries: MaxPeers,
+				Flags: unix.BPF_F_NO_PREALLOC},
+			"stats": {Name: "twill_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statSize, MaxEntries: MaxPeers},
+			"pods":  {Name: "twill_pods", Type: ebpf.Hash, KeySize: 4, ValueSize: podSize, MaxEntries: MaxPods},
+		},
+		Programs: map[string]*ebpf.ProgramSpec{
+			"egress": {Name: "twill_udp_egr", Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
+				Instructions: egressProgram()},
+			"ingress": {Name: "twill_udp_ingr", Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
+				Instructions: ingressProgram()},
+		},
+	}
+}
+
+// Attach loads the programs and attaches them, inside the namespace ns, to
+// the egress of cfg.TUN and the ingress of cfg.Underlay. Nothing is left
+// attached when it fails.
+func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
+	if err := Supported(); err != nil {
+		return nil, err
+	}
+	if !cfg.LocalIP.Is4() || cfg.LocalIP.IsUnspecified() {
+		return nil, fmt.Errorf("kernel path: local IP %v is not an IPv4 address", cfg.LocalIP)
+	}
+	coll, err := ebpf.NewCollection(spec())
+	if err != nil {
+		return nil, fmt.Errorf("load the kernel path's programs: %w", err)
+	}
+	p := &Path{coll: coll, peers: map[netip.Prefix]peerValue{}, slots: map[netip.Prefix]uint32{},
+		pods: map[netip.Addr]podValue{}}
+	for i := MaxPeers - 1; i >= 0; i-- {
+		p.free = append(p.free, uint32(i))
+	}
+	ip := cfg.LocalIP.As4()
+	copy(p.cfg[cfgLocalIP:], ip[:])
+	binary.BigEndian.PutUint16(p.cfg[cfgPorts:], cfg.Port)
+	binary.BigEndian.PutUint16(p.cfg[cfgPorts+2:], cfg.Port)
+	// No inner destination matches until SetSubnet.
+	binary.BigEndian.PutUint32(p.cfg[cfgMask:], ^uint32(0))
+	err = namespace.Do(ns, func() error {
+		tun, err := net.InterfaceByName(cfg.TUN)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", cfg.TUN, err)
+		}
+		under, err := net.InterfaceByName(cfg.Underlay)
+		if err != nil {
+			return fmt.Errorf("find underlay device %s: %w", cfg.Underlay, err)
+		}
+		if len(under.HardwareAddr) != 6 {
+			return fmt.Errorf("underlay device %s is not an Ethernet device", cfg.Underlay)
+		}
+		binary.NativeEndian.PutUint32(p.cfg[cfgTUN:], uint32(tun.Index))
+		binary.NativeEndian.PutUint32(p.cfg[cfgUnderlay:], uint32(under.Index))
+		for _, a := range []struct {
+			prog  string
+			index int
+			at    ebpf.AttachType
+			where string
+		}{
+			{"egress", tun.Index, ebpf.AttachTCXEgress, cfg.TUN + " egress"},
+			{"ingress", under.Index, ebpf.AttachTCXIngress, cfg.Underlay + " ingress"},
+		} {
+			l, err := link.AttachTCX(link.TCXOptions{Interface: a.index, Program: coll.Programs[a.prog], Attach: a.at})
+			if err != nil {
+				return fmt.Errorf("attach the kernel path to %s: %w", a.where, err)
+			}
+			p.links = append(p.links, l)
+		}
+		return nil
+	})
+	if err == nil {
+		err = p.writeConfig()
+	}
+	if err != nil {
+		return nil, errors.Join(err, p.Close())
+	}
+	return p, nil
+}
+
+// writeConfig stores the config; the programs pass everything until the
+// local IP is set. Called with mu held (or before p is shared).
+func (p *Path) writeConfig() error {
+	if err := p.coll.Maps["config"].Put(uint32(0), p.cfg[:]); err != nil {
+		return fmt.Errorf("write the kernel path's config: %w", err)
+	}
+	return nil
+}
+
+// SetSubnet sets this node's subnet: the only inner destinations the
+// ingress program delivers.
+func (p *Path) SetSubnet(s netip.Prefix) error {
+	if !s.Addr().Is4() {
+		return fmt.Errorf("kernel path: subnet %v is not IPv4", s)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s = s.Masked()
+	a := s.Addr().As4()
+	copy(p.cfg[cfgSubnet:], a[:])
+	binary.BigEndian.PutUint32(p.cfg[cfgMask:], ^uint32(0)<<(32-s.Bits()))
+	return p.writeConfig()
+}
+
+// SetPeers makes peers (subnet -> public IP) the fast path's peer table. A
+// subnet that stays keeps its counters; a new one starts from zero. Peers
+// beyond MaxPeers are left to the userspace path.
+func (p *Path) SetPeers(peers map[netip.Prefix]netip.Addr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("kernel path is closed")
+	}
+	pm, sm := p.coll.Maps["peers"], p.coll.Maps["stats"]
+	var errs []error
+	for s := range p.peers {
+		if ip, ok := peers[s]; ok && ip.Is4() {
+			continue
+		}
+		if err := pm.Delete(keyOf(s)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("remove peer %s from the kernel path: %w", s, err))
+			continue
+		}
+		delete(p.peers, s)
+		p.free = append(p.free, p.slots[s])
+		delete(p.slots, s)
+	}
+	subnets := make([]netip.Prefix, 0, len(peers))
+	for s := range peers {
+		subnets = append(subnets, s)
+	}
+	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	for _, s := range subnets {
+		ip := peers[s]
+		if !s.Addr().Is4() || !ip.Is4() {
+			continue
+		}
+		slot, have := p.slots[s]
+		if !have {
+			if len(p.free) == 0 {
+				continue
+			}
+			slot = p.free[len(p.free)-1]
+			zero := make([]statValue, ebpf.MustPossibleCPU())
+			if err := sm.Put(slot, zero); err != nil {
+				errs = append(errs, fmt.Errorf("clear the kernel path's counters for %s: %w", s, err))
+				continue
+			}
+			p.free = p.free[:len(p.free)-1]
+			p.slots[s] = slot
+		}
+		v := peerValue{IP: ip.As4(), Slot: slot}
+		if old, ok := p.peers[s]; ok && old == v {
+			continue
+		}
+		if err := pm.Put(keyOf(s), v); err != nil {
+			errs = append(errs, fmt.Errorf("add peer %s via %s to the kernel path: %w", s, ip, err))
+			continue
+		}
+		p.peers[s] = v
+	}
+	return errors.Join(errs...)
+}
+
+// SetPods makes pods (pod IP -> where it is) the ingress program's direct
+// deliveries; a packet for any other local address goes through twill0.
+func (p *Path) SetPods(pods map[netip.Addr]Pod) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("kernel path is closed")
+	}
+	m := p.coll.Maps["pods"]
+	var errs []error
+	for ip := range p.pods {
+		if _, ok := pods[ip]; ok {
+			continue
+		}
+		if err := m.Delete(ip.As4()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("remove pod %s from the kernel path: %w", ip, err))
+			continue
+		}
+		delete(p.pods, ip)
+	}
+	for ip, pod := range pods {
+		if !ip.Is4() || len(pod.MAC) != 6 || len(pod.BridgeMAC) != 6 || pod.Ifindex <= 0 {
+			errs = append(errs, fmt.Errorf("kernel path: pod %s at ifindex %d, MAC %q, bridge MAC %q is not an IPv4 pod on an Ethernet bridge",
+				ip, pod.Ifindex, pod.MAC, pod.BridgeMAC))
+			continue
+		}
+		var v podValue
+		copy(v.MACs[:6], pod.MAC)
+		copy(v.MACs[6:], pod.BridgeMAC)
+		v.Ifindex = uint32(pod.Ifindex)
+		if old, ok := p.pods[ip]; ok && old == v {
+			continue
+		}
+		if len(p.pods) >= MaxPods {
+			break
+		}
+		if err := m.Put(ip.As4(), v); err != nil {
+			errs = append(errs, fmt.Errorf("add pod %s to the kernel path: %w", ip, err))
+			continue
+		}
+		p.pods[ip] = v
+	}
+	return errors.Join(errs...)
+}
+
+// Pods returns the pods the ingress program delivers to directly.
+func (p *Path) Pods() map[netip.Addr]Pod {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[netip.Addr]Pod, len(p.pods))
+	for ip, v := range p.pods {
+		out[ip] = Pod{Ifindex: int(v.Ifindex), MAC: net.HardwareAddr(slices.Clone(v.MACs[:6])),
+			BridgeMAC: net.HardwareAddr(slices.Clone(v.MACs[6:]))}
+	}
+	return out
+}
+
+func keyOf(s netip.Prefix) lpmKey {
+	return lpmKey{Bits: uint32(s.Bits()), Addr: s.Masked().Addr().As4()}
+}
+
+// Counters reads every peer's fast-path counters, summed over CPUs.
+func (p *Path) Counters() (map[netip.Prefix]Counters, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[netip.Prefix]Counters, len(p.slots))
+	if p.closed {
+		return out, nil
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return nil, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	now, mono := time.Now(), uint64(ts.Nano())
+	var per []statValue
+	var errs []error
+	for s, slot := range p.slots {
+		if err := p.coll.Maps["stats"].Lookup(slot, &per); err != nil {
+			errs = append(errs, fmt.Errorf("read the kernel path's counters for %s: %w", s, err))
+			continue
+		}
+		var c Counters
+		var last uint64
+		for _, v := range per {
+			c.TxPackets += v.TxPackets
+			c.TxBytes += v.TxBytes
+			c.RxPackets += v.RxPackets
+			c.RxBytes += v.RxBytes
+			last = max(last, v.RxLast)
+		}
+		if last != 0 && last <= mono {
+			c.LastReceived = now.Add(-time.Duration(mono - last))
+		}
+		out[s] = c
+	}
+	return out, errors.Join(errs...)
+}
+
+// Close detaches the programs and frees the maps.
+func (p *Path) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	var errs []error
+	for _, l := range p.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach the kernel path: %w", err))
+		}
+	}
+	p.links = nil
+	p.coll.Close()
+	return errors.Join(errs...)
+}
