@@ -2,6 +2,7 @@ package udp
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,8 +59,8 @@ type Backend struct {
 	kh       *kernel.Handle
 	rec      *kernel.Reconciler
 	nft      *nft.Table
-	queues   []*tunQueue    // the TUN's queues; nil before Prepare
-	socks    []*net.UDPConn // one per queue (SO_REUSEPORT when several)
+	queues   []*tunQueue      // the TUN's queues; nil before Prepare
+	socks    []*net.UDPConn   // one per queue (SO_REUSEPORT when several)
 	kp       *kernelpath.Path // the kernel fast path; nil when not attached
 	kpWhy    string           // why there is no kernel path
 	mtu      int
@@ -140,12 +141,13 @@ func (b *Backend) open() error {
 // Prepare creates the TUN device twill0 (MTU: the config's, else the
 // underlay's minus 28) and the UDP socket on the node's public IP, port
 // Port, both in the node's namespace. The device stays without an address
-// until SetLease. udp publishes no BackendData.
+// until SetLease. udp publishes no BackendData, as flannel, unless the
+// kernel path runs ({"KernelPath":true}).
 func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.queues != nil {
-		return backend.Prepared{MTU: b.mtu}, nil
+		return b.prepared(), nil
 	}
 	if b.node.Network == nil {
 		return backend.Prepared{}, errors.New("udp backend: no network config")
@@ -231,7 +233,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 	}
 	b.log.Info("TUN device ready", "device", plan.UDPDevice, "mtu", b.mtu, "listen", socks[0].LocalAddr(),
 		"offload", b.offload, "queues", len(queues), "udp_gro", gro, "tun_uso", uso, "kernel_path", b.kp != nil)
-	return backend.Prepared{MTU: b.mtu}, nil
+	return b.prepared(), nil
 }
 
 // attachKernelPath attaches the eBPF fast path when the config allows it
@@ -260,6 +262,16 @@ func (b *Backend) attachKernelPath(bind netip.Addr) {
 		return
 	}
 	b.kp = kp
+}
+
+// prepared is Prepare's result: the MTU, and the kernel path in the
+// lease when it runs. Called with mu held.
+func (b *Backend) prepared() backend.Prepared {
+	p := backend.Prepared{MTU: b.mtu}
+	if b.kp != nil {
+		p.BackendData, _ = json.Marshal(backendData{KernelPath: true})
+	}
+	return p
 }
 
 // listenUDP opens the UDP socket on bind:port, with SO_REUSEPORT when
@@ -437,9 +449,9 @@ func (b *Backend) rebuild(apply bool) error {
 	b.table.Store(newPeerTable(b.table.Load(), entries, b.port))
 	var errs []error
 	if b.kp != nil {
-		m := make(map[netip.Prefix]netip.Addr, len(entries))
+		m := make(map[netip.Prefix]kernelpath.Peer, len(entries))
 		for _, e := range entries {
-			m[e.Subnet] = e.PublicIP
+			m[e.Subnet] = kernelpath.Peer{PublicIP: e.PublicIP, Send: advertisesKernelPath(b.leases[e.Subnet])}
 		}
 		if err := b.kp.SetPeers(m); err != nil {
 			errs = append(errs, err)
@@ -462,6 +474,21 @@ func (b *Backend) rebuild(apply bool) error {
 		errs = append(errs, fmt.Errorf("apply nftables rules: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// backendData is what a udp node publishes in its lease: nothing, as
+// flannel, unless the kernel path runs; then peers on the kernel path send
+// to it from the kernel too.
+type backendData struct {
+	KernelPath bool `json:",omitempty"`
+}
+
+// advertisesKernelPath reports whether the peer's lease says it runs the
+// kernel path (and so takes datagrams whose inner checksum the kernel left
+// partial).
+func advertisesKernelPath(l lease.Lease) bool {
+	var d backendData
+	return len(l.Attrs.BackendData) > 0 && json.Unmarshal(l.Attrs.BackendData, &d) == nil && d.KernelPath
 }
 
 // Run moves packets between twill0 and the UDP socket, and keeps the route

@@ -14,7 +14,7 @@ import (
 func BenchmarkPodToPodTCP(b *testing.B) {
 	for _, m := range modes {
 		b.Run(m.name, func(b *testing.B) {
-			c := newCluster(b, m.options)
+			c := newCluster(b, m.options, m.optionsB)
 			var ln net.Listener
 			inNS(b, c.b.podH, func() (err error) {
 				ln, err = net.Listen("tcp4", netip.AddrPortFrom(c.b.podIP, 5002).String())

@@ -101,13 +101,16 @@ func testLog(tb testing.TB) *slog.Logger {
 // SetLease, Handle with the peer's Added event, Run).
 // The data path modes the tests run: the eBPF kernel path (the default),
 // userspace with offloads, userspace without.
-var modes = []struct{ name, options string }{
-	{"kernel-path", ``},
-	{"userspace-offload", `,"KernelPath":false`},
-	{"userspace-no-offload", `,"Offload":false`},
+// "mixed" is node A on the kernel path, node B in userspace: B's coalescer
+// gets datagrams whose UDP checksum is zero.
+var modes = []struct{ name, options, optionsB string }{
+	{"kernel-path", ``, ``},
+	{"userspace-offload", `,"KernelPath":false`, `,"KernelPath":false`},
+	{"userspace-no-offload", `,"Offload":false`, `,"Offload":false`},
+	{"mixed", ``, `,"KernelPath":false`},
 }
 
-func newCluster(tb testing.TB, options string) *cluster {
+func newCluster(tb testing.TB, options, optionsB string) *cluster {
 	tb.Helper()
 	needRoot(tb)
 	c := &cluster{
@@ -115,11 +118,16 @@ func newCluster(tb testing.TB, options string) *cluster {
 		b: &node{ns: newNS(tb, "b"), pod: newNS(tb, "pb"), podIP: netip.MustParseAddr("10.244.2.2")},
 	}
 	run(tb, "ip", "link", "add", "eth0", "netns", c.a.ns, "type", "veth", "peer", "name", "eth0", "netns", c.b.ns)
-	cfg, err := netconf.Parse(fmt.Appendf(nil, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"%s}}`, options))
-	if err != nil {
-		tb.Fatal(err)
+	var cfgs []*netconf.Config
+	for _, o := range []string{options, optionsB} {
+		cfg, err := netconf.Parse(fmt.Appendf(nil, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"%s}}`, o))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cfgs = append(cfgs, cfg)
 	}
 	for i, n := range []*node{c.a, c.b} {
+		cfg := cfgs[i]
 		pub := []netip.Addr{ipA, ipB}[i]
 		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24)
 		gw := netconf.Gateway(subnet)
@@ -155,8 +163,8 @@ func newCluster(tb testing.TB, options string) *cluster {
 			}
 		}
 	})
-	for _, pair := range [][2]*node{{c.a, c.b}, {c.b, c.a}} {
-		n, peer := pair[0], pair[1]
+	// Prepare both first: a lease carries its node's BackendData.
+	for _, n := range []*node{c.a, c.b} {
 		prep, err := n.be.Prepare(ctx)
 		if err != nil {
 			tb.Fatalf("prepare %s: %v", n.ns, err)
@@ -164,6 +172,10 @@ func newCluster(tb testing.TB, options string) *cluster {
 		if prep.MTU != 1472 {
 			tb.Errorf("%s: MTU %d, want 1472", n.ns, prep.MTU)
 		}
+		n.lease.Attrs.BackendData = prep.BackendData
+	}
+	for _, pair := range [][2]*node{{c.a, c.b}, {c.b, c.a}} {
+		n, peer := pair[0], pair[1]
 		if err := n.be.SetLease(ctx, n.lease); err != nil {
 			tb.Fatalf("set lease %s: %v", n.ns, err)
 		}

@@ -61,9 +61,11 @@
 //     super-packet that is written to twill0 with one writev: a virtio-net
 //     header (TCPv4 GSO, CHECKSUM_PARTIAL), the merged headers and the
 //     payload slices. Other packets are written one by one with an empty
-//     virtio-net header, so the kernel checks their checksums. A merged
-//     super-packet's inner checksums are not verified: the outer UDP
-//     checksum, which the kernel checked, covers them.
+//     virtio-net header, so the kernel checks their checksums. The kernel
+//     trusts a merged super-packet's partial checksum, so each segment's
+//     TCP checksum is verified before it is merged (the outer UDP checksum
+//     may be zero: IPv4 allows it, and the kernel path sends it so); a
+//     segment that fails is written alone and the kernel drops it.
 //
 // A plain flannel peer sends and takes single datagrams: GRO hands those
 // over one per message, and they are checked and coalesced like the

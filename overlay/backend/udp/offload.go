@@ -318,6 +318,15 @@ func tcpInfo(pkt []byte) (hlen int, ok bool) {
 	return 20 + thl, true
 }
 
+// tcpChecksumOK reports whether the TCP checksum of pkt (IPv4 without
+// options) is right. A merged super-packet goes to the TUN with a partial
+// checksum, which the kernel trusts, so every segment is checked before it
+// is merged: the outer UDP checksum cannot be relied on, as a sender may
+// leave it zero (IPv4 allows it; twill's kernel path does).
+func tcpChecksumOK(pkt []byte) bool {
+	return sumBytes(pkt[20:], pseudoSum(pkt[12:16], pkt[16:20], protoTCP, len(pkt)-20)) == 0xffff
+}
+
 // add appends the datagram pkt (a checked IPv4 packet) to the batch.
 func (c *coalescer) add(pkt []byte) {
 	if n := len(c.groups); n > 0 {
@@ -331,7 +340,7 @@ func (c *coalescer) add(pkt []byte) {
 	clear(vh)
 	c.iovs = append(c.iovs, vh, pkt)
 	g := group{first: first, last: len(c.iovs), segs: 1}
-	if hlen, ok := tcpInfo(pkt); ok && len(pkt) > hlen && pkt[20+13]&tcpPSH == 0 {
+	if hlen, ok := tcpInfo(pkt); ok && len(pkt) > hlen && pkt[20+13]&tcpPSH == 0 && tcpChecksumOK(pkt) {
 		g.firstPkt = pkt
 		g.mss = len(pkt) - hlen
 		g.total = len(pkt)
@@ -364,6 +373,9 @@ func (c *coalescer) extend(g *group, pkt []byte) bool {
 	}
 	if g.last != len(c.iovs) {
 		return false // only the batch's last group grows
+	}
+	if !tcpChecksumOK(pkt) {
+		return false // written alone, so that the kernel drops it
 	}
 	if g.segs == 1 {
 		// Second segment: make the merged header and put it in place of

@@ -207,6 +207,7 @@ func TestCoalesceKeepsFlowsApart(t *testing.T) {
 		p := tcpSuperPacket(make([]byte, n), tcpACK, nil)
 		binary.BigEndian.PutUint32(p[24:28], seq)
 		binary.BigEndian.PutUint16(p[20:22], port)
+		l4Checksum(p[:40], 20, protoTCP, p[40:], len(p)-40)
 		return p
 	}
 	co := &coalescer{}
@@ -224,6 +225,36 @@ func TestCoalesceKeepsFlowsApart(t *testing.T) {
 	}
 	if want := []int{2, 1, 2, 1, 1}; !equalInts(sizes, want) {
 		t.Errorf("groups of %v segments, want %v", sizes, want)
+	}
+}
+
+// TestCoalesceChecksBeforeMerging: a segment whose TCP checksum is wrong
+// (a zero outer UDP checksum let it through) is never merged, so that the
+// kernel, which trusts a merged super-packet, checks and drops it alone.
+func TestCoalesceChecksBeforeMerging(t *testing.T) {
+	mk := func(seq uint32, n int) []byte {
+		p := tcpSuperPacket(make([]byte, n), tcpACK, nil)
+		binary.BigEndian.PutUint32(p[24:28], seq)
+		l4Checksum(p[:40], 20, protoTCP, p[40:], len(p)-40)
+		return p
+	}
+	bad := mk(100, 100)
+	bad[60] ^= 0x10 // a flipped payload bit
+	co := &coalescer{}
+	co.add(mk(0, 100))
+	co.add(bad)
+	co.add(mk(200, 100))
+	co.add(mk(300, 100))
+	co.finish()
+	var sizes []int
+	for _, g := range co.groups {
+		sizes = append(sizes, g.segs)
+	}
+	if want := []int{1, 1, 2}; !equalInts(sizes, want) {
+		t.Errorf("groups of %v segments, want %v", sizes, want)
+	}
+	if vh := co.iovs[co.groups[1].first]; string(vh) != string(make([]byte, vnetHdrLen)) {
+		t.Errorf("the bad segment's virtio-net header is % x, want empty (the kernel checks it)", vh)
 	}
 }
 

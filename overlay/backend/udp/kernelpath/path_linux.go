@@ -74,6 +74,7 @@ type lpmKey struct {
 type peerValue struct {
 	IP   [4]byte
 	Slot uint32
+	Send uint32
 }
 
 type podValue struct {
@@ -108,7 +109,7 @@ func spec() *ebpf.CollectionSpec {
 	return &ebpf.CollectionSpec{
 		Maps: map[string]*ebpf.MapSpec{
 			"config": {Name: "twill_cfg", Type: ebpf.Array, KeySize: 4, ValueSize: cfgSize, MaxEntries: 1},
-			"peers": {Name: "twill_peers", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 8, MaxEntries: MaxPeers,
+			"peers": {Name: "twill_peers", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: peerSize, MaxEntries: MaxPeers,
 				Flags: unix.BPF_F_NO_PREALLOC},
 			"stats": {Name: "twill_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: statSize, MaxEntries: MaxPeers},
 			"pods":  {Name: "twill_pods", Type: ebpf.Hash, KeySize: 4, ValueSize: podSize, MaxEntries: MaxPods},
@@ -211,10 +212,24 @@ func (p *Path) SetSubnet(s netip.Prefix) error {
 	return p.writeConfig()
 }
 
-// SetPeers makes peers (subnet -> public IP) the fast path's peer table. A
+// Peer is a peer subnet's entry in the fast path.
+type Peer struct {
+	// PublicIP is where the peer's datagrams come from and go to.
+	PublicIP netip.Addr
+	// Send lets the egress program send to the peer. Set it only for peers
+	// that run the kernel path too: over veth or virtio, a packet may leave
+	// with its inner checksum still partial (the kernel's convention, which
+	// a kernel receiver keeps), and a userspace receiver, twill's or
+	// flannel's, would drop it. Packets for other peers take twilld's
+	// userspace path, which completes every checksum. Datagrams from every
+	// peer are taken in.
+	Send bool
+}
+
+// SetPeers makes peers (subnet -> peer) the fast path's peer table. A
 // subnet that stays keeps its counters; a new one starts from zero. Peers
 // beyond MaxPeers are left to the userspace path.
-func (p *Path) SetPeers(peers map[netip.Prefix]netip.Addr) error {
+func (p *Path) SetPeers(peers map[netip.Prefix]Peer) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -223,7 +238,7 @@ func (p *Path) SetPeers(peers map[netip.Prefix]netip.Addr) error {
 	pm, sm := p.coll.Maps["peers"], p.coll.Maps["stats"]
 	var errs []error
 	for s := range p.peers {
-		if ip, ok := peers[s]; ok && ip.Is4() {
+		if pe, ok := peers[s]; ok && pe.PublicIP.Is4() {
 			continue
 		}
 		if err := pm.Delete(keyOf(s)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -240,7 +255,8 @@ func (p *Path) SetPeers(peers map[netip.Prefix]netip.Addr) error {
 	}
 	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	for _, s := range subnets {
-		ip := peers[s]
+		pe := peers[s]
+		ip := pe.PublicIP
 		if !s.Addr().Is4() || !ip.Is4() {
 			continue
 		}
@@ -259,6 +275,9 @@ func (p *Path) SetPeers(peers map[netip.Prefix]netip.Addr) error {
 			p.slots[s] = slot
 		}
 		v := peerValue{IP: ip.As4(), Slot: slot}
+		if pe.Send {
+			v.Send = 1
+		}
 		if old, ok := p.peers[s]; ok && old == v {
 			continue
 		}

@@ -43,8 +43,14 @@ func Attach(netns.NsHandle, Config) (*Path, error) { return nil, errNotLinux }
 // SetSubnet does nothing off Linux.
 func (p *Path) SetSubnet(netip.Prefix) error { return errNotLinux }
 
+// Peer is a peer subnet's entry in the fast path.
+type Peer struct {
+	PublicIP netip.Addr
+	Send     bool
+}
+
 // SetPeers does nothing off Linux.
-func (p *Path) SetPeers(map[netip.Prefix]netip.Addr) error { return errNotLinux }
+func (p *Path) SetPeers(map[netip.Prefix]Peer) error { return errNotLinux }
 
 // Counters is empty off Linux.
 func (p *Path) Counters() (map[netip.Prefix]Counters, error) { return nil, errNotLinux }

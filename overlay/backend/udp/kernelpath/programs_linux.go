@@ -58,10 +58,14 @@ const (
 	cfgSize     = 24
 )
 
-// The peers map's value: the peer's public IP (be32) and its stats slot.
+// The peers map's value: the peer's public IP (be32), its stats slot, and
+// whether the egress program sends to it (the peer runs the kernel path
+// too; see Peer.Send).
 const (
 	peerIP   = 0
 	peerSlot = 4
+	peerSend = 8
+	peerSize = 12
 )
 
 // The pods map's value: the pod's MAC, the bridge's MAC, the ifindex of
@@ -270,6 +274,8 @@ func egressProgram() asm.Instructions {
 	b.emit(
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Reg(asm.R8, asm.R0),
+		asm.LoadMem(asm.R2, asm.R8, peerSend, asm.Word),
+		asm.JEq.Imm(asm.R2, 0, "pass"),
 		asm.LoadMem(asm.R2, asm.R6, skbLen, asm.Word),
 		asm.StoreMem(asm.R10, fpInnerLen, asm.R2, asm.DWord),
 
