@@ -31,7 +31,7 @@ func backend(typ string) netconf.Backend {
 	b := netconf.Backend{Type: typ}
 	switch typ {
 	case netconf.TypeUDP:
-		b.Port, b.Offload = netconf.DefaultUDPPort, true
+		b.Port, b.Offload, b.KernelPath = netconf.DefaultUDPPort, true, true
 	case netconf.TypeVXLAN:
 		b.Port, b.VNI = netconf.DefaultVXLANPort, netconf.DefaultVNI
 	}

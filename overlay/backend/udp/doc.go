@@ -32,8 +32,28 @@
 // check means a datagram is never forwarded on to another peer, so no loop
 // needs the TTL to end it). Neither difference shows on the wire format.
 //
-// The data path (Offload, the default) moves each byte with four copies
-// between kernel and userspace and no copy inside twilld:
+// The kernel path (KernelPath, the default where the kernel has tcx, 6.6
+// and later): package kernelpath attaches two eBPF programs, on twill0's
+// egress and on the underlay device's ingress, that do what the loops
+// below do without leaving the kernel: encapsulate a packet (a TCP
+// super-packet stays whole, marked as a UDP tunnel, and is cut into
+// flannel datagrams by the device or the kernel's segmentation), and take a
+// peer's datagram off the wire, check it as decap does, and deliver the
+// inner packet straight into the local pod's namespace (or through twill0
+// for addresses that are not known pods). Anything the programs do not
+// handle (a peer that did not advertise the kernel path, an unknown peer,
+// anything malformed) is left to the userspace loops, which check, count
+// and answer it as before, so the wire format and the drop counters do not
+// change. A node running the kernel path says so in its lease
+// (BackendData {"KernelPath":true}); only to such peers does the egress
+// program send, because over veth or virtio a kernel-sent datagram may
+// carry an inner checksum the kernel left partial, which only a kernel
+// receiver completes. The programs go when twilld exits (tcx links belong
+// to the process), as twill0 does.
+//
+// The userspace data path (Offload, the default where the kernel path
+// does not run) moves each byte with four copies between kernel and
+// userspace and no copy inside twilld:
 //
 //   - twill0 is opened here, on golang.org/x/sys/unix, with IFF_VNET_HDR,
 //     and told (TUNSETOFFLOAD) that it may hand over TCP and UDP
@@ -73,10 +93,13 @@
 // When the kernel refuses a GSO send (EIO: no checksum offload on the
 // route's device; EINVAL or ENOPROTOOPT: an old kernel), GSO is turned off
 // for good and the batch goes out as single datagrams; a socket that
-// refuses UDP_GRO just receives single datagrams. "Offload": false turns
-// all of it off, for debugging: no virtio-net header (one packet per TUN
-// read or write), no GSO, no GRO, no coalescing; the UDP side is still
-// batched (sendmmsg, recvmmsg).
+// refuses UDP_GRO just receives single datagrams (and with the kernel path
+// UDP GRO is off, so that a device's GRO cannot merge datagrams before the
+// ingress program sees them). "KernelPath": false keeps every packet in
+// userspace; "Offload": false turns all of it off, the kernel path too,
+// for debugging: no virtio-net header (one packet per TUN read or write),
+// no GSO, no GRO, no coalescing; the UDP side is still batched (sendmmsg,
+// recvmmsg).
 //
 // Queues. twill0 gets one queue per two CPUs (IFF_MULTI_QUEUE when more
 // than one; TWILL_UDP_QUEUES overrides), each with its own SO_REUSEPORT
