@@ -10,12 +10,16 @@ import (
 
 // NodeInfo is /api/v1/node: this node and its readiness.
 type NodeInfo struct {
-	Name          string  `json:"name"`
-	PublicIP      string  `json:"public_ip"`
-	Iface         string  `json:"iface"`
-	Network       string  `json:"network"`
-	Subnet        string  `json:"subnet"`
-	Backend       string  `json:"backend"`
+	Name     string `json:"name"`
+	PublicIP string `json:"public_ip"`
+	Iface    string `json:"iface"`
+	Network  string `json:"network"`
+	Subnet   string `json:"subnet"`
+	Backend  string `json:"backend"`
+	// BackendMode is the backend's mode where it has one: macvlan's or
+	// ipvlan's mode, udp's data path ("kernel path", or "userspace" and
+	// why).
+	BackendMode   string  `json:"backend_mode,omitempty"`
 	MTU           int     `json:"mtu"`
 	Version       string  `json:"version"`
 	StartedAt     string  `json:"started_at"`

@@ -23,14 +23,15 @@ const (
 
 func (s *Server) nodeInfo(snap daemon.Snapshot) NodeInfo {
 	n := NodeInfo{
-		Name:      snap.Node.Name,
-		Iface:     snap.Node.Iface,
-		Backend:   snap.Node.BackendType,
-		MTU:       snap.Node.MTU,
-		Version:   s.opts.Version,
-		StartedAt: timeString(snap.StartedAt),
-		Peers:     len(snap.Backend.Peers),
-		Problems:  slices.Clone(snap.Backend.Problems),
+		Name:        snap.Node.Name,
+		Iface:       snap.Node.Iface,
+		Backend:     snap.Node.BackendType,
+		BackendMode: snap.Backend.Mode,
+		MTU:         snap.Node.MTU,
+		Version:     s.opts.Version,
+		StartedAt:   timeString(snap.StartedAt),
+		Peers:       len(snap.Backend.Peers),
+		Problems:    slices.Clone(snap.Backend.Problems),
 	}
 	if n.Problems == nil {
 		n.Problems = []string{}

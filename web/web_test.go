@@ -171,6 +171,26 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
+// TestBackendMode: the backend's mode (udp's data path) is on the overview
+// and in /api/v1/node, and absent when the backend has none.
+func TestBackendMode(t *testing.T) {
+	src := &fakeSource{snap: testSnapshot()}
+	h := newTestServer(t, src).Handler()
+	if body := get(t, h, "GET", "/api/v1/node").Body.String(); strings.Contains(body, "backend_mode") {
+		t.Errorf("vxlan node reports a backend mode: %s", body)
+	}
+	src.set(func(s *daemon.Snapshot) {
+		s.Node.BackendType = "udp"
+		s.Backend.Mode = "userspace (kernel path: kernel 6.1 has no tcx (needs 6.6))"
+	})
+	if body := get(t, h, "GET", "/api/v1/node").Body.String(); !strings.Contains(body, `"backend_mode": "userspace (kernel path: kernel 6.1 has no tcx (needs 6.6))"`) {
+		t.Errorf("/api/v1/node lacks the mode: %s", body)
+	}
+	if body := get(t, h, "GET", "/").Body.String(); !strings.Contains(body, `id="backend-mode">userspace (kernel path: kernel 6.1 has no tcx (needs 6.6))<`) {
+		t.Errorf("the overview lacks the mode")
+	}
+}
+
 func TestReadOnly(t *testing.T) {
 	src := &fakeSource{snap: testSnapshot()}
 	h := newTestServer(t, src).Handler()
