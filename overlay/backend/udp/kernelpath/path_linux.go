@@ -133,21 +133,11 @@ func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
 	if !cfg.LocalIP.Is4() || cfg.LocalIP.IsUnspecified() {
 		return nil, fmt.Errorf("kernel path: local IP %v is not an IPv4 address", cfg.LocalIP)
 	}
-	coll, err := ebpf.NewCollection(spec())
+	p, err := load(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("load the kernel path's programs: %w", err)
+		return nil, err
 	}
-	p := &Path{coll: coll, peers: map[netip.Prefix]peerValue{}, slots: map[netip.Prefix]uint32{},
-		pods: map[netip.Addr]podValue{}}
-	for i := MaxPeers - 1; i >= 0; i-- {
-		p.free = append(p.free, uint32(i))
-	}
-	ip := cfg.LocalIP.As4()
-	copy(p.cfg[cfgLocalIP:], ip[:])
-	binary.BigEndian.PutUint16(p.cfg[cfgPorts:], cfg.Port)
-	binary.BigEndian.PutUint16(p.cfg[cfgPorts+2:], cfg.Port)
-	// No inner destination matches until SetSubnet.
-	binary.BigEndian.PutUint32(p.cfg[cfgMask:], ^uint32(0))
+	coll := p.coll
 	err = namespace.Do(ns, func() error {
 		tun, err := net.InterfaceByName(cfg.TUN)
 		if err != nil {
@@ -185,6 +175,26 @@ func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
 	if err != nil {
 		return nil, errors.Join(err, p.Close())
 	}
+	return p, nil
+}
+
+// load creates the maps and programs for cfg, attached nowhere.
+func load(cfg Config) (*Path, error) {
+	coll, err := ebpf.NewCollection(spec())
+	if err != nil {
+		return nil, fmt.Errorf("load the kernel path's programs: %w", err)
+	}
+	p := &Path{coll: coll, peers: map[netip.Prefix]peerValue{}, slots: map[netip.Prefix]uint32{},
+		pods: map[netip.Addr]podValue{}}
+	for i := MaxPeers - 1; i >= 0; i-- {
+		p.free = append(p.free, uint32(i))
+	}
+	ip := cfg.LocalIP.As4()
+	copy(p.cfg[cfgLocalIP:], ip[:])
+	binary.BigEndian.PutUint16(p.cfg[cfgPorts:], cfg.Port)
+	binary.BigEndian.PutUint16(p.cfg[cfgPorts+2:], cfg.Port)
+	// No inner destination matches until SetSubnet.
+	binary.BigEndian.PutUint32(p.cfg[cfgMask:], ^uint32(0))
 	return p, nil
 }
 

@@ -430,6 +430,9 @@ func ingressProgram() asm.Instructions {
 		asm.JNE.Imm(asm.R3, 4, "pass"),
 		asm.And.Imm(asm.R2, 0x0f),
 		asm.JLT.Imm(asm.R2, 5, "pass"),
+		asm.LSh.Imm(asm.R2, 2),
+		asm.LoadMem(asm.R3, asm.R10, fpInnerLen, asm.DWord),
+		asm.JGT.Reg(asm.R2, asm.R3, "pass"), // a header longer than the packet
 		// The peer holding the inner source must be the outer source.
 		asm.StoreImm(asm.R10, fpLPMKey, 32, asm.Word),
 		asm.LoadMem(asm.R2, asm.R10, fpInner+12, asm.Word),
