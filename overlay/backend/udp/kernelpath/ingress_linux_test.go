@@ -13,16 +13,16 @@ import (
 )
 
 var (
-	localPublic  = netip.MustParseAddr("192.168.56.11")
-	peerPublic   = netip.MustParseAddr("192.168.56.12")
-	stranger = netip.MustParseAddr("192.168.56.66")
-	peerNet  = netip.MustParsePrefix("10.244.2.0/24")
-	localNet = netip.MustParsePrefix("10.244.1.0/24")
-	peerPod  = netip.MustParseAddr("10.244.2.2")
-	plainDst = netip.MustParseAddr("10.244.1.2") // in the subnet, not a known pod
-	knownPod = netip.MustParseAddr("10.244.1.5")
-	podMAC   = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x05}
-	brMAC    = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}
+	localPublic = netip.MustParseAddr("192.168.56.11")
+	peerPublic  = netip.MustParseAddr("192.168.56.12")
+	stranger    = netip.MustParseAddr("192.168.56.66")
+	peerNet     = netip.MustParsePrefix("10.244.2.0/24")
+	localNet    = netip.MustParsePrefix("10.244.1.0/24")
+	peerPod     = netip.MustParseAddr("10.244.2.2")
+	plainDst    = netip.MustParseAddr("10.244.1.2") // in the subnet, not a known pod
+	knownPod    = netip.MustParseAddr("10.244.1.5")
+	podMAC      = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x05}
+	brMAC       = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}
 )
 
 const (
@@ -189,7 +189,11 @@ func TestIngress(t *testing.T) {
 		{"spoofed inner source", frame(peerPublic, localPublic, 8285, inner(netip.MustParseAddr("10.244.7.7"), plainDst, 64, "x"))},
 		{"inner destination not local", frame(peerPublic, localPublic, 8285, inner(peerPod, netip.MustParseAddr("10.244.3.3"), 64, "x"))},
 		{"bad outer checksum", mangle(func(b []byte) { b[14+10] ^= 0xff })},
-		{"fragment", mangle(func(b []byte) { b[14+6] |= 0x20; binary.BigEndian.PutUint16(b[14+10:], 0); binary.BigEndian.PutUint16(b[14+10:], csum(b[14:34])) })},
+		{"fragment", mangle(func(b []byte) {
+			b[14+6] |= 0x20
+			binary.BigEndian.PutUint16(b[14+10:], 0)
+			binary.BigEndian.PutUint16(b[14+10:], csum(b[14:34]))
+		})},
 		{"UDP length off by one", mangle(func(b []byte) { binary.BigEndian.PutUint16(b[34+4:], binary.BigEndian.Uint16(b[34+4:])+1) })},
 		{"inner not IPv4", mangle(func(b []byte) { b[42] = 0x65 })},
 		{"inner header longer than the packet", mangle(func(b []byte) { b[42] = 0x4f })},
