@@ -323,6 +323,11 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 	}
 
+	// A system image lab is bare: what runs on it is Ansible's to install.
+	if spec.SystemImage != "" {
+		return c.bootSystemVMs(ctx)
+	}
+
 	// etcd, in the hub. The unix socket reaches it from any namespace.
 	st.EtcdURL = fmt.Sprintf("http://%s", net.JoinHostPort(lay.Hub.String(), strconv.Itoa(etcdPort)))
 	st.EtcdSocket = filepath.Join(st.Dir, "etcd.sock")
@@ -667,6 +672,9 @@ func (c *Cluster) node(n nodeState) Node {
 		Running:      n.Daemon.alive(),
 		LogPath:      n.LogPath,
 		SubnetFile:   n.SubnetFile,
+	}
+	if n.VM != nil && c.snapshot().Spec.SystemImage != "" {
+		return node // no agent; Remote knows the node over SSH
 	}
 	if n.VM != nil {
 		c.vmNodeView(n, &node)
