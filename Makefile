@@ -81,7 +81,9 @@ vagrant-down:
 	TWILL_NODES=$(TWILL_NODES) vagrant destroy -f
 
 # vagrant-test (opt-in, not part of test): Vagrant with libvirt started
-# inside a namespace of the test's own, 2 nodes from a locally built box.
+# inside a namespace of the test's own, 3 nodes from a locally built box,
+# the pod-to-pod check, then the basic scenario through the vagrant driver
+# (twillctl scenario run --driver vagrant).
 vagrant-test: deps build
 	@scripts/deps.sh $(VAGRANT_TEST_PACKAGES)
 	scripts/vagrant-test.sh

@@ -94,7 +94,15 @@ for w in $(cat /proc/cmdline); do
 	esac
 done
 [ -n "$name" ] && hostname "$name" && echo "$name" >/etc/hostname && printf '127.0.1.1 %s\n' "$name" >>/etc/hosts
-[ -n "$ip" ] && ip link set eth0 up && ip addr replace "$ip" dev eth0
+if [ -n "$ip" ]; then
+	# eth0 appears once udev has loaded its driver.
+	i=0
+	while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	ip link set eth0 up && ip addr replace "$ip" dev eth0
+fi
 ip link set lo up
 exit 0
 EOF
@@ -128,7 +136,7 @@ done
 ln -sf /lib/systemd/system/multi-user.target "$root/etc/systemd/system/default.target"
 # A small initramfs (only what mounts the root disk) unpacks faster.
 sed -i 's/^MODULES=.*/MODULES=list/' "$root/etc/initramfs-tools/initramfs.conf"
-printf 'virtio_pci\nvirtio_blk\next4\n' >>"$root/etc/initramfs-tools/modules"
+printf 'virtio_pci\nvirtio_blk\nvirtio_net\next4\n' >>"$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all >"$tmp/initramfs.log" 2>&1 || {
 	cat "$tmp/initramfs.log" >&2
 	exit 1
@@ -150,5 +158,9 @@ echo "$kver" >"$tmp/out/kernel-version"
 touch "$tmp/out/.done"
 rm -rf "$dir"
 mv "$tmp/out" "$dir"
+# Images of older versions of this script are of no further use.
+for old in "$out"/image-*; do
+	[ "$old" = "$dir" ] || rm -rf "$old"
+done
 echo "rollout-image: built $dir in $(($(date +%s) - start)) s" >&2
 echo "$dir"
