@@ -389,11 +389,14 @@ func (r *Remote) AddPod(ctx context.Context, node, pod string) (Pod, error) {
 func (r *Remote) DelPod(ctx context.Context, pod string) error {
 	r.mu.Lock()
 	i := slices.IndexFunc(r.pods, func(q Pod) bool { return q.Name == pod })
+	var p Pod
+	if i >= 0 {
+		p = r.pods[i]
+	}
 	r.mu.Unlock()
 	if i < 0 {
 		return fmt.Errorf("cluster %s has no pod %q", r.spec.Name, pod)
 	}
-	p := r.pods[i]
 	n, err := r.node(p.Node)
 	if err != nil {
 		return err
