@@ -82,14 +82,9 @@ func TestRollout(t *testing.T) {
 
 	pki := filepath.Join(work, "pki")
 	// Ansible keeps a shared SSH connection to each VM (ControlPersist in
-	// ansible.cfg); they live here, and are ended before the lab goes.
+	// ansible.cfg); their sockets go into the lab's directory, where Down
+	// finds and ends them (before the lab exists, nothing is contacted).
 	controlDir := filepath.Join(work, "cp")
-	closeControl := func() {
-		socks, _ := filepath.Glob(filepath.Join(controlDir, "*"))
-		for _, s := range socks {
-			_ = exec.Command("ssh", "-o", "ControlPath="+s, "-O", "exit", "vm").Run()
-		}
-	}
 	playbook := func(ns, log, bin string, extra ...string) error {
 		argv := []string{"ansible-playbook", "-i", filepath.Join(repo, "ansible/inventories/qemu-lab"),
 			filepath.Join(repo, "ansible/site.yml"), "--private-key", filepath.Join(img, "id_ed25519"),
@@ -163,7 +158,6 @@ func TestRollout(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		keep()
-		closeControl()
 		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
 		defer dcancel()
 		if err := vmtest.Down(dctx, lab); err != nil {
@@ -171,6 +165,7 @@ func TestRollout(t *testing.T) {
 		}
 	})
 	hub := c.HubNetNS()
+	controlDir = filepath.Join(c.Dir(), "ansible-cp")
 
 	step("site.yml: etcd with TLS and twill on 3 VMs")
 	if err := playbook(hub, "first.log", v1); err != nil {

@@ -564,6 +564,8 @@ func Down(ctx context.Context, name string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err) // go on with the scan
 	}
+	// A system image lab's shared SSH connections run in its hub.
+	closeSSHMasters(ctx, labDir(name))
 	namespaces := labNamespaces(name)
 	inodes := map[uint64]bool{}
 	for _, ns := range namespaces {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -143,4 +147,39 @@ func (c *Cluster) Remote(log *slog.Logger) (*Remote, error) {
 		spec.Nodes = append(spec.Nodes, RemoteNode{Name: n.Name, Host: n.IP.String(), UnderlayIP: n.IP})
 	}
 	return NewRemote(spec, log)
+}
+
+var sshMasterPID = regexp.MustCompile(`pid=([0-9]+)`)
+
+// closeSSHMasters ends the shared SSH connections whose control sockets
+// are in dir or below it (a Remote's, and Ansible's when its control path
+// points there): ssh -O exit, then a wait until the master is gone, so that
+// Down does not find it in the lab's hub namespace.
+func closeSSHMasters(ctx context.Context, dir string) {
+	var socks []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type()&fs.ModeSocket != 0 {
+			socks = append(socks, p)
+		}
+		return nil
+	})
+	var wg sync.WaitGroup
+	for _, sock := range socks {
+		wg.Go(func() {
+			out, err := exec.CommandContext(ctx, "ssh", "-o", "ControlPath="+sock, "-O", "check", "lab").CombinedOutput()
+			m := sshMasterPID.FindSubmatch(out)
+			if err != nil || m == nil {
+				return // no master behind it
+			}
+			pid, _ := strconv.Atoi(string(m[1]))
+			_ = exec.CommandContext(ctx, "ssh", "-o", "ControlPath="+sock, "-O", "exit", "lab").Run()
+			for range 50 {
+				if _, state, err := procStat(pid); err != nil || state == 'Z' {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
 }
