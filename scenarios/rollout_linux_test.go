@@ -165,7 +165,7 @@ func TestRollout(t *testing.T) {
 		}
 	})
 	hub := c.HubNetNS()
-	controlDir = filepath.Join(c.Dir(), "ansible-cp")
+	controlDir = filepath.Join(c.Dir(), "ansible-cp") // Down ends these (vmtest's closeSSHMasters)
 
 	step("site.yml: etcd with TLS and twill on 3 VMs")
 	if err := playbook(hub, "first.log", v1); err != nil {

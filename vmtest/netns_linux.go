@@ -565,7 +565,9 @@ func Down(ctx context.Context, name string) error {
 		errs = append(errs, err) // go on with the scan
 	}
 	// A system image lab's shared SSH connections run in its hub.
-	closeSSHMasters(ctx, labDir(name))
+	if st != nil && st.Spec.SystemImage != "" {
+		closeSSHMasters(ctx, labDir(name))
+	}
 	namespaces := labNamespaces(name)
 	inodes := map[uint64]bool{}
 	for _, ns := range namespaces {

@@ -151,21 +151,26 @@ func (c *Cluster) Remote(log *slog.Logger) (*Remote, error) {
 
 var sshMasterPID = regexp.MustCompile(`pid=([0-9]+)`)
 
-// closeSSHMasters ends the shared SSH connections whose control sockets
-// are in dir or below it (a Remote's, and Ansible's when its control path
-// points there): ssh -O exit, then a wait until the master is gone, so that
-// Down does not find it in the lab's hub namespace.
+// ansibleControlDir is where the rollout test points Ansible's shared SSH
+// connections (ANSIBLE_SSH_CONTROL_PATH_DIR), in a system image lab's
+// directory.
+const ansibleControlDir = "ansible-cp"
+
+// closeSSHMasters ends the shared SSH connections of a system image lab:
+// those whose control sockets are the lab's own (sshArgs: ssh-*) or
+// Ansible's (ansible-cp/*): ssh -O exit, then a wait until the master is
+// gone, so that Down does not find it in the lab's hub namespace.
 func closeSSHMasters(ctx context.Context, dir string) {
-	var socks []string
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type()&fs.ModeSocket != 0 {
-			socks = append(socks, p)
-		}
-		return nil
-	})
+	own, _ := filepath.Glob(filepath.Join(dir, "ssh-*"))
+	ansible, _ := filepath.Glob(filepath.Join(dir, ansibleControlDir, "*"))
 	var wg sync.WaitGroup
-	for _, sock := range socks {
+	for _, sock := range append(own, ansible...) {
+		if fi, err := os.Lstat(sock); err != nil || fi.Mode()&fs.ModeSocket == 0 {
+			continue
+		}
 		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
 			out, err := exec.CommandContext(ctx, "ssh", "-o", "ControlPath="+sock, "-O", "check", "lab").CombinedOutput()
 			m := sshMasterPID.FindSubmatch(out)
 			if err != nil || m == nil {
