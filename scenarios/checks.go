@@ -255,7 +255,7 @@ func (p *play) outside(ctx context.Context, from string, within time.Duration) (
 	}
 	ns, addr, ok := p.c.Outside()
 	if !ok {
-		return "", nil, errors.New("the cluster has no outside host: set cluster.outside: true")
+		return "", nil, p.noOutside()
 	}
 	node, err := p.c.Node(src.Node)
 	if err != nil {
@@ -277,6 +277,15 @@ func (p *play) outside(ctx context.Context, from string, within time.Duration) (
 		return detail, data, fmt.Errorf("traffic from %s was not masqueraded: the outside saw %s, want the node's address %s", from, got.Peer, want)
 	}
 	return detail, data, nil
+}
+
+// noOutside says why a step that needs the outside host cannot run: the
+// scenario did not ask for one, or the cluster has none to offer.
+func (p *play) noOutside() error {
+	if p.s.Cluster.Outside {
+		return fmt.Errorf("outside: %w by this cluster (it has no host outside the cluster)", errors.ErrUnsupported)
+	}
+	return errors.New("the cluster has no outside host: set cluster.outside: true")
 }
 
 // lease checks whether a node holds a lease.
@@ -449,7 +458,7 @@ func (p *play) outsideToPod(ctx context.Context, to string, within time.Duration
 	}
 	ns, addr, ok := p.c.Outside()
 	if !ok {
-		return "", nil, errors.New("the cluster has no outside host: set cluster.outside: true")
+		return "", nil, p.noOutside()
 	}
 	var got nettestResult
 	_, err = retry(ctx, within, func() (string, error) {

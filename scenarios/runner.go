@@ -41,7 +41,12 @@ type Runner struct {
 	// bringing up a cluster; the lab must have the nodes, backend and pods
 	// the scenario names. The lab is left running.
 	Attach bool
-	Log    *slog.Logger
+	// Cluster, if set, is the cluster to play on instead of bringing one
+	// up: a cluster made another way, such as the vagrant driver's or the
+	// rollout test's (vmtest.Remote). It must have the scenario's nodes;
+	// the pods the scenario names are added to it and left there.
+	Cluster Cluster
+	Log     *slog.Logger
 }
 
 // Report is the result of one scenario, as written to JSON.
@@ -69,6 +74,10 @@ type StepReport struct {
 	Error  string `json:"error,omitempty"`
 	// Data carries numbers for tools (throughput, bytes).
 	Data map[string]any `json:"data,omitempty"`
+	// Unsupported says that the cluster's driver cannot do what the step
+	// asks (a reboot on a driver without VMs): the step is not passed,
+	// and says so rather than being skipped.
+	Unsupported bool `json:"unsupported,omitempty"`
 }
 
 // Cluster is what a scenario drives: the vmtest cluster API.
@@ -87,6 +96,12 @@ type Cluster interface {
 	EtcdEndpoint() string
 	EtcdPrefix() string
 	Outside() (string, netip.Addr, bool)
+}
+
+// LeaseLister is a cluster that lists the leases itself, where etcd is not
+// reachable from this machine (vmtest.Remote reads them on a node).
+type LeaseLister interface {
+	Leases(ctx context.Context) ([]lease.Lease, error)
 }
 
 // NodeRebooter is a cluster whose nodes can be rebooted (the qemu driver's
@@ -123,6 +138,9 @@ type play struct {
 // report is returned also when the scenario failed; err says why.
 func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) {
 	driver := cmp.Or(r.Driver, "netns")
+	if r.Cluster != nil {
+		return r.runOn(ctx, s, driver)
+	}
 	if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, driver) {
 		return nil, fmt.Errorf("scenario %s runs on %s, not on the %s driver", s.Name, strings.Join(s.Drivers, ", "), driver)
 	}
@@ -136,21 +154,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 	}
 	lab := cmp.Or(r.LabName, fmt.Sprintf("sc%03d", rand.IntN(1000)))
 	rep = &Report{Scenario: s.Name, File: s.file, Driver: driver, Lab: lab, Started: time.Now()}
-	defer func() {
-		rep.Seconds = time.Since(rep.Started).Seconds()
-		rep.Passed = err == nil
-		if err != nil {
-			rep.Error = err.Error()
-			fmt.Fprintf(out, "FAIL %s after %.1fs: %v\n", s.Name, rep.Seconds, err)
-		} else {
-			fmt.Fprintf(out, "PASS %s in %.1fs\n", s.Name, rep.Seconds)
-		}
-		if r.ReportDir != "" {
-			if werr := writeReport(r.ReportDir, rep); werr != nil {
-				err = errors.Join(err, werr)
-			}
-		}
-	}()
+	defer func() { err = r.finish(s, rep, out, err) }()
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
@@ -194,6 +198,66 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 		}
 	}
 	fmt.Fprintf(out, "   cluster up with %d pods in %.1fs\n", len(c.Pods()), time.Since(start).Seconds())
+	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
+}
+
+// finish completes the report of a scenario that ended with err.
+func (r *Runner) finish(s *Scenario, rep *Report, out io.Writer, err error) error {
+	rep.Seconds = time.Since(rep.Started).Seconds()
+	rep.Passed = err == nil
+	if err != nil {
+		rep.Error = err.Error()
+		fmt.Fprintf(out, "FAIL %s after %.1fs: %v\n", s.Name, rep.Seconds, err)
+	} else {
+		fmt.Fprintf(out, "PASS %s in %.1fs\n", s.Name, rep.Seconds)
+	}
+	if r.ReportDir != "" {
+		if werr := writeReport(r.ReportDir, rep); werr != nil {
+			err = errors.Join(err, werr)
+		}
+	}
+	return err
+}
+
+// runOn plays the scenario on r.Cluster, adding the pods it names that
+// the cluster lacks. The scenario's drivers are not checked: a step the
+// cluster cannot do is reported as unsupported.
+func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Report, err error) {
+	out := r.Out
+	if out == nil {
+		out = io.Discard
+	}
+	c := r.Cluster
+	rep = &Report{Scenario: s.Name, File: s.file, Driver: driver, Lab: c.Name(), Started: time.Now()}
+	defer func() { err = r.finish(s, rep, out, err) }()
+	fmt.Fprintf(out, "== %s: %d nodes, %d pods per node (cluster %s, driver %s)\n", s.Name, s.Cluster.Nodes, s.Cluster.PodsPerNode, c.Name(), driver)
+	if n := len(c.Nodes()); n < s.Cluster.Nodes {
+		return rep, fmt.Errorf("cluster %s has %d nodes, the scenario needs %d", c.Name(), n, s.Cluster.Nodes)
+	}
+	start := time.Now()
+	have := map[string]bool{}
+	for _, pod := range c.Pods() {
+		have[pod.Name] = true
+	}
+	type job struct{ node, pod string }
+	var jobs []job
+	for i := 1; i <= s.Cluster.Nodes; i++ {
+		for j := 1; j <= s.Cluster.PodsPerNode; j++ {
+			if !have[PodName(i, j)] {
+				jobs = append(jobs, job{NodeName(i), PodName(i, j)})
+			}
+		}
+	}
+	errs := make([]error, len(jobs))
+	parallel(4, len(jobs), func(i int) {
+		if _, err := c.AddPod(ctx, jobs[i].node, jobs[i].pod); err != nil {
+			errs[i] = fmt.Errorf("add pod %s: %w", jobs[i].pod, err)
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return rep, err
+	}
+	fmt.Fprintf(out, "   %d pods added in %.1fs\n", len(jobs), time.Since(start).Seconds())
 	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
 }
 
@@ -246,7 +310,11 @@ func (r *Runner) play(ctx context.Context, s *Scenario, c Cluster, binDir string
 		detail, data, err := p.step(ctx, st)
 		sr.Seconds = time.Since(t0).Seconds()
 		sr.Detail, sr.Data, sr.Passed = detail, data, err == nil
-		if err != nil {
+		sr.Unsupported = errors.Is(err, errors.ErrUnsupported)
+		if sr.Unsupported {
+			sr.Error = err.Error()
+			fmt.Fprintf(out, "UNSUPPORTED (%.1fs): %v\n", sr.Seconds, err)
+		} else if err != nil {
 			sr.Error = err.Error()
 			fmt.Fprintf(out, "FAILED (%.1fs)\n", sr.Seconds)
 		} else {
@@ -398,6 +466,9 @@ func (p *play) registry() (*etcd.Registry, error) {
 }
 
 func (p *play) leases(ctx context.Context) ([]lease.Lease, error) {
+	if ll, ok := p.c.(LeaseLister); ok {
+		return ll.Leases(ctx)
+	}
 	reg, err := p.registry()
 	if err != nil {
 		return nil, err

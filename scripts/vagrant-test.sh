@@ -6,9 +6,13 @@
 #  - libvirtd and virtlogd started by this script inside a network
 #    namespace and a mount namespace of its own (its sockets, images and
 #    networks never show on the host);
-#  - TWILL_NODES=2 vagrant up --provider libvirt (driver qemu: TCG), which
+#  - TWILL_NODES=3 vagrant up --provider libvirt (driver qemu: TCG), which
 #    provisions with ansible/site.yml and runs ansible/pod-check.yml (a pod
-#    on each node, pinging the other's);
+#    on each node, pinging the others');
+#  - the basic scenario (scenarios/basic-vxlan.yaml) through the vagrant
+#    driver: twillctl scenario run --driver vagrant, pods made over SSH with
+#    the CNI plugin the role installed, this namespace's end of the private
+#    network as the host outside the cluster;
 #  - vagrant destroy.
 # Needs root. Prints the time of each step.
 set -euo pipefail
@@ -117,15 +121,18 @@ step "libvirtd up in its namespace"
 
 export VAGRANT_HOME=$build/vagrant.d VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt
 export VAGRANT_DOTFILE_PATH=$build/dot-$$
-export TWILL_NODES=2 TWILL_BOX=twill-test TWILL_LIBVIRT_DRIVER=qemu TWILL_MEMORY=768
+export TWILL_NODES=${TWILL_NODES:-3} TWILL_BOX=twill-test TWILL_LIBVIRT_DRIVER=qemu TWILL_MEMORY=768
 export TWILL_KERNEL=/var/lib/libvirt/boot/vmlinuz TWILL_INITRD=/var/lib/libvirt/boot/initrd.img
 export ANSIBLE_NOCOLOR=1
 vagrant box add --force --name twill-test "$box/twill.box" >/dev/null
 export VAGRANT_CWD=$repo
-step "vagrant up (2 nodes, provisioned by ansible/site.yml, then ansible/pod-check.yml)"
+step "vagrant up ($TWILL_NODES nodes, provisioned by ansible/site.yml, then ansible/pod-check.yml)"
 # One VM at a time: the provisioner runs from the last VM and needs the
 # others fully up (vagrant-libvirt brings machines up in parallel).
 vagrant up --provider libvirt --no-parallel
 step "vagrant status"
 vagrant status
-step "pod-to-pod check passed; destroying"
+step "pod-to-pod check passed; the basic scenario through the vagrant driver"
+"$repo/bin/twillctl" scenario run --driver vagrant --vagrant-dir "$repo" --report-dir "$build/reports-$$" \
+	"$repo/scenarios/basic-vxlan.yaml"
+step "scenario passed; destroying"

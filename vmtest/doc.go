@@ -20,6 +20,15 @@
 // netns driver reports them as unsupported. Cluster's methods dispatch to
 // the lab's driver.
 //
+// With Spec.SystemImage the qemu driver boots whole Debian systems
+// (systemd, sshd) from the image of scripts/rollout-image.sh instead, and
+// leaves them bare for Ansible to install twill (system_linux.go). Machines
+// where the Ansible roles installed twill are driven as a Remote cluster,
+// over SSH only (remote_linux.go): a system image lab's VMs
+// (Cluster.Remote) and a running Vagrant cluster (OpenVagrant, the vagrant
+// driver). A Remote reports what it cannot do (a reboot, netem) as
+// unsupported.
+//
 // vmtest drives the binaries as a user would: it imports nothing from
 // overlay/daemon, and it must not touch namespaces, links or processes that
 // are not its lab's.

@@ -323,6 +323,11 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 	}
 
+	// A system image lab is bare: what runs on it is Ansible's to install.
+	if spec.SystemImage != "" {
+		return c.bootSystemVMs(ctx)
+	}
+
 	// etcd, in the hub. The unix socket reaches it from any namespace.
 	st.EtcdURL = fmt.Sprintf("http://%s", net.JoinHostPort(lay.Hub.String(), strconv.Itoa(etcdPort)))
 	st.EtcdSocket = filepath.Join(st.Dir, "etcd.sock")
@@ -559,6 +564,10 @@ func Down(ctx context.Context, name string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err) // go on with the scan
 	}
+	// A system image lab's shared SSH connections run in its hub.
+	if st != nil && st.Spec.SystemImage != "" {
+		closeSSHMasters(ctx, labDir(name))
+	}
 	namespaces := labNamespaces(name)
 	inodes := map[uint64]bool{}
 	for _, ns := range namespaces {
@@ -667,6 +676,9 @@ func (c *Cluster) node(n nodeState) Node {
 		Running:      n.Daemon.alive(),
 		LogPath:      n.LogPath,
 		SubnetFile:   n.SubnetFile,
+	}
+	if n.VM != nil && c.snapshot().Spec.SystemImage != "" {
+		return node // no agent; Remote knows the node over SSH
 	}
 	if n.VM != nil {
 		c.vmNodeView(n, &node)

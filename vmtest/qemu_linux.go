@@ -62,14 +62,20 @@ func (c *Cluster) qemu() bool {
 // prepareVMs builds (or finds) the image and picks the accelerator.
 func (c *Cluster) prepareVMs(ctx context.Context) error {
 	st := c.st
-	img, err := BuildImage(ctx, st.Spec.ImageDir, st.Bin, c.log)
-	if err != nil {
-		return fmt.Errorf("the VM image: %w", err)
+	if st.Spec.SystemImage != "" {
+		if err := c.prepareSystemImage(); err != nil {
+			return err
+		}
+	} else {
+		img, err := BuildImage(ctx, st.Spec.ImageDir, st.Bin, c.log)
+		if err != nil {
+			return fmt.Errorf("the VM image: %w", err)
+		}
+		st.Image = img
 	}
-	st.Image = img
 	st.Accel = st.Spec.Accel
 	if st.Accel == "auto" {
-		st.Accel = probeAccel(ctx, st.Spec.ImageDir, img)
+		st.Accel = probeAccel(ctx, st.Spec.ImageDir, st.Image)
 		c.log.Info("accelerator", "accel", st.Accel)
 	}
 	if err := os.RemoveAll(st.Spec.ConsoleDir); err != nil {
@@ -120,12 +126,19 @@ func (c *Cluster) makeVM(ctx context.Context, i int, bits string) error {
 	if err := writeState(st); err != nil {
 		return err
 	}
-	if err := runAll(ctx, [][]string{
+	steps := [][]string{
 		{"ip", "-n", st.HubNetNS, "tuntap", "add", "dev", n.HubLink, "mode", "tap"},
 		{"ip", "-n", st.HubNetNS, "link", "set", n.HubLink, "master", st.Bridge, "up"},
 		{"truncate", "-s", "16M", vm.Disk},
 		{"mkfs.ext4", "-q", "-F", "-L", "twill", vm.Disk},
-	}); err != nil {
+	}
+	system := st.Spec.SystemImage != ""
+	if system {
+		vm.Disk = filepath.Join(n.Dir, "disk.qcow2")
+		steps = append(steps[:2], []string{"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+			"-b", filepath.Join(st.Spec.SystemImage, "disk.qcow2"), vm.Disk})
+	}
+	if err := runAll(ctx, steps); err != nil {
 		return fmt.Errorf("make VM %s: %w", n.Name, err)
 	}
 	accel := []string{"-accel", "tcg", "-cpu", "max"}
@@ -149,6 +162,9 @@ func (c *Cluster) makeVM(ctx context.Context, i int, bits string) error {
 		"-device", "virtserialport,chardev=agent,name="+agent.PortName,
 		"-drive", "file="+vm.Disk+",format=raw,if=virtio",
 	)
+	if system {
+		args = append(accel, systemVMArgs(st.Spec.Name, st.Image, n, vm, bits)...)
+	}
 	p, _, err := startIn(st.HubNetNS, qemu, args, filepath.Join(n.Dir, "qemu.log"))
 	if err != nil {
 		return err

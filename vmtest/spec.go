@@ -84,6 +84,15 @@ type Spec struct {
 	ConsoleDir string `json:"console_dir,omitempty"`
 	// ImageDir caches the VM kernel and initramfs (default: ImageDir()).
 	ImageDir string `json:"image_dir,omitempty"`
+	// SystemImage makes the qemu driver boot whole Debian systems instead
+	// of the initramfs: the directory of an image made by
+	// scripts/rollout-image.sh (disk.qcow2, vmlinuz, initrd.img and the
+	// SSH key id_ed25519 that root logs in with). Each VM boots systemd and
+	// sshd from its own copy-on-write layer of the disk. Such a lab is bare:
+	// the driver starts no etcd and no twilld and adds no pods (Ansible
+	// installs twill; see Cluster.Remote), and Up returns once every VM
+	// answers over SSH.
+	SystemImage string `json:"system_image,omitempty"`
 }
 
 // Drivers are the known drivers.
@@ -153,8 +162,26 @@ func (s Spec) withDefaults() (Spec, error) {
 		if s.ImageDir == "" {
 			s.ImageDir = ImageDir()
 		}
+		if s.SystemImage != "" {
+			// qemu-img reads a relative backing file from the layer's
+			// directory.
+			if abs, err := filepath.Abs(s.SystemImage); err == nil {
+				s.SystemImage = abs
+			}
+			for _, f := range []string{"disk.qcow2", "vmlinuz", "initrd.img", "id_ed25519"} {
+				if _, err := os.Stat(filepath.Join(s.SystemImage, f)); err != nil {
+					errs = append(errs, fmt.Errorf("system image: %w (scripts/rollout-image.sh makes one)", err))
+				}
+			}
+			if s.PodsPerNode > 0 {
+				errs = append(errs, errors.New("a system image lab has no twill until Ansible installs it: no pods from Up"))
+			}
+		}
 	default:
 		errs = append(errs, fmt.Errorf("driver %q: want one of %v", s.Driver, Drivers))
+	}
+	if s.SystemImage != "" && s.Driver != "qemu" {
+		errs = append(errs, fmt.Errorf("a system image needs the qemu driver, not %s", s.Driver))
 	}
 	if s.Nodes < 1 || s.Nodes > MaxNodes {
 		errs = append(errs, fmt.Errorf("%d nodes: want 1 to %d", s.Nodes, MaxNodes))

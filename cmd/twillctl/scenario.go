@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/twillnet/twill/scenarios"
+	"github.com/twillnet/twill/vmtest"
 )
 
 func init() {
@@ -18,7 +21,8 @@ func init() {
 
 func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("scenario run")
-	driver := fs.String("driver", "netns", "cluster driver: netns (network namespaces on this machine) or qemu (VMs with their own kernel)")
+	driver := fs.String("driver", "netns", "cluster driver: netns (network namespaces on this machine), qemu (VMs with their own kernel) or vagrant (the running Vagrant cluster of --vagrant-dir)")
+	vagrantDir := fs.String("vagrant-dir", ".", "with --driver vagrant: the directory of the project's Vagrantfile")
 	bin := fs.String("bin", binDir(), "directory with twilld, twillctl and twill-cni")
 	reports := fs.String("report-dir", "scenario-reports", "where to write a JSON report per scenario")
 	lab := fs.String("lab", "", "lab name (default: a random one)")
@@ -34,6 +38,12 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	if *attach && *lab == "" {
 		return errors.New("--attach needs --lab NAME")
 	}
+	if *driver == "vagrant" && (*attach || *keep || *lab != "") {
+		return errors.New("--driver vagrant plays on the running Vagrant cluster: --attach, --keep and --lab do not apply")
+	}
+	if !slices.Contains(scenarioDrivers, *driver) {
+		return fmt.Errorf("--driver %s: want one of %s", *driver, strings.Join(scenarioDrivers, ", "))
+	}
 	var list []*scenarios.Scenario
 	for _, f := range fs.Args() {
 		s, err := scenarios.Load(f)
@@ -47,6 +57,14 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	r := &scenarios.Runner{Driver: *driver, Bin: *bin, Out: out, ReportDir: *reports, LabName: *lab, Keep: *keep, Attach: *attach, Log: log}
+	if *driver == "vagrant" {
+		c, err := vmtest.OpenVagrant(ctx, vmtest.VagrantOptions{Dir: *vagrantDir}, log)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		r.Cluster = c
+	}
 	failed := 0
 	for _, s := range list {
 		if _, err := r.Run(ctx, s); err != nil {
@@ -59,6 +77,9 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	}
 	return nil
 }
+
+// scenarioDrivers are the drivers scenario run knows.
+var scenarioDrivers = append(slices.Clone(vmtest.Drivers), "vagrant")
 
 // binDir is the directory this twillctl runs from, where make puts twilld
 // and twill-cni beside it.
