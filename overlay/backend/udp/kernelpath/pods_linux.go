@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"time"
 
@@ -146,9 +145,4 @@ func (p *Path) WatchPods(ctx context.Context, ns netns.NsHandle, subnet func() (
 			sync()
 		}
 	}
-}
-
-// String is for logs.
-func (p Pod) String() string {
-	return fmt.Sprintf("veth %d, %s", p.Ifindex, net.HardwareAddr(p.MAC))
 }

@@ -475,7 +475,6 @@ func ingressProgram() asm.Instructions {
 	// router would send it (TTL decremented, the bridge's MAC as source):
 	// the bridge, which would cut a super-packet apart, is skipped.
 	b.emit(
-		asm.StoreImm(asm.R10, fpLPMKey, 0, asm.Word),
 		asm.LoadMem(asm.R2, asm.R10, fpInner+16, asm.Word),
 		asm.StoreMem(asm.R10, fpLPMKey, asm.R2, asm.Word),
 	)
