@@ -105,7 +105,7 @@ func leaseView(l lease.Lease, now time.Time) Lease {
 	v := Lease{
 		Subnet:      l.Subnet.String(),
 		Node:        l.Attrs.NodeName(),
-		Backend:     l.Attrs.BackendType,
+		Backend:     l.Attrs.Backend(),
 		BackendData: l.Attrs.BackendData,
 		Reservation: l.Reservation,
 	}

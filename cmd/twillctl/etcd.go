@@ -215,7 +215,7 @@ func runLeases(ctx context.Context, args []string, out io.Writer) error {
 		if !l.Reservation {
 			exp = time.Until(l.Expiration).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.NodeName(), l.Attrs.BackendType, exp)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.NodeName(), l.Attrs.Backend(), exp)
 	}
 	return tw.Flush()
 }

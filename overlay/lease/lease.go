@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 // Attrs is what a node publishes with its lease, in flannel's JSON form:
@@ -46,6 +48,16 @@ func (a Attrs) Equal(b Attrs) bool {
 		return false
 	}
 	return a.Twill == nil || *a.Twill == *b.Twill
+}
+
+// Backend is the lease's backend type. A lease without one is a udp
+// lease: flannel's udp backend, its default, writes no BackendType
+// ({"PublicIP":"192.168.77.10","PublicIPv6":null}).
+func (a Attrs) Backend() string {
+	if a.BackendType == "" {
+		return netconf.TypeUDP
+	}
+	return a.BackendType
 }
 
 // NodeName is the node's name if it published one, else its public IP.
@@ -84,6 +96,10 @@ type Lease struct {
 	// Revision is the store's revision of the lease's last change, for
 	// compare-and-swap updates.
 	Revision int64
+	// Created is the store's revision at which the lease was created (etcd's
+	// create revision); 0 when the store does not say. Between overlapping
+	// leases the older one wins.
+	Created int64
 	// ID is the store's handle of the TTL (an etcd lease ID), 0 for none.
 	ID int64
 }

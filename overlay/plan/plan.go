@@ -80,6 +80,9 @@ type Input struct {
 	// Peers are the other leases, in any order. The own lease may be among
 	// them; it is skipped.
 	Peers []lease.Lease
+	// SubnetLen is the network's SubnetLen: a peer lease of another prefix
+	// length is refused. 0 accepts any length inside Network.
+	SubnetLen int
 	// Underlay is this node's underlay interface.
 	Underlay Underlay
 	// Device overrides the backend device's name (DeviceName by default).
@@ -363,22 +366,26 @@ type candidate struct {
 	mac   net.HardwareAddr // vxlan
 }
 
-// candidates filters the peer leases: the own lease, duplicates, overlaps,
-// foreign backends and malformed leases are dropped (all but the own lease
-// with a Problem). The result is sorted by subnet.
+// candidates filters the peer leases: the own lease, leases of another
+// prefix length than the network's SubnetLen, leases outside the network,
+// leases overlapping an older one, foreign backends and malformed leases are
+// dropped (all but the own lease with a Problem).
+//
+// Between overlapping leases the oldest wins (lowest create revision, then
+// lowest revision): a lease written later, such as a supernet key that
+// covers established peers (10.244.96.0-19 over 10.244.97.0-24), cannot
+// take their traffic.
 func candidates(in Input, p *Plan) []candidate {
 	b := in.Backend
 	own := in.Own.Subnet
 	leases := slices.Clone(in.Peers)
 	slices.SortStableFunc(leases, func(x, y lease.Lease) int {
-		if c := comparePrefix(x.Subnet, y.Subnet); c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(y.Revision, x.Revision), x.Attrs.PublicIP.Compare(y.Attrs.PublicIP)) // newest first
+		return cmp.Or(cmp.Compare(age(x), age(y)), cmp.Compare(x.Revision, y.Revision),
+			comparePrefix(x.Subnet, y.Subnet), x.Attrs.PublicIP.Compare(y.Attrs.PublicIP)) // oldest first
 	})
+	var claims claimSet
 	var out []candidate
-	var last netip.Prefix // the last accepted subnet, to catch overlaps
-	for i, l := range leases {
+	for _, l := range leases {
 		problem := func(format string, args ...any) {
 			p.Problems = append(p.Problems, Problem{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Reason: fmt.Sprintf(format, args...)})
 		}
@@ -390,24 +397,29 @@ func candidates(in Input, p *Plan) []candidate {
 			problem("subnet is not an IPv4 network address")
 			continue
 		}
-		if i > 0 && leases[i-1].Subnet == s {
-			problem("duplicate lease for the subnet (revision %d); using revision %d", l.Revision, leases[i-1].Revision)
+		if in.Network.IsValid() && !(in.Network.Contains(s.Addr()) && s.Bits() >= in.Network.Bits()) {
+			problem("outside the cluster network %s", in.Network)
+			continue
+		}
+		if in.SubnetLen > 0 && s.Bits() != in.SubnetLen {
+			problem("prefix length /%d, the network's SubnetLen is %d; refused", s.Bits(), in.SubnetLen)
 			continue
 		}
 		if s.Overlaps(own) {
 			problem("overlaps this node's subnet %s", own)
 			continue
 		}
-		if last.IsValid() && s.Overlaps(last) {
-			problem("overlaps peer subnet %s", last)
+		if o, ok := claims.overlapping(s); ok {
+			if o.Subnet == s {
+				problem("duplicate lease for the subnet (created at revision %d); the older lease (revision %d) is used", age(l), age(o))
+			} else {
+				problem("overlaps the older lease %s (created at revision %d); refused", o.Subnet, age(o))
+			}
 			continue
 		}
-		if in.Network.IsValid() && !(in.Network.Contains(s.Addr()) && s.Bits() >= in.Network.Bits()) {
-			problem("outside the cluster network %s", in.Network)
-			continue
-		}
-		if l.Attrs.BackendType != b.Type {
-			problem("backend type %q, this node runs %q; skipped", l.Attrs.BackendType, b.Type)
+		claims.add(l)
+		if t := l.Attrs.Backend(); t != b.Type {
+			problem("backend type %q, this node runs %q; skipped", t, b.Type)
 			continue
 		}
 		if ip := l.Attrs.PublicIP; !ip.IsValid() || !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() {
@@ -427,10 +439,55 @@ func candidates(in Input, p *Plan) []candidate {
 			}
 			c.mac = mac
 		}
-		last = s
 		out = append(out, c)
 	}
+	slices.SortFunc(out, func(x, y candidate) int { return comparePrefix(x.lease.Subnet, y.lease.Subnet) })
 	return out
+}
+
+// age orders leases by when they were created: the create revision, or
+// the revision of the last change when the store gave none.
+func age(l lease.Lease) int64 {
+	if l.Created != 0 {
+		return l.Created
+	}
+	return l.Revision
+}
+
+// claimSet holds the subnets of accepted leases and answers, in at most 33
+// lookups, whether a subnet overlaps one of them.
+type claimSet struct {
+	// exact maps an accepted subnet to its lease; covered holds every
+	// prefix that contains an accepted subnet (the subnet itself too).
+	exact   map[netip.Prefix]lease.Lease
+	covered map[netip.Prefix]lease.Lease
+}
+
+func (c *claimSet) add(l lease.Lease) {
+	if c.exact == nil {
+		c.exact, c.covered = map[netip.Prefix]lease.Lease{}, map[netip.Prefix]lease.Lease{}
+	}
+	c.exact[l.Subnet] = l
+	for bits := l.Subnet.Bits(); bits >= 0; bits-- {
+		p := netip.PrefixFrom(l.Subnet.Addr(), bits).Masked()
+		if _, ok := c.covered[p]; !ok {
+			c.covered[p] = l
+		}
+	}
+}
+
+// overlapping returns an accepted lease whose subnet contains s or lies
+// inside it.
+func (c *claimSet) overlapping(s netip.Prefix) (lease.Lease, bool) {
+	if l, ok := c.covered[s]; ok { // s contains (or is) an accepted subnet
+		return l, true
+	}
+	for bits := s.Bits() - 1; bits >= 0; bits-- {
+		if l, ok := c.exact[netip.PrefixFrom(s.Addr(), bits).Masked()]; ok {
+			return l, true
+		}
+	}
+	return lease.Lease{}, false
 }
 
 // vtepConflicts drops all but one of the vxlan peers that publish one VTEP

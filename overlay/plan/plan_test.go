@@ -65,6 +65,16 @@ func withData(l lease.Lease, data string) lease.Lease {
 func withType(l lease.Lease, typ string) lease.Lease { l.Attrs.BackendType = typ; return l }
 func withRev(l lease.Lease, rev int64) lease.Lease   { l.Revision = rev; return l }
 
+// withCreated sets the lease's create revision (and its last change to it).
+func withCreated(l lease.Lease, rev int64) lease.Lease {
+	l.Created, l.Revision = rev, rev
+	return l
+}
+
+// anyLength is in with no SubnetLen: leases of every length inside the
+// network are taken, and only their age decides between overlapping ones.
+func anyLength(in Input) Input { in.SubnetLen = 0; return in }
+
 func withMode(b netconf.Backend, mode string) netconf.Backend {
 	b.Mode = mode
 	return b
@@ -72,11 +82,12 @@ func withMode(b netconf.Backend, mode string) netconf.Backend {
 
 func input(typ string, b netconf.Backend, peers ...lease.Lease) Input {
 	return Input{
-		Network:  network,
-		Backend:  b,
-		Own:      node(typ, "10.244.0.0/24", "192.168.56.11", 0),
-		Peers:    peers,
-		Underlay: Underlay{Device: "eth0", Prefix: segment, MTU: 1500},
+		Network:   network,
+		SubnetLen: 24,
+		Backend:   b,
+		Own:       node(typ, "10.244.0.0/24", "192.168.56.11", 0),
+		Peers:     peers,
+		Underlay:  Underlay{Device: "eth0", Prefix: segment, MTU: 1500},
 	}
 }
 
@@ -153,8 +164,26 @@ func goldenCases() []golden {
 				node(typ, "10.244.9.0/24", "192.168.56.19", 9))}}},
 		)
 	}
-	vx := netconf.TypeVXLAN
+	vx, udp := netconf.TypeVXLAN, netconf.TypeUDP
+	// flannelUDP is the lease flannel's udp backend writes: no BackendType,
+	// no BackendData ({"PublicIP":"192.168.56.12","PublicIPv6":null}).
+	flannelUDP := withType(node(udp, "10.244.1.0/24", "192.168.56.12", 1), "")
 	cases = append(cases,
+		golden{"udp-flannel-lease", "flannel's udp lease has no BackendType: it is a udp lease", []step{{in: input(udp, backend(udp),
+			flannelUDP, node(udp, "10.244.2.0/24", "192.168.56.13", 2))}}},
+		golden{"vxlan-flannel-udp-lease", "a vxlan node sees flannel's udp lease as a udp lease, not its own type", []step{{in: input(vx, backend(vx),
+			flannelUDP, node(vx, "10.244.2.0/24", "192.168.56.13", 2))}}},
+		golden{"vxlan-supernet-lease", "a /19 key where SubnetLen is 24, older or newer than the peers inside it, is refused; the peers stay routed", []step{{in: input(vx, backend(vx),
+			withCreated(node(vx, "10.244.96.0/19", "192.168.56.66", 6), 50),
+			withCreated(node(vx, "10.244.97.0/24", "192.168.56.12", 1), 100),
+			withCreated(node(vx, "10.244.100.0/24", "192.168.56.13", 2), 101),
+			withCreated(node(vx, "10.244.0.0/20", "192.168.56.67", 7), 400))}}},
+		golden{"vxlan-overlap-oldest-wins", "without SubnetLen, the oldest of overlapping leases wins: a newer supernet loses to the peers inside it, an older one wins over a newer lease inside it", []step{{in: anyLength(input(vx, backend(vx),
+			withCreated(node(vx, "10.244.96.0/19", "192.168.56.66", 6), 300),
+			withCreated(node(vx, "10.244.97.0/24", "192.168.56.12", 1), 100),
+			withCreated(node(vx, "10.244.98.0/24", "192.168.56.13", 2), 101),
+			withCreated(node(vx, "10.244.16.0/20", "192.168.56.14", 3), 102),
+			withCreated(node(vx, "10.244.17.0/24", "192.168.56.67", 7), 400)))}}},
 		golden{"vxlan-direct-routing", "DirectRouting: peers on 192.168.56.0/24 are routed via eth0, the one behind a router is tunnelled", []step{{in: input(vx, directRouting(backend(vx)),
 			node(vx, "10.244.1.0/24", "192.168.56.12", 1), node(vx, "10.244.2.0/24", "192.168.56.13", 2), node(vx, "10.244.3.0/24", "10.0.9.14", 3))}}},
 		golden{"ipip-direct-routing", "DirectRouting: peers on 192.168.56.0/24 are routed via eth0, the one behind a router is tunnelled", []step{{in: input(netconf.TypeIPIP, directRouting(backend(netconf.TypeIPIP)),
@@ -190,10 +219,13 @@ func goldenCases() []golden {
 func renderInput(sb *strings.Builder, s step) {
 	in := s.in
 	bj, _ := json.Marshal(in.Backend)
-	fmt.Fprintf(sb, "backend %s\nnetwork %s\n", bj, in.Network)
+	fmt.Fprintf(sb, "backend %s\nnetwork %s subnet-len %d\n", bj, in.Network, in.SubnetLen)
 	fmt.Fprintf(sb, "underlay dev %s prefix %s mtu %d\n", in.Underlay.Device, in.Underlay.Prefix, in.Underlay.MTU)
 	lines := func(kind string, l lease.Lease) {
-		fmt.Fprintf(sb, "%s %s public %s type %s rev %d", kind, l.Subnet, l.Attrs.PublicIP, l.Attrs.BackendType, l.Revision)
+		fmt.Fprintf(sb, "%s %s public %s type %q rev %d", kind, l.Subnet, l.Attrs.PublicIP, l.Attrs.BackendType, l.Revision)
+		if l.Created != 0 {
+			fmt.Fprintf(sb, " created %d", l.Created)
+		}
 		if len(l.Attrs.BackendData) > 0 {
 			fmt.Fprintf(sb, " data %s", l.Attrs.BackendData)
 		}

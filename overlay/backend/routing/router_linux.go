@@ -193,7 +193,7 @@ func (r *Router) replan() error {
 		},
 		Device: r.cfg.Device,
 	}
-	in.Network = n.Network.Network
+	in.Network, in.SubnetLen = n.Network.Network, n.Network.SubnetLen
 	for _, l := range r.peers {
 		in.Peers = append(in.Peers, l)
 	}

@@ -428,10 +428,11 @@ func (b *Backend) rebuild(apply bool) error {
 		peers = append(peers, l)
 	}
 	p, err := plan.Build(plan.Input{
-		Network: b.node.Network.Network,
-		Backend: b.node.Network.Backend,
-		Own:     b.own,
-		Peers:   peers,
+		Network:   b.node.Network.Network,
+		SubnetLen: b.node.Network.SubnetLen,
+		Backend:   b.node.Network.Backend,
+		Own:       b.own,
+		Peers:     peers,
 		Underlay: plan.Underlay{Device: b.node.Iface, PublicIP: b.node.PublicIP,
 			Prefix: b.node.IfacePrefix, MTU: b.node.IfaceMTU},
 		Device: plan.UDPDevice,

@@ -201,7 +201,7 @@ func (r *Registry) decode(kv *mvccpb.KeyValue) (lease.Lease, error) {
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	l := lease.Lease{Subnet: subnet, Revision: kv.ModRevision, ID: kv.Lease, Reservation: kv.Lease == 0}
+	l := lease.Lease{Subnet: subnet, Revision: kv.ModRevision, Created: kv.CreateRevision, ID: kv.Lease, Reservation: kv.Lease == 0}
 	if err := json.Unmarshal(kv.Value, &l.Attrs); err != nil {
 		return lease.Lease{}, fmt.Errorf("lease value: %w", err)
 	}
@@ -328,7 +328,7 @@ func (r *Registry) Create(ctx context.Context, subnet netip.Prefix, attrs lease.
 		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, lease.ErrExists)
 	}
 	return lease.Lease{Subnet: subnet, Attrs: attrs, Expiration: exp, Reservation: ttl <= 0,
-		Revision: resp.Header.Revision, ID: int64(id)}, nil
+		Revision: resp.Header.Revision, Created: resp.Header.Revision, ID: int64(id)}, nil
 }
 
 // Update renews l under a new etcd lease of ttl, with attrs, if the key is
@@ -366,7 +366,7 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 		r.revoke(ctx, old)
 	}
 	return lease.Lease{Subnet: l.Subnet, Attrs: attrs, Expiration: exp, Reservation: ttl <= 0,
-		Revision: resp.Header.Revision, ID: int64(id)}, nil
+		Revision: resp.Header.Revision, Created: l.Created, ID: int64(id)}, nil
 }
 
 // Delete releases l if the key is still at l.Revision.

@@ -590,3 +590,48 @@ func BenchmarkWatch1000Events(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*1000), "µs/event")
 }
+
+// TestFlannelLeaseBytesOfEveryBackend reads the values flannel v0.28 writes
+// for its udp, vxlan and host-gw backends, byte for byte: udp writes no
+// BackendType at all, and such a lease is a udp lease.
+func TestFlannelLeaseBytesOfEveryBackend(t *testing.T) {
+	reg := newRegistry(t)
+	ctx := ctxT(t)
+	cli := reg.Client()
+	values := map[string]struct{ value, backend string }{
+		"10.244.1.0-24": {`{"PublicIP":"192.168.77.10","PublicIPv6":null}`, "udp"},
+		"10.244.2.0-24": {`{"PublicIP":"192.168.77.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:2b:0c:8d:1a:01"}}`, "vxlan"},
+		"10.244.3.0-24": {`{"PublicIP":"192.168.77.12","PublicIPv6":null,"BackendType":"host-gw"}`, "host-gw"},
+	}
+	g, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24"} {
+		if _, err := cli.Put(ctx, reg.Prefix()+"/subnets/"+key, values[key].value, clientv3.WithLease(g.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One more change to the udp lease: its create revision stays.
+	if _, err := cli.Put(ctx, reg.Prefix()+"/subnets/10.244.1.0-24", values["10.244.1.0-24"].value, clientv3.WithLease(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	leases, _, err := reg.List(ctx)
+	if err != nil || len(leases) != 3 {
+		t.Fatalf("list: %v %v", leases, err)
+	}
+	var created []int64
+	for _, l := range leases {
+		want := values[lease.SubnetKey(l.Subnet)]
+		if got := l.Attrs.Backend(); got != want.backend {
+			t.Errorf("%s %s: backend %q, want %q", l.Subnet, want.value, got, want.backend)
+		}
+		if l.Created == 0 || l.Created > l.Revision {
+			t.Errorf("%s: create revision %d, revision %d", l.Subnet, l.Created, l.Revision)
+		}
+		created = append(created, l.Created)
+	}
+	if !(created[0] < created[1] && created[1] < created[2]) || leases[0].Created == leases[0].Revision {
+		t.Errorf("create revisions %v (udp lease rewritten at %d): want them in the order written, the rewrite keeping the first", created, leases[0].Revision)
+	}
+}
