@@ -27,6 +27,11 @@ func staticFiles() http.Handler {
 	sub, _ := fs.Sub(staticFS, "assets/static")
 	fileServer := http.FileServerFS(sub)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Files only: a directory (the folder itself, "", "x/") is not listed.
+		if f, err := fs.Stat(sub, strings.TrimSuffix(r.URL.Path, "/")); r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") || err != nil || f.IsDir() {
+			writeText(w, http.StatusNotFound, "not found\n")
+			return
+		}
 		w.Header().Set("Cache-Control", "public, max-age=300")
 		fileServer.ServeHTTP(w, r)
 	})

@@ -117,7 +117,7 @@ func (s *Server) routes() http.Handler {
 	r.Get("/routes", s.page("routes"))
 	r.Get("/tunnels", s.page("tunnels"))
 	r.Get("/events", s.events)
-	r.Handle("/static/*", http.StripPrefix("/static/", staticFiles()))
+	r.Get("/static/*", http.StripPrefix("/static/", staticFiles()).ServeHTTP)
 
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Get("/node", s.apiJSON(func(req *http.Request) any { return s.nodeInfo(s.snapshot()) }))

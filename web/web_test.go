@@ -195,7 +195,7 @@ func TestReadOnly(t *testing.T) {
 	src := &fakeSource{snap: testSnapshot()}
 	h := newTestServer(t, src).Handler()
 	for _, m := range []string{"POST", "PUT", "DELETE"} {
-		for _, p := range []string{"/", "/leases", "/api/v1/node", "/api/v1/leases", "/metrics"} {
+		for _, p := range []string{"/", "/leases", "/api/v1/node", "/api/v1/leases", "/metrics", "/static/app.js", "/static/"} {
 			if w := get(t, h, m, p); w.Code != http.StatusMethodNotAllowed {
 				t.Errorf("%s %s: %d, want 405", m, p, w.Code)
 			}
@@ -203,6 +203,12 @@ func TestReadOnly(t *testing.T) {
 	}
 	if w := get(t, h, "POST", "/api/v1/resync"); w.Code != http.StatusForbidden {
 		t.Errorf("resync without --api-token: %d, want 403", w.Code)
+	}
+	// The static folder serves its files, and lists nothing.
+	for _, p := range []string{"/static/", "/static", "/static/nope.js", "/static/app.js/", "/static/../server.go"} {
+		if w := get(t, h, "GET", p); w.Code != http.StatusNotFound || strings.Contains(w.Body.String(), "app.js") {
+			t.Errorf("GET %s: %d %q, want 404 and no listing", p, w.Code, w.Body.String())
+		}
 	}
 }
 

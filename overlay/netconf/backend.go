@@ -82,15 +82,17 @@ type Backend struct {
 // rather than on an overlay the backend carries.
 func (b Backend) IsUnderlay() bool { return b.Type == TypeMacvlan || b.Type == TypeIPvlan }
 
-func parseBackend(data json.RawMessage) (Backend, error) {
+// parseBackend reads the Backend object; every option that is wrong is an
+// error of its own.
+func parseBackend(data json.RawMessage) (Backend, []error) {
 	var raw map[string]json.RawMessage
 	if err := strictUnmarshal(data, &raw); err != nil || raw == nil {
-		return Backend{}, fieldErr("Backend", data, "must be a JSON object such as {\"Type\": \"vxlan\"}")
+		return Backend{}, []error{fieldErr("Backend", data, "must be a JSON object such as {\"Type\": \"vxlan\"}")}
 	}
 	b := Backend{Type: DefaultBackend}
 	if v, ok := raw["Type"]; ok {
 		if err := json.Unmarshal(v, &b.Type); err != nil {
-			return Backend{}, fieldErr("Backend.Type", v, "must be a string, one of %s", strings.Join(KnownBackends(), ", "))
+			return Backend{}, []error{fieldErr("Backend.Type", v, "must be a string, one of %s", strings.Join(KnownBackends(), ", "))}
 		}
 		delete(raw, "Type")
 	}
@@ -100,10 +102,11 @@ func parseBackend(data json.RawMessage) (Backend, error) {
 		if lower := strings.ToLower(b.Type); backendOptions[lower] != nil {
 			hint = fmt.Sprintf(" (did you mean %q?)", lower)
 		}
-		return Backend{}, fieldErr("Backend.Type", quoted(b.Type), "unknown backend type%s; known types are %s", hint, strings.Join(KnownBackends(), ", "))
+		return Backend{}, []error{fieldErr("Backend.Type", quoted(b.Type), "unknown backend type%s; known types are %s", hint, strings.Join(KnownBackends(), ", "))}
 	}
+	var errs []error
 	if err := checkKeys("Backend.", raw, known); err != nil {
-		return Backend{}, err
+		errs = append(errs, err)
 	}
 
 	switch b.Type {
@@ -116,54 +119,47 @@ func parseBackend(data json.RawMessage) (Backend, error) {
 	case TypeIPvlan:
 		b.Mode = "l2"
 	}
+	bools := map[string]*bool{"Offload": &b.Offload, "KernelPath": &b.KernelPath, "GBP": &b.GBP,
+		"Learning": &b.Learning, "DirectRouting": &b.DirectRouting}
 	for _, key := range known {
 		v, ok := raw[key]
 		if !ok {
 			continue
 		}
 		field := "Backend." + key
+		var err error
 		switch key {
 		case "Port":
-			if err := intIn(v, &b.Port, 1, 65535); err != nil {
-				return Backend{}, fieldErr(field, v, "must be a port number 1..65535")
+			if intIn(v, &b.Port, 1, 65535) != nil {
+				err = fieldErr(field, v, "must be a port number 1..65535")
 			}
 		case "VNI":
-			if err := intIn(v, &b.VNI, 0, 1<<24-1); err != nil {
-				return Backend{}, fieldErr(field, v, "must be a VXLAN network identifier 0..16777215")
+			if intIn(v, &b.VNI, 0, 1<<24-1) != nil {
+				err = fieldErr(field, v, "must be a VXLAN network identifier 0..16777215")
 			}
 		case "MTU":
-			if err := intIn(v, &b.MTU, 68, 65535); err != nil {
-				return Backend{}, fieldErr(field, v, "must be an MTU 68..65535")
+			if intIn(v, &b.MTU, 68, 65535) != nil {
+				err = fieldErr(field, v, "must be an MTU 68..65535")
 			}
-		case "Offload":
-			if err := json.Unmarshal(v, &b.Offload); err != nil {
-				return Backend{}, fieldErr(field, v, "must be true or false")
-			}
-		case "KernelPath":
-			if err := json.Unmarshal(v, &b.KernelPath); err != nil {
-				return Backend{}, fieldErr(field, v, "must be true or false")
-			}
-		case "GBP":
-			if err := json.Unmarshal(v, &b.GBP); err != nil {
-				return Backend{}, fieldErr(field, v, "must be true or false")
-			}
-		case "Learning":
-			if err := json.Unmarshal(v, &b.Learning); err != nil {
-				return Backend{}, fieldErr(field, v, "must be true or false")
-			}
-		case "DirectRouting":
-			if err := json.Unmarshal(v, &b.DirectRouting); err != nil {
-				return Backend{}, fieldErr(field, v, "must be true or false")
+		case "Offload", "KernelPath", "GBP", "Learning", "DirectRouting":
+			if json.Unmarshal(v, bools[key]) != nil {
+				err = fieldErr(field, v, "must be true or false")
 			}
 		case "Mode":
-			if err := json.Unmarshal(v, &b.Mode); err != nil || !slices.Contains(modes[b.Type], b.Mode) {
-				return Backend{}, fieldErr(field, v, "unknown %s mode; known modes are %s", b.Type, strings.Join(modes[b.Type], ", "))
+			if json.Unmarshal(v, &b.Mode) != nil || !slices.Contains(modes[b.Type], b.Mode) {
+				err = fieldErr(field, v, "unknown %s mode; known modes are %s", b.Type, strings.Join(modes[b.Type], ", "))
 			}
 		case "Master":
-			if err := json.Unmarshal(v, &b.Master); err != nil || b.Master == "" || len(b.Master) > 15 || strings.ContainsAny(b.Master, "/ \t\n") {
-				return Backend{}, fieldErr(field, v, "must be a network interface name")
+			if json.Unmarshal(v, &b.Master) != nil || b.Master == "" || len(b.Master) > 15 || strings.ContainsAny(b.Master, "/ \t\n") {
+				err = fieldErr(field, v, "must be a network interface name")
 			}
 		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return Backend{}, errs
 	}
 	return b, nil
 }

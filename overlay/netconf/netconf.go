@@ -57,6 +57,9 @@ func fieldErr(field string, value json.RawMessage, format string, args ...any) *
 var topLevelKeys = []string{"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6", "EnableNFTables"}
 
 // Parse reads a JSON network config, applies the defaults and validates it.
+// Every field that is wrong is reported, each as a *FieldError, joined into
+// one error (errors.As finds the first); a field whose check needs another
+// field that is wrong (SubnetMin needs Network) is not checked.
 func Parse(data []byte) (*Config, error) {
 	var raw map[string]json.RawMessage
 	if err := strictUnmarshal(data, &raw); err != nil {
@@ -65,117 +68,150 @@ func Parse(data []byte) (*Config, error) {
 	if raw == nil {
 		return nil, errors.New("network config: not a JSON object: null")
 	}
+	var errs []error
+	fail := func(err error) { errs = append(errs, err) }
 	if err := checkKeys("", raw, topLevelKeys); err != nil {
-		return nil, err
+		fail(err)
 	}
 	cfg := &Config{}
 
-	if v, ok := raw["EnableIPv4"]; ok {
+	for _, f := range []struct{ key, refusal string }{
+		{"EnableIPv4", "twill needs IPv4; an IPv6-only network is not supported"},
+		{"EnableIPv6", "IPv6 pod networks are not supported yet"},
+		{"EnableNFTables", ""}, // twill always uses nftables; the key is accepted for flannel's sake
+	} {
+		v, ok := raw[f.key]
+		if !ok {
+			continue
+		}
 		var on bool
 		if err := json.Unmarshal(v, &on); err != nil {
-			return nil, fieldErr("EnableIPv4", v, "must be true or false")
+			fail(fieldErr(f.key, v, "must be true or false"))
+			continue
 		}
-		if !on {
-			return nil, fieldErr("EnableIPv4", v, "twill needs IPv4; an IPv6-only network is not supported")
+		if refused := (f.key == "EnableIPv4") != on; refused && f.refusal != "" {
+			fail(fieldErr(f.key, v, "%s", f.refusal))
 		}
-	}
-	if v, ok := raw["EnableIPv6"]; ok {
-		var on bool
-		if err := json.Unmarshal(v, &on); err != nil {
-			return nil, fieldErr("EnableIPv6", v, "must be true or false")
-		}
-		if on {
-			return nil, fieldErr("EnableIPv6", v, "IPv6 pod networks are not supported yet")
-		}
-	}
-	if v, ok := raw["EnableNFTables"]; ok {
-		var on bool
-		if err := json.Unmarshal(v, &on); err != nil {
-			return nil, fieldErr("EnableNFTables", v, "must be true or false")
-		}
-		// twill always uses nftables; the key is accepted for flannel's sake.
 	}
 
+	network, nerr := parseNetwork(raw)
+	if nerr != nil {
+		fail(nerr)
+	} else {
+		cfg.Network = network
+		errs = append(errs, cfg.parseSubnets(raw)...)
+	}
+
+	v, ok := raw["Backend"]
+	if !ok {
+		v = json.RawMessage(`{}`)
+	}
+	b, berrs := parseBackend(v)
+	errs = append(errs, berrs...)
+	if len(errs) == 0 {
+		cfg.Backend = b
+		if err := cfg.Backend.validateAgainst(cfg); err != nil {
+			fail(err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+// specialNetworks are IPv4 ranges that cannot carry pods: a cluster network
+// that overlaps one is refused (RFC 6890 and its successors).
+var specialNetworks = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\" (0.0.0.0/8)"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback (127.0.0.0/8)"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (169.254.0.0/16)"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast (224.0.0.0/4)"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved and broadcast (240.0.0.0/4)"},
+}
+
+// parseNetwork reads and checks Network.
+func parseNetwork(raw map[string]json.RawMessage) (netip.Prefix, error) {
 	v, ok := raw["Network"]
 	if !ok {
-		return nil, &FieldError{Field: "Network", Reason: "missing; the cluster network is required, e.g. \"10.244.0.0/16\""}
+		return netip.Prefix{}, &FieldError{Field: "Network", Reason: "missing; the cluster network is required, e.g. \"10.244.0.0/16\""}
 	}
 	network, err := parsePrefix(v)
 	if err != nil {
-		return nil, fieldErr("Network", v, "%v", err)
+		return netip.Prefix{}, fieldErr("Network", v, "%v", err)
 	}
 	if !network.Addr().Is4() {
-		return nil, fieldErr("Network", v, "must be an IPv4 network")
+		return netip.Prefix{}, fieldErr("Network", v, "must be an IPv4 network")
 	}
 	if network != network.Masked() {
-		return nil, fieldErr("Network", v, "has host bits set; did you mean %q?", network.Masked().String())
+		return netip.Prefix{}, fieldErr("Network", v, "has host bits set; did you mean %q?", network.Masked().String())
 	}
 	if network.Bits() > 28 {
-		return nil, fieldErr("Network", v, "is too small: the prefix must be at most /28")
+		return netip.Prefix{}, fieldErr("Network", v, "is too small: the prefix must be at most /28")
 	}
-	cfg.Network = network
+	for _, sp := range specialNetworks {
+		if network.Overlaps(sp.prefix) {
+			return netip.Prefix{}, fieldErr("Network", v, "overlaps the %s range, which cannot carry pod traffic; use a private range such as \"10.244.0.0/16\"", sp.what)
+		}
+	}
+	return network, nil
+}
 
+// parseSubnets reads SubnetLen, SubnetMin and SubnetMax against c.Network.
+func (c *Config) parseSubnets(raw map[string]json.RawMessage) []error {
+	network := c.Network
 	if v, ok := raw["SubnetLen"]; ok {
 		var n int
 		if err := strictUnmarshal(v, &n); err != nil {
-			return nil, fieldErr("SubnetLen", v, "must be an integer prefix length")
+			return []error{fieldErr("SubnetLen", v, "must be an integer prefix length")}
 		}
 		switch {
 		case n <= network.Bits():
-			return nil, fieldErr("SubnetLen", v, "must be longer than the network's prefix /%d", network.Bits())
+			return []error{fieldErr("SubnetLen", v, "must be longer than the network's prefix /%d", network.Bits())}
 		case n > 30:
-			return nil, fieldErr("SubnetLen", v, "must be at most 30, so that a subnet holds a gateway and a pod")
+			return []error{fieldErr("SubnetLen", v, "must be at most 30, so that a subnet holds a gateway and a pod")}
 		}
-		cfg.SubnetLen = n
+		c.SubnetLen = n
 	} else if network.Bits() < 22 {
-		cfg.SubnetLen = 24
+		c.SubnetLen = 24
 	} else {
-		cfg.SubnetLen = network.Bits() + 2
+		c.SubnetLen = network.Bits() + 2
 	}
 
-	size := cfg.subnetSize()
+	var errs []error
+	size := c.subnetSize()
 	first := addrToUint(network.Addr())
-	last := first + uint32(cfg.SubnetCountInNetwork()-1)*size
-	cfg.SubnetMin = uintToAddr(first + size)
-	cfg.SubnetMax = uintToAddr(last)
+	last := first + uint32(c.SubnetCountInNetwork()-1)*size
+	c.SubnetMin = uintToAddr(first + size)
+	c.SubnetMax = uintToAddr(last)
 	for _, f := range []struct {
 		name string
 		dst  *netip.Addr
-	}{{"SubnetMin", &cfg.SubnetMin}, {"SubnetMax", &cfg.SubnetMax}} {
+	}{{"SubnetMin", &c.SubnetMin}, {"SubnetMax", &c.SubnetMax}} {
 		v, ok := raw[f.name]
 		if !ok {
 			continue
 		}
 		a, err := parseAddr(v)
-		if err != nil {
-			return nil, fieldErr(f.name, v, "%v", err)
+		switch {
+		case err != nil:
+			errs = append(errs, fieldErr(f.name, v, "%v", err))
+		case !network.Contains(a):
+			errs = append(errs, fieldErr(f.name, v, "is outside the network %s", network))
+		case (addrToUint(a)-first)%size != 0:
+			errs = append(errs, fieldErr(f.name, v, "is not the first address of a /%d subnet", c.SubnetLen))
+		default:
+			*f.dst = a
 		}
-		if !network.Contains(a) {
-			return nil, fieldErr(f.name, v, "is outside the network %s", network)
-		}
-		if (addrToUint(a)-first)%size != 0 {
-			return nil, fieldErr(f.name, v, "is not the first address of a /%d subnet", cfg.SubnetLen)
-		}
-		*f.dst = a
 	}
-	if cfg.SubnetMin.Compare(cfg.SubnetMax) > 0 {
-		return nil, &FieldError{Field: "SubnetMin", Value: cfg.SubnetMin.String(),
-			Reason: fmt.Sprintf("is after SubnetMax %s", cfg.SubnetMax)}
+	if len(errs) == 0 && c.SubnetMin.Compare(c.SubnetMax) > 0 {
+		errs = append(errs, &FieldError{Field: "SubnetMin", Value: c.SubnetMin.String(),
+			Reason: fmt.Sprintf("is after SubnetMax %s", c.SubnetMax)})
 	}
-
-	v, ok = raw["Backend"]
-	if !ok {
-		v = json.RawMessage(`{}`)
-	}
-	b, err := parseBackend(v)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Backend = b
-	if err := cfg.Backend.validateAgainst(cfg); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return errs
 }
 
 // MarshalJSON writes the config in flannel's JSON form, defaults included.
@@ -246,8 +282,8 @@ func parseAddr(v json.RawMessage) (netip.Addr, error) {
 	return a, nil
 }
 
-// checkKeys refuses keys that are not in known, suggesting the right spelling
-// when only the case differs.
+// checkKeys refuses keys that are not in known, one error per key,
+// suggesting the right spelling when only the case differs.
 func checkKeys(prefix string, raw map[string]json.RawMessage, known []string) error {
 	var unknown []string
 	for k := range raw {
@@ -255,21 +291,21 @@ func checkKeys(prefix string, raw map[string]json.RawMessage, known []string) er
 			unknown = append(unknown, k)
 		}
 	}
-	if len(unknown) == 0 {
-		return nil
-	}
 	slices.Sort(unknown)
-	k := unknown[0]
-	reason := "unknown key; known keys are " + strings.Join(known, ", ")
-	for _, want := range known {
-		if strings.EqualFold(k, want) {
-			reason = fmt.Sprintf("unknown key; did you mean %q?", want)
+	var errs []error
+	for _, k := range unknown {
+		reason := "unknown key; known keys are " + strings.Join(known, ", ")
+		for _, want := range known {
+			if strings.EqualFold(k, want) {
+				reason = fmt.Sprintf("unknown key; did you mean %q?", want)
+			}
 		}
+		if len(known) == 0 {
+			reason = "unknown key; this backend takes no options"
+		}
+		errs = append(errs, &FieldError{Field: prefix + k, Value: string(bytes.TrimSpace(raw[k])), Reason: reason})
 	}
-	if len(known) == 0 {
-		reason = "unknown key; this backend takes no options"
-	}
-	return &FieldError{Field: prefix + k, Value: string(bytes.TrimSpace(raw[k])), Reason: reason}
+	return errors.Join(errs...)
 }
 
 // strictUnmarshal decodes JSON and refuses trailing data.

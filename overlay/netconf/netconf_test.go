@@ -107,6 +107,13 @@ func TestParseRefusesBadConfig(t *testing.T) {
 		{"backend not object", `{"Network":"10.244.0.0/16","Backend":"vxlan"}`, "Backend", `"vxlan"`, "JSON object"},
 		{"IPv6 enabled", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "EnableIPv6", `true`, "not supported"},
 		{"IPv4 disabled", `{"Network":"10.244.0.0/16","EnableIPv4":false}`, "EnableIPv4", `false`, "needs IPv4"},
+		{"the whole IPv4 space", `{"Network":"0.0.0.0/0"}`, "Network", `"0.0.0.0/0"`, "overlaps the \"this network\" (0.0.0.0/8) range"},
+		{"loopback", `{"Network":"127.0.0.0/8"}`, "Network", `"127.0.0.0/8"`, "loopback"},
+		{"inside loopback", `{"Network":"127.10.0.0/16"}`, "Network", `"127.10.0.0/16"`, "loopback"},
+		{"multicast", `{"Network":"224.0.0.0/4"}`, "Network", `"224.0.0.0/4"`, "multicast"},
+		{"link-local", `{"Network":"169.254.0.0/16"}`, "Network", `"169.254.0.0/16"`, "link-local"},
+		{"reserved", `{"Network":"240.0.0.0/8"}`, "Network", `"240.0.0.0/8"`, "reserved"},
+		{"covers a special range", `{"Network":"0.0.0.0/1"}`, "Network", `"0.0.0.0/1"`, "overlaps"},
 		{"underlay slice too small", `{"Network":"192.168.56.128/25","SubnetLen":30,"Backend":{"Type":"macvlan"}}`, "SubnetLen", `30`, "at least a /29"},
 	}
 	for _, tt := range tests {
@@ -126,6 +133,35 @@ func TestParseRefusesBadConfig(t *testing.T) {
 				t.Errorf("error %q does not name the field %q and the value %q", err, tt.field, tt.value)
 			}
 		})
+	}
+}
+
+// TestParseReportsEveryWrongField: an operator with five mistakes hears of
+// all five in one run.
+func TestParseReportsEveryWrongField(t *testing.T) {
+	in := `{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0","SubnetMax":"10.244.1.7","Foo":1,"Bar":2,"EnableIPv6":"yes",
+		"Backend":{"Type":"vxlan","VNI":-1,"Port":0,"GBP":"on","VNl":2}}`
+	_, err := Parse([]byte(in))
+	if err == nil {
+		t.Fatal("Parse accepted a config with nine wrong fields")
+	}
+	for _, want := range []string{
+		"SubnetMin = \"10.245.0.0\": is outside", "SubnetMax = \"10.244.1.7\": is not the first address",
+		"Foo = 1: unknown key", "Bar = 2: unknown key", "EnableIPv6 = \"yes\": must be true or false",
+		"Backend.VNI = -1", "Backend.Port = 0", "Backend.GBP = \"on\"", "Backend.VNl = 2: unknown key",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if n := strings.Count(err.Error(), "network config:"); n != 9 {
+		t.Errorf("%d errors reported, want 9:\n%v", n, err)
+	}
+	// A wrong Network is reported with the backend's errors; what depends on
+	// the network is not checked against it.
+	_, err = Parse([]byte(`{"Network":"127.0.0.0/8","SubnetMin":"10.0.0.0","Backend":{"Type":"udp","Port":"x"}}`))
+	if err == nil || !strings.Contains(err.Error(), "loopback") || !strings.Contains(err.Error(), "Backend.Port") || strings.Contains(err.Error(), "SubnetMin") {
+		t.Errorf("Parse = %v; want the Network and Backend.Port errors only", err)
 	}
 }
 

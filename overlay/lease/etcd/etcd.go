@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +28,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/twillnet/twill/overlay/lease"
 )
@@ -55,10 +59,11 @@ type Config struct {
 
 // Registry is a lease.Registry on etcd v3.
 type Registry struct {
-	cli     *clientv3.Client
-	prefix  string
-	timeout time.Duration
-	log     *slog.Logger
+	cli       *clientv3.Client
+	prefix    string
+	timeout   time.Duration
+	log       *slog.Logger
+	endpoints string // for errors: which etcd did not answer
 
 	mu  sync.Mutex
 	exp map[clientv3.LeaseID]time.Time // expiry per etcd lease, learned once
@@ -72,10 +77,14 @@ func New(cfg Config) (*Registry, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd: no endpoints given")
 	}
+	var errs []error
 	for _, e := range cfg.Endpoints {
-		if !strings.Contains(e, "://") {
-			return nil, fmt.Errorf("etcd: endpoint %q: want a URL such as http://127.0.0.1:2379", e)
+		if err := checkEndpoint(e); err != nil {
+			errs = append(errs, fmt.Errorf("--etcd-endpoints %q: %w; want a URL such as http://127.0.0.1:2379", e, err))
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
@@ -116,8 +125,57 @@ func New(cfg Config) (*Registry, error) {
 	}
 	return &Registry{
 		cli: cli, prefix: path.Clean(cfg.Prefix), timeout: cfg.RequestTimeout, log: cfg.Log,
-		exp: make(map[clientv3.LeaseID]time.Time),
+		endpoints: strings.Join(cfg.Endpoints, ","),
+		exp:       make(map[clientv3.LeaseID]time.Time),
 	}, nil
+}
+
+// checkEndpoint checks that e is an etcd client URL: http or https (unix
+// or unixs for a socket) with a host and, if given, a port 1..65535.
+func checkEndpoint(e string) error {
+	u, err := url.Parse(e)
+	if err != nil {
+		return errors.New("not a URL")
+	}
+	switch u.Scheme {
+	case "http", "https":
+	case "unix", "unixs":
+		if u.Host == "" && u.Path == "" {
+			return errors.New("no socket path")
+		}
+		return nil
+	default:
+		return fmt.Errorf("scheme %q: want http or https", u.Scheme)
+	}
+	host, port := u.Hostname(), u.Port()
+	switch {
+	case host == "":
+		return errors.New("no host")
+	case strings.Contains(host, ":") && !isIP(host):
+		return fmt.Errorf("host %q is not an IPv6 address", host)
+	case strings.HasSuffix(u.Host, ":") || (port != "" && !validPort(port)):
+		return fmt.Errorf("port %q: want 1..65535", port)
+	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.User != nil:
+		return errors.New("a client URL has no path, query or user")
+	}
+	return nil
+}
+
+func isIP(s string) bool { _, err := netip.ParseAddr(s); return err == nil }
+
+func validPort(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 1 && n <= 65535
+}
+
+// unreachable names the endpoints in an error that says etcd did not
+// answer (a deadline or an unavailable server), so that the operator sees
+// which etcd to look at.
+func (r *Registry) unreachable(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded {
+		return fmt.Errorf("etcd at %s did not answer within %v: %w", r.endpoints, r.timeout, err)
+	}
+	return err
 }
 
 // Close closes the connection.
@@ -143,7 +201,7 @@ func (r *Registry) NetworkConfig(ctx context.Context) ([]byte, error) {
 	defer cancel()
 	resp, err := r.cli.Get(ctx, r.configKey())
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", r.configKey(), err)
+		return nil, fmt.Errorf("get %s: %w", r.configKey(), r.unreachable(err))
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("get %s: %w", r.configKey(), lease.ErrNoConfig)
@@ -156,7 +214,7 @@ func (r *Registry) PutNetworkConfig(ctx context.Context, data []byte) error {
 	ctx, cancel := r.reqCtx(ctx)
 	defer cancel()
 	if _, err := r.cli.Put(ctx, r.configKey(), string(data)); err != nil {
-		return fmt.Errorf("put %s: %w", r.configKey(), err)
+		return fmt.Errorf("put %s: %w", r.configKey(), r.unreachable(err))
 	}
 	return nil
 }
@@ -168,7 +226,7 @@ func (r *Registry) List(ctx context.Context) ([]lease.Lease, int64, error) {
 	defer cancel()
 	resp, err := r.cli.Get(gctx, r.subnetsDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("list %s: %w", r.subnetsDir(), err)
+		return nil, 0, fmt.Errorf("list %s: %w", r.subnetsDir(), r.unreachable(err))
 	}
 	leases := make([]lease.Lease, 0, len(resp.Kvs))
 	seen := make(map[clientv3.LeaseID]bool, len(resp.Kvs))
@@ -281,7 +339,7 @@ func (r *Registry) grant(ctx context.Context, ttl time.Duration) (clientv3.Lease
 	secs := int64((ttl + time.Second - 1) / time.Second)
 	resp, err := r.cli.Grant(ctx, secs)
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("grant %ds etcd lease: %w", secs, err)
+		return 0, time.Time{}, fmt.Errorf("grant %ds etcd lease: %w", secs, r.unreachable(err))
 	}
 	exp := time.Now().Add(time.Duration(resp.TTL) * time.Second)
 	r.rememberExpiry(resp.ID, exp)
@@ -312,7 +370,7 @@ func (r *Registry) Create(ctx context.Context, subnet netip.Prefix, attrs lease.
 	}
 	id, exp, err := r.grant(ctx, ttl)
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, err)
+		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, r.unreachable(err))
 	}
 	key := r.subnetKey(subnet)
 	resp, err := r.cli.Txn(ctx).
@@ -321,7 +379,7 @@ func (r *Registry) Create(ctx context.Context, subnet netip.Prefix, attrs lease.
 		Commit()
 	if err != nil {
 		r.revoke(ctx, id)
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, err)
+		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, r.unreachable(err))
 	}
 	if !resp.Succeeded {
 		r.revoke(ctx, id)
@@ -343,7 +401,7 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 	}
 	id, exp, err := r.grant(ctx, ttl)
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, err)
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, r.unreachable(err))
 	}
 	key := r.subnetKey(l.Subnet)
 	resp, err := r.cli.Txn(ctx).
@@ -353,7 +411,7 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 		Commit()
 	if err != nil {
 		r.revoke(ctx, id)
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, err)
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, r.unreachable(err))
 	}
 	if !resp.Succeeded {
 		r.revoke(ctx, id)
@@ -379,7 +437,7 @@ func (r *Registry) Delete(ctx context.Context, l lease.Lease) error {
 		Then(clientv3.OpDelete(key)).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("delete lease %s: %w", l.Subnet, err)
+		return fmt.Errorf("delete lease %s: %w", l.Subnet, r.unreachable(err))
 	}
 	if !resp.Succeeded {
 		return fmt.Errorf("delete lease %s: %w", l.Subnet, lease.ErrLeaseLost)

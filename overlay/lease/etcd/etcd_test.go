@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -526,6 +527,15 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	for _, c := range []etcd.Config{
 		{},
 		{Endpoints: []string{"127.0.0.1:2379"}},
+		{Endpoints: []string{"ht!tp://::zz"}},
+		{Endpoints: []string{"http://::zz"}},
+		{Endpoints: []string{"http://[::zz]:2379"}},
+		{Endpoints: []string{"http://127.0.0.1:99999"}},
+		{Endpoints: []string{"http://127.0.0.1:"}},
+		{Endpoints: []string{"ftp://127.0.0.1:2379"}},
+		{Endpoints: []string{"http://:2379"}},
+		{Endpoints: []string{"http://127.0.0.1:2379/v3"}},
+		{Endpoints: []string{"http://127.0.0.1:2379", "http//127.0.0.2:2379"}},
 		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "twill"},
 		{Endpoints: []string{"http://127.0.0.1:2379"}, CertFile: "/x.pem"},
 		{Endpoints: []string{"https://127.0.0.1:2379"}, CAFile: "/nonexistent/ca.pem"},
@@ -534,6 +544,42 @@ func TestNewRefusesBadConfig(t *testing.T) {
 			r.Close()
 			t.Errorf("New(%+v) succeeded", c)
 		}
+	}
+}
+
+func TestNewNamesEveryBadEndpoint(t *testing.T) {
+	_, err := etcd.New(etcd.Config{Endpoints: []string{"ht!tp://::zz", "http://127.0.0.1:2379", "http://[fe80::1]:0x10"}})
+	if err == nil || !strings.Contains(err.Error(), `"ht!tp://::zz"`) || !strings.Contains(err.Error(), `"http://[fe80::1]:0x10"`) ||
+		strings.Contains(err.Error(), `"http://127.0.0.1:2379"`) {
+		t.Errorf("New = %v; want both bad endpoints named, and only them", err)
+	}
+	for _, good := range []string{"http://127.0.0.1:2379", "https://127.0.0.1:2379", "http://[::1]:2379", "http://localhost:2379", "unix:///run/etcd.sock"} {
+		r, err := etcd.New(etcd.Config{Endpoints: []string{good}})
+		if err != nil {
+			t.Errorf("New(%q): %v", good, err)
+			continue
+		}
+		r.Close()
+	}
+}
+
+// TestUnreachableNamesTheEndpoint: with no etcd there, an error names the
+// endpoint and the time waited, not only "context deadline exceeded".
+func TestUnreachableNamesTheEndpoint(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a port that answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	url := "http://" + ln.Addr().String()
+	r, err := etcd.New(etcd.Config{Endpoints: []string{url}, DialTimeout: 200 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	_, err = r.NetworkConfig(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "etcd at "+url+" did not answer within 300ms") {
+		t.Errorf("NetworkConfig = %v; want it to name %s", err, url)
 	}
 }
 
