@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -30,14 +33,15 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-// ensureBridge creates the bridge if it is missing, sets its MTU, gives it
-// the gateway address (replacing addresses of an old node subnet) and brings
-// it up. The caller holds the store lock, so plugin runs do not race here.
-func ensureBridge(conf Conf, sf subnetfile.File, log *slog.Logger) (netlink.Link, error) {
+// ensureBridge creates the bridge if it is missing, with a fixed MAC, sets
+// its MTU, gives it the gateway address (replacing addresses of an old node
+// subnet) and brings it up. The caller holds the store lock, so plugin runs
+// do not race here.
+func ensureBridge(conf Conf, sf subnetfile.File, store *Store, log *slog.Logger) (netlink.Link, error) {
 	name := conf.Bridge
 	link, err := netlinksafe.LinkByName(name)
 	if isNotFound(err) {
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1, HardwareAddr: BridgeMAC(sf.Gateway())}}
 		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
@@ -48,6 +52,9 @@ func ensureBridge(conf Conf, sf subnetfile.File, log *slog.Logger) (netlink.Link
 	}
 	if _, ok := link.(*netlink.Bridge); !ok {
 		return nil, fmt.Errorf("bridge %s: exists but is a %s, not a bridge", name, link.Type())
+	}
+	if err := fixBridgeMAC(link, sf, store, log); err != nil {
+		return nil, err
 	}
 	if link.Attrs().MTU != sf.MTU {
 		if err := netlink.LinkSetMTU(link, sf.MTU); err != nil {
@@ -86,6 +93,49 @@ func ensureBridge(conf Conf, sf subnetfile.File, log *slog.Logger) (netlink.Link
 		return nil, fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
 	return netlinksafe.LinkByName(name)
+}
+
+// BridgeMAC is the MAC a new bridge gets: 0a:58 and the gateway address,
+// a locally administered unicast address that stays the same for the
+// node's subnet.
+//
+// A Linux bridge whose MAC was never set takes the lowest MAC of its ports:
+// a new pod whose veth has a lower MAC would change the gateway's MAC under
+// the other pods, whose ARP entries then point at a port, and their frames
+// would be lost until ARP resolved again. A MAC that was set stays.
+func BridgeMAC(gateway netip.Addr) net.HardwareAddr {
+	a := gateway.As4()
+	return net.HardwareAddr{0x0a, 0x58, a[0], a[1], a[2], a[3]}
+}
+
+// bridgeMACFile, in the store's directory, records the MAC the plugin fixed
+// on a bridge it did not create (one made before this version, or by
+// someone else): "<bridge> <mac>".
+const bridgeMACFile = "bridge-mac"
+
+// fixBridgeMAC makes sure the bridge's MAC was set, so that it no longer
+// follows its ports. A bridge with the derived MAC, or with the one recorded
+// when it was fixed, is left alone; any other has its current MAC set to
+// itself (nothing changes on the wire, so the pods' ARP entries stay right)
+// and recorded. The caller holds the store lock.
+func fixBridgeMAC(link netlink.Link, sf subnetfile.File, store *Store, log *slog.Logger) error {
+	name, mac := link.Attrs().Name, link.Attrs().HardwareAddr
+	record := filepath.Join(store.Dir(), bridgeMACFile)
+	if slices.Equal(mac, BridgeMAC(sf.Gateway())) {
+		return nil
+	}
+	want := name + " " + mac.String()
+	if b, err := os.ReadFile(record); err == nil && strings.TrimSpace(string(b)) == want {
+		return nil
+	}
+	if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+		return fmt.Errorf("fix the MAC %s of bridge %s: %w", mac, name, err)
+	}
+	if err := os.WriteFile(record, []byte(want+"\n"), 0o644); err != nil {
+		return fmt.Errorf("record the MAC of bridge %s: %w", name, err)
+	}
+	log.Info("fixed the bridge's MAC, so that new pods' veths cannot change it", "bridge", name, "mac", mac.String())
+	return nil
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
@@ -224,7 +274,7 @@ func removeStaleVeths(bridgeName string, valid map[string]bool) ([]string, error
 }
 
 // check compares the kernel and the store with a previous result.
-func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner Attachment, prev *types100.Result) error {
+func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner Attachment, prev *types100.Result, log *slog.Logger) error {
 	var errs []error
 	missing := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 
@@ -250,6 +300,21 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 		}
 		if err != nil || !found {
 			missing("bridge %s lacks its gateway address %s", conf.Bridge, gw)
+		}
+	}
+	if br != nil {
+		// A bridge whose MAC still follows its ports is repaired here: the
+		// next pod could change the gateway's MAC under every other pod.
+		err := func() error {
+			unlock, err := store.Lock()
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			return fixBridgeMAC(br, sf, store, log)
+		}()
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 

@@ -116,7 +116,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}
 		defer unlock()
 		if !sf.IsUnderlay() {
-			if bridge, err = ensureBridge(conf, sf, log); err != nil {
+			if bridge, err = ensureBridge(conf, sf, store, log); err != nil {
 				return err
 			}
 		}
@@ -233,7 +233,8 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return cniError(types.ErrIOFailure, "%v", err)
 	}
 	owner := Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	if err := check(conf, sf, podNS, store, owner, prev); err != nil {
+	log := p.Log.With("container", args.ContainerID, "ifname", args.IfName, "subnet", sf.NodeSubnet())
+	if err := check(conf, sf, podNS, store, owner, prev, log); err != nil {
 		return cniError(types.ErrInternal, "check attachment %s: %v", owner, err)
 	}
 	return nil
