@@ -67,10 +67,11 @@ func (k *Keeper) Acquire(ctx context.Context) (Lease, error) {
 				k.Log.Error("cannot acquire a lease; waiting for a subnet to become free", "err", err)
 			}
 			lastErr = err.Error()
-		} else {
-			k.Reach.Fail("acquire lease", err)
+			backoff.Wait(ctx)
+			continue
 		}
-		backoff.Wait(ctx)
+		k.Reach.Fail("acquire lease", err)
+		backoff.WaitOr(ctx, k.Reach.Back())
 	}
 }
 
@@ -131,7 +132,10 @@ func (k *Keeper) Run(ctx context.Context) error {
 			case <-k.kick:
 				stop()
 			}
-		} else if !backoff.Wait(ctx) {
+		} else if !backoff.WaitOr(ctx, k.Reach.Back()) {
+			// The store answering again (the probe, the watch) cuts the
+			// backoff short: a lease that expired meanwhile is taken back at
+			// once, before peers drop its routes for long.
 			return nil
 		}
 

@@ -48,7 +48,7 @@ func (w *Watcher) Run(ctx context.Context, handle func(context.Context, []Event)
 					break
 				}
 				reach.Fail("list leases", err)
-				backoff.Wait(ctx)
+				backoff.WaitOr(ctx, reach.Back())
 				continue
 			}
 			reach.OK()
@@ -66,7 +66,7 @@ func (w *Watcher) Run(ctx context.Context, handle func(context.Context, []Event)
 			needList = true
 		case err != nil:
 			reach.Fail("watch leases", err)
-			backoff.Wait(ctx)
+			backoff.WaitOr(ctx, reach.Back())
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -679,5 +680,106 @@ func TestFlannelLeaseBytesOfEveryBackend(t *testing.T) {
 	}
 	if !(created[0] < created[1] && created[1] < created[2]) || leases[0].Created == leases[0].Revision {
 		t.Errorf("create revisions %v (udp lease rewritten at %d): want them in the order written, the rewrite keeping the first", created, leases[0].Revision)
+	}
+}
+
+// countingHandler counts log records whose message contains a word.
+type countingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.msgs = append(h.msgs, r.Message)
+	h.mu.Unlock()
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+func (h *countingHandler) count(word string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.msgs {
+		if strings.Contains(m, word) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestProbeNoticesAStoppedEtcd: with a 24 h lease nothing else talks to
+// etcd, yet a stopped etcd is noticed within 15 s and logged once, and so
+// is its return; a keeper that failed meanwhile retries as soon as etcd
+// answers, not when its backoff runs out.
+func TestProbeNoticesAStoppedEtcd(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ln.Close()
+	srv, err := embedded.Start(embedded.Config{DataDir: dir, ClientURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Close() }()
+	reg, err := etcd.New(etcd.Config{Endpoints: []string{url}, RequestTimeout: time.Second, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	ctx := ctxT(t)
+	logs := &countingHandler{}
+	log := slog.New(logs)
+	reach := lease.NewReachability(log, "etcd")
+	cfg := mustConfig(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}`)
+	k := &lease.Keeper{Registry: reg, Request: lease.Request{Config: cfg, Attrs: attrs("127.0.0.61"), TTL: 24 * time.Hour},
+		RenewMargin: time.Hour, Log: log, Reach: reach}
+	if _, err := k.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go lease.Probe(pctx, reg, reach, 2*time.Second)
+	go k.Run(pctx)
+
+	srv.Close()
+	stopped := time.Now()
+	for reach.Reachable() {
+		if time.Since(stopped) > 15*time.Second {
+			t.Fatal("etcd stopped 15 s ago and the probe has not noticed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	noticed := time.Since(stopped)
+	// The keeper renews now and fails: it backs off.
+	k.Check()
+	time.Sleep(6 * time.Second)
+	if n := logs.count("unreachable"); n != 1 {
+		t.Errorf("%d 'unreachable' log lines during the outage, want 1: %q", n, logs.msgs)
+	}
+	srv, err = embedded.Start(embedded.Config{DataDir: dir, ClientURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	before := k.Current().Revision
+	for k.Current().Revision == before {
+		if time.Since(back) > 20*time.Second {
+			t.Fatal("the keeper has not renewed 20 s after etcd came back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("stop noticed after %v; renewed %v after etcd came back (%v after it answered again)", noticed.Round(time.Millisecond),
+		time.Since(back).Round(time.Millisecond), time.Since(reach.Since()).Round(time.Millisecond))
+	if n := logs.count("reachable again"); n != 1 {
+		t.Errorf("%d 'reachable again' log lines, want 1: %q", n, logs.msgs)
+	}
+	if !reach.Reachable() {
+		t.Error("etcd is back, the tracker says unreachable")
 	}
 }
