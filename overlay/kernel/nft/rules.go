@@ -26,8 +26,11 @@
 //			ip daddr @peers-tx
 //		}
 //		chain input { type filter hook input priority filter; policy accept;
+//			udp dport 8472 ip saddr != @tunnel-sources counter drop  # only with a Tunnel
+//			udp dport 8472 ip saddr @tunnel-sources
 //			ip saddr @peers-rx
 //		}
+//		set tunnel-sources { type ipv4_addr; counter; elements = { 192.168.56.12, ... } }  # only with a Tunnel
 //		chain postrouting { type nat hook postrouting priority srcnat; policy accept;  # only with Masquerade
 //			ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return
 //			ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
@@ -57,6 +60,14 @@
 // them, before any tunnel encapsulation. An element lives as long as its peer
 // is in the Rules, so a reconcile that keeps a peer keeps its counters;
 // removing a peer removes its counters.
+//
+// With a Tunnel (vxlan: UDP to its port; ipip: "ip protocol ipip"), the
+// input chain drops encapsulated packets whose outer source is not a
+// peer's public IP before the kernel decapsulates them, so that no host
+// that can reach the port injects packets into pods, and counts them on the
+// drop rule; those from peers are counted per outer source on the elements
+// of tunnel-sources. The drop counter lives in a rule: it restarts from zero
+// when the input chain is rewritten (its rules changed).
 //
 // Forward accept is only an accept in twill's own base chain. In nftables a
 // packet passes every base chain on a hook, and a drop in any of them is
@@ -89,6 +100,39 @@ type Rules struct {
 	// Peers are the other nodes' pod subnets; each gets a tx and an rx
 	// counter. They must not overlap one another. Order does not matter.
 	Peers []netip.Prefix
+	// Tunnel, if set, admits the backend's encapsulated packets (VXLAN,
+	// IP-in-IP) only from the peers' public IPs.
+	Tunnel *Tunnel
+}
+
+// IP protocols of the encapsulations a Tunnel guards.
+const (
+	ProtoIPIP = 4
+	ProtoUDP  = 17
+)
+
+// Tunnel is the guard on a tunnel's receiving side: encapsulated packets
+// from an address that is not a peer's are dropped before the kernel
+// decapsulates them, and counted; those from a peer are counted by their
+// outer source.
+type Tunnel struct {
+	// Proto is the encapsulation's IP protocol: ProtoUDP (VXLAN, on Port)
+	// or ProtoIPIP.
+	Proto uint8
+	// Port is the UDP destination port (8472 for flannel's VXLAN).
+	Port uint16
+	// Sources are the peers' public IPs. Order does not matter.
+	Sources []netip.Addr
+}
+
+// TunnelCounters are the counters of a Tunnel guard.
+type TunnelCounters struct {
+	// Sources counts the encapsulated packets admitted, by outer source,
+	// with their outer (on the wire) lengths.
+	Sources map[netip.Addr]Counter
+	// Dropped counts the encapsulated packets from addresses that are not
+	// peers'.
+	Dropped Counter
 }
 
 // Counter is a packet and byte count.
@@ -137,6 +181,27 @@ func (r Rules) normalized() (Rules, error) {
 		if out.Peers[i-1].Overlaps(out.Peers[i]) {
 			errs = append(errs, fmt.Errorf("peers %v and %v overlap", out.Peers[i-1], out.Peers[i]))
 		}
+	}
+	if t := r.Tunnel; t != nil {
+		nt := &Tunnel{Proto: t.Proto, Port: t.Port, Sources: make([]netip.Addr, 0, len(t.Sources))}
+		switch {
+		case t.Proto == ProtoUDP && t.Port == 0:
+			errs = append(errs, errors.New("tunnel: UDP needs a port"))
+		case t.Proto == ProtoIPIP && t.Port != 0:
+			errs = append(errs, fmt.Errorf("tunnel: IP-in-IP has no port (got %d)", t.Port))
+		case t.Proto != ProtoUDP && t.Proto != ProtoIPIP:
+			errs = append(errs, fmt.Errorf("tunnel: protocol %d: want UDP (17) or IP-in-IP (4)", t.Proto))
+		}
+		for _, a := range t.Sources {
+			if !a.Is4() {
+				errs = append(errs, fmt.Errorf("tunnel source %v: want an IPv4 address", a))
+				continue
+			}
+			nt.Sources = append(nt.Sources, a)
+		}
+		slices.SortFunc(nt.Sources, netip.Addr.Compare)
+		nt.Sources = slices.Compact(nt.Sources)
+		out.Tunnel = nt
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Rules{}, fmt.Errorf("nft rules: %w", err)

@@ -21,6 +21,7 @@ import (
 const (
 	setTx           = "peers-tx"
 	setRx           = "peers-rx"
+	setSources      = "tunnel-sources"
 	chainForward    = "forward"
 	chainInput      = "input"
 	chainOutput     = "output"
@@ -122,7 +123,7 @@ func desiredChains(r Rules) []chainSpec {
 		{
 			name: chainInput, typ: nftables.ChainTypeFilter,
 			hook: nftables.ChainHookInput, priority: nftables.ChainPriorityFilter,
-			rules: []ruleSpec{lookupRule(offSaddr, setRx)},
+			rules: append(tunnelRules(r.Tunnel), lookupRule(offSaddr, setRx)),
 		},
 	}
 	if r.Masquerade {
@@ -189,6 +190,44 @@ func lookupRule(offset uint32, set string) ruleSpec {
 	}
 }
 
+// tunnelRules are the guard's two rules: drop (and count) encapsulated
+// packets from sources that are not peers, count the others per source.
+func tunnelRules(t *Tunnel) []ruleSpec {
+	if t == nil {
+		return nil
+	}
+	var match []expr.Any
+	var text string
+	if t.Proto == ProtoIPIP {
+		match = []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ProtoIPIP}},
+		}
+		text = "ip protocol ipip"
+	} else {
+		match = []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{ProtoUDP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, t.Port)},
+		}
+		text = fmt.Sprintf("udp dport %d", t.Port)
+	}
+	source := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4}
+	drop := append(slices.Clone(match), source,
+		&expr.Lookup{SourceRegister: 1, SetName: setSources, Invert: true},
+		&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
+	count := append(slices.Clone(match), source, &expr.Lookup{SourceRegister: 1, SetName: setSources})
+	return []ruleSpec{
+		{comment: text + " ip saddr != @" + setSources + " " + dropComment, exprs: drop},
+		{comment: text + " ip saddr @" + setSources, exprs: count},
+	}
+}
+
+// dropComment ends the comment of the guard's drop rule, whose counter is
+// the count of dropped packets.
+const dropComment = "counter drop"
+
 func prefixMask(n int) [4]byte {
 	var m [4]byte
 	binary.BigEndian.PutUint32(m[:], ^uint32(0)<<(32-n)) // a shift by 32 yields 0 in Go
@@ -212,6 +251,7 @@ type state struct {
 	comments map[string][]string // base chain name -> its rules' comments, in order
 	sets     map[string]*nftables.Set
 	elements map[string]map[netip.Prefix]PeerCounters // set name -> prefix -> counter (Tx used)
+	sources  map[netip.Addr]Counter                   // elements of tunnel-sources
 }
 
 func tableExists(c *nftables.Conn) (bool, error) {
@@ -263,6 +303,14 @@ func readState(c *nftables.Conn) (*state, error) {
 	}
 	for _, s := range sets {
 		st.sets[s.Name] = s
+		if s.Name == setSources {
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
+			}
+			st.sources = addresses(elems)
+			continue
+		}
 		if s.Name != setTx && s.Name != setRx {
 			continue
 		}
@@ -311,6 +359,41 @@ func intervals(elems []nftables.SetElement) map[netip.Prefix]PeerCounters {
 		out[p] = pc
 	}
 	return out
+}
+
+// addresses reads the elements of tunnel-sources with their counters.
+func addresses(elems []nftables.SetElement) map[netip.Addr]Counter {
+	out := make(map[netip.Addr]Counter, len(elems))
+	for _, e := range elems {
+		if len(e.Key) != 4 {
+			continue
+		}
+		var c Counter
+		if e.Counter != nil {
+			c = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+		}
+		out[netip.AddrFrom4([4]byte(e.Key))] = c
+	}
+	return out
+}
+
+// ruleCounter is the value of the first counter in a rule.
+func ruleCounter(r *nftables.Rule) Counter {
+	for _, e := range r.Exprs {
+		if c, ok := e.(*expr.Counter); ok {
+			return Counter{Packets: c.Packets, Bytes: c.Bytes}
+		}
+	}
+	return Counter{}
+}
+
+func sourceElements(as []netip.Addr) []nftables.SetElement {
+	elems := make([]nftables.SetElement, len(as))
+	for i, a := range as {
+		k := a.As4()
+		elems[i] = nftables.SetElement{Key: k[:]}
+	}
+	return elems
 }
 
 // intervalElements are the elements that make p an interval: its start and,
@@ -398,6 +481,9 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 			recreate[name] = true
 		}
 	}
+	if s, ok := st.sets[setSources]; ok && (s.Interval || s.IsMap || s.KeyType.Name != nftables.TypeIPAddr.Name) {
+		recreate[setSources] = true
+	}
 
 	// Chains: drop the ones not wanted, flush the ones whose rules differ,
 	// delete and re-add the ones whose hook differs.
@@ -431,9 +517,19 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 
 	// Sets and their elements.
 	for name := range st.sets {
-		if name != setTx && name != setRx || recreate[name] {
+		keep := name == setTx || name == setRx || (name == setSources && r.Tunnel != nil)
+		if !keep || recreate[name] {
 			c.DelSet(&nftables.Set{Table: tbl, Name: name})
 			note("delete set %s", name)
+		}
+	}
+	if r.Tunnel != nil {
+		n, err := planSources(c, tbl, st, r.Tunnel.Sources, recreate[setSources])
+		if err != nil {
+			return 0, "", err
+		}
+		if n != "" {
+			note("%s", n)
 		}
 	}
 	for _, name := range []string{setTx, setRx} {
@@ -500,6 +596,87 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 		}
 	}
 	return len(changes), strings.Join(changes, "; "), nil
+}
+
+// planSources queues what makes tunnel-sources hold exactly want, and
+// says what it queued ("" for nothing).
+func planSources(c *nftables.Conn, tbl *nftables.Table, st *state, want []netip.Addr, recreate bool) (string, error) {
+	s := &nftables.Set{Table: tbl, Name: setSources, KeyType: nftables.TypeIPAddr, Counter: true}
+	_, exists := st.sets[setSources]
+	have := st.sources
+	var notes []string
+	if !exists || recreate {
+		if err := c.AddSet(s, nil); err != nil {
+			return "", fmt.Errorf("add set %s: %w", setSources, err)
+		}
+		notes = append(notes, "add set "+setSources)
+		have = nil
+	}
+	var gone, added []netip.Addr
+	for a := range have {
+		if _, found := slices.BinarySearchFunc(want, a, netip.Addr.Compare); !found {
+			gone = append(gone, a)
+		}
+	}
+	for _, a := range want {
+		if _, ok := have[a]; !ok {
+			added = append(added, a)
+		}
+	}
+	slices.SortFunc(gone, netip.Addr.Compare)
+	for chunk := range slices.Chunk(sourceElements(gone), elementsPerCall) {
+		if err := c.SetDeleteElements(s, chunk); err != nil {
+			return "", fmt.Errorf("delete elements of set %s: %w", setSources, err)
+		}
+	}
+	for chunk := range slices.Chunk(sourceElements(added), elementsPerCall) {
+		if err := c.SetAddElements(s, chunk); err != nil {
+			return "", fmt.Errorf("add elements to set %s: %w", setSources, err)
+		}
+	}
+	if len(gone) > 0 {
+		notes = append(notes, fmt.Sprintf("remove %d tunnel sources", len(gone)))
+	}
+	if len(added) > 0 {
+		notes = append(notes, fmt.Sprintf("add %d tunnel sources", len(added)))
+	}
+	return strings.Join(notes, "; "), nil
+}
+
+// Tunnel reads the counters of the Tunnel guard: per admitted source, and
+// of what was dropped. Without a guard (or a table) they are empty.
+func (t *Table) Tunnel() (TunnelCounters, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, err := t.conn()
+	if err != nil {
+		return TunnelCounters{}, err
+	}
+	defer c.CloseLasting()
+	out := TunnelCounters{Sources: map[netip.Addr]Counter{}}
+	if ok, err := tableExists(c); err != nil || !ok {
+		return out, err
+	}
+	tbl := twillTable()
+	rules, err := c.GetRules(tbl, &nftables.Chain{Name: chainInput, Table: tbl})
+	if err != nil {
+		return out, fmt.Errorf("read the tunnel guard in table %s: %w", TableName, err)
+	}
+	guarded := false
+	for _, r := range rules {
+		if comment, _ := userdata.GetString(r.UserData, userdata.TypeComment); strings.HasSuffix(comment, dropComment) {
+			out.Dropped, guarded = ruleCounter(r), true
+		}
+	}
+	if !guarded {
+		return out, nil
+	}
+	elems, err := c.GetSetElements(&nftables.Set{Table: tbl, Name: setSources, KeyType: nftables.TypeIPAddr})
+	if err != nil {
+		return out, fmt.Errorf("read counters in set %s of table %s: %w", setSources, TableName, err)
+	}
+	out.Sources = addresses(elems)
+	return out, nil
 }
 
 func addElements(c *nftables.Conn, s *nftables.Set, ps []netip.Prefix) error {

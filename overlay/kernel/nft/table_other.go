@@ -28,5 +28,8 @@ func (t *Table) Apply(r Rules) error { return errUnsupported }
 // Counters fails: nftables is Linux-only.
 func (t *Table) Counters() (map[netip.Prefix]PeerCounters, error) { return nil, errUnsupported }
 
+// Tunnel fails: nftables is Linux-only.
+func (t *Table) Tunnel() (TunnelCounters, error) { return TunnelCounters{}, errUnsupported }
+
 // Cleanup fails: nftables is Linux-only.
 func (t *Table) Cleanup() error { return errUnsupported }
