@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/status"
 )
 
 // maxPeerBody bounds what is read from a peer's API.
@@ -53,7 +53,7 @@ func (p *prober) result(subnet netip.Prefix) (probeResult, bool) {
 	return r, ok
 }
 
-func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() daemon.Snapshot) {
+func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() status.Snapshot) {
 	for {
 		p.probeAll(ctx, snapshot())
 		select {
@@ -65,7 +65,7 @@ func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() d
 }
 
 // probeAll asks every peer with a dashboard and forgets peers that left.
-func (p *prober) probeAll(ctx context.Context, snap daemon.Snapshot) {
+func (p *prober) probeAll(ctx context.Context, snap status.Snapshot) {
 	targets := map[netip.Prefix]string{}
 	for _, l := range snap.Leases {
 		if l.Subnet == snap.Lease.Subnet || l.Attrs.Twill == nil {
@@ -158,7 +158,7 @@ func (p *prober) get(ctx context.Context, u string, v any) error {
 }
 
 // cluster is every lease's node with what its API answered.
-func (s *Server) cluster(snap daemon.Snapshot) Cluster {
+func (s *Server) cluster(snap status.Snapshot) Cluster {
 	var c Cluster
 	ll := leaseList(snap, time.Now())
 	tl := s.tunnelList(snap, false)

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/status"
 )
 
 //go:embed assets/*.html
@@ -96,7 +96,7 @@ type clusterRow struct {
 }
 
 // build fills the data of one page from a snapshot.
-func (s *Server) build(page string, snap daemon.Snapshot) pageData {
+func (s *Server) build(page string, snap status.Snapshot) pageData {
 	d := pageData{Page: page, Version: s.opts.Version, Node: s.nodeInfo(snap), Now: time.Now()}
 	switch page {
 	case "overview":
@@ -167,7 +167,7 @@ func (s *Server) page(name string) http.HandlerFunc {
 }
 
 // renderRegions renders the live regions of a page.
-func (s *Server) renderRegions(name string, snap daemon.Snapshot) (map[string]string, error) {
+func (s *Server) renderRegions(name string, snap status.Snapshot) (map[string]string, error) {
 	d := s.build(name, snap)
 	out := map[string]string{}
 	var buf bytes.Buffer
@@ -195,7 +195,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	_, _ = fmt.Fprintf(w, "retry: 2000\n\n")
-	send := func(snap daemon.Snapshot) error {
+	send := func(snap status.Snapshot) error {
 		regions, err := s.renderRegions(name, snap)
 		if err != nil {
 			return err

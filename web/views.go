@@ -7,10 +7,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/twillnet/twill/overlay/backend"
-	"github.com/twillnet/twill/overlay/daemon"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/plan"
+	"github.com/twillnet/twill/overlay/status"
 )
 
 // activeWindow is how recently a counter must have grown for a tunnel to
@@ -21,7 +20,7 @@ const (
 	silentAfter  = 6 * time.Second
 )
 
-func (s *Server) nodeInfo(snap daemon.Snapshot) NodeInfo {
+func (s *Server) nodeInfo(snap status.Snapshot) NodeInfo {
 	n := NodeInfo{
 		Name:        snap.Node.Name,
 		Iface:       snap.Node.Iface,
@@ -61,7 +60,7 @@ func (s *Server) nodeInfo(snap daemon.Snapshot) NodeInfo {
 }
 
 // health is ready when the daemon says it is and every check passes.
-func health(snap daemon.Snapshot) Health {
+func health(snap status.Snapshot) Health {
 	h := Health{Ready: snap.Ready, Checks: []Check{{Name: "running", OK: snap.Ready, Detail: "twilld finished starting"}}}
 	if !snap.Ready {
 		h.Checks[0].Detail = "twilld is starting or stopping"
@@ -73,7 +72,7 @@ func health(snap daemon.Snapshot) Health {
 	return h
 }
 
-func leaseList(snap daemon.Snapshot, now time.Time) LeaseList {
+func leaseList(snap status.Snapshot, now time.Time) LeaseList {
 	ls := make([]Lease, 0, len(snap.Leases)+1)
 	own := false
 	for _, l := range snap.Leases {
@@ -125,7 +124,7 @@ func leaseView(l lease.Lease, now time.Time) Lease {
 	return v
 }
 
-func routeTable(snap daemon.Snapshot) Routes {
+func routeTable(snap status.Snapshot) Routes {
 	r := Routes{InSync: snap.Backend.InSync, Routes: []RouteRow{}, Neighbors: []RouteRow{}, FDB: []RouteRow{}}
 	k := snap.Backend.Kernel
 	if k == nil {
@@ -200,7 +199,7 @@ func firstWord(s string) string {
 	return s
 }
 
-func (s *Server) tunnelList(snap daemon.Snapshot, withHistory bool) TunnelList {
+func (s *Server) tunnelList(snap status.Snapshot, withHistory bool) TunnelList {
 	tl := TunnelList{
 		SampledAt:       timeString(s.hist.sampledAt()),
 		IntervalSeconds: s.opts.SampleInterval.Seconds(),
@@ -221,7 +220,7 @@ func (s *Server) tunnelList(snap daemon.Snapshot, withHistory bool) TunnelList {
 	return tl
 }
 
-func (s *Server) tunnel(p backend.PeerStatus, node string, withHistory bool) Tunnel {
+func (s *Server) tunnel(p status.Peer, node string, withHistory bool) Tunnel {
 	t := Tunnel{
 		Peer: p.Subnet.String(), Node: node,
 		TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
@@ -260,7 +259,7 @@ func (s *Server) tunnel(p backend.PeerStatus, node string, withHistory bool) Tun
 // tunnelState says whether a tunnel is up (packets flowed lately), idle (no
 // packets lately) or unreachable (the peer's dashboard does not answer, or
 // packets went out for a while and none came back).
-func (s *Server) tunnelState(p backend.PeerStatus, r peerRates, ok bool) (string, string) {
+func (s *Server) tunnelState(p status.Peer, r peerRates, ok bool) (string, string) {
 	if pr, probed := s.peers.result(p.Subnet); probed && !pr.ok {
 		return StateUnreachable, "its dashboard does not answer: " + pr.err
 	}
