@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/overlay/status"
+	"github.com/twillnet/twill/web/api"
 )
 
 //go:embed assets/*.html
@@ -61,13 +62,13 @@ func loadPages() (*pages, error) {
 type pageData struct {
 	Page    string
 	Version string
-	Node    NodeInfo
+	Node    api.NodeInfo
 	Now     time.Time
 
-	Leases       []Lease
+	Leases       []api.Lease
 	Reservations int
 
-	Routes      Routes
+	Routes      api.Routes
 	Differences int
 
 	Tunnels []tunnelRow
@@ -83,13 +84,13 @@ type countRow struct {
 }
 
 type tunnelRow struct {
-	Tunnel
+	api.Tunnel
 	Drops []countRow
 	Spark sparkline
 }
 
 type clusterRow struct {
-	ClusterNode
+	api.ClusterNode
 	TxRate, RxRate float64
 	Ready          bool
 	Up, Tunnels    int
@@ -111,7 +112,7 @@ func (s *Server) build(page string, snap status.Snapshot) pageData {
 				row.TxRate += t.TxBytesPerSecond
 				row.RxRate += t.RxBytesPerSecond
 				row.Tunnels++
-				if t.State == StateUp {
+				if t.State == api.StateUp {
 					row.Up++
 				}
 			}
@@ -126,7 +127,7 @@ func (s *Server) build(page string, snap status.Snapshot) pageData {
 		}
 	case "routes":
 		d.Routes = routeTable(snap)
-		for _, rows := range [][]RouteRow{d.Routes.Routes, d.Routes.Neighbors, d.Routes.FDB} {
+		for _, rows := range [][]api.RouteRow{d.Routes.Routes, d.Routes.Neighbors, d.Routes.FDB} {
 			for _, r := range rows {
 				if r.Status != "ok" {
 					d.Differences++
@@ -254,7 +255,7 @@ var funcs = template.FuncMap{
 		}
 		return buf.String()
 	},
-	"args": func(title string, rows []RouteRow) map[string]any {
+	"args": func(title string, rows []api.RouteRow) map[string]any {
 		return map[string]any{"Title": title, "Rows": rows}
 	},
 	"sum": func(m map[string]uint64) uint64 {
@@ -327,7 +328,7 @@ type sparkline struct {
 	Empty  bool
 }
 
-func newSparkline(h []RatePoint) sparkline {
+func newSparkline(h []api.RatePoint) sparkline {
 	s := sparkline{W: 160, H: 34}
 	if len(h) < 2 {
 		s.Empty = true
@@ -377,13 +378,13 @@ type topoLink struct {
 // maxTopologyNodes is the most nodes drawn.
 const maxTopologyNodes = 24
 
-func layoutTopology(c Cluster) topology {
+func layoutTopology(c api.Cluster) topology {
 	t := topology{W: 900, H: 420, NodesAll: len(c.Nodes)}
 	nodes := c.Nodes
 	if len(nodes) > maxTopologyNodes {
 		t.TooMany = len(nodes) - maxTopologyNodes
 		// Keep this node in the picture.
-		selfAt := slices.IndexFunc(nodes, func(n ClusterNode) bool { return n.Self })
+		selfAt := slices.IndexFunc(nodes, func(n api.ClusterNode) bool { return n.Self })
 		kept := slices.Clone(nodes[:maxTopologyNodes])
 		if selfAt >= maxTopologyNodes {
 			kept[0] = nodes[selfAt]
@@ -433,7 +434,7 @@ func layoutTopology(c Cluster) topology {
 		from  []string
 	}
 	edges := map[[2]string]*edge{}
-	rank := map[string]int{StateIdle: 0, StateUp: 1, StateUnreachable: 2}
+	rank := map[string]int{api.StateIdle: 0, api.StateUp: 1, api.StateUnreachable: 2}
 	for _, n := range nodes {
 		for _, tn := range n.Tunnels {
 			if _, ok := pos[tn.Peer]; !ok {
@@ -466,7 +467,7 @@ func layoutTopology(c Cluster) topology {
 		e := edges[k]
 		a, b := t.Nodes[pos[k[0]]], t.Nodes[pos[k[1]]]
 		label := e.state
-		if e.state != StateUnreachable {
+		if e.state != api.StateUnreachable {
 			label = humanRate(e.rate)
 		}
 		slices.Sort(e.from)

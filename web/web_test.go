@@ -19,6 +19,7 @@ import (
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/status"
+	"github.com/twillnet/twill/web/api"
 )
 
 // fakeSource hands out a snapshot the test sets.
@@ -160,11 +161,11 @@ func TestEndpoints(t *testing.T) {
 		}
 	}
 	// The API decodes into its own types.
-	var n NodeInfo
+	var n api.NodeInfo
 	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/node").Body.Bytes(), &n); err != nil || n.Name != "n1" || !n.Ready || n.Peers != 1 {
 		t.Errorf("node: %+v, %v", n, err)
 	}
-	var r Routes
+	var r api.Routes
 	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/routes").Body.Bytes(), &r); err != nil || len(r.Routes) != 2 || r.Routes[0].Status != "ok" || r.Routes[1].Status != "extra" {
 		t.Errorf("routes: %+v, %v", r, err)
 	}
@@ -355,23 +356,23 @@ func TestTunnelState(t *testing.T) {
 		s.hist.add(t0.Add(time.Duration(i)*2*time.Second), src.Snapshot().Backend.Peers)
 		return s.tunnelList(src.Snapshot(), false).Tunnels[0].State
 	}
-	if st := step(0, 10, 20); st != StateIdle {
+	if st := step(0, 10, 20); st != api.StateIdle {
 		t.Errorf("first sample: %s, want idle", st)
 	}
-	if st := step(1, 11, 21); st != StateUp {
+	if st := step(1, 11, 21); st != api.StateUp {
 		t.Errorf("traffic both ways: %s, want up", st)
 	}
 	var st string
 	for i := 2; i < 8; i++ {
 		st = step(i, uint64(11+i), 21)
 	}
-	if st != StateUnreachable {
+	if st != api.StateUnreachable {
 		t.Errorf("12 s of sending without answers: %s, want unreachable", st)
 	}
 	for i := 8; i < 15; i++ {
 		st = step(i, 17, 21)
 	}
-	if st != StateIdle {
+	if st != api.StateIdle {
 		t.Errorf("quiet: %s, want idle", st)
 	}
 }
@@ -498,7 +499,7 @@ func TestClusterView(t *testing.T) {
 	s := newTestServer(t, src, func(o *Options) { o.PeerTimeout = time.Second })
 	s.peers.probeAll(t.Context(), src.Snapshot())
 	c := s.cluster(src.Snapshot())
-	got := map[string]ClusterNode{}
+	got := map[string]api.ClusterNode{}
 	for _, n := range c.Nodes {
 		got[n.Subnet] = n
 	}
@@ -513,7 +514,7 @@ func TestClusterView(t *testing.T) {
 	}
 	tl := s.tunnelList(src.Snapshot(), false)
 	for _, tun := range tl.Tunnels {
-		if tun.Peer == deadSubnet.String() && tun.State != StateUnreachable {
+		if tun.Peer == deadSubnet.String() && tun.State != api.StateUnreachable {
 			t.Errorf("tunnel to the dead peer: %s, want unreachable", tun.State)
 		}
 	}
