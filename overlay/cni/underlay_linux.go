@@ -13,7 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/twillnet/twill/overlay/backend/underlay"
+	"github.com/twillnet/twill/overlay/link"
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -30,7 +30,7 @@ func podGateway(sf subnetfile.File, master netlink.Link) netip.Addr {
 	if err != nil {
 		return netip.Addr{}
 	}
-	return underlay.DefaultGateway(routes)
+	return link.DefaultGateway(routes)
 }
 
 // routedMode says the pod's sub-interface does no ARP (ipvlan l3, l3s): its
@@ -65,13 +65,13 @@ func attachUnderlay(sf subnetfile.File, podNS ns.NetNS, owner Attachment, addr n
 			return nil, fmt.Errorf("delete leftover %s in pod: %w", tmp, err)
 		}
 	}
-	link, err := underlay.SubInterface(sf.Backend, u.Mode, netlink.LinkAttrs{
+	child, err := link.SubInterface(sf.Backend, u.Mode, netlink.LinkAttrs{
 		Name: tmp, ParentIndex: master.Attrs().Index, MTU: sf.MTU, Namespace: netlink.NsFd(podNS.Fd()),
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := netlink.LinkAdd(link); err != nil {
+	if err := netlink.LinkAdd(child); err != nil {
 		return nil, fmt.Errorf("create %s %s of %s in pod namespace %s: %w", sf.Backend, u.Mode, u.Master, podNS.Path(), err)
 	}
 	podLink, err := pod.LinkByName(tmp)
@@ -154,7 +154,7 @@ func deletePodSubInterface(netnsPath, ifName string) error {
 // checkSubInterface checks that the pod's interface is a sub-interface of
 // the right type, mode and MTU.
 func checkSubInterface(sf subnetfile.File, l netlink.Link) error {
-	want, err := underlay.SubInterface(sf.Backend, sf.Underlay.Mode, netlink.LinkAttrs{})
+	want, err := link.SubInterface(sf.Backend, sf.Underlay.Mode, netlink.LinkAttrs{})
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package underlay
+package link
 
 import (
 	"net"
