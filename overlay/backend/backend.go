@@ -49,14 +49,14 @@ type Prepared struct {
 	BackendData json.RawMessage
 	// MTU is the MTU pods on this node must use.
 	MTU int
-	// Underlay is set by the underlay backends (macvlan, ipvlan): pods
-	// attach to the underlay, and the daemon passes this on to the CNI
-	// plugin through the subnet file.
-	Underlay *Underlay
+	// Sublink is set by the sublink backends (macvlan, ipvlan): pods
+	// attach to the underlay as sub-interfaces of its master, and the
+	// daemon passes this on to the CNI plugin through the subnet file.
+	Sublink *Sublink
 }
 
-// Underlay is where pods of an underlay backend attach.
-type Underlay struct {
+// Sublink is where pods of a sublink backend (macvlan, ipvlan) attach.
+type Sublink struct {
 	// Master is the host interface pods' sub-interfaces hang off.
 	Master string
 	// Mode is the macvlan or ipvlan mode.

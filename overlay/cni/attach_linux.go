@@ -235,7 +235,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 	defer pod.Close()
 
 	var br netlink.Link
-	if sf.IsUnderlay() {
+	if sf.IsSublink() {
 		// No bridge: the pod's interface hangs off the master.
 	} else if br, err = netlinksafe.LinkByName(conf.Bridge); err != nil {
 		missing("bridge %s is missing: %v", conf.Bridge, err)
@@ -274,7 +274,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 			if l.Attrs().OperState == netlink.OperDown || l.Attrs().Flags&net.FlagUp == 0 {
 				missing("interface %s in pod is down", ifc.Name)
 			}
-			if sf.IsUnderlay() {
+			if sf.IsSublink() {
 				if err := checkSubInterface(sf, l); err != nil {
 					errs = append(errs, err)
 				}

@@ -1,4 +1,4 @@
-package underlay
+package sublink
 
 import (
 	"context"
@@ -35,11 +35,11 @@ type Backend struct {
 // macvlan or ipvlan), working in node.NetNS. It changes nothing yet.
 func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if node.Network == nil {
-		return nil, errors.New("underlay: the node has no network config")
+		return nil, errors.New("sublink: the node has no network config")
 	}
 	opts := node.Network.Backend
-	if !opts.IsUnderlay() {
-		return nil, fmt.Errorf("underlay: backend %q is neither macvlan nor ipvlan", opts.Type)
+	if !opts.IsSublink() {
+		return nil, fmt.Errorf("sublink: backend %q is neither macvlan nor ipvlan", opts.Type)
 	}
 	if _, err := link.SubInterface(opts.Type, opts.Mode, netlink.LinkAttrs{}); err != nil {
 		return nil, err
@@ -97,14 +97,14 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 		return backend.Prepared{}, err
 	}
 	b.log.Info("pods attach to the underlay", "master", u.Master, "subnet", u.Subnet, "gateway", u.Gateway, "mtu", mtu)
-	return backend.Prepared{MTU: mtu, Underlay: &u}, nil
+	return backend.Prepared{MTU: mtu, Sublink: &u}, nil
 }
 
-// inspect checks the master and returns the underlay it describes.
-func (b *Backend) inspect(nl *netlink.Handle) (backend.Underlay, int, error) {
+// inspect checks the master and returns where pods attach to it.
+func (b *Backend) inspect(nl *netlink.Handle) (backend.Sublink, int, error) {
 	cfg := b.node.Network
 	if b.master == "" {
-		return backend.Underlay{}, 0, fmt.Errorf("%s: no master interface: set Backend.Master in the network config, or --iface", b.opts.Type)
+		return backend.Sublink{}, 0, fmt.Errorf("%s: no master interface: set Backend.Master in the network config, or --iface", b.opts.Type)
 	}
 	field := "Backend.Master"
 	if b.opts.Master == "" {
@@ -112,17 +112,17 @@ func (b *Backend) inspect(nl *netlink.Handle) (backend.Underlay, int, error) {
 	}
 	mlink, err := nl.LinkByName(b.master)
 	if routing.IsNotFound(err) {
-		return backend.Underlay{}, 0, fmt.Errorf("%s: master interface %q (%s) does not exist on this node", b.opts.Type, b.master, field)
+		return backend.Sublink{}, 0, fmt.Errorf("%s: master interface %q (%s) does not exist on this node", b.opts.Type, b.master, field)
 	}
 	if err != nil {
-		return backend.Underlay{}, 0, fmt.Errorf("%s: find master interface %q: %w", b.opts.Type, b.master, err)
+		return backend.Sublink{}, 0, fmt.Errorf("%s: find master interface %q: %w", b.opts.Type, b.master, err)
 	}
 	addrs, err := nl.AddrList(mlink, netlink.FAMILY_V4)
 	if err != nil {
-		return backend.Underlay{}, 0, fmt.Errorf("%s: list addresses of master %s: %w", b.opts.Type, b.master, err)
+		return backend.Sublink{}, 0, fmt.Errorf("%s: list addresses of master %s: %w", b.opts.Type, b.master, err)
 	}
 	var subnets []string
-	u := backend.Underlay{Master: b.master, Mode: b.opts.Mode}
+	u := backend.Sublink{Master: b.master, Mode: b.opts.Mode}
 	for _, a := range addrs {
 		p, ok := prefixOf(a.IPNet)
 		if !ok || p.Addr().IsLinkLocalUnicast() {
@@ -142,18 +142,18 @@ func (b *Backend) inspect(nl *netlink.Handle) (backend.Underlay, int, error) {
 		if len(subnets) > 0 {
 			have = "subnet " + strings.Join(subnets, ", ")
 		}
-		return backend.Underlay{}, 0, fmt.Errorf("%s: Network %s is not inside the subnet of master interface %s (%s): pods on the underlay need addresses of the master's segment",
+		return backend.Sublink{}, 0, fmt.Errorf("%s: Network %s is not inside the subnet of master interface %s (%s): pods on the underlay need addresses of the master's segment",
 			b.opts.Type, cfg.Network, b.master, have)
 	}
 	routes, err := nl.RouteList(mlink, netlink.FAMILY_V4)
 	if err != nil {
-		return backend.Underlay{}, 0, fmt.Errorf("%s: list routes of master %s: %w", b.opts.Type, b.master, err)
+		return backend.Sublink{}, 0, fmt.Errorf("%s: list routes of master %s: %w", b.opts.Type, b.master, err)
 	}
 	u.Gateway = link.DefaultGateway(routes)
 	mtu := mlink.Attrs().MTU
 	if b.opts.MTU > 0 {
 		if b.opts.MTU > mtu {
-			return backend.Underlay{}, 0, fmt.Errorf("%s: Backend.MTU %d is more than the MTU %d of master %s; sub-interfaces cannot exceed it", b.opts.Type, b.opts.MTU, mtu, b.master)
+			return backend.Sublink{}, 0, fmt.Errorf("%s: Backend.MTU %d is more than the MTU %d of master %s; sub-interfaces cannot exceed it", b.opts.Type, b.opts.MTU, mtu, b.master)
 		}
 		mtu = b.opts.MTU
 	}
