@@ -2,6 +2,7 @@ package link
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -54,4 +55,19 @@ func DefaultGateway(routes []netlink.Route) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// Prefix is n (an address with its mask, as netlink reports addresses and
+// route destinations) as a netip.Prefix, IPv4 unmapped; false for nil or a
+// malformed address.
+func Prefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -124,7 +124,7 @@ func (b *Backend) inspect(nl *netlink.Handle) (backend.Sublink, int, error) {
 	var subnets []string
 	u := backend.Sublink{Master: b.master, Mode: b.opts.Mode}
 	for _, a := range addrs {
-		p, ok := prefixOf(a.IPNet)
+		p, ok := link.Prefix(a.IPNet)
 		if !ok || p.Addr().IsLinkLocalUnicast() {
 			continue
 		}
@@ -158,18 +158,6 @@ func (b *Backend) inspect(nl *netlink.Handle) (backend.Sublink, int, error) {
 		mtu = b.opts.MTU
 	}
 	return u, min(mtu, 65535), nil
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // HostAddress is twill.host's address in a slice: the slice's first
@@ -250,26 +238,26 @@ func matches(have netlink.Link, opts netconf.Backend, masterIndex int) bool {
 	return false
 }
 
-func setOnlyAddress(nl *netlink.Handle, link netlink.Link, want netip.Prefix) error {
-	addrs, err := nl.AddrList(link, netlink.FAMILY_V4)
+func setOnlyAddress(nl *netlink.Handle, host netlink.Link, want netip.Prefix) error {
+	addrs, err := nl.AddrList(host, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", HostDevice, err)
 	}
 	var errs []error
 	have := false
 	for _, a := range addrs {
-		p, ok := prefixOf(a.IPNet)
+		p, ok := link.Prefix(a.IPNet)
 		if ok && p == want {
 			have = true
 			continue
 		}
-		if err := nl.AddrDel(link, &a); err != nil {
+		if err := nl.AddrDel(host, &a); err != nil {
 			errs = append(errs, fmt.Errorf("delete address %s from %s: %w", a.IPNet, HostDevice, err))
 		}
 	}
 	if !have {
 		a := &netlink.Addr{IPNet: &net.IPNet{IP: want.Addr().AsSlice(), Mask: net.CIDRMask(want.Bits(), 32)}}
-		if err := nl.AddrAdd(link, a); err != nil {
+		if err := nl.AddrAdd(host, a); err != nil {
 			errs = append(errs, fmt.Errorf("add address %s to %s: %w", want, HostDevice, err))
 		}
 	}
