@@ -1,7 +1,8 @@
 // Package backend defines what a data path is to the daemon: the Backend
 // interface, the facts about the node a backend is given, and the per-peer
-// counters every backend reports. One package per backend implements it
-// (alloc, udp, vxlan, hostgw, ipip, ...).
+// counters every backend reports (their types are overlay/status's, aliased
+// here). One package per backend implements it (alloc, udp, vxlan, hostgw,
+// ipip, sublink, ...).
 //
 // It must not pick a backend for a config (the daemon does) nor reach into
 // the lease store: a backend sees leases only as the events it is handed.
