@@ -22,10 +22,10 @@ func ipIn(t *testing.T, nsPath string, args ...string) string {
 	return string(out)
 }
 
-// sublinkNode is a node namespace whose eth0 (192.168.56.11/24, default
+// underlayNode is a node namespace whose eth0 (192.168.56.11/24, default
 // route via .1) is a veth to a "world" namespace holding 192.168.56.1, and a
 // subnet file for macvlan (or ipvlan) with the slice 192.168.56.144/28.
-func sublinkNode(t *testing.T, backendType, mode, master string, gateway netip.Addr) (*node, string) {
+func underlayNode(t *testing.T, backendType, mode, master string, gateway netip.Addr) (*node, string) {
 	t.Helper()
 	n := newNode(t, "")
 	world := newNS(t, "world")
@@ -49,15 +49,15 @@ func sublinkNode(t *testing.T, backendType, mode, master string, gateway netip.A
 	return n, world
 }
 
-// TestSublinkAddCheckDel attaches two pods with macvlan (bridge): each gets
+// TestUnderlayAddCheckDel attaches two pods with macvlan (bridge): each gets
 // a macvlan of the node's eth0 named eth0 in its namespace, an address of
 // the node's slice with the underlay's /24, the master's MTU and a default
 // route via the master's gateway. The world on the segment reaches the pods
 // directly and the pods reach each other; CHECK passes and then notices a
 // changed MTU; DEL removes the interface and frees the address.
-func TestSublinkAddCheckDel(t *testing.T) {
+func TestUnderlayAddCheckDel(t *testing.T) {
 	// No gateway in the subnet file: the plugin takes the master's default route.
-	n, world := sublinkNode(t, "macvlan", "bridge", "eth0", netip.Addr{})
+	n, world := underlayNode(t, "macvlan", "bridge", "eth0", netip.Addr{})
 	pod1, pod2 := newNS(t, "pod"), newNS(t, "pod")
 	r1 := n.add("c1", pod1)
 	r2 := n.add("c2", pod2)
@@ -126,10 +126,10 @@ func TestSublinkAddCheckDel(t *testing.T) {
 	}
 }
 
-// TestSublinkGatewayFromSubnetFile: the subnet file's gateway wins over the
+// TestUnderlayGatewayFromSubnetFile: the subnet file's gateway wins over the
 // master's default route.
-func TestSublinkGatewayFromSubnetFile(t *testing.T) {
-	n, _ := sublinkNode(t, "macvlan", "bridge", "eth0", netip.MustParseAddr("192.168.56.2"))
+func TestUnderlayGatewayFromSubnetFile(t *testing.T) {
+	n, _ := underlayNode(t, "macvlan", "bridge", "eth0", netip.MustParseAddr("192.168.56.2"))
 	pod := newNS(t, "pod")
 	r := n.add("c1", pod)
 	if gw := r.IPs[0].Gateway.String(); gw != "192.168.56.2" {
@@ -137,10 +137,10 @@ func TestSublinkGatewayFromSubnetFile(t *testing.T) {
 	}
 }
 
-// TestSublinkMissingMaster: ADD fails naming the master, and leaves no
+// TestUnderlayMissingMaster: ADD fails naming the master, and leaves no
 // allocation and no interface behind.
-func TestSublinkMissingMaster(t *testing.T) {
-	n, _ := sublinkNode(t, "macvlan", "bridge", "nope0", netip.Addr{})
+func TestUnderlayMissingMaster(t *testing.T) {
+	n, _ := underlayNode(t, "macvlan", "bridge", "nope0", netip.Addr{})
 	pod := newNS(t, "pod")
 	_, err := n.runtime.AddNetworkList(context.Background(), n.list, n.rt("c1", pod))
 	if err == nil || !strings.Contains(err.Error(), "nope0") {
@@ -154,9 +154,9 @@ func TestSublinkMissingMaster(t *testing.T) {
 	}
 }
 
-// TestSublinkIPvlan attaches a pod with ipvlan where the kernel has it.
-func TestSublinkIPvlan(t *testing.T) {
-	n, world := sublinkNode(t, "ipvlan", "l2", "eth0", netip.Addr{})
+// TestUnderlayIPvlan attaches a pod with ipvlan where the kernel has it.
+func TestUnderlayIPvlan(t *testing.T) {
+	n, world := underlayNode(t, "ipvlan", "l2", "eth0", netip.Addr{})
 	probe := newNS(t, "probe")
 	if out, err := exec.Command("ip", "-n", filepath.Base(n.ns), "link", "add", "link", "eth0", "name", "probe", "netns", filepath.Base(probe), "type", "ipvlan", "mode", "l2").CombinedOutput(); err != nil {
 		t.Skipf("needs ipvlan in the kernel (this host's has none): %s", out)
