@@ -36,34 +36,34 @@ func isNotFound(err error) bool {
 // it up. The caller holds the store lock, so plugin runs do not race here.
 func ensureBridge(conf Conf, sf subnetfile.File, log *slog.Logger) (netlink.Link, error) {
 	name := conf.Bridge
-	br, err := netlinksafe.LinkByName(name)
+	link, err := netlinksafe.LinkByName(name)
 	if isNotFound(err) {
-		nb := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1}}
-		if err := netlink.LinkAdd(nb); err != nil && !errors.Is(err, syscall.EEXIST) {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1}}
+		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
-		br, err = netlinksafe.LinkByName(name)
+		link, err = netlinksafe.LinkByName(name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("find bridge %s: %w", name, err)
 	}
-	if _, ok := br.(*netlink.Bridge); !ok {
-		return nil, fmt.Errorf("bridge %s: exists but is a %s, not a bridge", name, br.Type())
+	if _, ok := link.(*netlink.Bridge); !ok {
+		return nil, fmt.Errorf("bridge %s: exists but is a %s, not a bridge", name, link.Type())
 	}
-	if br.Attrs().MTU != sf.MTU {
-		if err := netlink.LinkSetMTU(br, sf.MTU); err != nil {
+	if link.Attrs().MTU != sf.MTU {
+		if err := netlink.LinkSetMTU(link, sf.MTU); err != nil {
 			return nil, fmt.Errorf("set bridge %s mtu %d: %w", name, sf.MTU, err)
 		}
 	}
 	if conf.IsGateway {
 		gw := sf.Subnet // gateway address with the subnet's length
-		addrs, err := netlinksafe.AddrList(br, family(gw.Addr()))
+		addrs, err := netlinksafe.AddrList(link, family(gw.Addr()))
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of bridge %s: %w", name, err)
 		}
 		have := false
 		for _, a := range addrs {
-			p, ok := link.Prefix(a.IPNet)
+			p, ok := prefixOf(a.IPNet)
 			if !ok || p.Addr().IsLinkLocalUnicast() {
 				continue
 			}
@@ -72,21 +72,25 @@ func ensureBridge(conf Conf, sf subnetfile.File, log *slog.Logger) (netlink.Link
 				continue
 			}
 			log.Warn("removing address of another subnet from the bridge", "bridge", name, "old", p, "new", gw)
-			if err := netlink.AddrDel(br, &a); err != nil {
+			if err := netlink.AddrDel(link, &a); err != nil {
 				return nil, fmt.Errorf("remove old address %s from bridge %s: %w", p, name, err)
 			}
 		}
 		if !have {
 			n := ipNet(gw)
-			if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: &n}); err != nil && !errors.Is(err, syscall.EEXIST) {
+			if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &n}); err != nil && !errors.Is(err, syscall.EEXIST) {
 				return nil, fmt.Errorf("add address %s to bridge %s: %w", gw, name, err)
 			}
 		}
 	}
-	if err := netlink.LinkSetUp(br); err != nil {
+	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
 	return netlinksafe.LinkByName(name)
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	return link.Prefix(n)
 }
 
 // attach creates the veth pair (the pod end born in the pod namespace under
@@ -233,7 +237,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 		addrs, err := netlinksafe.AddrList(br, family(gw.Addr()))
 		found := false
 		for _, a := range addrs {
-			if p, ok := link.Prefix(a.IPNet); ok && p == gw {
+			if p, ok := prefixOf(a.IPNet); ok && p == gw {
 				found = true
 			}
 		}
@@ -288,7 +292,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 		if ipc.Interface == nil || *ipc.Interface != podIdx {
 			continue
 		}
-		want, ok := link.Prefix(&ipc.Address)
+		want, ok := prefixOf(&ipc.Address)
 		if !ok {
 			missing("prevResult address %s does not parse", ipc.Address.String())
 			continue
@@ -297,7 +301,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 			addrs, err := pod.AddrList(podLink, family(want.Addr()))
 			found := false
 			for _, a := range addrs {
-				if p, ok := link.Prefix(a.IPNet); ok && p == want {
+				if p, ok := prefixOf(a.IPNet); ok && p == want {
 					found = true
 				}
 			}
@@ -318,7 +322,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 
 	if podLink != nil {
 		for _, r := range prev.Routes {
-			want, ok := link.Prefix(&r.Dst)
+			want, ok := prefixOf(&r.Dst)
 			if !ok {
 				continue
 			}
@@ -330,7 +334,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 					dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 				}
 				if kr.Dst != nil {
-					dst, _ = link.Prefix(kr.Dst)
+					dst, _ = prefixOf(kr.Dst)
 				}
 				if dst == want && (r.GW == nil || r.GW.Equal(kr.Gw)) {
 					found = true
