@@ -1,8 +1,8 @@
 // Package daemon wires twilld together: it finds the node's underlay, reads
 // the network config, sets up the backend, acquires and keeps the node's
 // lease, writes the subnet file, follows the peers' leases, and tells
-// systemd where it stands. It fills the read-only status snapshots
-// (overlay/status) that the web UI reads.
+// systemd where it stands. It produces read-only status snapshots for the
+// web UI.
 //
 // It must not parse flags (cmd/twilld does) nor serve HTTP (web does).
 package daemon
