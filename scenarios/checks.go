@@ -411,7 +411,7 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 }
 
 // hostToPods checks that every running node reaches each of its own pods
-// from its own namespace. With the underlay backends this is what
+// from its own namespace. With the sublink backends this is what
 // twill.host is for: the kernel does not pass traffic between a macvlan or
 // ipvlan parent and its children.
 func (p *play) hostToPods(ctx context.Context, within time.Duration) (string, map[string]any, error) {

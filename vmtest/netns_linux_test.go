@@ -544,8 +544,8 @@ func TestUnderlayLab(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !sf.IsUnderlay() || sf.Underlay.Master != "eth0" || sf.Underlay.Mode != "bridge" ||
-			sf.Underlay.Subnet.String() != "192.168.56.0/24" || sf.Underlay.Gateway != c.snapshot().HubAddr {
+		if !sf.IsSublink() || sf.Sublink.Master != "eth0" || sf.Sublink.Mode != "bridge" ||
+			sf.Sublink.Subnet.String() != "192.168.56.0/24" || sf.Sublink.Gateway != c.snapshot().HubAddr {
 			t.Errorf("node %s subnet file: %+v", n.Name, sf)
 		}
 	}

@@ -189,7 +189,7 @@ func (s Spec) withDefaults() (Spec, error) {
 	if s.PodsPerNode < 0 {
 		errs = append(errs, fmt.Errorf("%d pods per node: want 0 or more", s.PodsPerNode))
 	}
-	if s.NetConfig == "" && isUnderlay(s.Backend) {
+	if s.NetConfig == "" && isSublink(s.Backend) {
 		// Filled in by the driver once the lab's slot, and so its
 		// underlay pod range, is known (UnderlayNetConfig).
 	} else if s.NetConfig == "" {
@@ -226,8 +226,9 @@ type layout struct {
 // host's own link (HostAccess) keeps the slot's /26.
 const underlayBits = 24
 
-// isUnderlay says whether a backend type puts pods on the underlay.
-func isUnderlay(backendType string) bool {
+// isSublink says whether a backend type is a sublink backend (macvlan,
+// ipvlan), which puts pods on the underlay.
+func isSublink(backendType string) bool {
 	return backendType == "macvlan" || backendType == "ipvlan"
 }
 
@@ -235,10 +236,10 @@ func isUnderlay(backendType string) bool {
 // on the underlay.
 func (s Spec) underlayLab() bool {
 	if s.NetConfig == "" {
-		return isUnderlay(s.Backend)
+		return isSublink(s.Backend)
 	}
 	var nc struct{ Backend struct{ Type string } }
-	return json.Unmarshal([]byte(s.NetConfig), &nc) == nil && isUnderlay(nc.Backend.Type)
+	return json.Unmarshal([]byte(s.NetConfig), &nc) == nil && isSublink(nc.Backend.Type)
 }
 
 // UnderlayNetConfig is the default network config of an underlay lab in a

@@ -12,7 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/status"
+	"github.com/twillnet/twill/web/api"
 )
 
 // maxPeerBody bounds what is read from a peer's API.
@@ -27,8 +28,8 @@ type probeResult struct {
 	ok        bool
 	err       string
 	at        time.Time
-	node      *NodeInfo
-	tunnels   []Tunnel
+	node      *api.NodeInfo
+	tunnels   []api.Tunnel
 }
 
 // prober asks the peers' dashboards (published in their leases) for their
@@ -53,7 +54,7 @@ func (p *prober) result(subnet netip.Prefix) (probeResult, bool) {
 	return r, ok
 }
 
-func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() daemon.Snapshot) {
+func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() status.Snapshot) {
 	for {
 		p.probeAll(ctx, snapshot())
 		select {
@@ -65,7 +66,7 @@ func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() d
 }
 
 // probeAll asks every peer with a dashboard and forgets peers that left.
-func (p *prober) probeAll(ctx context.Context, snap daemon.Snapshot) {
+func (p *prober) probeAll(ctx context.Context, snap status.Snapshot) {
 	targets := map[netip.Prefix]string{}
 	for _, l := range snap.Leases {
 		if l.Subnet == snap.Lease.Subnet || l.Attrs.Twill == nil {
@@ -119,8 +120,8 @@ func dashboardURL(s string) (string, error) {
 
 func (p *prober) probe(ctx context.Context, base string) probeResult {
 	r := probeResult{dashboard: base, at: time.Now()}
-	var n NodeInfo
-	var tl TunnelList
+	var n api.NodeInfo
+	var tl api.TunnelList
 	if err := p.get(ctx, base+"/api/v1/node", &n); err != nil {
 		r.err = err.Error()
 		return r
@@ -158,13 +159,13 @@ func (p *prober) get(ctx context.Context, u string, v any) error {
 }
 
 // cluster is every lease's node with what its API answered.
-func (s *Server) cluster(snap daemon.Snapshot) Cluster {
-	var c Cluster
+func (s *Server) cluster(snap status.Snapshot) api.Cluster {
+	var c api.Cluster
 	ll := leaseList(snap, time.Now())
 	tl := s.tunnelList(snap, false)
 	self := s.nodeInfo(snap)
 	for _, l := range ll.Leases {
-		n := ClusterNode{Subnet: l.Subnet, Name: l.Node, PublicIP: l.PublicIP, Dashboard: l.Dashboard, Reachability: "unknown"}
+		n := api.ClusterNode{Subnet: l.Subnet, Name: l.Node, PublicIP: l.PublicIP, Dashboard: l.Dashboard, Reachability: "unknown"}
 		if l.Own {
 			n.Self, n.Reachability, n.Node, n.Tunnels = true, "self", &self, tl.Tunnels
 			n.Name = self.Name

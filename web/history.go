@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/status"
 )
 
 // sample is one reading of a peer's counters.
@@ -39,7 +39,7 @@ func newHistory(size int) *history {
 }
 
 // add records one reading of all peers.
-func (h *history) add(at time.Time, peers []backend.PeerStatus) {
+func (h *history) add(at time.Time, peers []status.Peer) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.at = at

@@ -14,7 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/status"
+	"github.com/twillnet/twill/web/api"
 )
 
 //go:embed assets/*.html
@@ -66,13 +67,13 @@ func loadPages() (*pages, error) {
 type pageData struct {
 	Page    string
 	Version string
-	Node    NodeInfo
+	Node    api.NodeInfo
 	Now     time.Time
 
-	Leases       []Lease
+	Leases       []api.Lease
 	Reservations int
 
-	Routes      Routes
+	Routes      api.Routes
 	Differences int
 
 	Tunnels []tunnelRow
@@ -88,20 +89,20 @@ type countRow struct {
 }
 
 type tunnelRow struct {
-	Tunnel
+	api.Tunnel
 	Drops []countRow
 	Spark sparkline
 }
 
 type clusterRow struct {
-	ClusterNode
+	api.ClusterNode
 	TxRate, RxRate float64
 	Ready          bool
 	Up, Tunnels    int
 }
 
 // build fills the data of one page from a snapshot.
-func (s *Server) build(page string, snap daemon.Snapshot) pageData {
+func (s *Server) build(page string, snap status.Snapshot) pageData {
 	d := pageData{Page: page, Version: s.opts.Version, Node: s.nodeInfo(snap), Now: time.Now()}
 	switch page {
 	case "overview":
@@ -116,7 +117,7 @@ func (s *Server) build(page string, snap daemon.Snapshot) pageData {
 				row.TxRate += t.TxBytesPerSecond
 				row.RxRate += t.RxBytesPerSecond
 				row.Tunnels++
-				if t.State == StateUp {
+				if t.State == api.StateUp {
 					row.Up++
 				}
 			}
@@ -131,7 +132,7 @@ func (s *Server) build(page string, snap daemon.Snapshot) pageData {
 		}
 	case "routes":
 		d.Routes = routeTable(snap)
-		for _, rows := range [][]RouteRow{d.Routes.Routes, d.Routes.Neighbors, d.Routes.FDB} {
+		for _, rows := range [][]api.RouteRow{d.Routes.Routes, d.Routes.Neighbors, d.Routes.FDB} {
 			for _, r := range rows {
 				if r.Status != "ok" {
 					d.Differences++
@@ -172,7 +173,7 @@ func (s *Server) page(name string) http.HandlerFunc {
 }
 
 // renderRegions renders the live regions of a page.
-func (s *Server) renderRegions(name string, snap daemon.Snapshot) (map[string]string, error) {
+func (s *Server) renderRegions(name string, snap status.Snapshot) (map[string]string, error) {
 	d := s.build(name, snap)
 	out := map[string]string{}
 	var buf bytes.Buffer
@@ -200,7 +201,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	_, _ = fmt.Fprintf(w, "retry: 2000\n\n")
-	send := func(snap daemon.Snapshot) error {
+	send := func(snap status.Snapshot) error {
 		regions, err := s.renderRegions(name, snap)
 		if err != nil {
 			return err
@@ -259,7 +260,7 @@ var funcs = template.FuncMap{
 		}
 		return buf.String()
 	},
-	"args": func(title string, rows []RouteRow) map[string]any {
+	"args": func(title string, rows []api.RouteRow) map[string]any {
 		return map[string]any{"Title": title, "Rows": rows}
 	},
 	"sum": func(m map[string]uint64) uint64 {
@@ -332,7 +333,7 @@ type sparkline struct {
 	Empty  bool
 }
 
-func newSparkline(h []RatePoint) sparkline {
+func newSparkline(h []api.RatePoint) sparkline {
 	s := sparkline{W: 160, H: 34}
 	if len(h) < 2 {
 		s.Empty = true
@@ -382,13 +383,13 @@ type topoLink struct {
 // maxTopologyNodes is the most nodes drawn.
 const maxTopologyNodes = 24
 
-func layoutTopology(c Cluster) topology {
+func layoutTopology(c api.Cluster) topology {
 	t := topology{W: 900, H: 420, NodesAll: len(c.Nodes)}
 	nodes := c.Nodes
 	if len(nodes) > maxTopologyNodes {
 		t.TooMany = len(nodes) - maxTopologyNodes
 		// Keep this node in the picture.
-		selfAt := slices.IndexFunc(nodes, func(n ClusterNode) bool { return n.Self })
+		selfAt := slices.IndexFunc(nodes, func(n api.ClusterNode) bool { return n.Self })
 		kept := slices.Clone(nodes[:maxTopologyNodes])
 		if selfAt >= maxTopologyNodes {
 			kept[0] = nodes[selfAt]
@@ -438,7 +439,7 @@ func layoutTopology(c Cluster) topology {
 		from  []string
 	}
 	edges := map[[2]string]*edge{}
-	rank := map[string]int{StateIdle: 0, StateUp: 1, StateUnreachable: 2}
+	rank := map[string]int{api.StateIdle: 0, api.StateUp: 1, api.StateUnreachable: 2}
 	for _, n := range nodes {
 		for _, tn := range n.Tunnels {
 			if _, ok := pos[tn.Peer]; !ok {
@@ -471,7 +472,7 @@ func layoutTopology(c Cluster) topology {
 		e := edges[k]
 		a, b := t.Nodes[pos[k[0]]], t.Nodes[pos[k[1]]]
 		label := e.state
-		if e.state != StateUnreachable {
+		if e.state != api.StateUnreachable {
 			label = humanRate(e.rate)
 		}
 		slices.Sort(e.from)

@@ -15,12 +15,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/twillnet/twill/overlay/daemon"
+	"github.com/twillnet/twill/overlay/status"
 )
 
-// Source gives the daemon's state; *daemon.Daemon is one.
+// Source gives the daemon's state (*daemon.Daemon is one; the web
+// package does not import it).
 type Source interface {
-	Snapshot() daemon.Snapshot
+	Snapshot() status.Snapshot
 }
 
 // Options configure a Server; zero values take the defaults.
@@ -61,7 +62,7 @@ type Server struct {
 	handler http.Handler
 
 	mu     sync.Mutex
-	latest *daemon.Snapshot // the last sampled snapshot
+	latest *status.Snapshot // the last sampled snapshot
 	tick   chan struct{}    // closed and replaced after each sample
 }
 
@@ -239,11 +240,11 @@ func writeText(w http.ResponseWriter, code int, s string) {
 }
 
 // snapshot is the daemon's state now.
-func (s *Server) snapshot() daemon.Snapshot { return s.opts.Source.Snapshot() }
+func (s *Server) snapshot() status.Snapshot { return s.opts.Source.Snapshot() }
 
 // sampled is the last sampled snapshot, or a fresh one before the first
 // sample.
-func (s *Server) sampled() daemon.Snapshot {
+func (s *Server) sampled() status.Snapshot {
 	s.mu.Lock()
 	l := s.latest
 	s.mu.Unlock()

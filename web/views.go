@@ -7,10 +7,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/twillnet/twill/overlay/backend"
-	"github.com/twillnet/twill/overlay/daemon"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/plan"
+	"github.com/twillnet/twill/overlay/status"
+	"github.com/twillnet/twill/web/api"
 )
 
 // activeWindow is how recently a counter must have grown for a tunnel to
@@ -21,8 +21,8 @@ const (
 	silentAfter  = 6 * time.Second
 )
 
-func (s *Server) nodeInfo(snap daemon.Snapshot) NodeInfo {
-	n := NodeInfo{
+func (s *Server) nodeInfo(snap status.Snapshot) api.NodeInfo {
+	n := api.NodeInfo{
 		Name:        snap.Node.Name,
 		Iface:       snap.Node.Iface,
 		Backend:     snap.Node.BackendType,
@@ -61,20 +61,20 @@ func (s *Server) nodeInfo(snap daemon.Snapshot) NodeInfo {
 }
 
 // health is ready when the daemon says it is and every check passes.
-func health(snap daemon.Snapshot) Health {
-	h := Health{Ready: snap.Ready, Checks: []Check{{Name: "running", OK: snap.Ready, Detail: "twilld finished starting"}}}
+func health(snap status.Snapshot) api.Health {
+	h := api.Health{Ready: snap.Ready, Checks: []api.Check{{Name: "running", OK: snap.Ready, Detail: "twilld finished starting"}}}
 	if !snap.Ready {
 		h.Checks[0].Detail = "twilld is starting or stopping"
 	}
 	for _, c := range snap.Checks {
-		h.Checks = append(h.Checks, Check{Name: c.Name, OK: c.OK, Detail: c.Detail})
+		h.Checks = append(h.Checks, api.Check{Name: c.Name, OK: c.OK, Detail: c.Detail})
 		h.Ready = h.Ready && c.OK
 	}
 	return h
 }
 
-func leaseList(snap daemon.Snapshot, now time.Time) LeaseList {
-	ls := make([]Lease, 0, len(snap.Leases)+1)
+func leaseList(snap status.Snapshot, now time.Time) api.LeaseList {
+	ls := make([]api.Lease, 0, len(snap.Leases)+1)
 	own := false
 	for _, l := range snap.Leases {
 		v := leaseView(l, now)
@@ -88,8 +88,8 @@ func leaseList(snap daemon.Snapshot, now time.Time) LeaseList {
 		v.Own = true
 		ls = append(ls, v)
 	}
-	slices.SortFunc(ls, func(a, b Lease) int { return cmpSubnet(a.Subnet, b.Subnet) })
-	return LeaseList{Now: timeString(now), Leases: ls}
+	slices.SortFunc(ls, func(a, b api.Lease) int { return cmpSubnet(a.Subnet, b.Subnet) })
+	return api.LeaseList{Now: timeString(now), Leases: ls}
 }
 
 func cmpSubnet(a, b string) int {
@@ -101,8 +101,8 @@ func cmpSubnet(a, b string) int {
 	return cmp.Or(pa.Addr().Compare(pb.Addr()), cmp.Compare(pa.Bits(), pb.Bits()))
 }
 
-func leaseView(l lease.Lease, now time.Time) Lease {
-	v := Lease{
+func leaseView(l lease.Lease, now time.Time) api.Lease {
+	v := api.Lease{
 		Subnet:      l.Subnet.String(),
 		Node:        l.Attrs.NodeName(),
 		Backend:     l.Attrs.Backend(),
@@ -125,8 +125,8 @@ func leaseView(l lease.Lease, now time.Time) Lease {
 	return v
 }
 
-func routeTable(snap daemon.Snapshot) Routes {
-	r := Routes{InSync: snap.Backend.InSync, Routes: []RouteRow{}, Neighbors: []RouteRow{}, FDB: []RouteRow{}}
+func routeTable(snap status.Snapshot) api.Routes {
+	r := api.Routes{InSync: snap.Backend.InSync, Routes: []api.RouteRow{}, Neighbors: []api.RouteRow{}, FDB: []api.RouteRow{}}
 	k := snap.Backend.Kernel
 	if k == nil {
 		return r
@@ -144,11 +144,11 @@ func neighText(n plan.Neighbor) string { return n.String()[len("neigh "):] }
 func fdbText(f plan.FDBEntry) string   { return f.String()[len("fdb "):] }
 
 // pair matches desired and actual entries by key, in key order.
-func pair[T any](desired, actual []T, key, text func(T) string) []RouteRow {
-	rows := map[string]*RouteRow{}
-	get := func(k string) *RouteRow {
+func pair[T any](desired, actual []T, key, text func(T) string) []api.RouteRow {
+	rows := map[string]*api.RouteRow{}
+	get := func(k string) *api.RouteRow {
 		if rows[k] == nil {
-			rows[k] = &RouteRow{Key: k}
+			rows[k] = &api.RouteRow{Key: k}
 		}
 		return rows[k]
 	}
@@ -158,7 +158,7 @@ func pair[T any](desired, actual []T, key, text func(T) string) []RouteRow {
 	for _, x := range actual {
 		get(key(x)).Actual = text(x)
 	}
-	out := make([]RouteRow, 0, len(rows))
+	out := make([]api.RouteRow, 0, len(rows))
 	for _, k := range slices.SortedFunc(maps.Keys(rows), cmpKey) {
 		r := *rows[k]
 		switch {
@@ -200,11 +200,11 @@ func firstWord(s string) string {
 	return s
 }
 
-func (s *Server) tunnelList(snap daemon.Snapshot, withHistory bool) TunnelList {
-	tl := TunnelList{
+func (s *Server) tunnelList(snap status.Snapshot, withHistory bool) api.TunnelList {
+	tl := api.TunnelList{
 		SampledAt:       timeString(s.hist.sampledAt()),
 		IntervalSeconds: s.opts.SampleInterval.Seconds(),
-		Tunnels:         make([]Tunnel, 0, len(snap.Backend.Peers)),
+		Tunnels:         make([]api.Tunnel, 0, len(snap.Backend.Peers)),
 		Drops:           maps.Clone(snap.Backend.Drops),
 	}
 	if tl.Drops == nil {
@@ -217,12 +217,12 @@ func (s *Server) tunnelList(snap daemon.Snapshot, withHistory bool) TunnelList {
 	for _, p := range snap.Backend.Peers {
 		tl.Tunnels = append(tl.Tunnels, s.tunnel(p, names[p.Subnet], withHistory))
 	}
-	slices.SortFunc(tl.Tunnels, func(a, b Tunnel) int { return cmpSubnet(a.Peer, b.Peer) })
+	slices.SortFunc(tl.Tunnels, func(a, b api.Tunnel) int { return cmpSubnet(a.Peer, b.Peer) })
 	return tl
 }
 
-func (s *Server) tunnel(p backend.PeerStatus, node string, withHistory bool) Tunnel {
-	t := Tunnel{
+func (s *Server) tunnel(p status.Peer, node string, withHistory bool) api.Tunnel {
+	t := api.Tunnel{
 		Peer: p.Subnet.String(), Node: node,
 		TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
 		Drops: maps.Clone(p.Drops),
@@ -248,7 +248,7 @@ func (s *Server) tunnel(p backend.PeerStatus, node string, withHistory bool) Tun
 		}
 		for _, x := range r.series {
 			if x.hasRate {
-				t.History = append(t.History, RatePoint{At: timeString(x.at), TxBytesPerSecond: x.txRate, RxBytesPerSecond: x.rxRate})
+				t.History = append(t.History, api.RatePoint{At: timeString(x.at), TxBytesPerSecond: x.txRate, RxBytesPerSecond: x.rxRate})
 			}
 		}
 	}
@@ -260,20 +260,27 @@ func (s *Server) tunnel(p backend.PeerStatus, node string, withHistory bool) Tun
 // tunnelState says whether a tunnel is up (packets flowed lately), idle (no
 // packets lately) or unreachable (the peer's dashboard does not answer, or
 // packets went out for a while and none came back).
-func (s *Server) tunnelState(p backend.PeerStatus, r peerRates, ok bool) (string, string) {
+func (s *Server) tunnelState(p status.Peer, r peerRates, ok bool) (string, string) {
 	if pr, probed := s.peers.result(p.Subnet); probed && !pr.ok {
-		return StateUnreachable, "its dashboard does not answer: " + pr.err
+		return api.StateUnreachable, "its dashboard does not answer: " + pr.err
 	}
 	if !ok {
-		return StateIdle, "no samples yet"
+		return api.StateIdle, "no samples yet"
 	}
 	now := r.last.at
 	sending := !r.lastTx.IsZero() && now.Sub(r.lastTx) < activeWindow
 	if sending && (r.lastRx.IsZero() || r.lastTx.Sub(r.lastRx) > silentAfter) {
-		return StateUnreachable, "packets sent, none received back"
+		return api.StateUnreachable, "packets sent, none received back"
 	}
 	if sending || (!r.lastRx.IsZero() && now.Sub(r.lastRx) < activeWindow) {
-		return StateUp, "packets in the last 10 s"
+		return api.StateUp, "packets in the last 10 s"
 	}
-	return StateIdle, "no packets in the last 10 s"
+	return api.StateIdle, "no packets in the last 10 s"
+}
+
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }

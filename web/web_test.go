@@ -16,25 +16,25 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/twillnet/twill/overlay/backend"
-	"github.com/twillnet/twill/overlay/daemon"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/plan"
+	"github.com/twillnet/twill/overlay/status"
+	"github.com/twillnet/twill/web/api"
 )
 
 // fakeSource hands out a snapshot the test sets.
 type fakeSource struct {
 	mu   sync.Mutex
-	snap daemon.Snapshot
+	snap status.Snapshot
 }
 
-func (f *fakeSource) Snapshot() daemon.Snapshot {
+func (f *fakeSource) Snapshot() status.Snapshot {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.snap
 }
 
-func (f *fakeSource) set(fn func(*daemon.Snapshot)) {
+func (f *fakeSource) set(fn func(*status.Snapshot)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(&f.snap)
@@ -54,27 +54,27 @@ func mkLease(subnet netip.Prefix, ip, node string) lease.Lease {
 	}}
 }
 
-func testSnapshot() daemon.Snapshot {
+func testSnapshot() status.Snapshot {
 	own := mkLease(ownSubnet, "192.168.56.11", "n1")
 	peer := mkLease(peerSubnet, "192.168.56.12", "n2")
 	res := lease.Lease{Subnet: netip.MustParsePrefix("10.244.9.0/24"), Reservation: true,
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.99")}}
 	route := plan.Route{Dst: peerSubnet, Gateway: netip.MustParseAddr("10.244.2.0"), Device: "twill.1", OnLink: true}
 	stale := plan.Route{Dst: netip.MustParsePrefix("10.244.7.0/24"), Gateway: netip.MustParseAddr("10.244.7.0"), Device: "twill.1", OnLink: true}
-	return daemon.Snapshot{
-		Node:  daemon.NodeInfo{Name: "n1", PublicIP: netip.MustParseAddr("192.168.56.11"), Iface: "eth0", Network: netip.MustParsePrefix("10.244.0.0/16"), BackendType: "vxlan", MTU: 1450},
+	return status.Snapshot{
+		Node:  status.Node{Name: "n1", PublicIP: netip.MustParseAddr("192.168.56.11"), Iface: "eth0", Network: netip.MustParsePrefix("10.244.0.0/16"), BackendType: "vxlan", MTU: 1450},
 		Lease: own, Leases: []lease.Lease{own, peer, res},
-		Backend: backend.Status{
-			Peers: []backend.PeerStatus{{Subnet: peerSubnet, PublicIP: netip.MustParseAddr("192.168.56.12"),
+		Backend: status.Backend{
+			Peers: []status.Peer{{Subnet: peerSubnet, PublicIP: netip.MustParseAddr("192.168.56.12"),
 				TxPackets: 10, TxBytes: 1000, RxPackets: 20, RxBytes: 2000, Drops: map[string]uint64{"no-route": 3}}},
 			Drops:  map[string]uint64{"unknown-peer": 4},
 			InSync: false, Device: "twill.1", DeviceUp: true,
-			Kernel: &backend.KernelState{
-				Desired: backend.KernelTables{Routes: []plan.Route{route}},
-				Actual:  backend.KernelTables{Routes: []plan.Route{route, stale}},
+			Kernel: &status.Kernel{
+				Desired: status.KernelTables{Routes: []plan.Route{route}},
+				Actual:  status.KernelTables{Routes: []plan.Route{route, stale}},
 			},
 		},
-		Checks:    []daemon.Check{{Name: "lease-held", OK: true}, {Name: "routes-in-sync", OK: true}},
+		Checks:    []status.Check{{Name: "lease-held", OK: true}, {Name: "routes-in-sync", OK: true}},
 		Ready:     true,
 		StartedAt: time.Now().Add(-time.Hour),
 	}
@@ -161,11 +161,11 @@ func TestEndpoints(t *testing.T) {
 		}
 	}
 	// The API decodes into its own types.
-	var n NodeInfo
+	var n api.NodeInfo
 	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/node").Body.Bytes(), &n); err != nil || n.Name != "n1" || !n.Ready || n.Peers != 1 {
 		t.Errorf("node: %+v, %v", n, err)
 	}
-	var r Routes
+	var r api.Routes
 	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/routes").Body.Bytes(), &r); err != nil || len(r.Routes) != 2 || r.Routes[0].Status != "ok" || r.Routes[1].Status != "extra" {
 		t.Errorf("routes: %+v, %v", r, err)
 	}
@@ -179,7 +179,7 @@ func TestBackendMode(t *testing.T) {
 	if body := get(t, h, "GET", "/api/v1/node").Body.String(); strings.Contains(body, "backend_mode") {
 		t.Errorf("vxlan node reports a backend mode: %s", body)
 	}
-	src.set(func(s *daemon.Snapshot) {
+	src.set(func(s *status.Snapshot) {
 		s.Node.BackendType = "udp"
 		s.Backend.Mode = "userspace (kernel path: kernel 6.1 has no tcx (needs 6.6))"
 	})
@@ -240,8 +240,8 @@ func TestResyncNeedsToken(t *testing.T) {
 
 func TestNotReady(t *testing.T) {
 	src := &fakeSource{snap: testSnapshot()}
-	src.set(func(s *daemon.Snapshot) {
-		s.Checks = append(s.Checks, daemon.Check{Name: "etcd-reachable", OK: false, Detail: "the last etcd request failed"})
+	src.set(func(s *status.Snapshot) {
+		s.Checks = append(s.Checks, status.Check{Name: "etcd-reachable", OK: false, Detail: "the last etcd request failed"})
 	})
 	h := newTestServer(t, src).Handler()
 	if w := get(t, h, "GET", "/readyz"); w.Code != 503 || w.Body.String() != "not ready\n" {
@@ -257,7 +257,7 @@ func TestNotReady(t *testing.T) {
 	if w := get(t, h, "GET", "/livez"); w.Code != 200 {
 		t.Errorf("livez: %d", w.Code)
 	}
-	src.set(func(s *daemon.Snapshot) { s.Checks = s.Checks[:2]; s.Ready = false })
+	src.set(func(s *status.Snapshot) { s.Checks = s.Checks[:2]; s.Ready = false })
 	if w := get(t, h, "GET", "/readyz?verbose"); w.Code != 503 || !strings.Contains(w.Body.String(), "[-]running failed") {
 		t.Errorf("readyz while starting: %d\n%s", w.Code, w.Body.String())
 	}
@@ -268,16 +268,16 @@ func TestHostileLease(t *testing.T) {
 	const evil = `<script>alert(1)</script>`
 	src := &fakeSource{snap: testSnapshot()}
 	hostile := netip.MustParsePrefix("10.244.66.0/24")
-	src.set(func(s *daemon.Snapshot) {
+	src.set(func(s *status.Snapshot) {
 		s.Node.Name = evil
 		s.Leases = append(s.Leases, lease.Lease{Subnet: hostile, Expiration: expiry, Attrs: lease.Attrs{
 			PublicIP: netip.MustParseAddr("192.168.56.66"), BackendType: `vxlan"><img src=x onerror=alert(2)>`,
 			BackendData: json.RawMessage(`{"VtepMAC":"</td><script>alert(3)</script>","x":"' onmouseover='alert(4)"}`),
 			Twill:       &lease.NodeInfo{Node: evil, Dashboard: "javascript:alert(5)"},
 		}})
-		s.Backend.Peers = append(s.Backend.Peers, backend.PeerStatus{Subnet: hostile, Drops: map[string]uint64{evil: 1}})
+		s.Backend.Peers = append(s.Backend.Peers, status.Peer{Subnet: hostile, Drops: map[string]uint64{evil: 1}})
 		s.Backend.Problems = []string{evil}
-		s.Checks = append(s.Checks, daemon.Check{Name: evil, OK: true, Detail: evil})
+		s.Checks = append(s.Checks, status.Check{Name: evil, OK: true, Detail: evil})
 	})
 	s := newTestServer(t, src)
 	s.Sample()
@@ -323,7 +323,7 @@ func TestRatesAndHistory(t *testing.T) {
 	s := newTestServer(t, src, func(o *Options) { o.HistoryLen = 3 })
 	t0 := time.Now()
 	add := func(at time.Duration, tx, rx uint64) {
-		src.set(func(sn *daemon.Snapshot) {
+		src.set(func(sn *status.Snapshot) {
 			sn.Backend.Peers[0].TxBytes, sn.Backend.Peers[0].RxBytes = tx, rx
 			sn.Backend.Peers[0].TxPackets, sn.Backend.Peers[0].RxPackets = tx/100, rx/100
 		})
@@ -346,7 +346,7 @@ func TestRatesAndHistory(t *testing.T) {
 		t.Errorf("rate after a counter reset: %v, want 0", tun.TxBytesPerSecond)
 	}
 	// A peer that left is forgotten.
-	src.set(func(sn *daemon.Snapshot) { sn.Backend.Peers = nil })
+	src.set(func(sn *status.Snapshot) { sn.Backend.Peers = nil })
 	s.hist.add(t0.Add(8*time.Second), nil)
 	if _, ok := s.hist.get(peerSubnet, false); ok {
 		t.Errorf("history kept a departed peer")
@@ -358,27 +358,27 @@ func TestTunnelState(t *testing.T) {
 	s := newTestServer(t, src)
 	t0 := time.Now()
 	step := func(i int, tx, rx uint64) string {
-		src.set(func(sn *daemon.Snapshot) { sn.Backend.Peers[0].TxPackets, sn.Backend.Peers[0].RxPackets = tx, rx })
+		src.set(func(sn *status.Snapshot) { sn.Backend.Peers[0].TxPackets, sn.Backend.Peers[0].RxPackets = tx, rx })
 		s.hist.add(t0.Add(time.Duration(i)*2*time.Second), src.Snapshot().Backend.Peers)
 		return s.tunnelList(src.Snapshot(), false).Tunnels[0].State
 	}
-	if st := step(0, 10, 20); st != StateIdle {
+	if st := step(0, 10, 20); st != api.StateIdle {
 		t.Errorf("first sample: %s, want idle", st)
 	}
-	if st := step(1, 11, 21); st != StateUp {
+	if st := step(1, 11, 21); st != api.StateUp {
 		t.Errorf("traffic both ways: %s, want up", st)
 	}
 	var st string
 	for i := 2; i < 8; i++ {
 		st = step(i, uint64(11+i), 21)
 	}
-	if st != StateUnreachable {
+	if st != api.StateUnreachable {
 		t.Errorf("12 s of sending without answers: %s, want unreachable", st)
 	}
 	for i := 8; i < 15; i++ {
 		st = step(i, 17, 21)
 	}
-	if st != StateIdle {
+	if st != api.StateIdle {
 		t.Errorf("quiet: %s, want idle", st)
 	}
 }
@@ -419,7 +419,7 @@ twill_peers 1
 		t.Errorf("twill_build_info: %d series, want 1", n)
 	}
 	// The peer leaves: its series vanish.
-	src.set(func(s *daemon.Snapshot) { s.Backend.Peers = nil; s.Backend.Drops = nil })
+	src.set(func(s *status.Snapshot) { s.Backend.Peers = nil; s.Backend.Drops = nil })
 	gone := `
 # HELP twill_peers Number of peers the backend routes to.
 # TYPE twill_peers gauge
@@ -472,7 +472,7 @@ func TestEvents(t *testing.T) {
 	if !strings.Contains(first["tunnels"], `data-value="10"`) || !strings.Contains(first["status"], "ready") {
 		t.Errorf("first update: %v", first)
 	}
-	src.set(func(sn *daemon.Snapshot) { sn.Backend.Peers[0].TxPackets = 4242 })
+	src.set(func(sn *status.Snapshot) { sn.Backend.Peers[0].TxPackets = 4242 })
 	s.Sample()
 	if second := next(); !strings.Contains(second["tunnels"], `data-value="4242"`) {
 		t.Errorf("update after a sample lacks the new counter")
@@ -483,7 +483,7 @@ func TestEvents(t *testing.T) {
 // tunnels; one that does not is marked.
 func TestClusterView(t *testing.T) {
 	peerSrc := &fakeSource{snap: testSnapshot()}
-	peerSrc.set(func(s *daemon.Snapshot) { s.Node.Name = "n2"; s.Lease = mkLease(peerSubnet, "192.168.56.12", "n2") })
+	peerSrc.set(func(s *status.Snapshot) { s.Node.Name = "n2"; s.Lease = mkLease(peerSubnet, "192.168.56.12", "n2") })
 	peer := httptest.NewServer(newTestServer(t, peerSrc).Handler())
 	defer peer.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -495,17 +495,17 @@ func TestClusterView(t *testing.T) {
 	deadSubnet := netip.MustParsePrefix("10.244.3.0/24")
 
 	src := &fakeSource{snap: testSnapshot()}
-	src.set(func(s *daemon.Snapshot) {
+	src.set(func(s *status.Snapshot) {
 		s.Leases[1].Attrs.Twill.Dashboard = peer.URL
 		d := mkLease(deadSubnet, "192.168.56.13", "n3")
 		d.Attrs.Twill.Dashboard = dead
 		s.Leases = append(s.Leases, d)
-		s.Backend.Peers = append(s.Backend.Peers, backend.PeerStatus{Subnet: deadSubnet, PublicIP: netip.MustParseAddr("192.168.56.13")})
+		s.Backend.Peers = append(s.Backend.Peers, status.Peer{Subnet: deadSubnet, PublicIP: netip.MustParseAddr("192.168.56.13")})
 	})
 	s := newTestServer(t, src, func(o *Options) { o.PeerTimeout = time.Second })
 	s.peers.probeAll(t.Context(), src.Snapshot())
 	c := s.cluster(src.Snapshot())
-	got := map[string]ClusterNode{}
+	got := map[string]api.ClusterNode{}
 	for _, n := range c.Nodes {
 		got[n.Subnet] = n
 	}
@@ -520,7 +520,7 @@ func TestClusterView(t *testing.T) {
 	}
 	tl := s.tunnelList(src.Snapshot(), false)
 	for _, tun := range tl.Tunnels {
-		if tun.Peer == deadSubnet.String() && tun.State != StateUnreachable {
+		if tun.Peer == deadSubnet.String() && tun.State != api.StateUnreachable {
 			t.Errorf("tunnel to the dead peer: %s, want unreachable", tun.State)
 		}
 	}
@@ -533,7 +533,7 @@ func TestClusterView(t *testing.T) {
 }
 
 // manyLeases is a snapshot of a 1000-node cluster.
-func manyLeases(n int) daemon.Snapshot {
+func manyLeases(n int) status.Snapshot {
 	snap := testSnapshot()
 	snap.Leases = nil
 	snap.Backend.Peers = nil
@@ -541,7 +541,7 @@ func manyLeases(n int) daemon.Snapshot {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i/256), byte(i % 256), 0}), 24)
 		l := mkLease(p, fmt.Sprintf("192.168.%d.%d", i/250, i%250+1), fmt.Sprintf("node-%04d", i))
 		snap.Leases = append(snap.Leases, l)
-		snap.Backend.Peers = append(snap.Backend.Peers, backend.PeerStatus{Subnet: p, TxPackets: uint64(i), RxBytes: uint64(i * 1000)})
+		snap.Backend.Peers = append(snap.Backend.Peers, status.Peer{Subnet: p, TxPackets: uint64(i), RxBytes: uint64(i * 1000)})
 	}
 	snap.Lease = snap.Leases[0]
 	return snap

@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/twillnet/twill/web"
+	"github.com/twillnet/twill/web/api"
 )
 
 // The commands that read a node's dashboard API (docs/api.md).
@@ -78,7 +78,7 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	if err := checkFormat(*format); err != nil {
 		return err
 	}
-	var n web.NodeInfo
+	var n api.NodeInfo
 	raw, err := fetch(ctx, *node, "node", &n)
 	if err != nil {
 		return err
@@ -128,7 +128,7 @@ func apiLeases(ctx context.Context, node, format string, out io.Writer) error {
 	if err := checkFormat(format); err != nil {
 		return err
 	}
-	var ll web.LeaseList
+	var ll api.LeaseList
 	raw, err := fetch(ctx, node, "leases", &ll)
 	if err != nil {
 		return err
@@ -161,7 +161,7 @@ func runRoutes(ctx context.Context, args []string, out io.Writer) error {
 	if err := checkFormat(*format); err != nil {
 		return err
 	}
-	var r web.Routes
+	var r api.Routes
 	raw, err := fetch(ctx, *node, "routes", &r)
 	if err != nil {
 		return err
@@ -182,7 +182,7 @@ func runRoutes(ctx context.Context, args []string, out io.Writer) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	for _, sec := range []struct {
 		name string
-		rows []web.RouteRow
+		rows []api.RouteRow
 	}{{"ROUTE", r.Routes}, {"NEIGHBOUR", r.Neighbors}, {"FDB", r.FDB}} {
 		fmt.Fprintf(tw, "\n%s\tSTATUS\tWANTED\tIN THE KERNEL\n", sec.name)
 		for _, row := range sec.rows {
@@ -207,7 +207,7 @@ func runTunnels(ctx context.Context, args []string, out io.Writer) error {
 	if err := checkFormat(*format); err != nil {
 		return err
 	}
-	var tl web.TunnelList
+	var tl api.TunnelList
 	raw, err := fetch(ctx, *node, "tunnels", &tl)
 	if err != nil {
 		return err

@@ -169,11 +169,11 @@ func (p proc) wait(t *testing.T) {
 	}
 }
 
-// TestUnderlayBadConfigRefused runs twilld in a node namespace with
-// underlay configs it must refuse before taking a lease: a master that does
+// TestSublinkBadConfigRefused runs twilld in a node namespace with
+// sublink (macvlan) configs it must refuse before taking a lease: a master that does
 // not exist and a pod range outside the master's subnet. It exits with an
 // error naming the field, the value and what the node has.
-func TestUnderlayBadConfigRefused(t *testing.T) {
+func TestSublinkBadConfigRefused(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds twilld and starts it; skipped with -short")
 	}

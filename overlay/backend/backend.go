@@ -1,7 +1,8 @@
 // Package backend defines what a data path is to the daemon: the Backend
 // interface, the facts about the node a backend is given, and the per-peer
-// counters every backend reports. One package per backend implements it
-// (alloc, udp, vxlan, hostgw, ipip, ...).
+// counters every backend reports (their types are overlay/status's, aliased
+// here). One package per backend implements it (alloc, udp, vxlan, hostgw,
+// ipip, sublink, ...).
 //
 // It must not pick a backend for a config (the daemon does) nor reach into
 // the lease store: a backend sees leases only as the events it is handed.
@@ -11,11 +12,10 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
-	"time"
 
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
-	"github.com/twillnet/twill/overlay/plan"
+	"github.com/twillnet/twill/overlay/status"
 )
 
 // Node is what a backend knows of the node it runs on.
@@ -50,14 +50,14 @@ type Prepared struct {
 	BackendData json.RawMessage
 	// MTU is the MTU pods on this node must use.
 	MTU int
-	// Underlay is set by the underlay backends (macvlan, ipvlan): pods
-	// attach to the underlay, and the daemon passes this on to the CNI
-	// plugin through the subnet file.
-	Underlay *Underlay
+	// Sublink is set by the sublink backends (macvlan, ipvlan): pods
+	// attach to the underlay as sub-interfaces of its master, and the
+	// daemon passes this on to the CNI plugin through the subnet file.
+	Sublink *Sublink
 }
 
-// Underlay is where pods of an underlay backend attach.
-type Underlay struct {
+// Sublink is where pods of a sublink backend (macvlan, ipvlan) attach.
+type Sublink struct {
 	// Master is the host interface pods' sub-interfaces hang off.
 	Master string
 	// Mode is the macvlan or ipvlan mode.
@@ -93,61 +93,15 @@ type Backend interface {
 	Cleanup(ctx context.Context) error
 }
 
-// Status is a backend's report.
-type Status struct {
-	// Mode is the backend's mode where it has one (macvlan bridge, ipvlan
-	// l3, ...), for the dashboard; empty otherwise.
-	Mode  string
-	Peers []PeerStatus
-	// Problems are conditions an operator must see, such as a host-gw peer
-	// that is not on this node's L2 segment.
-	Problems []string
-	// PeerProblems are the Problems about peers twill cannot route to (a
-	// host-gw peer off the segment, a lease with unusable backend data).
-	// They make the node not ready.
-	PeerProblems []string
-	// InSync says the kernel holds what the backend wants.
-	InSync bool
-	// Drops counts dropped packets that belong to no peer, by reason
-	// (no-route, unknown-peer, ...); a peer's own drops are in its
-	// PeerStatus.
-	Drops map[string]uint64
-	// Device is the backend's device ("" for none, as host-gw and alloc);
-	// DeviceUp says it exists and is up.
-	Device   string
-	DeviceUp bool
-	// Kernel is what the backend wants in the kernel and what the kernel
-	// holds; nil for a backend without kernel state (alloc).
-	Kernel *KernelState
-}
-
-// KernelState is a read-only copy of a backend's desired and actual kernel
-// state: the receiver may keep it, nothing else writes to it.
-type KernelState struct {
-	Desired, Actual KernelTables
-	// LastPass is when the reconciler last compared them; zero before the
-	// first pass. LastError is that pass's error ("" if none).
-	LastPass  time.Time
-	LastError string
-}
-
-// KernelTables are the routes, neighbours and FDB entries of one side.
-type KernelTables struct {
-	Routes    []plan.Route
-	Neighbors []plan.Neighbor
-	FDB       []plan.FDBEntry
-}
-
-// PeerStatus is the state and the counters of the tunnel to one peer.
-type PeerStatus struct {
-	Subnet    netip.Prefix
-	PublicIP  netip.Addr
-	TxPackets uint64
-	TxBytes   uint64
-	RxPackets uint64
-	RxBytes   uint64
-	// Drops counts dropped packets by reason (no-route, unknown-peer,
-	// spoofed-source, malformed, tun-write-error, ...).
-	Drops    map[string]uint64
-	LastSeen time.Time
-}
+// The report types live in overlay/status, so that readers of a node's
+// state link no backend; these names keep the backends' code as it was.
+type (
+	// Status is a backend's report.
+	Status = status.Backend
+	// PeerStatus is the state and the counters of the tunnel to one peer.
+	PeerStatus = status.Peer
+	// KernelState is a backend's desired and actual kernel state.
+	KernelState = status.Kernel
+	// KernelTables are the routes, neighbours and FDB entries of one side.
+	KernelTables = status.KernelTables
+)

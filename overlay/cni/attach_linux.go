@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/twillnet/twill/overlay/link"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
@@ -139,15 +140,7 @@ func fixBridgeMAC(link netlink.Link, sf subnetfile.File, store *Store, log *slog
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
+	return link.Prefix(n)
 }
 
 // attach creates the veth pair (the pod end born in the pod namespace under
@@ -285,7 +278,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 	defer pod.Close()
 
 	var br netlink.Link
-	if sf.IsUnderlay() {
+	if sf.IsSublink() {
 		// No bridge: the pod's interface hangs off the master.
 	} else if br, err = netlinksafe.LinkByName(conf.Bridge); err != nil {
 		missing("bridge %s is missing: %v", conf.Bridge, err)
@@ -339,7 +332,7 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 			if l.Attrs().OperState == netlink.OperDown || l.Attrs().Flags&net.FlagUp == 0 {
 				missing("interface %s in pod is down", ifc.Name)
 			}
-			if sf.IsUnderlay() {
+			if sf.IsSublink() {
 				if err := checkSubInterface(sf, l); err != nil {
 					errs = append(errs, err)
 				}

@@ -115,7 +115,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 			return err
 		}
 		defer unlock()
-		if !sf.IsUnderlay() {
+		if !sf.IsSublink() {
 			if bridge, err = ensureBridge(conf, sf, store, log); err != nil {
 				return err
 			}
@@ -129,8 +129,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	log = log.With("addr", addr)
 
 	var result *types100.Result
-	if sf.IsUnderlay() {
-		result, err = attachUnderlay(sf, podNS, owner, addr)
+	if sf.IsSublink() {
+		result, err = attachSublink(sf, podNS, owner, addr)
 	} else {
 		result, err = attach(conf, sf, bridge, podNS, owner, addr)
 	}

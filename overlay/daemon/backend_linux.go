@@ -7,7 +7,7 @@ import (
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/hostgw"
 	"github.com/twillnet/twill/overlay/backend/ipip"
-	podunderlay "github.com/twillnet/twill/overlay/backend/underlay"
+	"github.com/twillnet/twill/overlay/backend/sublink"
 	"github.com/twillnet/twill/overlay/backend/vxlan"
 	"github.com/twillnet/twill/overlay/netconf"
 )
@@ -23,7 +23,7 @@ func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, err
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
-		return podunderlay.New(node, log)
+		return sublink.New(node, log)
 	default:
 		return nil, fmt.Errorf("backend %q is not a kernel backend", t)
 	}

@@ -314,7 +314,7 @@ func (d *Daemon) handleEvents(ctx context.Context, evs []lease.Event) {
 }
 
 // writeSubnetFile writes the node's lease for the CNI plugin; for the
-// underlay backends also the backend type and where pods attach.
+// sublink backends also the backend type and where pods attach.
 func (d *Daemon) writeSubnetFile(l lease.Lease, prep backend.Prepared) error {
 	f := subnetfile.File{
 		Network: d.netcfg.Network,
@@ -323,9 +323,9 @@ func (d *Daemon) writeSubnetFile(l lease.Lease, prep backend.Prepared) error {
 		MTU:    prep.MTU,
 		IPMasq: d.cfg.IPMasq,
 	}
-	if u := prep.Underlay; u != nil {
+	if u := prep.Sublink; u != nil {
 		f.Backend = d.netcfg.Backend.Type
-		f.Underlay = subnetfile.Underlay{Master: u.Master, Mode: u.Mode, Subnet: u.Subnet, Gateway: u.Gateway}
+		f.Sublink = subnetfile.Sublink{Master: u.Master, Mode: u.Mode, Subnet: u.Subnet, Gateway: u.Gateway}
 	}
 	if err := subnetfile.Write(d.cfg.SubnetFile, f); err != nil {
 		return err

@@ -1,44 +1,11 @@
 package daemon
 
 import (
-	"net/netip"
 	"strings"
 	"time"
 
-	"github.com/twillnet/twill/overlay/backend"
-	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/status"
 )
-
-// Snapshot is a read-only copy of the daemon's state at one moment.
-type Snapshot struct {
-	Node      NodeInfo
-	Lease     lease.Lease
-	Leases    []lease.Lease
-	Backend   backend.Status
-	Checks    []Check
-	Ready     bool
-	StartedAt time.Time
-}
-
-// NodeInfo describes this node.
-type NodeInfo struct {
-	Name        string
-	PublicIP    netip.Addr
-	Iface       string
-	Network     netip.Prefix
-	BackendType string
-	// BackendMode is the macvlan or ipvlan mode (bridge, l2, l3, ...);
-	// empty for backends without modes.
-	BackendMode string
-	MTU         int
-}
-
-// Check is one named readiness check.
-type Check struct {
-	Name   string
-	OK     bool
-	Detail string
-}
 
 // Resync asks the backend to compare its kernel state with its plan and
 // repair it now, if it keeps kernel state.
@@ -54,10 +21,10 @@ func (d *Daemon) Resync() {
 
 // Snapshot returns the daemon's state now. It is safe to call at any time,
 // also before Run got far.
-func (d *Daemon) Snapshot() Snapshot {
+func (d *Daemon) Snapshot() status.Snapshot {
 	d.mu.Lock()
-	s := Snapshot{Ready: d.ready, StartedAt: d.started}
-	s.Node = NodeInfo{Name: d.cfg.NodeName, PublicIP: d.node.PublicIP, Iface: d.node.Iface, MTU: d.mtu}
+	s := status.Snapshot{Ready: d.ready, StartedAt: d.started}
+	s.Node = status.Node{Name: d.cfg.NodeName, PublicIP: d.node.PublicIP, Iface: d.node.Iface, MTU: d.mtu}
 	netcfg, keeper, watcher, be := d.netcfg, d.keeper, d.watcher, d.be
 	d.mu.Unlock()
 	if netcfg != nil {
@@ -82,7 +49,7 @@ func (d *Daemon) Snapshot() Snapshot {
 	case s.Lease.Subnet.IsValid():
 		leaseDetail = s.Lease.Subnet.String() + " until " + s.Lease.Expiration.UTC().Format(time.RFC3339)
 	}
-	device := Check{Name: "device-up", OK: be != nil && (s.Backend.Device == "" || s.Backend.DeviceUp)}
+	device := status.Check{Name: "device-up", OK: be != nil && (s.Backend.Device == "" || s.Backend.DeviceUp)}
 	switch {
 	case be == nil:
 		device.Detail = "backend not set up yet"
@@ -93,22 +60,22 @@ func (d *Daemon) Snapshot() Snapshot {
 	default:
 		device.Detail = s.Backend.Device + " is missing or down"
 	}
-	routes := Check{Name: "routes-in-sync", OK: be != nil && s.Backend.InSync}
+	routes := status.Check{Name: "routes-in-sync", OK: be != nil && s.Backend.InSync}
 	if routes.OK {
 		routes.Detail = "the kernel holds the planned routes"
 	} else if be != nil {
 		routes.Detail = "the kernel differs from the plan (see Routes)"
 	}
-	etcdCheck := Check{Name: "etcd-reachable", OK: d.reach.Reachable()}
+	etcdCheck := status.Check{Name: "etcd-reachable", OK: d.reach.Reachable()}
 	etcdCheck.Detail = "etcd answered the last request"
 	if !etcdCheck.OK {
 		etcdCheck.Detail = "the last etcd request failed"
 	}
-	peers := Check{Name: "peers-routable", OK: be != nil && len(s.Backend.PeerProblems) == 0, Detail: "every peer can be routed to"}
+	peers := status.Check{Name: "peers-routable", OK: be != nil && len(s.Backend.PeerProblems) == 0, Detail: "every peer can be routed to"}
 	if len(s.Backend.PeerProblems) > 0 {
 		peers.Detail = strings.Join(s.Backend.PeerProblems, "; ")
 	}
-	s.Checks = []Check{
+	s.Checks = []status.Check{
 		{Name: "lease-held", OK: held, Detail: leaseDetail},
 		device,
 		routes,

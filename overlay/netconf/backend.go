@@ -78,9 +78,10 @@ type Backend struct {
 	Mode, Master string
 }
 
-// IsUnderlay reports whether pods sit on the underlay (macvlan, ipvlan)
-// rather than on an overlay the backend carries.
-func (b Backend) IsUnderlay() bool { return b.Type == TypeMacvlan || b.Type == TypeIPvlan }
+// IsSublink reports whether b is a sublink backend (macvlan, ipvlan): pods
+// sit on the underlay as sub-interfaces of its master rather than on an
+// overlay the backend carries.
+func (b Backend) IsSublink() bool { return b.Type == TypeMacvlan || b.Type == TypeIPvlan }
 
 // parseBackend reads the Backend object; every option that is wrong is an
 // error of its own.
@@ -166,7 +167,7 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 
 // validateAgainst checks what depends on the rest of the config.
 func (b Backend) validateAgainst(c *Config) error {
-	if b.IsUnderlay() && c.SubnetLen > 29 {
+	if b.IsSublink() && c.SubnetLen > 29 {
 		return &FieldError{Field: "SubnetLen", Value: fmt.Sprint(c.SubnetLen),
 			Reason: fmt.Sprintf("too small for %s: each node's slice needs at least a /29", b.Type)}
 	}

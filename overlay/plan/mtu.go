@@ -8,7 +8,7 @@ import "github.com/twillnet/twill/overlay/netconf"
 //	udp     28  IPv4 20 + UDP 8 (flannel's udp has no header of its own)
 //	vxlan   50  outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 //	ipip    20  outer IPv4
-//	others   0  host-gw and the underlay backends do not encapsulate
+//	others   0  host-gw and the sublink backends do not encapsulate
 func Overhead(backendType string) int {
 	switch backendType {
 	case netconf.TypeUDP:

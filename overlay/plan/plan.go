@@ -55,7 +55,7 @@ const (
 func VXLANDevice(vni int) string { return "twill." + strconv.Itoa(vni) }
 
 // DeviceName is the backend's own device, or "" for a backend without one
-// (host-gw, and the underlay backends).
+// (host-gw, and the sublink backends).
 func DeviceName(b netconf.Backend) string {
 	switch b.Type {
 	case netconf.TypeUDP:

@@ -358,7 +358,7 @@ func TestBuildRefuses(t *testing.T) {
 			t.Errorf("%s: Build gave %v, want %v", name, err, tc.want)
 		}
 	}
-	// The underlay backends have no per-peer kernel state.
+	// The sublink backends (macvlan, ipvlan) have no per-peer kernel state.
 	p, err := Build(input(netconf.TypeMacvlan, backend(netconf.TypeMacvlan), node(netconf.TypeMacvlan, "10.244.1.0/24", "192.168.56.12", 1)))
 	if err != nil || len(p.Routes)+len(p.Neighbors)+len(p.FDB) != 0 {
 		t.Errorf("macvlan plan = %v, %v; want empty", p, err)

@@ -10,7 +10,7 @@
 // TWILL_SUBNET is the node's subnet written as its gateway address (the first
 // address) with the subnet's prefix length, as flannel writes FLANNEL_SUBNET.
 //
-// With an underlay backend (macvlan, ipvlan) twilld adds what the CNI plugin
+// With a sublink backend (macvlan, ipvlan) twilld adds what the CNI plugin
 // needs to put pods straight onto the underlay; these keys are optional, and a
 // file without them describes an overlay node:
 //
@@ -58,13 +58,14 @@ type File struct {
 	// Backend is the backend type (TWILL_BACKEND); empty in files written
 	// before it was added, which are overlay files.
 	Backend string
-	// Underlay describes the underlay pods attach to; only for underlay
-	// backends (macvlan, ipvlan).
-	Underlay Underlay
+	// Sublink describes where pods attach to the underlay; only for the
+	// sublink backends (macvlan, ipvlan), in the TWILL_UNDERLAY_* keys.
+	Sublink Sublink
 }
 
-// Underlay is what the CNI plugin needs to attach pods to the underlay.
-type Underlay struct {
+// Sublink is what the CNI plugin needs to attach pods to the underlay as
+// sub-interfaces of its master.
+type Sublink struct {
 	// Master is the host interface pods' sub-interfaces hang off.
 	Master string
 	// Mode is the macvlan or ipvlan mode.
@@ -75,9 +76,9 @@ type Underlay struct {
 	Gateway netip.Addr
 }
 
-// IsUnderlay says pods attach to the underlay (macvlan, ipvlan) rather than
-// to the cni0 bridge.
-func (f File) IsUnderlay() bool { return f.Backend == "macvlan" || f.Backend == "ipvlan" }
+// IsSublink says pods attach to the underlay as sub-interfaces of its master
+// (macvlan, ipvlan) rather than to the cni0 bridge.
+func (f File) IsSublink() bool { return f.Backend == "macvlan" || f.Backend == "ipvlan" }
 
 // NodeSubnet is the node's subnet with the host bits cleared.
 func (f File) NodeSubnet() netip.Prefix { return f.Subnet.Masked() }
@@ -95,12 +96,12 @@ func (f File) Marshal() []byte {
 	if f.Backend != "" {
 		fmt.Fprintf(&b, "TWILL_BACKEND=%s\n", f.Backend)
 	}
-	if f.IsUnderlay() {
-		fmt.Fprintf(&b, "TWILL_UNDERLAY_MASTER=%s\n", f.Underlay.Master)
-		fmt.Fprintf(&b, "TWILL_UNDERLAY_MODE=%s\n", f.Underlay.Mode)
-		fmt.Fprintf(&b, "TWILL_UNDERLAY_SUBNET=%s\n", f.Underlay.Subnet)
-		if f.Underlay.Gateway.IsValid() {
-			fmt.Fprintf(&b, "TWILL_UNDERLAY_GATEWAY=%s\n", f.Underlay.Gateway)
+	if f.IsSublink() {
+		fmt.Fprintf(&b, "TWILL_UNDERLAY_MASTER=%s\n", f.Sublink.Master)
+		fmt.Fprintf(&b, "TWILL_UNDERLAY_MODE=%s\n", f.Sublink.Mode)
+		fmt.Fprintf(&b, "TWILL_UNDERLAY_SUBNET=%s\n", f.Sublink.Subnet)
+		if f.Sublink.Gateway.IsValid() {
+			fmt.Fprintf(&b, "TWILL_UNDERLAY_GATEWAY=%s\n", f.Sublink.Gateway)
 		}
 	}
 	return b.Bytes()
@@ -108,7 +109,7 @@ func (f File) Marshal() []byte {
 
 // Parse reads a subnet file's content. The four TWILL_NETWORK, TWILL_SUBNET,
 // TWILL_MTU and TWILL_IPMASQ keys are required; TWILL_BACKEND is optional,
-// and when it names an underlay backend TWILL_UNDERLAY_MASTER, _MODE and
+// and when it names a sublink backend TWILL_UNDERLAY_MASTER, _MODE and
 // _SUBNET are required too (TWILL_UNDERLAY_GATEWAY stays optional).
 func Parse(data []byte) (File, error) {
 	vals := map[string]string{}
@@ -167,35 +168,35 @@ func Parse(data []byte) (File, error) {
 		}
 		f.Backend = v
 	}
-	if f.IsUnderlay() {
+	if f.IsSublink() {
 		if v, ok := need("TWILL_UNDERLAY_MASTER"); ok {
 			if v == "" || len(v) > 15 || strings.ContainsAny(v, "/ \t") {
 				errs = append(errs, fmt.Errorf("TWILL_UNDERLAY_MASTER=%s: not an interface name", v))
 			}
-			f.Underlay.Master = v
+			f.Sublink.Master = v
 		}
 		if v, ok := need("TWILL_UNDERLAY_MODE"); ok {
 			if v == "" {
 				errs = append(errs, errors.New("TWILL_UNDERLAY_MODE is empty"))
 			}
-			f.Underlay.Mode = v
+			f.Sublink.Mode = v
 		}
 		if v, ok := need("TWILL_UNDERLAY_SUBNET"); ok {
 			p, err := netip.ParsePrefix(v)
 			if err != nil || p.Masked() != p {
 				errs = append(errs, fmt.Errorf("TWILL_UNDERLAY_SUBNET=%s: not a network CIDR", v))
 			}
-			f.Underlay.Subnet = p
+			f.Sublink.Subnet = p
 		}
 		if v, ok := vals["TWILL_UNDERLAY_GATEWAY"]; ok && v != "" {
 			a, err := netip.ParseAddr(v)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("TWILL_UNDERLAY_GATEWAY=%s: not an address", v))
 			}
-			f.Underlay.Gateway = a
+			f.Sublink.Gateway = a
 		}
-		if len(errs) == 0 && !f.Underlay.Subnet.Contains(f.Network.Addr()) {
-			errs = append(errs, fmt.Errorf("TWILL_NETWORK=%s is outside TWILL_UNDERLAY_SUBNET=%s", f.Network, f.Underlay.Subnet))
+		if len(errs) == 0 && !f.Sublink.Subnet.Contains(f.Network.Addr()) {
+			errs = append(errs, fmt.Errorf("TWILL_NETWORK=%s is outside TWILL_UNDERLAY_SUBNET=%s", f.Network, f.Sublink.Subnet))
 		}
 	}
 	if len(errs) == 0 && !f.Network.Contains(f.Subnet.Addr()) {

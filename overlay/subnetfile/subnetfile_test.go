@@ -52,7 +52,7 @@ func TestUnderlayKeys(t *testing.T) {
 	f := File{
 		Network: netip.MustParsePrefix("192.168.56.128/25"), Subnet: netip.MustParsePrefix("192.168.56.145/28"), MTU: 1500,
 		Backend: "macvlan",
-		Underlay: Underlay{Master: "eth0", Mode: "bridge", Subnet: netip.MustParsePrefix("192.168.56.0/24"),
+		Sublink: Sublink{Master: "eth0", Mode: "bridge", Subnet: netip.MustParsePrefix("192.168.56.0/24"),
 			Gateway: netip.MustParseAddr("192.168.56.1")},
 	}
 	if err := Write(path, f); err != nil {
@@ -65,12 +65,12 @@ func TestUnderlayKeys(t *testing.T) {
 		t.Fatalf("file:\n%s\nwant:\n%s", data, want)
 	}
 	got, err := Read(path)
-	if err != nil || got != f || !got.IsUnderlay() {
+	if err != nil || got != f || !got.IsSublink() {
 		t.Fatalf("read back %+v, %v", got, err)
 	}
 
 	// No gateway: the key is left out and reads back as none.
-	f.Underlay.Gateway = netip.Addr{}
+	f.Sublink.Gateway = netip.Addr{}
 	got, err = Parse(f.Marshal())
 	if err != nil || got != f || strings.Contains(string(f.Marshal()), "GATEWAY") {
 		t.Fatalf("without a gateway: %+v, %v", got, err)
@@ -78,7 +78,7 @@ func TestUnderlayKeys(t *testing.T) {
 
 	// A file from before TWILL_BACKEND is an overlay file.
 	old, err := Parse([]byte("TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n"))
-	if err != nil || old.IsUnderlay() || old.Backend != "" {
+	if err != nil || old.IsSublink() || old.Backend != "" {
 		t.Fatalf("old file: %+v, %v", old, err)
 	}
 }

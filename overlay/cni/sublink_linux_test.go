@@ -40,7 +40,7 @@ func underlayNode(t *testing.T, backendType, mode, master string, gateway netip.
 		Subnet:  netip.MustParsePrefix("192.168.56.145/28"),
 		MTU:     1500,
 		Backend: backendType,
-		Underlay: subnetfile.Underlay{Master: master, Mode: mode, Subnet: netip.MustParsePrefix("192.168.56.0/24"),
+		Sublink: subnetfile.Sublink{Master: master, Mode: mode, Subnet: netip.MustParsePrefix("192.168.56.0/24"),
 			Gateway: gateway},
 	})
 	if err != nil {

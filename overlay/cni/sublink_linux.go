@@ -13,39 +13,39 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/twillnet/twill/overlay/backend/underlay"
+	"github.com/twillnet/twill/overlay/link"
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
-// podGateway is the default gateway of underlay pods: the subnet file's,
+// podGateway is the default gateway of sublink pods: the subnet file's,
 // else the master's default route in the node's namespace; invalid if
 // neither exists (pods then reach only the segment).
 func podGateway(sf subnetfile.File, master netlink.Link) netip.Addr {
-	if sf.Underlay.Gateway.IsValid() {
-		return sf.Underlay.Gateway
+	if sf.Sublink.Gateway.IsValid() {
+		return sf.Sublink.Gateway
 	}
 	routes, err := netlinksafe.RouteList(master, netlink.FAMILY_V4)
 	if err != nil {
 		return netip.Addr{}
 	}
-	return underlay.DefaultGateway(routes)
+	return link.DefaultGateway(routes)
 }
 
 // routedMode says the pod's sub-interface does no ARP (ipvlan l3, l3s): its
 // default route names the device, not a gateway.
 func routedMode(sf subnetfile.File) bool {
-	return plan.RoutesPeerSlices(netconf.Backend{Type: sf.Backend, Mode: sf.Underlay.Mode})
+	return plan.RoutesPeerSlices(netconf.Backend{Type: sf.Backend, Mode: sf.Sublink.Mode})
 }
 
-// attachUnderlay creates a macvlan or ipvlan sub-interface of the master
+// attachSublink creates a macvlan or ipvlan sub-interface of the master
 // straight in the pod namespace (under a temporary name, then renamed to
 // the pod's interface name), gives it the address with the underlay
 // subnet's length, so the whole segment is on-link, and a default route via
 // the underlay's gateway. It returns the 1.1.0 result.
-func attachUnderlay(sf subnetfile.File, podNS ns.NetNS, owner Attachment, addr netip.Addr) (*types100.Result, error) {
-	u := sf.Underlay
+func attachSublink(sf subnetfile.File, podNS ns.NetNS, owner Attachment, addr netip.Addr) (*types100.Result, error) {
+	u := sf.Sublink
 	master, err := netlinksafe.LinkByName(u.Master)
 	if err != nil {
 		return nil, fmt.Errorf("find master interface %s (TWILL_UNDERLAY_MASTER): %w", u.Master, err)
@@ -65,13 +65,13 @@ func attachUnderlay(sf subnetfile.File, podNS ns.NetNS, owner Attachment, addr n
 			return nil, fmt.Errorf("delete leftover %s in pod: %w", tmp, err)
 		}
 	}
-	link, err := underlay.SubInterface(sf.Backend, u.Mode, netlink.LinkAttrs{
+	child, err := link.SubInterface(sf.Backend, u.Mode, netlink.LinkAttrs{
 		Name: tmp, ParentIndex: master.Attrs().Index, MTU: sf.MTU, Namespace: netlink.NsFd(podNS.Fd()),
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := netlink.LinkAdd(link); err != nil {
+	if err := netlink.LinkAdd(child); err != nil {
 		return nil, fmt.Errorf("create %s %s of %s in pod namespace %s: %w", sf.Backend, u.Mode, u.Master, podNS.Path(), err)
 	}
 	podLink, err := pod.LinkByName(tmp)
@@ -119,7 +119,7 @@ func attachUnderlay(sf subnetfile.File, podNS ns.NetNS, owner Attachment, addr n
 }
 
 // deletePodSubInterface deletes the pod's interface if it is a macvlan or
-// ipvlan (an underlay attachment); a veth is left to the node-side delete.
+// ipvlan (a sublink attachment); a veth is left to the node-side delete.
 // A pod namespace that is gone is not an error.
 func deletePodSubInterface(netnsPath, ifName string) error {
 	if netnsPath == "" {
@@ -154,7 +154,7 @@ func deletePodSubInterface(netnsPath, ifName string) error {
 // checkSubInterface checks that the pod's interface is a sub-interface of
 // the right type, mode and MTU.
 func checkSubInterface(sf subnetfile.File, l netlink.Link) error {
-	want, err := underlay.SubInterface(sf.Backend, sf.Underlay.Mode, netlink.LinkAttrs{})
+	want, err := link.SubInterface(sf.Backend, sf.Sublink.Mode, netlink.LinkAttrs{})
 	if err != nil {
 		return err
 	}
@@ -164,13 +164,13 @@ func checkSubInterface(sf subnetfile.File, l netlink.Link) error {
 		if got, ok := l.(*netlink.Macvlan); !ok {
 			errs = append(errs, fmt.Errorf("interface %s in pod is a %s, not a macvlan", l.Attrs().Name, l.Type()))
 		} else if got.Mode != w.Mode {
-			errs = append(errs, fmt.Errorf("interface %s in pod is in macvlan mode %d, not %s", l.Attrs().Name, got.Mode, sf.Underlay.Mode))
+			errs = append(errs, fmt.Errorf("interface %s in pod is in macvlan mode %d, not %s", l.Attrs().Name, got.Mode, sf.Sublink.Mode))
 		}
 	case *netlink.IPVlan:
 		if got, ok := l.(*netlink.IPVlan); !ok {
 			errs = append(errs, fmt.Errorf("interface %s in pod is a %s, not an ipvlan", l.Attrs().Name, l.Type()))
 		} else if got.Mode != w.Mode {
-			errs = append(errs, fmt.Errorf("interface %s in pod is in ipvlan mode %d, not %s", l.Attrs().Name, got.Mode, sf.Underlay.Mode))
+			errs = append(errs, fmt.Errorf("interface %s in pod is in ipvlan mode %d, not %s", l.Attrs().Name, got.Mode, sf.Sublink.Mode))
 		}
 	}
 	if l.Attrs().MTU != sf.MTU {

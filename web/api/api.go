@@ -1,12 +1,13 @@
-package web
+// Package api is the wire format of twilld's JSON API (/api/v1/...): the
+// types the web package serves and that twillctl and other clients decode.
+// Field names are part of the API (docs/api.md): add fields, never rename or
+// remove them.
+//
+// It is a leaf: plain types and constants, no behaviour. It must import
+// nothing of twill, so that a client links these types and not the server.
+package api
 
-import (
-	"encoding/json"
-	"time"
-)
-
-// The JSON API's types. Field names are part of the API (docs/api.md):
-// add fields, never rename or remove them.
+import "encoding/json"
 
 // NodeInfo is /api/v1/node: this node and its readiness.
 type NodeInfo struct {
@@ -157,11 +158,4 @@ type ClusterNode struct {
 	CheckedAt    string    `json:"checked_at,omitempty"`
 	Node         *NodeInfo `json:"node,omitempty"`
 	Tunnels      []Tunnel  `json:"tunnels,omitempty"`
-}
-
-func timeString(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339Nano)
 }

@@ -1,4 +1,4 @@
-package underlay_test
+package sublink_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend/backendtest"
-	"github.com/twillnet/twill/overlay/backend/underlay"
+	"github.com/twillnet/twill/overlay/backend/sublink"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
 )
@@ -60,7 +60,7 @@ func ping(netns string, dst netip.Addr) error {
 // reaches the pod. A peer node and its pod reach the pod directly. The
 // backend puts twill.host back when it is deleted, and Cleanup removes it.
 func TestMacvlanHostReachesOwnPods(t *testing.T) {
-	lab := backendtest.New(t, "underlay", 2)
+	lab := backendtest.New(t, "sublink", 2)
 	n1, n2 := lab.Nodes[0], lab.Nodes[1]
 	n1.IP(t, "route", "add", "default", "via", "192.168.56.1")
 	cfg := config(t, `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan"}}`)
@@ -73,7 +73,7 @@ func TestMacvlanHostReachesOwnPods(t *testing.T) {
 		t.Fatalf("the node reached its own macvlan pod without twill.host; the test proves nothing")
 	}
 
-	b, err := underlay.New(n1.BackendNode(cfg), logger(t))
+	b, err := sublink.New(n1.BackendNode(cfg), logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,9 +84,9 @@ func TestMacvlanHostReachesOwnPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if prep.MTU != 1500 || prep.Underlay == nil || prep.Underlay.Master != "eth0" || prep.Underlay.Mode != "bridge" ||
-		prep.Underlay.Subnet.String() != "192.168.56.0/24" || prep.Underlay.Gateway.String() != "192.168.56.1" {
-		t.Fatalf("prepared %+v underlay %+v", prep, prep.Underlay)
+	if prep.MTU != 1500 || prep.Sublink == nil || prep.Sublink.Master != "eth0" || prep.Sublink.Mode != "bridge" ||
+		prep.Sublink.Subnet.String() != "192.168.56.0/24" || prep.Sublink.Gateway.String() != "192.168.56.1" {
+		t.Fatalf("prepared %+v sublink %+v", prep, prep.Sublink)
 	}
 	own := lease.Lease{Subnet: slice, Attrs: lease.Attrs{PublicIP: n1.PublicIP, BackendType: "macvlan"}, Expiration: time.Now().Add(time.Hour)}
 	if err := b.SetLease(ctx, own); err != nil {
@@ -99,7 +99,7 @@ func TestMacvlanHostReachesOwnPods(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- b.Run(ctx) }()
 
-	out := n1.IP(t, "-d", "addr", "show", "dev", underlay.HostDevice)
+	out := n1.IP(t, "-d", "addr", "show", "dev", sublink.HostDevice)
 	if !strings.Contains(out, "macvlan mode bridge") || !strings.Contains(out, "inet 192.168.56.145/28") {
 		t.Fatalf("twill.host:\n%s", out)
 	}
@@ -126,7 +126,7 @@ func TestMacvlanHostReachesOwnPods(t *testing.T) {
 	}
 
 	// Deleted by hand, twill.host comes back.
-	n1.IP(t, "link", "del", underlay.HostDevice)
+	n1.IP(t, "link", "del", sublink.HostDevice)
 	backendtest.Eventually(t, 15*time.Second, func() string {
 		if err := ping(n1.Name, podIP); err != nil {
 			return "after deleting twill.host: " + err.Error()
@@ -141,7 +141,7 @@ func TestMacvlanHostReachesOwnPods(t *testing.T) {
 	if err := b.Cleanup(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("ip", "-n", n1.Name, "link", "show", underlay.HostDevice).CombinedOutput(); err == nil {
+	if out, err := exec.Command("ip", "-n", n1.Name, "link", "show", sublink.HostDevice).CombinedOutput(); err == nil {
 		t.Fatalf("twill.host is still there after Cleanup:\n%s", out)
 	}
 }
@@ -150,7 +150,7 @@ func TestMacvlanHostReachesOwnPods(t *testing.T) {
 // outside the master's subnet and an MTU above the master's are refused
 // with errors that name what is wrong.
 func TestPrepareRefusesBadConfig(t *testing.T) {
-	lab := backendtest.New(t, "underlay", 1)
+	lab := backendtest.New(t, "sublink", 1)
 	n := lab.Nodes[0]
 	for _, tt := range []struct{ cfg, want string }{
 		{`{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan","Master":"nope0"}}`,
@@ -162,7 +162,7 @@ func TestPrepareRefusesBadConfig(t *testing.T) {
 		{`{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Mode":"l3","MTU":9000}}`,
 			"Backend.MTU 9000 is more than the MTU 1500 of master eth0"},
 	} {
-		b, err := underlay.New(n.BackendNode(config(t, tt.cfg)), logger(t))
+		b, err := sublink.New(n.BackendNode(config(t, tt.cfg)), logger(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +175,7 @@ func TestPrepareRefusesBadConfig(t *testing.T) {
 	// No master named and no public interface.
 	node := n.BackendNode(config(t, `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"macvlan"}}`))
 	node.Iface = ""
-	b, err := underlay.New(node, logger(t))
+	b, err := sublink.New(node, logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,108 @@
+// Package status is the read-only report of a running twilld: the daemon's
+// Snapshot (the node, its lease, its peers' leases, the readiness checks)
+// and the Backend report inside it (per-peer counters, drops, the desired
+// and actual kernel state). The daemon fills these types and the backends
+// fill Backend; web and anything else that shows a node's state reads them.
+//
+// It is a leaf: types only, no methods, no I/O. It must
+// not import the daemon, the backends, the kernel or the lease stores, so
+// that a reader of snapshots (the web package, a test double) links none of
+// them.
+package status
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/plan"
+)
+
+// Snapshot is a read-only copy of the daemon's state at one moment.
+type Snapshot struct {
+	Node      Node
+	Lease     lease.Lease
+	Leases    []lease.Lease
+	Backend   Backend
+	Checks    []Check
+	Ready     bool
+	StartedAt time.Time
+}
+
+// Node describes this node.
+type Node struct {
+	Name        string
+	PublicIP    netip.Addr
+	Iface       string
+	Network     netip.Prefix
+	BackendType string
+	// BackendMode is the macvlan or ipvlan mode (bridge, l2, l3, ...);
+	// empty for backends without modes.
+	BackendMode string
+	MTU         int
+}
+
+// Check is one named readiness check.
+type Check struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
+// Backend is a backend's report.
+type Backend struct {
+	// Mode is the backend's mode where it has one (macvlan bridge, ipvlan
+	// l3, ...), for the dashboard; empty otherwise.
+	Mode  string
+	Peers []Peer
+	// Problems are conditions an operator must see, such as a host-gw peer
+	// that is not on this node's L2 segment.
+	Problems []string
+	// PeerProblems are the Problems about peers twill cannot route to (a
+	// host-gw peer off the segment, a lease with unusable backend data).
+	// They make the node not ready.
+	PeerProblems []string
+	// InSync says the kernel holds what the backend wants.
+	InSync bool
+	// Drops counts dropped packets that belong to no peer, by reason
+	// (no-route, unknown-peer, ...); a peer's own drops are in its Peer.
+	Drops map[string]uint64
+	// Device is the backend's device ("" for none, as host-gw and alloc);
+	// DeviceUp says it exists and is up.
+	Device   string
+	DeviceUp bool
+	// Kernel is what the backend wants in the kernel and what the kernel
+	// holds; nil for a backend without kernel state (alloc).
+	Kernel *Kernel
+}
+
+// Kernel is a read-only copy of a backend's desired and actual kernel
+// state: the receiver may keep it, nothing else writes to it.
+type Kernel struct {
+	Desired, Actual KernelTables
+	// LastPass is when the reconciler last compared them; zero before the
+	// first pass. LastError is that pass's error ("" if none).
+	LastPass  time.Time
+	LastError string
+}
+
+// KernelTables are the routes, neighbours and FDB entries of one side.
+type KernelTables struct {
+	Routes    []plan.Route
+	Neighbors []plan.Neighbor
+	FDB       []plan.FDBEntry
+}
+
+// Peer is the state and the counters of the tunnel to one peer.
+type Peer struct {
+	Subnet    netip.Prefix
+	PublicIP  netip.Addr
+	TxPackets uint64
+	TxBytes   uint64
+	RxPackets uint64
+	RxBytes   uint64
+	// Drops counts dropped packets by reason (no-route, unknown-peer,
+	// spoofed-source, malformed, tun-write-error, ...).
+	Drops    map[string]uint64
+	LastSeen time.Time
+}
