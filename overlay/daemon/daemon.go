@@ -202,11 +202,12 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 }
 
 // Run runs the daemon until ctx ends; call it once. It returns an error if
-// the node could not start, and, once it ran, the error of the first of
-// its parts (lease keeper, lease watcher, backend) that failed: that part
-// stops the others and the node is no longer ready. Passing trouble (the
-// store unreachable, a peer's bad lease) is logged and retried; only a part
-// that cannot go on fails. A stop by ctx returns nil.
+// the node could not start (ctx's error if ctx ended first), and, once the
+// node was ready, the error of the first of its parts (lease keeper, lease
+// watcher, backend) that failed or stopped on its own: that part stops the
+// others and the node is no longer ready. Passing trouble (the store
+// unreachable, a peer's bad lease) is logged and retried; only a part that
+// cannot go on fails. A stop by ctx after the node was ready returns nil.
 //
 // A start that fails after it created a lease gives the lease back and
 // removes the backend's kernel state; one it took over from the node's
