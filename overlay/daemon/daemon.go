@@ -102,8 +102,10 @@ type Daemon struct {
 	run   *running // published once, when the backend is prepared
 	ready bool
 
-	// handleMu orders the peers' events handed to the backend.
+	// handleMu orders the peers' events handed to the backend; peers are
+	// the leases it holds as peers' now, by subnet.
 	handleMu sync.Mutex
+	peers    map[netip.Prefix]lease.Lease
 }
 
 // running is what Run set up for the node. It is published once, complete,
@@ -367,48 +369,74 @@ func (d *Daemon) release(r *running) error {
 
 // handleEvents passes peers' events to the backend. Events about the node's
 // own subnet are not a peer's: if someone else changed or removed it, the
-// keeper is asked to check its lease at once.
+// keeper is asked to check its lease at once. Nor is a lease that carries
+// the node's public IP (a reservation made for it, the lease it is moving
+// to): the backend is not given it, and loses it if it held it as a peer's.
 func (d *Daemon) handleEvents(ctx context.Context, r *running, evs []lease.Event) {
 	d.handleMu.Lock()
 	defer d.handleMu.Unlock()
 	own := r.keeper.Current()
 	peers := evs[:0:0]
 	for _, e := range evs {
-		if e.Lease.Subnet == own.Subnet {
+		switch {
+		case e.Lease.Subnet == own.Subnet:
 			if e.Type == lease.Expired || e.Lease.Attrs.PublicIP != own.Attrs.PublicIP {
 				r.keeper.Check()
 			}
-			continue
+		case e.Lease.Attrs.PublicIP == own.Attrs.PublicIP:
+			if p, held := d.peers[e.Lease.Subnet]; held {
+				peers = append(peers, lease.Event{Type: lease.Expired, Lease: p})
+			}
+		default:
+			peers = append(peers, e)
 		}
-		d.log.Debug("peer lease", "event", e.Type, "subnet", e.Lease.Subnet, "public_ip", e.Lease.Attrs.PublicIP)
-		peers = append(peers, e)
 	}
-	if len(peers) == 0 {
+	d.handPeers(ctx, r, peers)
+}
+
+// handPeers hands peers' events to the backend and notes which peers it
+// holds. The caller holds handleMu.
+func (d *Daemon) handPeers(ctx context.Context, r *running, evs []lease.Event) {
+	if len(evs) == 0 {
 		return
 	}
-	if err := r.be.Handle(ctx, peers); err != nil {
+	if d.peers == nil {
+		d.peers = make(map[netip.Prefix]lease.Lease)
+	}
+	for _, e := range evs {
+		d.log.Debug("peer lease", "event", e.Type, "subnet", e.Lease.Subnet, "public_ip", e.Lease.Attrs.PublicIP)
+		if e.Type == lease.Expired {
+			delete(d.peers, e.Lease.Subnet)
+		} else {
+			d.peers[e.Lease.Subnet] = e.Lease
+		}
+	}
+	if err := r.be.Handle(ctx, evs); err != nil {
 		d.log.Error("backend could not apply peer events", "err", err)
 	}
 }
 
-// handOver tells the backend, after the node moved from subnet old to l,
-// about the peer that holds old now: its lease's events came while old was
-// still the node's own, so they were kept from the backend.
+// handOver brings the backend's peers in line after the node moved from
+// subnet old to l. The lease now at old is a peer's: its events came while
+// old was the node's own and were kept from the backend. A peer the backend
+// holds at l is gone (the node holds l now): its end may come late, as an
+// event about the node's own subnet, which the backend is not given.
 func (d *Daemon) handOver(ctx context.Context, r *running, old, l lease.Lease) {
 	if old.Subnet == l.Subnet {
 		return
 	}
 	d.handleMu.Lock()
 	defer d.handleMu.Unlock()
+	var evs []lease.Event
+	if p, ok := d.peers[l.Subnet]; ok {
+		evs = append(evs, lease.Event{Type: lease.Expired, Lease: p})
+	}
 	for _, p := range r.watcher.Leases() {
-		if p.Subnet != old.Subnet || p.Attrs.PublicIP == l.Attrs.PublicIP {
-			continue
-		}
-		d.log.Debug("peer lease", "event", "added", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP)
-		if err := r.be.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: p}}); err != nil {
-			d.log.Error("backend could not apply peer events", "err", err)
+		if p.Subnet == old.Subnet && p.Attrs.PublicIP != l.Attrs.PublicIP {
+			evs = append(evs, lease.Event{Type: lease.Added, Lease: p})
 		}
 	}
+	d.handPeers(ctx, r, evs)
 }
 
 // writeSubnetFile writes the node's lease for the CNI plugin; for the

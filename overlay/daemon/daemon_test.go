@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -215,9 +217,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitReady waits until the daemon is ready and its watcher follows the
+// node's own lease (from then on, a change to it is noticed at once).
 func (n *node) waitReady() daemon.Snapshot {
 	n.t.Helper()
-	waitFor(n.t, "daemon ready", func() bool { return n.d.Snapshot().Ready })
+	waitFor(n.t, "daemon ready, watching its lease", func() bool {
+		s := n.d.Snapshot()
+		return s.Ready && slices.ContainsFunc(s.Leases, func(l lease.Lease) bool { return l.Subnet == s.Lease.Subnet })
+	})
 	return n.d.Snapshot()
 }
 
@@ -283,7 +290,11 @@ func TestLifecycle(t *testing.T) {
 	// Peers' events reach the backend: the one listed at start, one that
 	// joins, one that leaves.
 	waitFor(t, "the early peer reaches the backend", func() bool { return n.be.peerEvent(lease.Added, early.Subnet) })
-	joined, err := reg.Create(ctx, netip.MustParsePrefix("10.244.8.0/24"), peerAttrs("192.168.56.13"), time.Hour)
+	join := netip.MustParsePrefix("10.244.8.0/24")
+	if own.Subnet == join {
+		join = netip.MustParsePrefix("10.244.6.0/24")
+	}
+	joined, err := reg.Create(ctx, join, peerAttrs("192.168.56.13"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -522,5 +533,55 @@ func TestNewRefusesIncompleteConfig(t *testing.T) {
 	_, err := daemon.New(daemon.Config{SubnetFile: "x", SubnetLeaseTTL: time.Hour, RenewMargin: time.Minute}, slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "registry") || !strings.Contains(err.Error(), "backend") {
 		t.Errorf("New without a registry and a backend: %v", err)
+	}
+}
+
+func TestOwnLeasesAreNoPeers(t *testing.T) {
+	reg := newRegistry(t)
+	n := newNode(t, reg, nil)
+	n.start()
+	first := n.waitReady().Lease
+	ctx := context.Background()
+	free := func() netip.Prefix {
+		leases := n.leases()
+		for i := 1; ; i++ {
+			s := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))
+			if !slices.ContainsFunc(leases, func(l lease.Lease) bool { return l.Subnet == s }) {
+				return s
+			}
+		}
+	}
+
+	// A peer's lease is rewritten to carry this node's public IP: it is no
+	// peer's any more.
+	peer, err := reg.Create(ctx, free(), peerAttrs("192.168.56.12"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the peer reaches the backend", func() bool { return n.be.peerEvent(lease.Added, peer.Subnet) })
+	if _, err := reg.Update(ctx, peer, lease.Attrs{PublicIP: publicIP, BackendType: "alloc"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the backend drops the peer", func() bool { return n.be.peerEvent(lease.Expired, peer.Subnet) })
+
+	// An operator reserves a subnet for the node while it runs; when its
+	// lease is lost, the node takes the reservation.
+	reserved, err := reg.Create(ctx, free(), lease.Attrs{PublicIP: publicIP, BackendType: "alloc"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Expire(first.Subnet)
+	waitFor(t, "the node moves to its reservation", func() bool {
+		set, _, _ := n.be.record()
+		return set[len(set)-1].Subnet == reserved.Subnet
+	})
+	if s := n.d.Snapshot().Lease; s.Subnet != reserved.Subnet || !s.Reservation {
+		t.Errorf("snapshot lease %+v, want the reservation %s", s, reserved.Subnet)
+	}
+	_, evs, _ := n.be.record()
+	for _, e := range evs {
+		if e.Lease.Attrs.PublicIP == publicIP {
+			t.Errorf("the backend was handed a lease of the node's own as a peer's: %s", leasetest.Describe([]lease.Event{e}))
+		}
 	}
 }
