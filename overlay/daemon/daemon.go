@@ -161,7 +161,7 @@ func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 		case errors.Is(err, lease.ErrNoConfig):
 			d.reach.OK()
 			if !waiting {
-				d.log.Warn("no network config in the registry yet; waiting for it", "key", reg.ConfigKey())
+				d.log.Warn("no network config yet; waiting for it", "key", reg.ConfigKey())
 				waiting = true
 			}
 		case ctx.Err() != nil:
