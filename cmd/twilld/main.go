@@ -35,6 +35,7 @@ var version = "dev"
 // args are the parsed flags.
 type args struct {
 	cfg       daemon.Config
+	etcd      etcd.Config
 	publicIP  string
 	endpoints string
 	cleanup   bool
@@ -58,14 +59,14 @@ func (l *listFlag) Set(v string) error {
 
 func newFlagSet(a *args) *flag.FlagSet {
 	fs := flag.NewFlagSet("twilld", flag.ContinueOnError)
-	c := &a.cfg
+	c, e := &a.cfg, &a.etcd
 	fs.StringVar(&a.endpoints, "etcd-endpoints", "http://127.0.0.1:2379", "comma-separated etcd endpoints")
-	fs.StringVar(&c.Etcd.Prefix, "etcd-prefix", etcd.DefaultPrefix, "etcd key prefix; "+etcd.FlannelPrefix+" shares a cluster with flannel")
-	fs.StringVar(&c.Etcd.CAFile, "etcd-cafile", "", "CA certificate file to verify etcd's server certificate")
-	fs.StringVar(&c.Etcd.CertFile, "etcd-certfile", "", "client certificate file for etcd")
-	fs.StringVar(&c.Etcd.KeyFile, "etcd-keyfile", "", "client key file for etcd")
-	fs.StringVar(&c.Etcd.Username, "etcd-username", "", "etcd user name")
-	fs.StringVar(&c.Etcd.Password, "etcd-password", "", "etcd password")
+	fs.StringVar(&e.Prefix, "etcd-prefix", etcd.DefaultPrefix, "etcd key prefix; "+etcd.FlannelPrefix+" shares a cluster with flannel")
+	fs.StringVar(&e.CAFile, "etcd-cafile", "", "CA certificate file to verify etcd's server certificate")
+	fs.StringVar(&e.CertFile, "etcd-certfile", "", "client certificate file for etcd")
+	fs.StringVar(&e.KeyFile, "etcd-keyfile", "", "client key file for etcd")
+	fs.StringVar(&e.Username, "etcd-username", "", "etcd user name")
+	fs.StringVar(&e.Password, "etcd-password", "", "etcd password")
 	fs.StringVar(&c.NetConfigFile, "net-config", "", "read the network config from this file instead of <prefix>/config in etcd")
 	fs.StringVar(&a.publicIP, "public-ip", "", "address peers reach this node at (default: the address of --iface)")
 	fs.Var((*listFlag)(&c.Ifaces), "iface", "underlay interface, by name or address (repeatable; the first that exists wins)")
@@ -127,7 +128,7 @@ func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*ar
 	}
 	for _, e := range strings.Split(a.endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {
-			a.cfg.Etcd.Endpoints = append(a.cfg.Etcd.Endpoints, e)
+			a.etcd.Endpoints = append(a.etcd.Endpoints, e)
 		}
 	}
 	if a.listen == "off" {
@@ -193,11 +194,17 @@ func run(a *args) error {
 	if a.cfg.Dashboard == "" && a.listen != "" && !a.cleanup {
 		a.cfg.Dashboard = dashboardURL(a.listen, a.cfg.PublicIP)
 	}
+	a.etcd.Log = log
+	reg, err := etcd.New(a.etcd)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	a.cfg.Registry, a.cfg.NewBackend = reg, newBackend
 	d, err := daemon.New(a.cfg, log)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
 	if a.cleanup {
 		return d.Cleanup(ctx)
 	}

@@ -33,11 +33,11 @@ func TestParseArgsFlagsAndEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := a.cfg
-	if got := strings.Join(c.Etcd.Endpoints, " "); got != "http://10.0.0.1:2379 http://10.0.0.2:2379" {
+	if got := strings.Join(a.etcd.Endpoints, " "); got != "http://10.0.0.1:2379 http://10.0.0.2:2379" {
 		t.Errorf("endpoints %q", got)
 	}
-	if c.Etcd.Prefix != "/coreos.com/network" {
-		t.Errorf("the flag must win over the environment: prefix %q", c.Etcd.Prefix)
+	if a.etcd.Prefix != "/coreos.com/network" {
+		t.Errorf("the flag must win over the environment: prefix %q", a.etcd.Prefix)
 	}
 	if strings.Join(c.Ifaces, " ") != "eth1 eth2" || c.SubnetLeaseTTL != 2*time.Hour || !c.IPMasq || c.SubnetFile != "/tmp/env.env" {
 		t.Errorf("from the environment: %+v", c)
@@ -386,5 +386,30 @@ func TestRefusesBadNetworkConfigFile(t *testing.T) {
 	}
 	if leases, _, _ := c.registry().List(context.Background()); len(leases) != 0 {
 		t.Errorf("a lease was taken for a refused config: %v", leases)
+	}
+}
+
+func TestUnwritableSubnetFileLeavesNoLease(t *testing.T) {
+	c := newCluster(t)
+	// The subnet file's directory cannot be made, even by root: its parent
+	// is a regular file.
+	file := filepath.Join(c.dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := c.start("n1", "127.0.0.51", "--subnet-file", filepath.Join(file, "subnet.env"))
+	select {
+	case err := <-n.exited:
+		if err == nil {
+			t.Fatal("twilld exited 0 without a subnet file")
+		}
+		if log := n.log.String(); !strings.Contains(log, "subnet file") || !strings.Contains(log, "lease given back") {
+			t.Errorf("the log does not say what failed and that the lease was given back:\n%s", log)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("twilld did not exit without a subnet file")
+	}
+	if leases, _, _ := c.registry().List(context.Background()); len(leases) != 0 {
+		t.Errorf("a failed start left a lease that peers would route to: %v", leases)
 	}
 }

@@ -1,10 +1,11 @@
-// Package daemon wires twilld together: it finds the node's underlay, reads
+// Package daemon wires twilld together: it finds the node's uplink, reads
 // the network config, sets up the backend, acquires and keeps the node's
 // lease, writes the subnet file, follows the peers' leases, and tells
-// systemd where it stands. It produces read-only status snapshots for the
-// web UI.
+// systemd where it stands. When a part of it fails for good, it stops and
+// says why. It produces read-only status snapshots for the web UI.
 //
-// It must not parse flags (cmd/twilld does) nor serve HTTP (web does).
+// It must not parse flags, pick a lease store or a backend (cmd/twilld
+// does: they come in through Config), nor serve HTTP (web does).
 package daemon
 
 import (
@@ -19,20 +20,38 @@ import (
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/twillnet/twill/overlay/backend"
-	"github.com/twillnet/twill/overlay/backend/alloc"
-	"github.com/twillnet/twill/overlay/backend/udp"
 	"github.com/twillnet/twill/overlay/lease"
-	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
-// Config is twilld's configuration, as its flags give it.
-type Config struct {
-	Etcd etcd.Config
+// Registry is the lease store as the daemon uses it: etcd in twilld, an
+// in-memory one (overlay/lease/leasetest) in tests.
+type Registry interface {
+	lease.Registry
+	// ConfigKey names where NetworkConfig reads the config, for messages.
+	ConfigKey() string
+}
 
-	// NetConfigFile, if set, is read instead of <prefix>/config in etcd.
+// Config is twilld's configuration, as its flags give it, and the parts it
+// is built from.
+type Config struct {
+	// Registry holds the leases and, unless NetConfigFile is set, the
+	// network config. The caller owns it (and closes it).
+	Registry Registry
+	// NewBackend makes the data path for a node; twilld picks a backend by
+	// the config's type, tests give a fake.
+	NewBackend func(backend.Node, *slog.Logger) (backend.Backend, error)
+	// FindUplink, if set, says how the node reaches its peers (PublicIP and
+	// the interface fields of backend.Node) instead of looking at the
+	// host's interfaces by PublicIP, Ifaces, IfaceRegex and the default
+	// route. Tests set it; the daemon fills in the rest of the node.
+	FindUplink func() (backend.Node, error)
+
+	// NetConfigFile, if set, is read instead of the config in the registry.
 	NetConfigFile string
 
 	PublicIP   netip.Addr
@@ -54,6 +73,12 @@ type Config struct {
 // Validate checks the configuration before anything is done.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.Registry == nil {
+		errs = append(errs, errors.New("no lease registry given"))
+	}
+	if c.NewBackend == nil {
+		errs = append(errs, errors.New("no backend factory given"))
+	}
 	if c.SubnetLeaseTTL < 2*time.Second {
 		errs = append(errs, fmt.Errorf("--subnet-lease-ttl %v: must be at least 2s", c.SubnetLeaseTTL))
 	}
@@ -63,32 +88,39 @@ func (c *Config) Validate() error {
 	if c.SubnetFile == "" {
 		errs = append(errs, errors.New("--subnet-file: must not be empty"))
 	}
-	if len(c.Etcd.Endpoints) == 0 && c.NetConfigFile == "" {
-		errs = append(errs, errors.New("--etcd-endpoints: must name at least one endpoint"))
-	}
 	return errors.Join(errs...)
 }
 
 // Daemon is a running twilld.
 type Daemon struct {
-	cfg Config
-	log *slog.Logger
-
-	reg     *etcd.Registry
+	cfg     Config
+	log     *slog.Logger
 	reach   *lease.Reachability
-	netcfg  *netconf.Config
-	node    backend.Node
-	be      backend.Backend
-	keeper  *lease.Keeper
-	watcher *lease.Watcher
 	started time.Time
 
 	mu    sync.Mutex
+	run   *running // published once, when the backend is prepared
 	ready bool
-	mtu   int
+
+	// handleMu orders the peers' events handed to the backend; peers are
+	// the leases it holds as peers' now, by subnet.
+	handleMu sync.Mutex
+	peers    map[netip.Prefix]lease.Lease
 }
 
-// New checks cfg and connects to etcd (without waiting for it to answer).
+// running is what Run set up for the node. It is published once, complete,
+// and never changed after; what changes (the lease, the peers, the
+// backend's state) its parts report themselves.
+type running struct {
+	netcfg  *netconf.Config
+	node    backend.Node
+	be      backend.Backend
+	prep    backend.Prepared
+	keeper  *lease.Keeper
+	watcher *lease.Watcher
+}
+
+// New checks cfg. It does no I/O.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -96,19 +128,11 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
-	cfg.Etcd.Log = log
-	reg, err := etcd.New(cfg.Etcd)
-	if err != nil {
-		return nil, err
-	}
-	return &Daemon{cfg: cfg, log: log, reg: reg, reach: lease.NewReachability(log, "etcd"), started: time.Now()}, nil
+	return &Daemon{cfg: cfg, log: log, reach: lease.NewReachability(log, "etcd"), started: time.Now()}, nil
 }
 
-// Close releases the etcd connection.
-func (d *Daemon) Close() error { return d.reg.Close() }
-
-// networkConfig reads the network config from the file, or from etcd,
-// waiting for it to appear there.
+// networkConfig reads the network config from the file, or from the
+// registry, waiting for it to appear there.
 func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 	if d.cfg.NetConfigFile != "" {
 		data, err := os.ReadFile(d.cfg.NetConfigFile)
@@ -121,22 +145,23 @@ func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 		}
 		return c, nil
 	}
+	reg := d.cfg.Registry
 	var backoff lease.Backoff
 	waiting := false
 	for {
-		data, err := d.reg.NetworkConfig(ctx)
+		data, err := reg.NetworkConfig(ctx)
 		switch {
 		case err == nil:
 			d.reach.OK()
 			c, err := netconf.Parse(data)
 			if err != nil {
-				return nil, fmt.Errorf("%s/config in etcd: %w", d.reg.Prefix(), err)
+				return nil, fmt.Errorf("network config %s: %w", reg.ConfigKey(), err)
 			}
 			return c, nil
 		case errors.Is(err, lease.ErrNoConfig):
 			d.reach.OK()
 			if !waiting {
-				d.log.Warn("no network config in etcd yet; waiting for it", "key", d.reg.Prefix()+"/config")
+				d.log.Warn("no network config yet; waiting for it", "key", reg.ConfigKey())
 				waiting = true
 			}
 		case ctx.Err() != nil:
@@ -150,24 +175,17 @@ func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 	}
 }
 
-// newBackend picks the backend for the config.
-func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
-	switch t := node.Network.Backend.Type; t {
-	case netconf.TypeAlloc:
-		return alloc.New(node), nil
-	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeMacvlan, netconf.TypeIPvlan:
-		return newKernelBackend(node, log)
-	case netconf.TypeUDP:
-		return udp.New(node, log), nil
-	default:
-		return nil, fmt.Errorf("backend %q is not available in this twilld yet", t)
-	}
-}
-
-// configure finds the underlay, reads the network config and picks the
+// configure finds the uplink, reads the network config and makes the
 // backend: what both Run and Cleanup start from.
 func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, backend.Backend, error) {
-	u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
+	find := d.cfg.FindUplink
+	if find == nil {
+		find = func() (backend.Node, error) {
+			u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
+			return u.backendNode(d.cfg.NodeName), err
+		}
+	}
+	node, err := find()
 	if err != nil {
 		return nil, backend.Node{}, nil, err
 	}
@@ -175,39 +193,100 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	if err != nil {
 		return nil, backend.Node{}, nil, err
 	}
-	node := u.backendNode(d.cfg.NodeName)
+	node.Name = d.cfg.NodeName
 	node.Network = netcfg
 	node.IPMasq = d.cfg.IPMasq
-	be, err := newBackend(node, d.log)
+	be, err := d.cfg.NewBackend(node, d.log)
 	if err != nil {
 		return nil, backend.Node{}, nil, err
 	}
 	return netcfg, node, be, nil
 }
 
-// Run runs the daemon until ctx ends. It returns an error only if the node
-// could not start; after it is ready, trouble is logged and retried.
+// Run runs the daemon until ctx ends; call it once. It returns an error if
+// the node could not start (ctx's error if ctx ended first), and, once the
+// node was ready, the error of the first of its parts (lease keeper, lease
+// watcher, backend) that failed or stopped on its own: that part stops the
+// others and the node is no longer ready. Passing trouble (the store
+// unreachable, a peer's bad lease) is logged and retried; only a part that
+// cannot go on fails. A stop by ctx after the node was ready returns nil.
+//
+// A start that fails after it created a lease gives the lease back and
+// removes the backend's kernel state; one it took over from the node's
+// earlier run (peers route to it, pods may use it) is kept.
 func (d *Daemon) Run(ctx context.Context) error {
-	netcfg, node, be, err := d.configure(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	r, err := d.start(gctx)
 	if err != nil {
 		return err
 	}
+	own := r.keeper.Current()
+
+	d.setReady(true)
+	part := func(name string, run func(context.Context) error) {
+		g.Go(func() error {
+			err := run(gctx)
+			if err == nil && gctx.Err() == nil {
+				err = errors.New("stopped before the daemon did")
+			}
+			if err == nil {
+				return nil
+			}
+			d.setReady(false)
+			d.log.Error(name+" failed; stopping", "err", err)
+			return fmt.Errorf("%s: %w", name, err)
+		})
+	}
+	part("lease keeper", r.keeper.Run)
+	part("lease watcher", func(ctx context.Context) error {
+		return r.watcher.Run(ctx, func(ctx context.Context, evs []lease.Event) { d.handleEvents(ctx, r, evs) })
+	})
+	part(r.be.Type()+" backend", r.be.Run)
+
+	if ok, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
+		d.log.Warn("notify systemd", "err", err)
+	} else if ok {
+		d.log.Debug("told systemd READY=1")
+	}
+	d.log.Info("ready", "subnet", own.Subnet, "subnet_file", d.cfg.SubnetFile)
+
+	<-gctx.Done()
+	d.setReady(false)
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyStopping); err != nil {
+		d.log.Warn("notify systemd", "err", err)
+	}
+	d.log.Info("stopping")
+	errs := []error{g.Wait()}
+	if d.cfg.ReleaseOnExit {
+		if err := d.release(r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// start sets the node up: the backend prepared, the running state
+// published, the lease acquired and handed to the backend, the subnet file
+// written. What fails after a lease was created is undone.
+func (d *Daemon) start(ctx context.Context) (*running, error) {
+	netcfg, node, be, err := d.configure(ctx)
+	if err != nil {
+		return nil, err
+	}
 	d.log.Info("starting", "node", node.Name, "public_ip", node.PublicIP, "iface", node.Iface,
 		"network", netcfg.Network, "backend", netcfg.Backend.Type)
-	d.mu.Lock()
-	d.netcfg, d.node, d.be = netcfg, node, be
-	d.mu.Unlock()
 	prep, err := be.Prepare(ctx)
 	if err != nil {
-		return fmt.Errorf("prepare %s backend: %w", be.Type(), err)
+		return nil, fmt.Errorf("prepare %s backend: %w", be.Type(), err)
 	}
 
 	var previous netip.Prefix
 	if f, err := subnetfile.Read(d.cfg.SubnetFile); err == nil && f.Network == netcfg.Network {
 		previous = f.NodeSubnet()
 	}
-	keeper := &lease.Keeper{
-		Registry: d.reg,
+	r := &running{netcfg: netcfg, node: node, be: be, prep: prep}
+	r.keeper = &lease.Keeper{
+		Registry: d.cfg.Registry,
 		Request: lease.Request{
 			Config: netcfg,
 			Attrs: lease.Attrs{PublicIP: node.PublicIP, BackendType: be.Type(), BackendData: prep.BackendData,
@@ -218,113 +297,160 @@ func (d *Daemon) Run(ctx context.Context) error {
 		RenewMargin: d.cfg.RenewMargin,
 		Log:         d.log,
 		Reach:       d.reach,
+		// A lease lost and acquired again (perhaps another subnet) reaches
+		// the backend and the subnet file here, on the keeper's goroutine.
+		OnChange: func(old, l lease.Lease) {
+			if err := d.useLease(ctx, r, l); err != nil {
+				d.log.Error("use the new lease", "subnet", l.Subnet, "err", err)
+			}
+			d.handOver(ctx, r, old, l)
+		},
 	}
+	r.watcher = &lease.Watcher{Registry: d.cfg.Registry, Log: d.log, Reach: d.reach}
 	d.mu.Lock()
-	d.keeper = keeper
+	d.run = r
 	d.mu.Unlock()
-	own, err := keeper.Acquire(ctx)
+
+	own, err := r.keeper.Acquire(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d.log.Info("lease acquired", "subnet", own.Subnet, "expires", own.Expiration, "reservation", own.Reservation)
-	if err := be.SetLease(ctx, own); err != nil {
-		return fmt.Errorf("set up %s backend for %s: %w", be.Type(), own.Subnet, err)
+	if err := d.useLease(ctx, r, own); err != nil {
+		return nil, errors.Join(err, d.undoStart(r))
 	}
-	if err := d.writeSubnetFile(own, prep); err != nil {
-		return err
-	}
+	return r, nil
+}
 
-	// A lease lost and acquired again (perhaps another subnet) reaches the
-	// backend and the subnet file here, on the keeper's goroutine.
-	keeper.OnChange = func(old, l lease.Lease) {
-		if err := be.SetLease(ctx, l); err != nil {
-			d.log.Error("set up backend for the new lease", "subnet", l.Subnet, "err", err)
-		}
-		if err := d.writeSubnetFile(l, prep); err != nil {
-			d.log.Error("write subnet file", "err", err)
-		}
+// useLease hands the node's lease to the backend and the subnet file.
+func (d *Daemon) useLease(ctx context.Context, r *running, l lease.Lease) error {
+	if err := r.be.SetLease(ctx, l); err != nil {
+		return fmt.Errorf("set up %s backend for %s: %w", r.be.Type(), l.Subnet, err)
 	}
-	watcher := &lease.Watcher{Registry: d.reg, Log: d.log, Reach: d.reach}
-	d.mu.Lock()
-	d.watcher, d.mtu = watcher, prep.MTU
-	d.mu.Unlock()
+	return d.writeSubnetFile(r, l)
+}
 
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	wg.Go(func() { errc <- keeper.Run(ctx) })
-	wg.Go(func() { errc <- watcher.Run(ctx, d.handleEvents) })
-	wg.Go(func() { errc <- be.Run(ctx) })
-
-	d.setReady(true)
-	if ok, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
-		d.log.Warn("notify systemd", "err", err)
-	} else if ok {
-		d.log.Debug("told systemd READY=1")
+// undoStart gives back a lease the failed start created, and the backend's
+// kernel state with it: peers would route to the subnet for a whole TTL,
+// and the kernel would carry a subnet the node does not hold. A lease taken
+// over from the node's earlier run is kept: peers already route to it, pods
+// on the node may still use it, and the restart systemd makes takes it
+// again (or it expires).
+func (d *Daemon) undoStart(r *running) error {
+	cur := r.keeper.Current()
+	if !r.keeper.Created() {
+		d.log.Warn("start failed; keeping the lease of the earlier run", "subnet", cur.Subnet)
+		return nil
 	}
-	d.log.Info("ready", "subnet", own.Subnet, "subnet_file", d.cfg.SubnetFile)
-
-	<-ctx.Done()
-	d.setReady(false)
-	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyStopping); err != nil {
-		d.log.Warn("notify systemd", "err", err)
-	}
-	d.log.Info("stopping")
-	wg.Wait()
-	close(errc)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	var errs []error
-	for err := range errc {
-		if err != nil {
-			errs = append(errs, err)
-		}
+	if err := r.keeper.Release(ctx); err != nil {
+		errs = append(errs, err)
+	} else {
+		d.log.Info("start failed; lease given back", "subnet", cur.Subnet)
 	}
-	if d.cfg.ReleaseOnExit {
-		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		if err := keeper.Release(rctx); err != nil {
-			errs = append(errs, err)
-		} else {
-			d.log.Info("lease released", "subnet", keeper.Current().Subnet)
-		}
+	if err := r.be.Cleanup(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("clean up %s backend: %w", r.be.Type(), err))
 	}
 	return errors.Join(errs...)
 }
 
+// release gives the lease back as the daemon stops (--release-on-exit).
+func (d *Daemon) release(r *running) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := r.keeper.Release(ctx); err != nil {
+		return err
+	}
+	d.log.Info("lease released", "subnet", r.keeper.Current().Subnet)
+	return nil
+}
+
 // handleEvents passes peers' events to the backend. Events about the node's
 // own subnet are not a peer's: if someone else changed or removed it, the
-// keeper is asked to check its lease at once.
-func (d *Daemon) handleEvents(ctx context.Context, evs []lease.Event) {
-	own := d.keeper.Current()
+// keeper is asked to check its lease at once. Nor is a lease that carries
+// the node's public IP (a reservation made for it, the lease it is moving
+// to): the backend is not given it, and loses it if it held it as a peer's.
+func (d *Daemon) handleEvents(ctx context.Context, r *running, evs []lease.Event) {
+	d.handleMu.Lock()
+	defer d.handleMu.Unlock()
+	own := r.keeper.Current()
 	peers := evs[:0:0]
 	for _, e := range evs {
-		if e.Lease.Subnet == own.Subnet {
+		switch {
+		case e.Lease.Subnet == own.Subnet:
 			if e.Type == lease.Expired || e.Lease.Attrs.PublicIP != own.Attrs.PublicIP {
-				d.keeper.Check()
+				r.keeper.Check()
 			}
-			continue
+		case e.Lease.Attrs.PublicIP == own.Attrs.PublicIP:
+			if p, held := d.peers[e.Lease.Subnet]; held {
+				peers = append(peers, lease.Event{Type: lease.Expired, Lease: p})
+			}
+		default:
+			peers = append(peers, e)
 		}
-		d.log.Debug("peer lease", "event", e.Type, "subnet", e.Lease.Subnet, "public_ip", e.Lease.Attrs.PublicIP)
-		peers = append(peers, e)
 	}
-	if len(peers) == 0 {
+	d.handPeers(ctx, r, peers)
+}
+
+// handPeers hands peers' events to the backend and notes which peers it
+// holds. The caller holds handleMu.
+func (d *Daemon) handPeers(ctx context.Context, r *running, evs []lease.Event) {
+	if len(evs) == 0 {
 		return
 	}
-	if err := d.be.Handle(ctx, peers); err != nil {
+	if d.peers == nil {
+		d.peers = make(map[netip.Prefix]lease.Lease)
+	}
+	for _, e := range evs {
+		d.log.Debug("peer lease", "event", e.Type, "subnet", e.Lease.Subnet, "public_ip", e.Lease.Attrs.PublicIP)
+		if e.Type == lease.Expired {
+			delete(d.peers, e.Lease.Subnet)
+		} else {
+			d.peers[e.Lease.Subnet] = e.Lease
+		}
+	}
+	if err := r.be.Handle(ctx, evs); err != nil {
 		d.log.Error("backend could not apply peer events", "err", err)
 	}
 }
 
+// handOver brings the backend's peers in line after the node moved from
+// subnet old to l. The lease now at old is a peer's: its events came while
+// old was the node's own and were kept from the backend. A peer the backend
+// holds at l is gone (the node holds l now): its end may come late, as an
+// event about the node's own subnet, which the backend is not given.
+func (d *Daemon) handOver(ctx context.Context, r *running, old, l lease.Lease) {
+	if old.Subnet == l.Subnet {
+		return
+	}
+	d.handleMu.Lock()
+	defer d.handleMu.Unlock()
+	var evs []lease.Event
+	if p, ok := d.peers[l.Subnet]; ok {
+		evs = append(evs, lease.Event{Type: lease.Expired, Lease: p})
+	}
+	for _, p := range r.watcher.Leases() {
+		if p.Subnet == old.Subnet && p.Attrs.PublicIP != l.Attrs.PublicIP {
+			evs = append(evs, lease.Event{Type: lease.Added, Lease: p})
+		}
+	}
+	d.handPeers(ctx, r, evs)
+}
+
 // writeSubnetFile writes the node's lease for the CNI plugin; for the
 // sublink backends also the backend type and where pods attach.
-func (d *Daemon) writeSubnetFile(l lease.Lease, prep backend.Prepared) error {
+func (d *Daemon) writeSubnetFile(r *running, l lease.Lease) error {
 	f := subnetfile.File{
-		Network: d.netcfg.Network,
+		Network: r.netcfg.Network,
 
 		Subnet: netip.PrefixFrom(netconf.Gateway(l.Subnet), l.Subnet.Bits()),
-		MTU:    prep.MTU,
+		MTU:    r.prep.MTU,
 		IPMasq: d.cfg.IPMasq,
 	}
-	if u := prep.Sublink; u != nil {
-		f.Backend = d.netcfg.Backend.Type
+	if u := r.prep.Sublink; u != nil {
+		f.Backend = r.netcfg.Backend.Type
 		f.Sublink = subnetfile.Sublink{Master: u.Master, Mode: u.Mode, Subnet: u.Subnet, Gateway: u.Gateway}
 	}
 	if err := subnetfile.Write(d.cfg.SubnetFile, f); err != nil {
@@ -337,6 +463,14 @@ func (d *Daemon) setReady(v bool) {
 	d.mu.Lock()
 	d.ready = v
 	d.mu.Unlock()
+}
+
+// state is what Run published (nil before the backend was prepared) and
+// whether the node is ready.
+func (d *Daemon) state() (*running, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.run, d.ready
 }
 
 // Cleanup removes the kernel state of the configured backend (twilld

@@ -4,17 +4,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/status"
 )
 
 // Resync asks the backend to compare its kernel state with its plan and
 // repair it now, if it keeps kernel state.
 func (d *Daemon) Resync() {
-	d.mu.Lock()
-	be := d.be
-	d.mu.Unlock()
-	if r, ok := be.(interface{ Resync() }); ok {
-		r.Resync()
+	r, _ := d.state()
+	if r == nil {
+		return
+	}
+	if rs, ok := r.be.(interface{ Resync() }); ok {
+		rs.Resync()
 		d.log.Info("resync requested")
 	}
 }
@@ -22,23 +24,17 @@ func (d *Daemon) Resync() {
 // Snapshot returns the daemon's state now. It is safe to call at any time,
 // also before Run got far.
 func (d *Daemon) Snapshot() status.Snapshot {
-	d.mu.Lock()
-	s := status.Snapshot{Ready: d.ready, StartedAt: d.started}
-	s.Node = status.Node{Name: d.cfg.NodeName, PublicIP: d.node.PublicIP, Iface: d.node.Iface, MTU: d.mtu}
-	netcfg, keeper, watcher, be := d.netcfg, d.keeper, d.watcher, d.be
-	d.mu.Unlock()
-	if netcfg != nil {
-		s.Node.Network = netcfg.Network
-		s.Node.BackendType = netcfg.Backend.Type
-		s.Node.BackendMode = netcfg.Backend.Mode
-	}
-	if keeper != nil {
-		s.Lease = keeper.Current()
-	}
-	if watcher != nil {
-		s.Leases = watcher.Leases()
-	}
-	if be != nil {
+	r, ready := d.state()
+	s := status.Snapshot{Ready: ready, StartedAt: d.started, Node: status.Node{Name: d.cfg.NodeName}}
+	var be backend.Backend
+	if r != nil {
+		be = r.be
+		s.Node.PublicIP, s.Node.Iface, s.Node.MTU = r.node.PublicIP, r.node.Iface, r.prep.MTU
+		s.Node.Network = r.netcfg.Network
+		s.Node.BackendType = r.netcfg.Backend.Type
+		s.Node.BackendMode = r.netcfg.Backend.Mode
+		s.Lease = r.keeper.Current()
+		s.Leases = r.watcher.Leases()
 		s.Backend = be.Status()
 	}
 	held := s.Lease.Subnet.IsValid() && (s.Lease.Reservation || time.Now().Before(s.Lease.Expiration))

@@ -49,14 +49,21 @@ const maxCollisions = 1000
 // race, no two hold one subnet. When the network is full the error is an
 // *ExhaustedError.
 func Acquire(ctx context.Context, reg Registry, req Request) (Lease, error) {
+	l, _, err := acquire(ctx, reg, req)
+	return l, err
+}
+
+// acquire is Acquire, and says whether the lease was created (2 or 3) rather
+// than taken over (1).
+func acquire(ctx context.Context, reg Registry, req Request) (Lease, bool, error) {
 	if req.Config == nil || !req.Attrs.PublicIP.IsValid() {
-		return Lease{}, errors.New("acquire lease: need a network config and a public IP")
+		return Lease{}, false, errors.New("acquire lease: need a network config and a public IP")
 	}
 	cfg := req.Config
 	for collisions := 0; collisions < maxCollisions; {
 		leases, _, err := reg.List(ctx)
 		if err != nil {
-			return Lease{}, fmt.Errorf("acquire lease: list leases: %w", err)
+			return Lease{}, false, fmt.Errorf("acquire lease: list leases: %w", err)
 		}
 
 		// 1. A lease or reservation of ours.
@@ -65,7 +72,7 @@ func Acquire(ctx context.Context, reg Registry, req Request) (Lease, error) {
 			// A lease of ours outside the current config (the network
 			// changed): release it so that it does not linger.
 			if err := reg.Delete(ctx, l); err != nil && !errors.Is(err, ErrLeaseLost) && !errors.Is(err, ErrNotFound) {
-				return Lease{}, fmt.Errorf("acquire lease: release stale lease %s: %w", l.Subnet, err)
+				return Lease{}, false, fmt.Errorf("acquire lease: release stale lease %s: %w", l.Subnet, err)
 			}
 		}
 		if mine != nil {
@@ -79,9 +86,9 @@ func Acquire(ctx context.Context, reg Registry, req Request) (Lease, error) {
 				continue
 			}
 			if err != nil {
-				return Lease{}, fmt.Errorf("acquire lease: renew %s: %w", mine.Subnet, err)
+				return Lease{}, false, fmt.Errorf("acquire lease: renew %s: %w", mine.Subnet, err)
 			}
-			return l, nil
+			return l, false, nil
 		}
 
 		taken := make(map[netip.Prefix]bool, len(leases))
@@ -105,7 +112,7 @@ func Acquire(ctx context.Context, reg Registry, req Request) (Lease, error) {
 			// 3. A random free one.
 			n := cfg.SubnetCount()
 			if leased+reserved >= n {
-				return Lease{}, &ExhaustedError{Network: cfg.Network, Subnets: n, Leased: leased, Reserved: reserved}
+				return Lease{}, false, &ExhaustedError{Network: cfg.Network, Subnets: n, Leased: leased, Reserved: reserved}
 			}
 			start := rand.IntN(n)
 			for i := range n {
@@ -122,11 +129,11 @@ func Acquire(ctx context.Context, reg Registry, req Request) (Lease, error) {
 			continue
 		}
 		if err != nil {
-			return Lease{}, fmt.Errorf("acquire lease: create %s: %w", want, err)
+			return Lease{}, false, fmt.Errorf("acquire lease: create %s: %w", want, err)
 		}
-		return l, nil
+		return l, true, nil
 	}
-	return Lease{}, fmt.Errorf("acquire lease in %s: lost the race for a subnet %d times", cfg.Network, maxCollisions)
+	return Lease{}, false, fmt.Errorf("acquire lease in %s: lost the race for a subnet %d times", cfg.Network, maxCollisions)
 }
 
 // findByPublicIP returns the lease that carries ip and fits cfg (a

@@ -25,9 +25,10 @@ type Keeper struct {
 	// replaced by another one (a different subnet or a new acquisition).
 	OnChange func(old, new Lease)
 
-	mu   sync.Mutex
-	cur  Lease
-	kick chan struct{}
+	mu      sync.Mutex
+	cur     Lease
+	created bool
+	kick    chan struct{}
 }
 
 func (k *Keeper) init() {
@@ -51,10 +52,10 @@ func (k *Keeper) Acquire(ctx context.Context) (Lease, error) {
 	var backoff Backoff
 	var lastErr string
 	for {
-		l, err := Acquire(ctx, k.Registry, k.Request)
+		l, created, err := acquire(ctx, k.Registry, k.Request)
 		if err == nil {
 			k.Reach.OK()
-			k.set(l)
+			k.set(l, created)
 			return l, nil
 		}
 		if ctx.Err() != nil {
@@ -82,7 +83,23 @@ func (k *Keeper) Current() Lease {
 	return k.cur
 }
 
-func (k *Keeper) set(l Lease) {
+// Created reports whether the lease held now was created by this keeper,
+// rather than taken over from the node's earlier run (a lease or reservation
+// that carries its public IP). A start that fails may give back a lease it
+// created; one it took over is what peers already route to.
+func (k *Keeper) Created() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.created
+}
+
+func (k *Keeper) set(l Lease, created bool) {
+	k.mu.Lock()
+	k.cur, k.created = l, created
+	k.mu.Unlock()
+}
+
+func (k *Keeper) renewed(l Lease) {
 	k.mu.Lock()
 	k.cur = l
 	k.mu.Unlock()
@@ -147,7 +164,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			k.Reach.OK()
-			k.set(l)
+			k.renewed(l)
 			retrying = false
 			backoff.Reset()
 			k.Log.Debug("lease renewed", "subnet", l.Subnet, "expires", l.Expiration)
@@ -156,7 +173,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 			k.Log.Warn("lease lost; acquiring again", "subnet", cur.Subnet, "err", err)
 			req := k.Request
 			req.Previous = cur.Subnet
-			l, err := Acquire(ctx, k.Registry, req)
+			l, created, err := acquire(ctx, k.Registry, req)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -165,7 +182,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 				retrying = true
 				continue
 			}
-			k.set(l)
+			k.set(l, created)
 			retrying = false
 			backoff.Reset()
 			k.Log.Info("lease acquired again", "subnet", l.Subnet, "previous", cur.Subnet)

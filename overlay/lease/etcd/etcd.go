@@ -187,6 +187,9 @@ func (r *Registry) Client() *clientv3.Client { return r.cli }
 // Prefix is the key prefix in use.
 func (r *Registry) Prefix() string { return r.prefix }
 
+// ConfigKey is the key of the network config, for messages.
+func (r *Registry) ConfigKey() string { return r.configKey() }
+
 func (r *Registry) configKey() string               { return r.prefix + "/config" }
 func (r *Registry) subnetsDir() string              { return r.prefix + "/subnets/" }
 func (r *Registry) subnetKey(s netip.Prefix) string { return r.subnetsDir() + lease.SubnetKey(s) }
