@@ -4,7 +4,7 @@ package cni_test
 // directory) through libcni, as a runtime does, with the plugin process
 // started from a thread that has entered a "node" network namespace the test
 // made. Nothing touches the host's own namespace: every link, address and
-// route lives in namespaces named twt-cni-<pid>-<n>-<role> (nstest), deleted at cleanup.
+// route lives in namespaces named twt-cni-<pid>-<n>, deleted at cleanup.
 
 import (
 	"bytes"

@@ -539,3 +539,42 @@ func TestRetryDump(t *testing.T) {
 		t.Errorf("persistent interruption: %v", err)
 	}
 }
+
+// TestApplyFDBRemotes: peer 1's VTEP MAC points at a wrong remote, and an
+// all-zero default entry has two remotes (the kernel appends remotes only to
+// all-zero and multicast MACs). Diff predicts, from the tables read, that the
+// MAC's remote is replaced and both default remotes deleted; Apply does just
+// that, and the kernel ends up holding the plan.
+func TestApplyFDBRemotes(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t, "192.168.56.11/24")
+	h := n.open(t)
+	p := buildPlan(t, vxlanBackend, vxlanPeers(1)...)
+	vx, err := n.nl.LinkByName("twill.1")
+	must(t, err)
+	for _, f := range []struct {
+		mac net.HardwareAddr
+		dst string
+	}{{p.FDB[0].MAC, "192.168.56.94"}, {net.HardwareAddr{0, 0, 0, 0, 0, 0}, "192.168.56.95"}, {net.HardwareAddr{0, 0, 0, 0, 0, 0}, "192.168.56.96"}} {
+		must(t, n.nl.NeighAppend(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+			Flags: netlink.NTF_SELF, IP: net.ParseIP(f.dst).To4(), HardwareAddr: f.mac}))
+	}
+	links, err := h.links()
+	must(t, err)
+	tables, _, rerr := h.tables(links, OwnedDevices(p))
+	must(t, rerr.join())
+	if len(tables.FDB) != 3 {
+		t.Fatalf("fdb read back: %v, want the three remotes made", tables.FDB)
+	}
+	e := Diff(p, tables)
+	want := Changes{RoutesAdded: 1, NeighborsAdded: 1, FDBChanged: 1, FDBRemoved: 2}
+	if e.Changes() != want {
+		t.Fatalf("Diff on the kernel's tables: %v, want %v:\n%s", e.Changes(), want, e)
+	}
+	ch, err := h.Apply(p)
+	must(t, err)
+	if ch != want {
+		t.Errorf("Apply: %v, want %v, as Diff predicted", ch, want)
+	}
+	assertState(t, h, p)
+}
