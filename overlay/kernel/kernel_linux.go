@@ -119,8 +119,7 @@ func (h *Handle) Read(devices ...string) (State, error) {
 	if err != nil {
 		return s, err
 	}
-	slices.Sort(devices)
-	t, _, rerr := h.tables(links, slices.Compact(devices))
+	t, _, rerr := h.tables(links, slices.Compact(slices.Sorted(slices.Values(devices))))
 	for _, r := range t.Routes {
 		s.Routes = append(s.Routes, r.Route)
 	}
