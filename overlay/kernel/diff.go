@@ -343,17 +343,25 @@ func (e Edits) Problems() []error {
 func (e Edits) String() string {
 	var sb strings.Builder
 	line := func(format string, args ...any) { fmt.Fprintf(&sb, format+"\n", args...) }
+	// set writes an addition, or a change when there was something.
+	set := func(x fmt.Stringer, was string) {
+		if was != "" {
+			line("~ %s (was %s)", x, was)
+		} else {
+			line("+ %s", x)
+		}
+	}
 	for _, d := range e.RouteDeletes {
 		line("- %s (%s)", d.Route, d.Why)
 	}
 	for _, s := range e.RouteSets {
 		switch {
 		case s.Old != nil:
-			line("~ %s (was %s)", s.Route, strings.TrimPrefix(s.Old.Route.String(), "route "+s.Old.Dst.String()+" "))
+			set(s.Route, strings.TrimPrefix(s.Old.Route.String(), "route "+s.Old.Dst.String()+" "))
 		case s.Foreign != nil:
 			line("+ %s (replaces %s)", s.Route, s.Foreign)
 		default:
-			line("+ %s", s.Route)
+			set(s.Route, "")
 		}
 	}
 	for _, p := range e.RouteProblems {
@@ -361,21 +369,13 @@ func (e Edits) String() string {
 	}
 	for _, d := range e.Devices {
 		for _, s := range d.NeighborSets {
-			if s.Old != nil {
-				line("~ %s (was lladdr %s)", s.Neighbor, s.Old.MAC)
-			} else {
-				line("+ %s", s.Neighbor)
-			}
+			set(s.Neighbor, s.was())
 		}
 		for _, n := range d.NeighborDeletes {
 			line("- %s", n)
 		}
 		for _, s := range d.FDBSets {
-			if s.Old != nil {
-				line("~ %s (was dst %s)", s.Entry, s.Old.Dst)
-			} else {
-				line("+ %s", s.Entry)
-			}
+			set(s.Entry, s.was())
 		}
 		for _, f := range d.FDBDeletes {
 			line("- %s", f)
@@ -385,4 +385,18 @@ func (e Edits) String() string {
 		}
 	}
 	return sb.String()
+}
+
+func (s NeighborSet) was() string {
+	if s.Old == nil {
+		return ""
+	}
+	return "lladdr " + s.Old.MAC.String()
+}
+
+func (s FDBSet) was() string {
+	if s.Old == nil {
+		return ""
+	}
+	return "dst " + s.Old.Dst.String()
 }
