@@ -16,6 +16,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/cni"
 	"github.com/twillnet/twill/overlay/namespace"
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 )
 
 // pinger runs ping (10 ms apart) from a namespace until stop, which returns
@@ -63,13 +64,13 @@ func bridgeMAC(t *testing.T, n *node) string {
 // and fails on any lost echo or any change of the bridge's MAC.
 func addPodsWhilePinging(t *testing.T, n *node, gateway string) {
 	t.Helper()
-	first := newNS(t, "p0")
+	first := nstest.New(t, "p0").Path
 	n.add("pod-0", first)
 	mac := bridgeMAC(t, n)
 	stop := pinger(t, first, gateway)
 	time.Sleep(200 * time.Millisecond)
 	for i := 1; i <= 20; i++ {
-		n.add(fmt.Sprintf("pod-%d", i), newNS(t, fmt.Sprintf("p%d", i)))
+		n.add(fmt.Sprintf("pod-%d", i), nstest.New(t, fmt.Sprintf("p%d", i)).Path)
 		if got := bridgeMAC(t, n); got != mac {
 			t.Errorf("after pod %d the bridge's MAC is %s, was %s", i, got, mac)
 		}
@@ -121,7 +122,7 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 // (replaced by hand under a running pod) and fixes it as ADD would.
 func TestCheckFixesTheBridgeMAC(t *testing.T) {
 	n := newNode(t, "10.244.6.1/24")
-	pod := newNS(t, "p0")
+	pod := nstest.New(t, "p0").Path
 	r := n.add("pod-0", pod)
 	veth := r.Interfaces[1].Name
 	err := namespace.DoPath(n.ns, func() error {
@@ -145,7 +146,7 @@ func TestCheckFixesTheBridgeMAC(t *testing.T) {
 		t.Errorf("after CHECK the record is %q (%v), want %q", rec, err, "cni0 "+before)
 	}
 	for i := 1; i <= 10; i++ {
-		n.add(fmt.Sprintf("pod-%d", i), newNS(t, fmt.Sprintf("p%d", i)))
+		n.add(fmt.Sprintf("pod-%d", i), nstest.New(t, fmt.Sprintf("p%d", i)).Path)
 	}
 	if got := bridgeMAC(t, n); got != before {
 		t.Errorf("bridge MAC %s after 10 more pods, want %s", got, before)

@@ -21,12 +21,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/twillnet/twill/overlay/namespace"
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -45,7 +45,6 @@ import (
 var (
 	pluginDir   string // holds the built plugin, named "twill"
 	pluginBuild error
-	nsCounter   atomic.Int64
 )
 
 func TestMain(m *testing.M) {
@@ -70,27 +69,10 @@ func TestMain(m *testing.M) {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, a bridge and veths")
-	}
+	nstest.NeedRoot(t, "creates network namespaces, a bridge and veths")
 	if pluginBuild != nil {
 		t.Fatal(pluginBuild)
 	}
-}
-
-// newNS creates a named network namespace and deletes it at cleanup.
-func newNS(t *testing.T, role string) string {
-	t.Helper()
-	name := fmt.Sprintf("twt-cni-%d-%d-%s", os.Getpid(), nsCounter.Add(1), role)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	return "/run/netns/" + name
 }
 
 // nodeExec starts plugins inside the node namespace.
@@ -132,7 +114,7 @@ const conflistTmpl = `{
 func newNode(t *testing.T, subnet string) *node {
 	t.Helper()
 	needRoot(t)
-	n := &node{t: t, ns: newNS(t, "node"), dir: t.TempDir()}
+	n := &node{t: t, ns: nstest.New(t, "node").Path, dir: t.TempDir()}
 	n.subnet = filepath.Join(n.dir, "run", "subnet.env")
 	n.dataDir = filepath.Join(n.dir, "data")
 	if subnet != "" {
@@ -322,7 +304,7 @@ func podAddr(t *testing.T, r *types100.Result) netip.Prefix {
 
 func TestAddCheckDelGC(t *testing.T) {
 	n := newNode(t, "10.244.1.1/24")
-	pod := newNS(t, "pod")
+	pod := nstest.New(t, "pod").Path
 	ctx := context.Background()
 
 	r := n.add("pod-a", pod)
@@ -446,7 +428,7 @@ func TestAddCheckDelGC(t *testing.T) {
 
 func TestTwoPodsPing(t *testing.T) {
 	n := newNode(t, "10.244.2.1/24")
-	a, b := newNS(t, "pa"), newNS(t, "pb")
+	a, b := nstest.New(t, "pa").Path, nstest.New(t, "pb").Path
 	ra, rb := n.add("pod-a", a), n.add("pod-b", b)
 	aa, ab := podAddr(t, ra).Addr(), podAddr(t, rb).Addr()
 	if aa == ab {
@@ -470,7 +452,7 @@ func TestParallelAdds(t *testing.T) {
 	n := newNode(t, "10.244.3.1/24")
 	nss := make([]string, pods)
 	for i := range nss {
-		nss[i] = newNS(t, fmt.Sprint("p", i))
+		nss[i] = nstest.New(t, fmt.Sprint("p", i)).Path
 	}
 	addrs := make([]netip.Addr, pods)
 	var wg sync.WaitGroup
@@ -556,7 +538,7 @@ func runPlugin(t *testing.T, n *node, env []string, stdin string) *types.Error {
 
 func TestBadInput(t *testing.T) {
 	n := newNode(t, "") // no subnet file
-	pod := newNS(t, "pod")
+	pod := nstest.New(t, "pod").Path
 	addEnv := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=bad-1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod}
 	plugin := func(extra string) string {
 		return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"twill","type":"twill","subnetFile":%q,"dataDir":%q%s}`, n.subnet, n.dataDir, extra)
@@ -632,7 +614,7 @@ func TestStatusAndVersion(t *testing.T) {
 
 func TestGCFreesInvalidAttachments(t *testing.T) {
 	n := newNode(t, "10.244.6.1/24")
-	pods := []string{newNS(t, "g0"), newNS(t, "g1"), newNS(t, "g2")}
+	pods := []string{nstest.New(t, "g0").Path, nstest.New(t, "g1").Path, nstest.New(t, "g2").Path}
 	var addrs []string
 	for i, p := range pods {
 		addrs = append(addrs, podAddr(t, n.add(fmt.Sprint("gc-", i), p)).Addr().String())
@@ -661,7 +643,7 @@ func TestGCFreesInvalidAttachments(t *testing.T) {
 
 func TestSubnetChange(t *testing.T) {
 	n := newNode(t, "10.244.7.1/24")
-	a, b := newNS(t, "sa"), newNS(t, "sb")
+	a, b := nstest.New(t, "sa").Path, nstest.New(t, "sb").Path
 	old := podAddr(t, n.add("pod-a", a))
 	n.writeSubnet("10.244.8.1/24", 1400)
 	nb := podAddr(t, n.add("pod-b", b))

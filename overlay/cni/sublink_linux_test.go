@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
@@ -28,7 +29,7 @@ func ipIn(t *testing.T, nsPath string, args ...string) string {
 func underlayNode(t *testing.T, backendType, mode, master string, gateway netip.Addr) (*node, string) {
 	t.Helper()
 	n := newNode(t, "")
-	world := newNS(t, "world")
+	world := nstest.New(t, "world").Path
 	ipIn(t, world, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", filepath.Base(n.ns))
 	ipIn(t, world, "addr", "add", "192.168.56.1/24", "dev", "eth0")
 	ipIn(t, world, "link", "set", "eth0", "up")
@@ -58,7 +59,7 @@ func underlayNode(t *testing.T, backendType, mode, master string, gateway netip.
 func TestUnderlayAddCheckDel(t *testing.T) {
 	// No gateway in the subnet file: the plugin takes the master's default route.
 	n, world := underlayNode(t, "macvlan", "bridge", "eth0", netip.Addr{})
-	pod1, pod2 := newNS(t, "pod"), newNS(t, "pod")
+	pod1, pod2 := nstest.New(t, "pod").Path, nstest.New(t, "pod").Path
 	r1 := n.add("c1", pod1)
 	r2 := n.add("c2", pod2)
 	slice := netip.MustParsePrefix("192.168.56.144/28")
@@ -130,7 +131,7 @@ func TestUnderlayAddCheckDel(t *testing.T) {
 // master's default route.
 func TestUnderlayGatewayFromSubnetFile(t *testing.T) {
 	n, _ := underlayNode(t, "macvlan", "bridge", "eth0", netip.MustParseAddr("192.168.56.2"))
-	pod := newNS(t, "pod")
+	pod := nstest.New(t, "pod").Path
 	r := n.add("c1", pod)
 	if gw := r.IPs[0].Gateway.String(); gw != "192.168.56.2" {
 		t.Fatalf("gateway %s, want 192.168.56.2 from the subnet file", gw)
@@ -141,7 +142,7 @@ func TestUnderlayGatewayFromSubnetFile(t *testing.T) {
 // allocation and no interface behind.
 func TestUnderlayMissingMaster(t *testing.T) {
 	n, _ := underlayNode(t, "macvlan", "bridge", "nope0", netip.Addr{})
-	pod := newNS(t, "pod")
+	pod := nstest.New(t, "pod").Path
 	_, err := n.runtime.AddNetworkList(context.Background(), n.list, n.rt("c1", pod))
 	if err == nil || !strings.Contains(err.Error(), "nope0") {
 		t.Fatalf("ADD with a missing master = %v", err)
@@ -157,11 +158,11 @@ func TestUnderlayMissingMaster(t *testing.T) {
 // TestUnderlayIPvlan attaches a pod with ipvlan where the kernel has it.
 func TestUnderlayIPvlan(t *testing.T) {
 	n, world := underlayNode(t, "ipvlan", "l2", "eth0", netip.Addr{})
-	probe := newNS(t, "probe")
+	probe := nstest.New(t, "probe").Path
 	if out, err := exec.Command("ip", "-n", filepath.Base(n.ns), "link", "add", "link", "eth0", "name", "probe", "netns", filepath.Base(probe), "type", "ipvlan", "mode", "l2").CombinedOutput(); err != nil {
 		t.Skipf("needs ipvlan in the kernel (this host's has none): %s", out)
 	}
-	pod := newNS(t, "pod")
+	pod := nstest.New(t, "pod").Path
 	r := n.add("c1", pod)
 	if err := ping(world, podAddr(t, r).Addr()); err != nil {
 		t.Fatalf("world to ipvlan pod: %v", err)

@@ -1,7 +1,9 @@
 // Package kernel applies a plan (overlay/plan) to a network namespace with
 // netlink, reads back what the kernel holds, and keeps the two equal: Apply
 // reconciles once, the Reconciler repairs drift as it happens (netlink
-// events) and periodically.
+// events) and periodically. What to add, replace and delete is decided by
+// Diff, a pure function of the plan and the tables read (golden files in
+// testdata); Apply only reads, calls Diff and writes.
 //
 // It must remove only what twill owns:
 //
@@ -23,5 +25,6 @@
 // calling thread's namespace itself (netlink's subscriptions do so briefly,
 // on a locked thread).
 //
-// The package is Linux-only.
+// Diff, Compare and the types they use do no I/O and build on every
+// platform; the Handle and the Reconciler are Linux-only.
 package kernel

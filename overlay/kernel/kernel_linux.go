@@ -1,14 +1,13 @@
 package kernel
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -23,7 +22,7 @@ import (
 // are ever deleted. 126 is not assigned in the kernel's rtnetlink.h nor in
 // iproute2's rt_protos; `echo "126 twill" > /etc/iproute2/rt_protos.d/twill.conf`
 // makes iproute2 print its name.
-const Protocol netlink.RouteProtocol = 126
+const Protocol netlink.RouteProtocol = RouteProtocol
 
 // maxDumpTries bounds how often a netlink dump interrupted by a concurrent
 // change (netlink.ErrDumpInterrupted) is retried.
@@ -65,75 +64,11 @@ func (h *Handle) Close() error {
 	return h.ns.Close()
 }
 
-// State is the twill-owned kernel state of a namespace, in the plan's terms
-// and order, so that desired and actual can be compared and shown side by
-// side.
-type State struct {
-	Routes    []plan.Route
-	Neighbors []plan.Neighbor
-	FDB       []plan.FDBEntry
-}
-
-// Changes counts what one Apply did.
-type Changes struct {
-	RoutesAdded, RoutesChanged, RoutesRemoved          int
-	NeighborsAdded, NeighborsChanged, NeighborsRemoved int
-	FDBAdded, FDBChanged, FDBRemoved                   int
-}
-
-// Total is the number of kernel objects written or deleted.
-func (c Changes) Total() int {
-	return c.RoutesAdded + c.RoutesChanged + c.RoutesRemoved +
-		c.NeighborsAdded + c.NeighborsChanged + c.NeighborsRemoved +
-		c.FDBAdded + c.FDBChanged + c.FDBRemoved
-}
-
-// Add sums two Changes.
-func (c Changes) Add(d Changes) Changes {
-	return Changes{
-		c.RoutesAdded + d.RoutesAdded, c.RoutesChanged + d.RoutesChanged, c.RoutesRemoved + d.RoutesRemoved,
-		c.NeighborsAdded + d.NeighborsAdded, c.NeighborsChanged + d.NeighborsChanged, c.NeighborsRemoved + d.NeighborsRemoved,
-		c.FDBAdded + d.FDBAdded, c.FDBChanged + d.FDBChanged, c.FDBRemoved + d.FDBRemoved,
-	}
-}
-
-func (c Changes) String() string {
-	return fmt.Sprintf("routes +%d ~%d -%d, neighbours +%d ~%d -%d, fdb +%d ~%d -%d",
-		c.RoutesAdded, c.RoutesChanged, c.RoutesRemoved,
-		c.NeighborsAdded, c.NeighborsChanged, c.NeighborsRemoved,
-		c.FDBAdded, c.FDBChanged, c.FDBRemoved)
-}
-
-// LogValue lets slog print Changes as attributes.
-func (c Changes) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.Int("routes_added", c.RoutesAdded), slog.Int("routes_changed", c.RoutesChanged), slog.Int("routes_removed", c.RoutesRemoved),
-		slog.Int("neighbors_added", c.NeighborsAdded), slog.Int("neighbors_changed", c.NeighborsChanged), slog.Int("neighbors_removed", c.NeighborsRemoved),
-		slog.Int("fdb_added", c.FDBAdded), slog.Int("fdb_changed", c.FDBChanged), slog.Int("fdb_removed", c.FDBRemoved))
-}
-
-// OwnedDevices are the devices whose permanent neighbour and FDB entries
-// belong to twill under p: p.Device and the devices of p's neighbours and
-// FDB entries, sorted.
-func OwnedDevices(p plan.Plan) []string {
-	var devs []string
-	if p.Device != "" {
-		devs = append(devs, p.Device)
-	}
-	for _, n := range p.Neighbors {
-		devs = append(devs, n.Device)
-	}
-	for _, f := range p.FDB {
-		devs = append(devs, f.Device)
-	}
-	slices.Sort(devs)
-	return slices.Compact(devs)
-}
-
-// Apply makes the namespace hold p: it adds or replaces the routes,
-// neighbour and FDB entries p wants and deletes the twill-owned ones it does
-// not. It carries on past single failures (a device that does not exist, a
-// route the kernel refuses) and returns them joined, with what it did.
+// Apply makes the namespace hold p: it reads what the namespace holds, lets
+// Diff decide the edits, and makes them. It carries on past single failures
+// (a device that does not exist, a route the kernel refuses, a table it
+// cannot list: its edits are then not made) and returns them joined, with
+// what it did.
 func (h *Handle) Apply(p plan.Plan) (Changes, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -142,32 +77,34 @@ func (h *Handle) Apply(p plan.Plan) (Changes, error) {
 	if err != nil {
 		return ch, err
 	}
-	errR := h.applyRoutes(p.Routes, links, &ch)
+	t, have, rerr := h.tables(links, OwnedDevices(p))
+	e := Diff(p, t)
 	var errs []error
-	for _, dev := range OwnedDevices(p) {
-		link, ok := links.byName[dev]
+	if rerr.routes != nil {
+		errs = append(errs, rerr.routes)
+	} else {
+		errs = append(errs, h.writeRoutes(e, have, links, &ch))
+	}
+	for _, d := range e.Devices {
+		link, ok := links.byName[d.Device]
 		if !ok {
-			if wantsOn(p, dev) {
-				errs = append(errs, fmt.Errorf("neighbours on %s: no such device", dev))
-			}
+			errs = append(errs, d.Problem)
 			continue
 		}
-		errs = append(errs, h.applyNeighbors(p.Neighbors, link, &ch))
-		if link.Type() == "vxlan" {
-			errs = append(errs, h.applyFDB(p.FDB, link, &ch))
-		} else if hasFDB(p, dev) {
-			errs = append(errs, fmt.Errorf("fdb on %s: a %s device, not vxlan", dev, link.Type()))
+		if err := rerr.neighbors[d.Device]; err != nil {
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, h.writeNeighbors(d, link, &ch))
+		}
+		if d.Kind != "vxlan" {
+			errs = append(errs, d.Problem)
+		} else if err := rerr.fdb[d.Device]; err != nil {
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, h.writeFDB(p, d, link, &ch))
 		}
 	}
-	return ch, errors.Join(append([]error{errR}, errs...)...)
-}
-
-func wantsOn(p plan.Plan, dev string) bool {
-	return slices.ContainsFunc(p.Neighbors, func(n plan.Neighbor) bool { return n.Device == dev }) || hasFDB(p, dev)
-}
-
-func hasFDB(p plan.Plan, dev string) bool {
-	return slices.ContainsFunc(p.FDB, func(f plan.FDBEntry) bool { return f.Device == dev })
+	return ch, errors.Join(errs...)
 }
 
 // Read lists the twill-owned state of the namespace: the routes of
@@ -182,58 +119,69 @@ func (h *Handle) Read(devices ...string) (State, error) {
 	if err != nil {
 		return s, err
 	}
-	routes, err := h.ownedRoutes()
-	if err != nil {
-		return s, err
+	t, _, rerr := h.tables(links, slices.Compact(slices.Sorted(slices.Values(devices))))
+	for _, r := range t.Routes {
+		s.Routes = append(s.Routes, r.Route)
 	}
-	for _, r := range routes {
-		s.Routes = append(s.Routes, fromRoute(r, links))
+	s.Neighbors, s.FDB = t.Neighbors, t.FDB
+	s.sort()
+	return s, rerr.join()
+}
+
+// readErrors are the parts of Tables that could not be listed.
+type readErrors struct {
+	routes         error
+	neighbors, fdb map[string]error // by device
+}
+
+func (r readErrors) join() error {
+	errs := []error{r.routes}
+	for _, m := range []map[string]error{r.neighbors, r.fdb} {
+		for _, dev := range slices.Sorted(maps.Keys(m)) {
+			errs = append(errs, m[dev])
+		}
 	}
-	slices.Sort(devices)
-	for _, dev := range slices.Compact(devices) {
+	return errors.Join(errs...)
+}
+
+// tables reads what Diff compares a plan with: the links, twill's routes in
+// the kernel's order (have holds the kernel's own, index for index), and the
+// permanent neighbour and, on VXLAN devices, FDB entries of the devices
+// named that exist.
+func (h *Handle) tables(links linkTable, devices []string) (t Tables, have []netlink.Route, rerr readErrors) {
+	rerr.neighbors, rerr.fdb = map[string]error{}, map[string]error{}
+	t.Devices = map[string]string{}
+	for name, l := range links.byName {
+		t.Devices[name] = l.Type()
+	}
+	have, rerr.routes = h.ownedRoutes()
+	for _, r := range have {
+		t.Routes = append(t.Routes, Route{Route: fromRoute(r, links), Protocol: int(r.Protocol), Metric: r.Priority, TOS: r.Tos})
+	}
+	for _, dev := range devices {
 		link, ok := links.byName[dev]
 		if !ok {
 			continue
 		}
 		neighs, err := h.ownedNeighbors(link, unix.AF_INET)
 		if err != nil {
-			return s, err
+			rerr.neighbors[dev] = err
 		}
 		for _, n := range neighs {
 			if ip, ok := netip.AddrFromSlice(n.IP); ok {
-				s.Neighbors = append(s.Neighbors, plan.Neighbor{IP: ip.Unmap(), MAC: n.HardwareAddr, Device: dev})
+				t.Neighbors = append(t.Neighbors, plan.Neighbor{IP: ip.Unmap(), MAC: n.HardwareAddr, Device: dev})
 			}
 		}
 		if link.Type() != "vxlan" {
 			continue
 		}
-		fdb, err := h.ownedNeighbors(link, unix.AF_BRIDGE)
+		fdb, err := h.fdbOf(link)
 		if err != nil {
-			return s, err
+			rerr.fdb[dev] = err
 		}
-		for _, n := range fdb {
-			ip, _ := netip.AddrFromSlice(n.IP)
-			s.FDB = append(s.FDB, plan.FDBEntry{MAC: n.HardwareAddr, Dst: ip.Unmap(), Device: dev})
-		}
+		t.FDB = append(t.FDB, fdb...)
 	}
-	s.sort()
-	return s, nil
-}
-
-func (s *State) sort() {
-	slices.SortFunc(s.Routes, func(a, b plan.Route) int { return cmp.Compare(routeKey(a), routeKey(b)) })
-	slices.SortFunc(s.Neighbors, func(a, b plan.Neighbor) int {
-		return cmp.Or(cmp.Compare(a.Device, b.Device), a.IP.Compare(b.IP))
-	})
-	slices.SortFunc(s.FDB, func(a, b plan.FDBEntry) int {
-		return cmp.Or(cmp.Compare(a.Device, b.Device), strings.Compare(a.MAC.String(), b.MAC.String()), a.Dst.Compare(b.Dst))
-	})
-}
-
-// routeKey orders routes as the plan does: by address, then length.
-func routeKey(r plan.Route) string {
-	a := r.Dst.Addr().As4()
-	return fmt.Sprintf("%02x%02x%02x%02x/%02d %s", a[0], a[1], a[2], a[3], r.Dst.Bits(), r.Device)
+	return t, have, rerr
 }
 
 // linkTable maps the namespace's links by name and index.
@@ -325,55 +273,27 @@ func toRoute(r plan.Route, link netlink.Link) *netlink.Route {
 	return nr
 }
 
-func (h *Handle) applyRoutes(want []plan.Route, links linkTable, ch *Changes) error {
-	have, err := h.ownedRoutes()
-	if err != nil {
-		return err
-	}
-	// Twill installs one route per destination (metric 0); any other route
-	// of Protocol to a destination is stale.
-	current := map[netip.Prefix]netlink.Route{}
+func (h *Handle) writeRoutes(e Edits, have []netlink.Route, links linkTable, ch *Changes) error {
 	var errs []error
-	del := func(r netlink.Route) {
-		if err := h.nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("delete route %s: %w", fromRoute(r, links), err))
-			return
+	for _, d := range e.RouteDeletes {
+		if err := h.nl.RouteDel(&have[d.Index]); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", d.Route, err))
+			continue
 		}
 		ch.RoutesRemoved++
 	}
-	wanted := map[netip.Prefix]bool{}
-	for _, r := range want {
-		wanted[r.Dst.Masked()] = true
-	}
-	for _, r := range have {
-		dst := fromRoute(r, links).Dst
-		if _, dup := current[dst]; dup || !wanted[dst] || r.Priority != 0 || r.Tos != 0 {
-			del(r)
+	for _, s := range e.RouteSets {
+		if err := h.nl.RouteReplace(toRoute(s.Route, links.byName[s.Route.Device])); err != nil {
+			errs = append(errs, fmt.Errorf("add %s: %w", s.Route, err))
 			continue
 		}
-		current[dst] = r
-	}
-	for _, r := range want {
-		link, ok := links.byName[r.Device]
-		if !ok {
-			errs = append(errs, fmt.Errorf("add %s: no device %s", r, r.Device))
-			continue
-		}
-		old, exists := current[r.Dst.Masked()]
-		if exists && fromRoute(old, links) == r {
-			continue
-		}
-		if err := h.nl.RouteReplace(toRoute(r, link)); err != nil {
-			errs = append(errs, fmt.Errorf("add %s: %w", r, err))
-			continue
-		}
-		if exists {
+		if s.Old != nil {
 			ch.RoutesChanged++
 		} else {
 			ch.RoutesAdded++
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, e.RouteProblems...)...)
 }
 
 // ownedNeighbors lists the permanent entries of link's neighbour table
@@ -396,50 +316,38 @@ func (h *Handle) ownedNeighbors(link netlink.Link, family int) ([]netlink.Neigh,
 	return out, nil
 }
 
-func (h *Handle) applyNeighbors(want []plan.Neighbor, link netlink.Link, ch *Changes) error {
-	dev := link.Attrs().Name
-	have, err := h.ownedNeighbors(link, unix.AF_INET)
-	if err != nil {
-		return err
+// fdbOf lists the permanent FDB entries of a VXLAN device.
+func (h *Handle) fdbOf(link netlink.Link) ([]plan.FDBEntry, error) {
+	ns, err := h.ownedNeighbors(link, unix.AF_BRIDGE)
+	var fdb []plan.FDBEntry
+	for _, n := range ns {
+		ip, _ := netip.AddrFromSlice(n.IP)
+		fdb = append(fdb, plan.FDBEntry{MAC: n.HardwareAddr, Dst: ip.Unmap(), Device: link.Attrs().Name})
 	}
-	current := map[netip.Addr]net.HardwareAddr{}
-	for _, n := range have {
-		if ip, ok := netip.AddrFromSlice(n.IP); ok {
-			current[ip.Unmap()] = n.HardwareAddr
-		}
-	}
+	return fdb, err
+}
+
+func (h *Handle) writeNeighbors(d DeviceEdits, link netlink.Link, ch *Changes) error {
 	var errs []error
-	wanted := map[netip.Addr]bool{}
-	for _, n := range want {
-		if n.Device != dev {
-			continue
-		}
-		wanted[n.IP] = true
-		old, exists := current[n.IP]
-		if exists && old.String() == n.MAC.String() {
-			continue
-		}
+	for _, s := range d.NeighborSets {
 		err := h.nl.NeighSet(&netlink.Neigh{
 			LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-			Type: unix.RTN_UNICAST, IP: n.IP.AsSlice(), HardwareAddr: n.MAC,
+			Type: unix.RTN_UNICAST, IP: s.Neighbor.IP.AsSlice(), HardwareAddr: s.Neighbor.MAC,
 		})
 		if err != nil {
-			errs = append(errs, fmt.Errorf("set %s: %w", n, err))
+			errs = append(errs, fmt.Errorf("set %s: %w", s.Neighbor, err))
 			continue
 		}
-		if exists {
+		if s.Old != nil {
 			ch.NeighborsChanged++
 		} else {
 			ch.NeighborsAdded++
 		}
 	}
-	for ip, mac := range current {
-		if wanted[ip] {
-			continue
-		}
-		err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, IP: ip.AsSlice()})
+	for _, n := range d.NeighborDeletes {
+		err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, IP: n.IP.AsSlice()})
 		if err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("delete neighbour %s lladdr %s dev %s: %w", ip, mac, dev, err))
+			errs = append(errs, fmt.Errorf("delete %s: %w", n, err))
 			continue
 		}
 		ch.NeighborsRemoved++
@@ -447,75 +355,46 @@ func (h *Handle) applyNeighbors(want []plan.Neighbor, link netlink.Link, ch *Cha
 	return errors.Join(errs...)
 }
 
-// fdbKey identifies one remote of a VXLAN FDB entry.
-type fdbKey struct {
-	mac string
-	dst netip.Addr
-}
-
-func (h *Handle) applyFDB(want []plan.FDBEntry, link netlink.Link, ch *Changes) error {
-	dev := link.Attrs().Name
-	have, err := h.ownedNeighbors(link, unix.AF_BRIDGE)
-	if err != nil {
-		return err
-	}
-	current := map[fdbKey]bool{}
-	macs := map[string]bool{}
-	for _, n := range have {
-		ip, _ := netip.AddrFromSlice(n.IP)
-		current[fdbKey{n.HardwareAddr.String(), ip.Unmap()}] = true
-		macs[n.HardwareAddr.String()] = true
-	}
+func (h *Handle) writeFDB(p plan.Plan, d DeviceEdits, link netlink.Link, ch *Changes) error {
 	var errs []error
 	wrote := false
-	wanted := map[fdbKey]bool{}
-	for _, f := range want {
-		if f.Device != dev {
-			continue
-		}
-		k := fdbKey{f.MAC.String(), f.Dst}
-		wanted[k] = true
-		if current[k] {
-			continue
-		}
-		// NeighSet replaces the MAC's (first) remote: a MAC that moved to
-		// another VTEP is changed in place, without a gap.
+	for _, s := range d.FDBSets {
 		err := h.nl.NeighSet(&netlink.Neigh{
 			LinkIndex: link.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(), HardwareAddr: f.MAC,
+			Flags: netlink.NTF_SELF, IP: s.Entry.Dst.AsSlice(), HardwareAddr: s.Entry.MAC,
 		})
 		if err != nil {
-			errs = append(errs, fmt.Errorf("set %s: %w", f, err))
+			errs = append(errs, fmt.Errorf("set %s: %w", s.Entry, err))
 			continue
 		}
-		if macs[k.mac] {
+		if s.Old != nil {
 			ch.FDBChanged++
 		} else {
 			ch.FDBAdded++
 		}
 		wrote = true
 	}
+	deletes := d.FDBDeletes
 	if wrote {
-		// A replaced remote is gone; look again rather than guess which.
-		if have, err = h.ownedNeighbors(link, unix.AF_BRIDGE); err != nil {
+		// Diff expects the kernel to replace a MAC's first remote; decide
+		// the deletions again on what the table holds now, so that a
+		// kernel that did otherwise leaves no stale remote behind.
+		fdb, err := h.fdbOf(link)
+		if err != nil {
 			return errors.Join(append(errs, err)...)
 		}
+		_, deletes = diffFDB(p.FDB, fdb, d.Device)
 	}
-	for _, n := range have {
-		ip, _ := netip.AddrFromSlice(n.IP)
-		k := fdbKey{n.HardwareAddr.String(), ip.Unmap()}
-		if wanted[k] {
-			continue
-		}
+	for _, f := range deletes {
 		err := h.nl.NeighDel(&netlink.Neigh{
 			LinkIndex: link.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
-			Flags: netlink.NTF_SELF, IP: n.IP, HardwareAddr: n.HardwareAddr,
+			Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(), HardwareAddr: f.MAC,
 		})
 		if errors.Is(err, unix.ENOENT) {
 			continue
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("delete fdb %s dst %s dev %s: %w", n.HardwareAddr, ip, dev, err))
+			errs = append(errs, fmt.Errorf("delete %s: %w", f, err))
 			continue
 		}
 		ch.FDBRemoved++

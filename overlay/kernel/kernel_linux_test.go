@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,65 +15,22 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 )
 
-var nsCount atomic.Int32
-
-// testNS is a fresh network namespace with a netlink handle into it.
+// testNS is a fresh network namespace (nstest: deleted when the test ends)
+// with a netlink handle into it.
 type testNS struct {
 	ns netns.NsHandle
 	nl *netlink.Handle
 }
 
-// newNS creates a named namespace twt-kernel-<pid>-<n>, deleted when the test
-// ends. The calling thread never leaves its namespace: the namespace is
-// created on a locked thread of a goroutine that switches back, or, if it
-// cannot, exits with the thread still locked so the runtime discards it.
 func newNS(t testing.TB) *testNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-	name := fmt.Sprintf("twt-kernel-%d-%d", os.Getpid(), nsCount.Add(1))
-	var ns netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err = netns.NewNamed(name)
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, serr) // the thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns %s: %v", name, err)
-	}
-	n := &testNS{ns: ns}
-	t.Cleanup(func() {
-		if n.nl != nil {
-			n.nl.Close()
-		}
-		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	nl, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.nl = nl
-	return n
+	ns := nstest.New(t, "")
+	return &testNS{ns: ns.Handle(), nl: ns.Netlink(t)}
 }
 
 // underlay adds eth0 (a veth whose peer eth0p stays in the namespace; the
@@ -431,8 +385,10 @@ func TestReconcilerRepairs(t *testing.T) {
 		return err == nil && Compare(p, s).InSync()
 	})
 	t.Logf("neighbour and fdb restored after %s", took)
-	if st := r.Status(); st.Repairs < 2 || st.LastError != nil {
-		t.Errorf("status after repairs: repairs %d, last error %v", st.Repairs, st.LastError)
+	// The pass records its status after it wrote the entries: wait for it.
+	waitFor(t, time.Second, "two repairs counted in the status", func() bool { return r.Status().Repairs >= 2 })
+	if st := r.Status(); st.LastError != nil {
+		t.Errorf("status after repairs: last error %v", st.LastError)
 	}
 
 	// The device goes away and comes back: its routes and entries return.
@@ -473,9 +429,8 @@ func TestReconcilerResync(t *testing.T) {
 		return err == nil && Compare(p, s).InSync()
 	})
 	t.Logf("route taken back after %s", took)
-	if st := r.Status(); st.Repairs < 1 {
-		t.Errorf("status: %d repairs, want at least 1", st.Repairs)
-	}
+	// The pass records its status after it wrote the route: wait for it.
+	waitFor(t, time.Second, "repair counted in the status", func() bool { return r.Status().Repairs >= 1 })
 }
 
 // TestApply1000Peers: 1000 vxlan peers (3000 kernel objects) in one pass,
@@ -583,4 +538,43 @@ func TestRetryDump(t *testing.T) {
 	if !errors.Is(err, netlink.ErrDumpInterrupted) || !strings.Contains(err.Error(), "list things") {
 		t.Errorf("persistent interruption: %v", err)
 	}
+}
+
+// TestApplyFDBRemotes: peer 1's VTEP MAC points at a wrong remote, and an
+// all-zero default entry has two remotes (the kernel appends remotes only to
+// all-zero and multicast MACs). Diff predicts, from the tables read, that the
+// MAC's remote is replaced and both default remotes deleted; Apply does just
+// that, and the kernel ends up holding the plan.
+func TestApplyFDBRemotes(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t, "192.168.56.11/24")
+	h := n.open(t)
+	p := buildPlan(t, vxlanBackend, vxlanPeers(1)...)
+	vx, err := n.nl.LinkByName("twill.1")
+	must(t, err)
+	for _, f := range []struct {
+		mac net.HardwareAddr
+		dst string
+	}{{p.FDB[0].MAC, "192.168.56.94"}, {net.HardwareAddr{0, 0, 0, 0, 0, 0}, "192.168.56.95"}, {net.HardwareAddr{0, 0, 0, 0, 0, 0}, "192.168.56.96"}} {
+		must(t, n.nl.NeighAppend(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+			Flags: netlink.NTF_SELF, IP: net.ParseIP(f.dst).To4(), HardwareAddr: f.mac}))
+	}
+	links, err := h.links()
+	must(t, err)
+	tables, _, rerr := h.tables(links, OwnedDevices(p))
+	must(t, rerr.join())
+	if len(tables.FDB) != 3 {
+		t.Fatalf("fdb read back: %v, want the three remotes made", tables.FDB)
+	}
+	e := Diff(p, tables)
+	want := Changes{RoutesAdded: 1, NeighborsAdded: 1, FDBChanged: 1, FDBRemoved: 2}
+	if e.Changes() != want {
+		t.Fatalf("Diff on the kernel's tables: %v, want %v:\n%s", e.Changes(), want, e)
+	}
+	ch, err := h.Apply(p)
+	must(t, err)
+	if ch != want {
+		t.Errorf("Apply: %v, want %v, as Diff predicted", ch, want)
+	}
+	assertState(t, h, p)
 }

@@ -3,22 +3,18 @@ package plan
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	goldenfile "github.com/twillnet/twill/internal/golden"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.txt with the plans computed now")
 
 var (
 	network    = netip.MustParsePrefix("10.244.0.0/16")
@@ -242,7 +238,7 @@ func renderInput(sb *strings.Builder, s step) {
 }
 
 func TestGolden(t *testing.T) {
-	seen := map[string]bool{}
+	files := goldenfile.New(t)
 	for _, c := range goldenCases() {
 		t.Run(c.name, func(t *testing.T) {
 			var sb strings.Builder
@@ -260,53 +256,9 @@ func TestGolden(t *testing.T) {
 				sb.WriteString("-- plan --\n")
 				sb.WriteString(p.String())
 			}
-			path := filepath.Join("testdata", c.name+".txt")
-			seen[path] = true
-			if *update {
-				if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./overlay/plan -update)", err)
-			}
-			if got := sb.String(); got != string(want) {
-				t.Errorf("plan differs from %s (go test ./overlay/plan -update rewrites it):\n%s", path, lineDiff(string(want), got))
-			}
+			files.Check(t, c.name, sb.String())
 		})
 	}
-	files, _ := filepath.Glob("testdata/*.txt")
-	for _, f := range files {
-		if !seen[f] {
-			if *update {
-				os.Remove(f)
-				continue
-			}
-			t.Errorf("%s belongs to no test case", f)
-		}
-	}
-}
-
-// lineDiff lists the lines only in want (-) and only in got (+), at most 40.
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var out []string
-	for _, l := range w {
-		if !slices.Contains(g, l) {
-			out = append(out, "- "+l)
-		}
-	}
-	for _, l := range g {
-		if !slices.Contains(w, l) {
-			out = append(out, "+ "+l)
-		}
-	}
-	if len(out) > 40 {
-		out = append(out[:40], fmt.Sprintf("... and %d more", len(out)-40))
-	}
-	return strings.Join(out, "\n")
 }
 
 // TestDeterministic: the order of the peer leases does not change the plan.
@@ -327,7 +279,7 @@ func TestDeterministic(t *testing.T) {
 					t.Fatal(err)
 				}
 				if got.String() != want.String() {
-					t.Fatalf("%s: plan depends on the order of the leases:\n%s", c.name, lineDiff(want.String(), got.String()))
+					t.Fatalf("%s: plan depends on the order of the leases:\n%s", c.name, goldenfile.LineDiff(want.String(), got.String()))
 				}
 			}
 		}

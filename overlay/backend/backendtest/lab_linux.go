@@ -4,8 +4,8 @@
 // subnet's gateway and one pod namespace behind it, and runs a backend
 // in-process for each node.
 //
-// It must only ever change namespaces it created (named
-// twt-<tag>-<pid>-<n>-<role>, deleted when the test ends, passed or not),
+// It must only ever change namespaces it created (with overlay/namespace/nstest:
+// twt-<test binary>-<pid>-<n>-<role>, deleted when the test ends, passed or not),
 // never the namespace the test runs in, and only send traffic to addresses
 // inside them. It needs root and the ip command; without them tests skip.
 // The package is Linux-only.
@@ -17,29 +17,25 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 	"github.com/twillnet/twill/overlay/netconf"
 )
-
-var seq atomic.Int32
 
 // Underlay is the segment the lab's nodes share.
 var Underlay = netip.MustParsePrefix("192.168.56.0/24")
 
 // Lab is a set of nodes on one underlay segment.
 type Lab struct {
-	Prefix string
 	Switch string
 	Nodes  []*Node
 }
@@ -61,12 +57,8 @@ type Node struct {
 // NeedRoot skips the test unless it runs as root with the ip command.
 func NeedRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces, devices, routes and nftables tables")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		tb.Skip("needs the ip command (iproute2) to build the lab")
-	}
+	nstest.NeedRoot(tb, "creates network namespaces, devices, routes and nftables tables")
+	nstest.NeedCommand(tb, "ip", "builds the lab")
 }
 
 // Run runs a command and fails the test if it fails; it returns the output.
@@ -80,11 +72,12 @@ func Run(tb testing.TB, name string, args ...string) string {
 }
 
 // New builds a lab of n nodes (node i, from 1: public IP 192.168.56.1i,
-// subnet 10.244.i.0/24, pod 10.244.i.2). tag names the test's package.
+// subnet 10.244.i.0/24, pod 10.244.i.2). tag is no longer used: nstest
+// names the namespaces after the test binary.
 func New(tb testing.TB, tag string, n int) *Lab {
 	tb.Helper()
 	NeedRoot(tb)
-	l := &Lab{Prefix: fmt.Sprintf("twt-%s-%d-%d", tag, os.Getpid(), seq.Add(1))}
+	l := &Lab{}
 	l.Switch = l.netns(tb, "sw")
 	Run(tb, "ip", "-n", l.Switch, "link", "add", "br0", "type", "bridge")
 	Run(tb, "ip", "-n", l.Switch, "link", "set", "br0", "up")
@@ -120,15 +113,7 @@ func New(tb testing.TB, tag string, n int) *Lab {
 
 func (l *Lab) netns(tb testing.TB, role string) string {
 	tb.Helper()
-	name := l.Prefix + "-" + role
-	Run(tb, "ip", "netns", "add", name)
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
-	Run(tb, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
+	return nstest.New(tb, role).Name
 }
 
 // IP runs `ip -n <node> args...` and returns its output.

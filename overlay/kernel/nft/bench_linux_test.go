@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
+
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 )
 
 // benchPeers returns n /24 peer subnets of 10.0.0.0/8 (only rules are made
@@ -20,8 +22,7 @@ func benchPeers(n int) []netip.Prefix {
 }
 
 func benchTable(b *testing.B) *Table {
-	needRoot(b)
-	ns := newNS(b, "bench")
+	ns := nstest.New(b, "bench").Name
 	return New(slog.New(slog.NewTextHandler(io.Discard, nil)), InNetNS(nsFD(b, ns)))
 }
 

@@ -10,27 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twillnet/twill/overlay/namespace"
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 )
-
-// Namespaces for the kernel tests: each is named twt-nft-<pid>-<n>-<role> and
-// deleted when the test ends, whether it passed or not.
-
-var nsSeq atomic.Int32
-
-func needRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces and nftables tables")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		tb.Skip("needs the ip command (iproute2) to build test namespaces")
-	}
-}
 
 func ipCmd(tb testing.TB, args ...string) {
 	tb.Helper()
@@ -38,20 +23,6 @@ func ipCmd(tb testing.TB, args ...string) {
 	if err != nil {
 		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
-}
-
-// newNS creates a network namespace and returns its name.
-func newNS(tb testing.TB, role string) string {
-	tb.Helper()
-	name := fmt.Sprintf("twt-nft-%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
-	ipCmd(tb, "netns", "add", name)
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
-	ipCmd(tb, "-n", name, "link", "set", "lo", "up")
-	return name
 }
 
 // nsFD opens the namespace's file; it is closed when the test ends.
@@ -94,7 +65,8 @@ var (
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	c := &cluster{node: newNS(t, "node"), pod: newNS(t, "pod"), peer: newNS(t, "peer")}
+	nstest.NeedCommand(t, "ip", "builds the test cluster")
+	c := &cluster{node: nstest.New(t, "node").Name, pod: nstest.New(t, "pod").Name, peer: nstest.New(t, "peer").Name}
 	ipCmd(t, "-n", c.node, "link", "add", "p0", "type", "veth", "peer", "name", "eth0", "netns", c.pod)
 	ipCmd(t, "-n", c.node, "link", "add", "u0", "type", "veth", "peer", "name", "u0", "netns", c.peer)
 	ipCmd(t, "-n", c.node, "addr", "add", "10.244.1.1/24", "dev", "p0")

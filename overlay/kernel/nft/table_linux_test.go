@@ -14,6 +14,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 )
 
 // kernelTable is the twill table as read back from the kernel.
@@ -96,8 +98,7 @@ func tableNames(t testing.TB, ns string) []string {
 }
 
 func TestApplyReadBack(t *testing.T) {
-	needRoot(t)
-	ns := newNS(t, "apply")
+	ns := nstest.New(t, "apply").Name
 	tbl := New(testLog(t), InNetNS(nsFD(t, ns)))
 	pp := netip.MustParsePrefix
 	peers := []netip.Prefix{pp("10.244.8.0/22"), pp("10.244.3.0/24"), pp("10.244.2.0/24"), pp("10.244.255.255/32")}
@@ -233,7 +234,6 @@ func TestApplyReadBack(t *testing.T) {
 // TestPeerCountersTraffic sends real datagrams from a pod and from the node
 // to a peer's pod address and checks the peer's counters saw exactly them.
 func TestPeerCountersTraffic(t *testing.T) {
-	needRoot(t)
 	c := newCluster(t)
 	other := netip.MustParsePrefix("10.244.3.0/24")
 	rules := Rules{ClusterNetwork: clusterNet, NodeSubnet: nodeSubnet, Masquerade: true, Peers: []netip.Prefix{peerSubnet, other}}
@@ -342,7 +342,6 @@ func TestPeerCountersTraffic(t *testing.T) {
 // TestMasquerade checks the source addresses the far side sees, with
 // masquerade on and off.
 func TestMasquerade(t *testing.T) {
-	needRoot(t)
 	c := newCluster(t)
 	rules := Rules{ClusterNetwork: clusterNet, NodeSubnet: nodeSubnet, Masquerade: true, Peers: []netip.Prefix{peerSubnet}}
 	if err := c.table.Apply(rules); err != nil {
@@ -386,8 +385,7 @@ func TestMasquerade(t *testing.T) {
 }
 
 func TestCleanupLeavesOtherTables(t *testing.T) {
-	needRoot(t)
-	ns := newNS(t, "cleanup")
+	ns := nstest.New(t, "cleanup").Name
 	// Foreign tables first: one of another name, one named twill in another family.
 	c := conn(t, ns)
 	for _, ft := range []*nftables.Table{

@@ -14,7 +14,6 @@ import (
 // node only from a peer's public IP; those from any other address are
 // dropped and counted, and the admitted ones are counted by source.
 func TestTunnelGuardUDP(t *testing.T) {
-	needRoot(t)
 	c := newCluster(t)
 	spoofer := netip.MustParseAddr("192.168.56.3")
 	ipCmd(t, "-n", c.peer, "addr", "add", spoofer.String()+"/32", "dev", "u0")
@@ -113,7 +112,6 @@ func TestTunnelGuardUDP(t *testing.T) {
 // TestTunnelGuardIPIP: IP-in-IP packets (protocol 4) from a non-peer are
 // dropped before decapsulation; those from a peer are counted.
 func TestTunnelGuardIPIP(t *testing.T) {
-	needRoot(t)
 	c := newCluster(t)
 	spoofer := netip.MustParseAddr("192.168.56.3")
 	ipCmd(t, "-n", c.peer, "addr", "add", spoofer.String()+"/32", "dev", "u0")
