@@ -104,8 +104,8 @@ func TestDir(t *testing.T) {
 func TestModulePath(t *testing.T) {
 	for in, want := range map[string]string{
 		"module github.com/twillnet/twill\n\ngo 1.26\n": Module,
-		"// x\nmodule \"example.com/a\"\n":               "example.com/a",
-		"go 1.26\n":                                      "",
+		"// x\nmodule \"example.com/a\"\n":              "example.com/a",
+		"go 1.26\n":                                     "",
 	} {
 		if got := modulePath([]byte(in)); got != want {
 			t.Errorf("modulePath(%q) = %q, want %q", in, got, want)

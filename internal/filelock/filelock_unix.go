@@ -1,16 +1,20 @@
 //go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
 
-package binaries
+package filelock
 
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
-// lock takes an exclusive lock on path, creating it; the returned function
-// releases it.
-func lock(path string) (func(), error) {
+// Lock takes an exclusive lock on path, creating it and its directory, and
+// waits for it; the returned function releases it.
+func Lock(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
