@@ -38,6 +38,7 @@ func TestDir(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := ForTest(t)
+	t.Logf("binaries in %s", dir)
 	for _, n := range Names {
 		info, err := buildinfo.ReadFile(filepath.Join(dir, n))
 		if err != nil {
@@ -61,21 +62,22 @@ func TestDir(t *testing.T) {
 		t.Fatalf("%s is not current right after Dir", dir)
 	}
 
-	// Built again, as another package's test process would: go build finds
-	// them up to date and relinks nothing (a relink renames a new file in).
-	own := filepath.Join(t.TempDir(), "bin")
-	if err := build(ctx, root, own); err != nil {
+	// The shared build, built again as another package's test process
+	// would: go build finds the binaries up to date and relinks nothing (a
+	// relink renames a new file in).
+	shared := filepath.Join(root, "build", "bin")
+	if err := build(ctx, root, shared); err != nil {
 		t.Fatal(err)
 	}
 	before := map[string]uint64{}
 	for _, n := range Names {
-		before[n] = inode(t, filepath.Join(own, n))
+		before[n] = inode(t, filepath.Join(shared, n))
 	}
-	if err := build(ctx, root, own); err != nil {
+	if err := build(ctx, root, shared); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range Names {
-		if got := inode(t, filepath.Join(own, n)); got != before[n] {
+		if got := inode(t, filepath.Join(shared, n)); got != before[n] {
 			t.Errorf("%s was written again by a second build of the same source", n)
 		}
 	}
