@@ -54,7 +54,7 @@ var descriptions = map[string]string{
 // lab is one path's running cluster and the endpoints to measure between.
 type lab struct {
 	path     string
-	c        *vmtest.Cluster
+	c        *vmtest.Lab
 	from, to string // namespaces
 	dst      string // address of the server in to
 	server   *exec.Cmd

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/twillnet/twill/internal/binaries"
 )
 
 // TestSmoke runs one short round over two paths, so that the harness
@@ -25,13 +27,7 @@ func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up labs")
 	}
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "github.com/twillnet/twill/cmd/twilld",
-		"github.com/twillnet/twill/cmd/twillctl", "github.com/twillnet/twill/cmd/twill-cni")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := binaries.ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	r, err := Run(ctx, Options{Rounds: 1, Duration: time.Second, Bin: bin, Prefix: "bsmk",

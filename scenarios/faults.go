@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+
+	"github.com/twillnet/twill/vmtest"
 )
 
 // nodeSubnet reads a node's subnet from its subnet file.
@@ -143,7 +145,7 @@ func (p *play) deleteRoute(ctx context.Context, node, peer string) (string, map[
 // rebootNode reboots a node; it must come back with the same subnet, and
 // its pods are attached again.
 func (p *play) rebootNode(ctx context.Context, node string) (string, map[string]any, error) {
-	rb, ok := p.c.(NodeRebooter)
+	rb, ok := p.c.(vmtest.NodeRebooter)
 	if !ok {
 		return "", nil, fmt.Errorf("reboot-node: %w by this cluster", errors.ErrUnsupported)
 	}
@@ -182,7 +184,7 @@ func (p *play) partition(ctx context.Context, node string, heal bool) (string, m
 
 // underlayLoss makes a node's underlay lossy and slow, or clean again.
 func (p *play) underlayLoss(ctx context.Context, node string, loss float64, delay time.Duration) (string, map[string]any, error) {
-	sh, ok := p.c.(UnderlayShaper)
+	sh, ok := p.c.(vmtest.UnderlayShaper)
 	if !ok {
 		return "", nil, fmt.Errorf("underlay-loss: %w by this cluster", errors.ErrUnsupported)
 	}

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/vmtest"
 )
 
@@ -33,12 +33,7 @@ func TestScenariosQEMU(t *testing.T) {
 	if only := os.Getenv("TWILL_QEMU_SCENARIOS"); only != "" {
 		qemuScenarios = strings.Fields(only)
 	}
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "../cmd/twilld", "../cmd/twillctl", "../cmd/twill-cni")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := binaries.ForTest(t)
 	reports := os.Getenv("TWILL_QEMU_REPORTS")
 	if reports == "" {
 		reports = t.TempDir()

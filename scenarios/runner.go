@@ -45,7 +45,7 @@ type Runner struct {
 	// up: a cluster made another way, such as the vagrant driver's or the
 	// rollout test's (vmtest.Remote). It must have the scenario's nodes;
 	// the pods the scenario names are added to it and left there.
-	Cluster Cluster
+	Cluster vmtest.Cluster
 	Log     *slog.Logger
 }
 
@@ -80,48 +80,11 @@ type StepReport struct {
 	Unsupported bool `json:"unsupported,omitempty"`
 }
 
-// Cluster is what a scenario drives: the vmtest cluster API.
-type Cluster interface {
-	Name() string
-	Nodes() []vmtest.Node
-	Node(name string) (vmtest.Node, error)
-	Pods() []vmtest.Pod
-	AddPod(ctx context.Context, node, pod string) (vmtest.Pod, error)
-	Exec(ctx context.Context, netns string, argv ...string) ([]byte, error)
-	StartDaemon(ctx context.Context, node string) error
-	StopDaemon(ctx context.Context, node string, sig syscall.Signal) error
-	SetUnderlay(ctx context.Context, node string, up bool) error
-	StopEtcd(ctx context.Context) error
-	StartEtcd(ctx context.Context) error
-	EtcdEndpoint() string
-	EtcdPrefix() string
-	Outside() (string, netip.Addr, bool)
-}
-
-// LeaseLister is a cluster that lists the leases itself, where etcd is not
-// reachable from this machine (vmtest.Remote reads them on a node).
-type LeaseLister interface {
-	Leases(ctx context.Context) ([]lease.Lease, error)
-}
-
-// NodeRebooter is a cluster whose nodes can be rebooted (the qemu driver's
-// VMs). RebootNode returns when the node is back with its daemon ready and
-// its pods attached again.
-type NodeRebooter interface {
-	RebootNode(ctx context.Context, node string) error
-}
-
-// UnderlayShaper is a cluster that can make a node's underlay link lossy
-// and slow (netem); zeros make it clean again.
-type UnderlayShaper interface {
-	SetUnderlayLoss(ctx context.Context, node string, lossPercent float64, delay time.Duration) error
-}
-
 // play is the state of one scenario being played.
 type play struct {
 	r       *Runner
 	s       *Scenario
-	c       Cluster
+	c       vmtest.Cluster
 	bin     string
 	network netip.Prefix
 	backend string
@@ -164,25 +127,11 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 	fmt.Fprintf(out, "== %s: %d nodes, backend %s, %d pods per node (lab %s, driver %s)\n",
 		s.Name, s.Cluster.Nodes, cmp.Or(s.Cluster.Backend, "from netConfig"), s.Cluster.PodsPerNode, lab, driver)
 	start := time.Now()
-	var c *vmtest.Cluster
-	if r.Attach {
-		c, err = attach(lab, s)
-	} else {
-		c, err = vmtest.Up(ctx, spec, log)
-	}
+	c, done, err := r.lab(ctx, spec, s, log)
 	if err != nil {
 		return rep, fmt.Errorf("bring up the cluster: %w", err)
 	}
-	if !r.Keep && !r.Attach {
-		defer func() {
-			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if derr := vmtest.Down(dctx, lab); derr != nil {
-				err = errors.Join(err, fmt.Errorf("tear down lab %s: %w", lab, derr))
-			}
-		}()
-	}
-	defer c.Close()
+	defer func() { err = errors.Join(err, done()) }()
 	have := map[string]bool{}
 	for _, pod := range c.Pods() {
 		have[pod.Name] = true
@@ -261,35 +210,7 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
 }
 
-// attach opens a running lab and checks that it is the cluster the
-// scenario asks for.
-func attach(lab string, s *Scenario) (*vmtest.Cluster, error) {
-	c, err := vmtest.Open(lab)
-	if err != nil {
-		return nil, err
-	}
-	spec := c.Spec()
-	var problems []string
-	if n := len(c.Nodes()); n < s.Cluster.Nodes {
-		problems = append(problems, fmt.Sprintf("it has %d nodes, the scenario needs %d", n, s.Cluster.Nodes))
-	}
-	if s.Cluster.Backend != "" && spec.Backend != s.Cluster.Backend {
-		problems = append(problems, fmt.Sprintf("its backend is %s, the scenario's is %s", spec.Backend, s.Cluster.Backend))
-	}
-	if s.Cluster.IPMasq && !spec.IPMasq {
-		problems = append(problems, "the scenario needs --ip-masq")
-	}
-	if s.Cluster.Outside && !spec.Outside {
-		problems = append(problems, "the scenario needs an outside host (--outside)")
-	}
-	if len(problems) > 0 {
-		c.Close()
-		return nil, fmt.Errorf("lab %s does not fit scenario %s: %s", lab, s.Name, strings.Join(problems, "; "))
-	}
-	return c, nil
-}
-
-func (r *Runner) play(ctx context.Context, s *Scenario, c Cluster, binDir string, rep *Report, out io.Writer) error {
+func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir string, rep *Report, out io.Writer) error {
 	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend}
 	if nodes := c.Nodes(); len(nodes) > 0 {
 		if f, err := readSubnetFile(nodes[0].SubnetFile); err == nil {
@@ -466,7 +387,7 @@ func (p *play) registry() (*etcd.Registry, error) {
 }
 
 func (p *play) leases(ctx context.Context) ([]lease.Lease, error) {
-	if ll, ok := p.c.(LeaseLister); ok {
+	if ll, ok := p.c.(vmtest.LeaseLister); ok {
 		return ll.Leases(ctx)
 	}
 	reg, err := p.registry()

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/twillnet/twill/internal/filelock"
 )
 
 // KernelVersion is the Debian kernel the qemu driver boots; the one place
@@ -105,7 +107,7 @@ func BuildImage(ctx context.Context, dir, bin string, log *slog.Logger) (Image, 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Image{}, fmt.Errorf("image directory: %w", err)
 	}
-	unlock, err := flock(filepath.Join(dir, ".lock"))
+	unlock, err := filelock.Lock(filepath.Join(dir, ".lock"))
 	if err != nil {
 		return Image{}, err
 	}

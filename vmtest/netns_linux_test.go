@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
@@ -28,25 +29,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "twill-vmtest-bin-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			binDir = dir
-			cmd := exec.Command("go", "build", "-o", dir+"/",
-				"github.com/twillnet/twill/cmd/twilld", "github.com/twillnet/twill/cmd/twillctl", "github.com/twillnet/twill/cmd/twill-cni")
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				binBuild = fmt.Errorf("build the binaries: %v\n%s", err, out)
-			}
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	if os.Geteuid() == 0 {
+		binDir, binBuild = binaries.Dir(context.Background())
+	}
+	os.Exit(m.Run())
 }
 
 func needRoot(t *testing.T) {
@@ -72,7 +58,7 @@ func testCtx(t *testing.T) context.Context {
 
 // up brings up a lab and removes it at cleanup, checking that nothing of
 // it is left.
-func up(t *testing.T, spec Spec) *Cluster {
+func up(t *testing.T, spec Spec) *Lab {
 	t.Helper()
 	spec.Bin = binDir
 	began := time.Now()
@@ -96,7 +82,7 @@ func up(t *testing.T, spec Spec) *Cluster {
 }
 
 // procs is every process the lab recorded.
-func (c *Cluster) procs() []proc {
+func (c *Lab) procs() []proc {
 	st := c.snapshot()
 	out := []proc{st.Etcd}
 	for _, n := range st.Nodes {
@@ -131,7 +117,7 @@ func assertGone(t *testing.T, name string, procs []proc) {
 	}
 }
 
-func ping(ctx context.Context, c *Cluster, from string, to netip.Addr) error {
+func ping(ctx context.Context, c *Lab, from string, to netip.Addr) error {
 	_, err := c.Exec(ctx, from, "ping", "-c", "1", "-W", "1", to.String())
 	return err
 }
@@ -387,7 +373,7 @@ func TestTwoLabsSideBySide(t *testing.T) {
 	ctx := testCtx(t)
 	a := up(t, Spec{Name: labName("b"), Backend: "alloc", PodsPerNode: 1})
 	b := up(t, Spec{Name: labName("c"), Backend: "alloc", PodsPerNode: 1})
-	for _, c := range []*Cluster{a, b} {
+	for _, c := range []*Lab{a, b} {
 		n := c.Nodes()[0]
 		if !n.Running || !n.Subnet.IsValid() {
 			t.Errorf("lab %s: node %+v not ready", c.Name(), n)

@@ -226,20 +226,3 @@ func procsIn(inodes map[uint64]bool, binaries map[string]bool) (ours []proc, oth
 	}
 	return ours, others
 }
-
-// flock takes an exclusive lock on path, creating it; the returned
-// function releases it.
-func flock(path string) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
-}

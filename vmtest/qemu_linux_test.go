@@ -3,11 +3,13 @@ package vmtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twillnet/twill/internal/binaries"
 )
 
 // TestQEMUNode boots a 1-VM lab and checks what only a VM has: its own
@@ -24,12 +26,7 @@ func TestQEMUNode(t *testing.T) {
 	if err := CheckVMTools(); err != nil {
 		t.Fatal(err)
 	}
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "../cmd/twilld", "../cmd/twillctl", "../cmd/twill-cni")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := binaries.ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	name := "qn" + strings.TrimLeft(time.Now().Format("0405"), "0")
@@ -96,11 +93,46 @@ func TestQEMUNode(t *testing.T) {
 // TestNetnsDriverRefusesVMFaults checks that the netns driver says it
 // cannot do what only a VM can, instead of skipping it.
 func TestNetnsDriverRefusesVMFaults(t *testing.T) {
-	c := &Cluster{name: "x", st: &state{Spec: Spec{Driver: "netns"}}}
+	c, err := newLab("x", &state{Spec: Spec{Name: "x", Driver: "netns"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := c.RebootNode(context.Background(), "n1"); !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), "netns driver") {
 		t.Errorf("RebootNode on netns = %v", err)
 	}
 	if err := c.SetUnderlayLoss(context.Background(), "n1", 1, 0); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("SetUnderlayLoss on netns = %v", err)
+	}
+}
+
+// TestDriverChoice checks that a lab's driver is chosen from its spec
+// alone, so that a lab opened from its state file gets the driver that
+// made it.
+func TestDriverChoice(t *testing.T) {
+	for _, tt := range []struct {
+		spec Spec
+		want string
+	}{
+		{Spec{Driver: "netns"}, "*vmtest.netnsDriver"},
+		{Spec{Driver: "qemu"}, "*vmtest.qemuDriver"},
+		{Spec{Driver: "qemu", SystemImage: "/img"}, "*vmtest.systemDriver"},
+	} {
+		tt.spec.Name = "x"
+		l, err := newLab("x", &state{Spec: tt.spec}, nil)
+		if err != nil {
+			t.Errorf("%+v: %v", tt.spec, err)
+			continue
+		}
+		if got := fmt.Sprintf("%T", l.drv); got != tt.want {
+			t.Errorf("%+v: driver %s, want %s", tt.spec, got, tt.want)
+		}
+	}
+	if _, err := newLab("x", &state{Spec: Spec{Name: "x", Driver: "vbox"}}, nil); err == nil {
+		t.Error("a lab with driver vbox was made")
+	}
+	// A system image lab is bare: twill's daemons are Ansible's.
+	l, _ := newLab("x", &state{Spec: Spec{Name: "x", Driver: "qemu", SystemImage: "/img"}}, nil)
+	if err := l.StartDaemon(context.Background(), "n1"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("StartDaemon on a system image lab = %v", err)
 	}
 }

@@ -70,8 +70,9 @@ type Spec struct {
 	// EtcdPrefix is the etcd key prefix (default: twilld's default).
 	EtcdPrefix string `json:"etcd_prefix,omitempty"`
 	// Bin is the directory with twilld, twillctl and twill-cni. Empty: the
-	// directory of the running executable if it has them, else ./bin if it
-	// has them, else they are built with go build into the lab directory.
+	// directory of the running executable if it has them, else, in the
+	// source tree, bin/ of make build if it is current with the source,
+	// else one shared build in build/bin (internal/binaries).
 	Bin string `json:"bin,omitempty"`
 	// TwilldArgs are extra twilld flags for every node.
 	TwilldArgs []string `json:"twilld_args,omitempty"`

@@ -21,6 +21,7 @@ import (
 	"github.com/chromedp/chromedp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/vmtest"
 )
@@ -42,18 +43,6 @@ func artifactDir(t *testing.T) string {
 		}
 	}
 	t.Logf("screenshots in %s", dir)
-	return dir
-}
-
-func buildBinaries(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/",
-		"github.com/twillnet/twill/cmd/twilld", "github.com/twillnet/twill/cmd/twillctl", "github.com/twillnet/twill/cmd/twill-cni")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the binaries: %v\n%s", err, out)
-	}
 	return dir
 }
 
@@ -151,7 +140,7 @@ func TestBrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
 	defer cancel()
 	art := artifactDir(t)
-	bin := buildBinaries(t)
+	bin := binaries.ForTest(t)
 
 	name := fmt.Sprintf("w%d", os.Getpid()%10000000)
 	spec := vmtest.Spec{Name: name, Nodes: 3, Backend: "vxlan", PodsPerNode: 1, Bin: bin}

@@ -109,7 +109,7 @@ func runLabDown(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-func openLab(name string) (*vmtest.Cluster, error) {
+func openLab(name string) (*vmtest.Lab, error) {
 	n, err := labName(name, "")
 	if err != nil {
 		return nil, err
@@ -131,7 +131,7 @@ type labStatus struct {
 	Pods         []vmtest.Pod  `json:"pods"`
 }
 
-func status(c *vmtest.Cluster) labStatus {
+func status(c *vmtest.Lab) labStatus {
 	s := labStatus{Name: c.Name(), EtcdEndpoint: c.EtcdEndpoint(), EtcdURL: c.NodeEtcdEndpoint(), Nodes: c.Nodes(), Pods: c.Pods()}
 	s.EtcdPID, s.EtcdRunning = c.EtcdPID()
 	s.HostAddr, _ = c.HostAddr()
@@ -172,7 +172,7 @@ func yesNo(b bool) string {
 	return "NO"
 }
 
-func printStatus(out io.Writer, c *vmtest.Cluster) error {
+func printStatus(out io.Writer, c *vmtest.Lab) error {
 	s := status(c)
 	fmt.Fprintf(out, "lab %s: etcd %s (pid %d, running: %s; from this host: --etcd-endpoints %s)\n",
 		s.Name, s.EtcdURL, s.EtcdPID, yesNo(s.EtcdRunning), s.EtcdEndpoint)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
@@ -29,9 +30,8 @@ func TestKernelBackendsInNamespaces(t *testing.T) {
 	}
 	backendtest.NeedRoot(t)
 	dir := t.TempDir()
-	twilld, twillctl := filepath.Join(dir, "twilld"), filepath.Join(dir, "twillctl")
-	backendtest.Run(t, "go", "build", "-o", twilld, ".")
-	backendtest.Run(t, "go", "build", "-o", twillctl, "../twillctl")
+	bin := binaries.ForTest(t)
+	twilld, twillctl := filepath.Join(bin, "twilld"), filepath.Join(bin, "twillctl")
 
 	for _, tc := range []struct {
 		backend string
@@ -179,8 +179,7 @@ func TestSublinkBadConfigRefused(t *testing.T) {
 	}
 	backendtest.NeedRoot(t)
 	dir := t.TempDir()
-	twilld := filepath.Join(dir, "twilld")
-	backendtest.Run(t, "go", "build", "-o", twilld, ".")
+	twilld := filepath.Join(binaries.ForTest(t), "twilld")
 	lab := backendtest.New(t, "twilld", 1)
 	n := lab.Nodes[0]
 	for i, tc := range []struct{ config, want string }{

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/lease/etcd/embedded"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -80,11 +81,7 @@ func newCluster(t *testing.T) *cluster {
 		t.Skip("builds twilld and starts processes; skipped with -short")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "twilld")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build twilld: %v\n%s", err, out)
-	}
+	bin := filepath.Join(binaries.ForTest(t), "twilld")
 	c := &cluster{t: t, dir: dir, bin: bin, prefix: "/test/" + strings.ReplaceAll(t.Name(), "/", "-")}
 	c.startEtcd("")
 	t.Cleanup(func() {

@@ -1,9 +1,9 @@
 package cni_test
 
-// These tests run the real plugin binary (built once into a temporary
-// directory) through libcni, as a runtime does, with the plugin process
-// started from a thread that has entered a "node" network namespace the test
-// made. Nothing touches the host's own namespace: every link, address and
+// These tests run the real plugin binary (from internal/binaries, linked
+// as "twill" into a temporary directory) through libcni, as a runtime does,
+// with the plugin process started from a thread that has entered a "node"
+// network namespace the test made. Nothing touches the host's own namespace: every link, address and
 // route lives in namespaces named twt-cni-<pid>-<n>, deleted at cleanup.
 
 import (
@@ -38,6 +38,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
+	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/cni"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
@@ -57,9 +58,13 @@ func TestMain(m *testing.M) {
 			}
 			defer os.RemoveAll(dir)
 			pluginDir = dir
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "twill"), "github.com/twillnet/twill/cmd/twill-cni").CombinedOutput()
+			// libcni finds the plugin by its type, "twill".
+			bin, err := binaries.Dir(context.Background())
+			if err == nil {
+				err = os.Symlink(filepath.Join(bin, "twill-cni"), filepath.Join(dir, "twill"))
+			}
 			if err != nil {
-				pluginBuild = fmt.Errorf("build twill-cni: %v\n%s", err, out)
+				pluginBuild = fmt.Errorf("twill-cni: %w", err)
 			}
 		}
 		return m.Run()

@@ -1,7 +1,6 @@
 package vmtest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -83,10 +82,9 @@ type RemoteOutside struct {
 // outsideName is the name Exec knows the outside host by.
 const outsideName = "outside"
 
-// Remote is a running Remote cluster. Its methods are those of the
-// scenarios' Cluster interface; faults it cannot cause (a reboot, netem on
-// the underlay) are not methods of it, so the scenarios report them as
-// unsupported.
+// Remote is a running Remote cluster. It is a Cluster and a LeaseLister;
+// faults it cannot cause (a reboot, netem on the underlay) are not methods
+// of it, so the scenarios report them as unsupported.
 type Remote struct {
 	spec RemoteSpec
 	log  *slog.Logger
@@ -95,6 +93,11 @@ type Remote struct {
 	// etcdStopped are the nodes where StopEtcd stopped etcd.
 	etcdStopped []string
 }
+
+var (
+	_ Cluster     = (*Remote)(nil)
+	_ LeaseLister = (*Remote)(nil)
+)
 
 // NewRemote checks the spec and returns the cluster; it contacts no node.
 func NewRemote(spec RemoteSpec, log *slog.Logger) (*Remote, error) {
@@ -145,15 +148,6 @@ func (r *Remote) node(name string) (RemoteNode, error) {
 	return RemoteNode{}, fmt.Errorf("cluster %s has no node %q", r.spec.Name, name)
 }
 
-// shellQuoteAll quotes each word for sh and joins them.
-func shellQuoteAll(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		q[i] = shellQuote(a)
-	}
-	return strings.Join(q, " ")
-}
-
 // ssh runs a shell script on a node (as root) with stdin, and returns its
 // combined output.
 func (r *Remote) ssh(ctx context.Context, n RemoteNode, stdin []byte, script string) ([]byte, error) {
@@ -167,27 +161,6 @@ func (r *Remote) ssh(ctx context.Context, n RemoteNode, stdin []byte, script str
 		return out, fmt.Errorf("on %s: %w", n.Name, err)
 	}
 	return out, nil
-}
-
-// runToFile runs argv and returns its combined output. The output goes
-// through a file, not a pipe: an ssh that starts a shared connection
-// leaves it running in the background with the output open, and a pipe
-// would not end before it does.
-func runToFile(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
-	f, err := os.CreateTemp("", "twill-ssh-*")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	err = cmd.Run()
-	out, rerr := os.ReadFile(f.Name())
-	return out, errors.Join(err, rerr)
 }
 
 // Close ends the shared SSH connections (ssh -O exit), where the ssh
@@ -369,14 +342,8 @@ func (r *Remote) AddPod(ctx context.Context, node, pod string) (Pod, error) {
 		return Pod{}, fmt.Errorf("CNI result of pod %s: %w", pod, err)
 	}
 	p := Pod{Name: pod, Node: node, NetNS: pod, NetNSPath: "/run/netns/" + pod}
-	for _, ip := range cur.IPs {
-		if a, ok := netip.AddrFromSlice(ip.Address.IP.To4()); ok {
-			p.Addr = a
-			break
-		}
-	}
-	if !p.Addr.IsValid() {
-		return Pod{}, fmt.Errorf("CNI result of pod %s has no IPv4 address: %v", pod, cur.IPs)
+	if p.Addr, err = firstIPv4(cur); err != nil {
+		return Pod{}, fmt.Errorf("pod %s: %w", pod, err)
 	}
 	r.mu.Lock()
 	r.pods = slices.DeleteFunc(r.pods, func(q Pod) bool { return q.Name == pod })
@@ -604,4 +571,14 @@ func (r *Remote) Leases(ctx context.Context) ([]lease.Lease, error) {
 		return ls, nil
 	}
 	return nil, errors.Join(errs...)
+}
+
+// firstIPv4 is the first IPv4 address of a CNI result.
+func firstIPv4(r *types100.Result) (netip.Addr, error) {
+	for _, ip := range r.IPs {
+		if a, ok := netip.AddrFromSlice(ip.Address.IP.To4()); ok {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("CNI result has no IPv4 address: %v", r.IPs)
 }
