@@ -57,10 +57,10 @@ func TestStatusReportsKernelTrouble(t *testing.T) {
 	}
 	peer := lease.Lease{Subnet: netip.MustParsePrefix("10.244.2.0/24"),
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.12"), BackendType: netconf.TypeHostGW}}
-	if err := r.Handle([]lease.Event{{Type: lease.Added, Lease: peer}}); err != nil {
+	if err := r.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: peer}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.SetLease(n.Lease(netconf.TypeHostGW, nil)); err != nil {
+	if err := r.SetLease(context.Background(), n.Lease(netconf.TypeHostGW, nil)); err != nil {
 		t.Fatal(err)
 	}
 	backendtest.Eventually(t, 10*time.Second, func() string {
@@ -111,11 +111,11 @@ func BenchmarkStatus(b *testing.B) {
 			Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{172, 16, byte(i >> 8), byte(i)}), BackendType: netconf.TypeVXLAN,
 				BackendData: plan.VXLANData(1, mac)}}})
 	}
-	if err := r.Handle(evs); err != nil {
+	if err := r.Handle(context.Background(), evs); err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	if err := r.SetLease(lease.Lease{Subnet: netip.MustParsePrefix("10.1.1.0/24"),
+	if err := r.SetLease(context.Background(), lease.Lease{Subnet: netip.MustParsePrefix("10.1.1.0/24"),
 		Attrs: lease.Attrs{PublicIP: n.PublicIP, BackendType: netconf.TypeVXLAN}}); err != nil {
 		b.Fatal(err)
 	}
