@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/backend/udp/kernelpath"
 	"github.com/twillnet/twill/overlay/lease"
 )
@@ -319,4 +320,78 @@ func testTwoNodes(t *testing.T, mode, options, optionsB string) {
 			t.Errorf("twill nftables table left after Cleanup: %s", tables)
 		}
 	})
+}
+
+// TestRouterRepairsAndReports: a udp node runs on the one Router, so its
+// nftables table comes back within one resync and a peer the plan refuses
+// is a peer problem (peers-routable fails), as on the kernel backends.
+func TestRouterRepairsAndReports(t *testing.T) {
+	c := newCluster(t, `,"KernelPath":false`, `,"KernelPath":false`)
+	backendtest.CheckNftablesRepaired(t, c.a.running, c.b.running)
+	backendtest.CheckUnroutablePeer(t, c.a.running)
+}
+
+// TestDeviceDeleted: `ip link del twill0` kills the TUN queues; the
+// backend recreates them (address, MTU, route, the kernel path) and pods
+// talk again within 2 s, with Run still running.
+func TestDeviceDeleted(t *testing.T) {
+	for _, m := range modes[:3] {
+		t.Run(m.name, func(t *testing.T) {
+			if m.name == "kernel-path" {
+				if err := kernelpath.Supported(); err != nil {
+					t.Skipf("no kernel path here: %v", err)
+				}
+			}
+			c := newCluster(t, m.options, m.optionsB)
+			a, b := c.a, c.b
+			if out, ok := ping(t, a.pod, b.podIP, 2); !ok {
+				t.Fatalf("before: pod A cannot ping pod B:\n%s", out)
+			}
+			mode := a.be.Status().Mode
+			run(t, "ip", "-n", a.ns, "link", "del", "twill0")
+			start := time.Now()
+			for {
+				err := exec.Command("ip", "netns", "exec", a.pod, "ping", "-n", "-q", "-c", "1", "-W", "0.2", b.podIP.String()).Run()
+				if err == nil {
+					break
+				}
+				if time.Since(start) > 2*time.Second {
+					t.Fatalf("pod A cannot reach pod B 2 s after twill0 was deleted; status %+v\nroutes:\n%s", a.be.Status(),
+						run(t, "ip", "-n", a.ns, "route"))
+				}
+			}
+			t.Logf("pods talk again %v after twill0 was deleted", time.Since(start).Round(time.Millisecond))
+			a.running.WaitInSync(t)
+			st := a.be.Status()
+			if st.Mode != mode || len(st.Problems) != 0 || !st.DeviceUp {
+				t.Errorf("after the repair: mode %q (was %q), problems %q, device up %t", st.Mode, mode, st.Problems, st.DeviceUp)
+			}
+			addrs := run(t, "ip", "-n", a.ns, "-4", "-o", "addr", "show", "dev", "twill0")
+			if !strings.Contains(addrs, "inet 10.244.1.0/32") || strings.Count(addrs, "inet ") != 1 {
+				t.Errorf("twill0 addresses after the repair: %s, want only 10.244.1.0/32", addrs)
+			}
+			if link := run(t, "ip", "-n", a.ns, "link", "show", "twill0"); !strings.Contains(link, "mtu 1472") {
+				t.Errorf("twill0 after the repair: %s, want mtu 1472", link)
+			}
+			for _, dir := range [][2]*node{{a, b}, {b, a}} {
+				if out, ok := ping(t, dir[0].pod, dir[1].podIP, 3); !ok {
+					t.Errorf("after the repair: %s cannot ping %s:\n%s", dir[0].pod, dir[1].podIP, out)
+				}
+			}
+			// Bulk data takes the same path as before the repair: the kernel
+			// path's programs were attached to the new twill0.
+			const size = 16 << 20
+			before := userspaceCounters(a, b.lease.Subnet)
+			if sent, got := transfer(t, a, b, size); sent != got {
+				t.Fatalf("SHA-256 differs after the repair")
+			}
+			carried := userspaceCounters(a, b.lease.Subnet).TxBytes - before.TxBytes
+			if m.name == "kernel-path" && carried > size/100 {
+				t.Errorf("kernel path: the userspace loops sent %d bytes of %d after the repair", carried, size)
+			}
+			if m.name != "kernel-path" && carried < size {
+				t.Errorf("%s: the userspace loops sent %d bytes of %d after the repair", m.name, carried, size)
+			}
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -104,9 +105,34 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 	return qs, uso, nil
 }
 
-// readBatch reads packets into bufs until the queue is empty or bufs are
-// full, waiting for the first; it returns how many it read (sizes[i] is
-// the length of bufs[i]'s packet).
+// tunDevice is one TUN queue as the packet loops use it: whole batches per
+// call, so that a loop makes no interface call per packet. *tunQueue is
+// the kernel's; the tests' double is channel-backed (loops_test.go).
+type tunDevice interface {
+	// readBatch reads packets into bufs until the queue is empty or bufs
+	// are full, waiting for the first; it returns how many it read
+	// (sizes[i] is the length of bufs[i]'s packet). Once the queue is
+	// closed it fails with net.ErrClosed; after the read deadline with
+	// os.ErrDeadlineExceeded; when the device was deleted with EBADFD.
+	readBatch(bufs [][]byte, sizes []int) (int, error)
+	// writeBatch writes one packet per group, gathered from
+	// iovs[g.first:g.last]. It returns how many segments (g.segs) the
+	// device refused, and an error when it cannot write at all (closed:
+	// net.ErrClosed; deleted: EBADFD), the rest of the batch then unwritten.
+	writeBatch(iovs [][]byte, groups []group) (refused int, err error)
+	// vnetHdr says whether every packet starts with a virtio-net header.
+	vnetHdr() bool
+	// SetReadDeadline makes a waiting readBatch return (the loops stop so).
+	SetReadDeadline(t time.Time) error
+}
+
+var _ tunDevice = (*tunQueue)(nil)
+
+func (q *tunQueue) vnetHdr() bool { return q.vnet }
+
+// SetReadDeadline sets the deadline of the queue's reads.
+func (q *tunQueue) SetReadDeadline(t time.Time) error { return q.f.SetReadDeadline(t) }
+
 func (q *tunQueue) readBatch(bufs [][]byte, sizes []int) (int, error) {
 	n := 0
 	var rerr error
@@ -131,10 +157,30 @@ func (q *tunQueue) readBatch(bufs [][]byte, sizes []int) (int, error) {
 	if n > 0 {
 		return n, nil
 	}
-	if err != nil {
-		return 0, err
+	if err == nil {
+		err = rerr
 	}
-	return 0, rerr
+	if err != nil && q.shut.Load() {
+		err = net.ErrClosed
+	}
+	return 0, err
+}
+
+func (q *tunQueue) writeBatch(iovs [][]byte, groups []group) (int, error) {
+	refused := 0
+	for _, g := range groups {
+		err := q.writev(iovs[g.first:g.last])
+		switch {
+		case err == nil:
+		case closed(err) || q.shut.Load():
+			return refused, net.ErrClosed
+		case errors.Is(err, unix.EBADFD):
+			return refused, err
+		default:
+			refused += g.segs
+		}
+	}
+	return refused, nil
 }
 
 // writev writes one packet gathered from parts.
@@ -148,10 +194,22 @@ func (q *tunQueue) writev(parts [][]byte) error {
 		v.SetLen(len(p))
 		q.wiov = append(q.wiov, v)
 	}
-	var werr error
-	err := q.rc.Write(func(fd uintptr) bool {
+	_, errno, err := pollCall(q.rc, true, unix.SYS_WRITEV, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(len(q.wiov)))
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return err
+}
+
+// pollCall makes the system call trap(fd, a1, a2) on rc's descriptor
+// through Go's poller (waiting for it to be writable with write, else
+// readable), again after EINTR, and after EAGAIN once the descriptor is
+// ready; errno is the call's error, err the poller's (closed, deadline).
+func pollCall(rc syscall.RawConn, write bool, trap, a1, a2 uintptr) (r uintptr, errno syscall.Errno, err error) {
+	call := func(fd uintptr) bool {
 		for {
-			_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(len(q.wiov)))
+			var e syscall.Errno
+			r, _, e = unix.Syscall6(trap, fd, a1, a2, 0, 0, 0)
 			switch e {
 			case 0:
 				return true
@@ -160,20 +218,72 @@ func (q *tunQueue) writev(parts [][]byte) error {
 			case unix.EAGAIN:
 				return false
 			default:
-				werr = e
+				r, errno = 0, e
 				return true
 			}
 		}
-	})
-	if err != nil {
-		return err
 	}
-	return werr
+	if write {
+		err = rc.Write(call)
+	} else {
+		err = rc.Read(call)
+	}
+	return r, errno, err
 }
 
-// write writes one packet.
-func (q *tunQueue) write(pkt []byte) error {
-	return q.writev([][]byte{pkt})
+// udpSocket is the UDP socket as the packet loops use it: one sendmmsg or
+// recvmmsg per call. *udpConn is the kernel's; the tests' double is
+// channel-backed (loops_test.go).
+type udpSocket interface {
+	// sendmmsg sends msgs, waiting while the socket's buffer is full, and
+	// returns how many went; errno is the error of the first message that
+	// did not (0 if all went), err an error of the socket itself (closed).
+	sendmmsg(msgs []unix.Mmsghdr) (sent int, errno syscall.Errno, err error)
+	// recvmmsg waits for datagrams and receives as many messages as are
+	// there, at most len(msgs), into the buffers the headers point at.
+	recvmmsg(msgs []unix.Mmsghdr) (int, error)
+	// SetReadDeadline makes a waiting recvmmsg return.
+	SetReadDeadline(t time.Time) error
+	LocalAddr() net.Addr
+}
+
+// udpConn is a UDP socket of the kernel's.
+type udpConn struct {
+	*net.UDPConn
+	rc syscall.RawConn
+}
+
+var _ udpSocket = udpConn{}
+
+func newUDPConn(uc *net.UDPConn) (udpConn, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return udpConn{}, fmt.Errorf("udp socket: %w", err)
+	}
+	return udpConn{UDPConn: uc, rc: rc}, nil
+}
+
+func (c udpConn) sendmmsg(msgs []unix.Mmsghdr) (int, syscall.Errno, error) {
+	return c.mmsg(true, msgs)
+}
+
+func (c udpConn) recvmmsg(msgs []unix.Mmsghdr) (int, error) {
+	n, errno, err := c.mmsg(false, msgs)
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return n, err
+}
+
+// mmsg makes one sendmmsg (send) or recvmmsg call on msgs; errno is its
+// error.
+func (c udpConn) mmsg(send bool, msgs []unix.Mmsghdr) (int, syscall.Errno, error) {
+	trap := uintptr(unix.SYS_RECVMMSG)
+	if send {
+		trap = unix.SYS_SENDMMSG
+	}
+	n, errno, err := pollCall(c.rc, send, trap, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)))
+	return int(n), errno, err
 }
 
 // closed reports whether err says the file or socket was closed.
@@ -301,32 +411,14 @@ func (s *sender) message(p *peer, first, last, gso int) {
 	s.meta = append(s.meta, sendMeta{peer: p, first: first, last: last, iov0: iov0, bytes: bytes, gso: gso})
 }
 
-// flush sends the batch on the socket rc. When the kernel refuses a GSO
+// flush sends the batch on the socket c. When the kernel refuses a GSO
 // message with EIO (no checksum offload on the way out) or EINVAL/
 // ENOPROTOOPT (an old kernel), GSO is turned off for good (gsoFailed says
 // so, with the error) and the rest is sent as single datagrams. Other
 // errors drop the message they hit and are counted.
-func (s *sender) flush(rc syscall.RawConn) (gsoFailed error, err error) {
+func (s *sender) flush(c udpSocket) (gsoFailed error, err error) {
 	for off := 0; off < len(s.meta); {
-		var sent int
-		var serr syscall.Errno
-		werr := rc.Write(func(fd uintptr) bool {
-			for {
-				r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[off])), uintptr(len(s.meta)-off), 0, 0, 0)
-				switch e {
-				case 0:
-					sent = int(r)
-					return true
-				case unix.EINTR:
-					continue
-				case unix.EAGAIN:
-					return false
-				default:
-					serr = e
-					return true
-				}
-			}
-		})
+		sent, serr, werr := c.sendmmsg(s.msgs[off:len(s.meta)])
 		if werr != nil {
 			return gsoFailed, werr
 		}
@@ -396,8 +488,8 @@ func newReceiver(n, bufSize int) *receiver {
 }
 
 // recv waits for datagrams and receives as many messages as are there (at
-// most len(msgs)).
-func (r *receiver) recv(rc syscall.RawConn) (int, error) {
+// most len(msgs)) from c.
+func (r *receiver) recv(c udpSocket) (int, error) {
 	for i := range r.msgs {
 		h := &r.msgs[i].Hdr
 		h.Name = &r.names[i][0]
@@ -409,32 +501,7 @@ func (r *receiver) recv(rc syscall.RawConn) (int, error) {
 		h.Flags = 0
 		r.msgs[i].Len = 0
 	}
-	n := 0
-	var rerr syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			m, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])), uintptr(len(r.msgs)), 0, 0, 0)
-			switch e {
-			case 0:
-				n = int(m)
-				return true
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				rerr = e
-				return true
-			}
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	if rerr != 0 {
-		return 0, rerr
-	}
-	return n, nil
+	return c.recvmmsg(r.msgs)
 }
 
 // message returns the i-th received message: its data, the sender's
