@@ -196,6 +196,11 @@ func (b *Backend) rxLoop(ctx context.Context, q tunDevice, sock udpSocket) error
 		case <-writerFailed:
 			return stop()
 		}
+		select {
+		case <-writerFailed: // it wins over a free batch
+			return stop()
+		default:
+		}
 		n, err := rb.rcv.recv(sock)
 		if err != nil {
 			if ctx.Err() != nil || closed(err) {
