@@ -67,7 +67,7 @@ type Backend struct {
 	// ensureDevice keeps twill0 while it is set.
 	up     bool
 	queues []*tunQueue // the TUN's queues
-	socks  []udpConn   // one per queue (SO_REUSEPORT when several)
+	socks  []*udpConn  // one per queue (SO_REUSEPORT when several)
 	// dead: the loops found the queues detached (twill0 deleted).
 	dead bool
 	// swapped is closed when the queues or the kernel path are replaced
@@ -179,7 +179,7 @@ func (b *Backend) listen(ctx context.Context) (netip.Addr, error) {
 	if b.node.PublicIP.Is4() {
 		bind = b.node.PublicIP
 	}
-	var socks []udpConn
+	var socks []*udpConn
 	err := namespace.Do(b.Namespace(), func() error {
 		for range b.nqueues {
 			uc, err := listenUDP(ctx, bind, b.port, b.nqueues > 1)
@@ -414,7 +414,7 @@ func (b *Backend) Run(ctx context.Context) error {
 // generation is the data path the loops run on, until it is replaced.
 type generation struct {
 	queues  []*tunQueue
-	socks   []udpConn
+	socks   []*udpConn
 	kp      *kernelpath.Path
 	swapped chan struct{}
 	// lost says what of the data path is missing ("" if nothing).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -31,10 +32,89 @@ type tunQueue struct {
 	f    *os.File
 	rc   syscall.RawConn
 	vnet bool
+	// rd is the TX loop's read; wr the writes, which the RX loop's writer
+	// and the TX loop's ICMP answers share under wmu (once per batch).
+	rd   readOp
+	wmu  sync.Mutex
+	wr   sysOp
 	wiov []unix.Iovec // scratch for writev
 	// shut is set by close, before the file is closed: the poller's
 	// "use of closed file" error is not os.ErrClosed.
 	shut atomic.Bool
+}
+
+// sysOp is a system call trap(fd, a1, a2) made through Go's poller without
+// an allocation: the function the poller calls is made once and takes its
+// arguments from the struct. It is repeated after EINTR, and after EAGAIN
+// once the descriptor is ready. One goroutine at a time uses a sysOp.
+type sysOp struct {
+	trap, a1, a2 uintptr
+	r            uintptr
+	errno        syscall.Errno
+	fn           func(fd uintptr) bool
+}
+
+func (o *sysOp) call(fd uintptr) bool {
+	for {
+		r, _, e := unix.Syscall6(o.trap, fd, o.a1, o.a2, 0, 0, 0)
+		switch e {
+		case 0:
+			o.r = r
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			o.r, o.errno = 0, e
+			return true
+		}
+	}
+}
+
+// do makes the call on rc's descriptor, waiting for it to be writable
+// (write) or readable; errno is the call's error, err the poller's
+// (closed, deadline). a1 must point into memory that is not on a stack.
+func (o *sysOp) do(rc syscall.RawConn, write bool, trap, a1, a2 uintptr) (r uintptr, errno syscall.Errno, err error) {
+	if o.fn == nil {
+		o.fn = o.call
+	}
+	o.trap, o.a1, o.a2, o.r, o.errno = trap, a1, a2, 0, 0
+	if write {
+		err = rc.Write(o.fn)
+	} else {
+		err = rc.Read(o.fn)
+	}
+	return o.r, o.errno, err
+}
+
+// readOp is readBatch's poller call, made once as sysOp's is.
+type readOp struct {
+	bufs  [][]byte
+	sizes []int
+	n     int
+	err   error
+	fn    func(fd uintptr) bool
+}
+
+// call reads packets until the queue is empty or the buffers are full.
+func (o *readOp) call(fd uintptr) bool {
+	for o.n < len(o.bufs) {
+		m, err := unix.Read(int(fd), o.bufs[o.n])
+		if err == unix.EAGAIN {
+			return o.n > 0
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			o.err = err
+			return true
+		}
+		o.sizes[o.n] = m
+		o.n++
+	}
+	return true
 }
 
 // close closes the queue; its loops then end without an error.
@@ -134,31 +214,19 @@ func (q *tunQueue) vnetHdr() bool { return q.vnet }
 func (q *tunQueue) SetReadDeadline(t time.Time) error { return q.f.SetReadDeadline(t) }
 
 func (q *tunQueue) readBatch(bufs [][]byte, sizes []int) (int, error) {
-	n := 0
-	var rerr error
-	err := q.rc.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			m, err := unix.Read(int(fd), bufs[n])
-			if err == unix.EAGAIN {
-				return n > 0
-			}
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				rerr = err
-				return true
-			}
-			sizes[n] = m
-			n++
-		}
-		return true
-	})
+	o := &q.rd
+	if o.fn == nil {
+		o.fn = o.call
+	}
+	o.bufs, o.sizes, o.n, o.err = bufs, sizes, 0, nil
+	err := q.rc.Read(o.fn)
+	n := o.n
+	if err == nil {
+		err = o.err
+	}
+	o.bufs, o.sizes, o.err = nil, nil, nil
 	if n > 0 {
 		return n, nil
-	}
-	if err == nil {
-		err = rerr
 	}
 	if err != nil && q.shut.Load() {
 		err = net.ErrClosed
@@ -167,6 +235,8 @@ func (q *tunQueue) readBatch(bufs [][]byte, sizes []int) (int, error) {
 }
 
 func (q *tunQueue) writeBatch(iovs [][]byte, groups []group) (int, error) {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
 	refused := 0
 	for _, g := range groups {
 		err := q.writev(iovs[g.first:g.last])
@@ -194,41 +264,11 @@ func (q *tunQueue) writev(parts [][]byte) error {
 		v.SetLen(len(p))
 		q.wiov = append(q.wiov, v)
 	}
-	_, errno, err := pollCall(q.rc, true, unix.SYS_WRITEV, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(len(q.wiov)))
+	_, errno, err := q.wr.do(q.rc, true, unix.SYS_WRITEV, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(len(q.wiov)))
 	if err == nil && errno != 0 {
 		err = errno
 	}
 	return err
-}
-
-// pollCall makes the system call trap(fd, a1, a2) on rc's descriptor
-// through Go's poller (waiting for it to be writable with write, else
-// readable), again after EINTR, and after EAGAIN once the descriptor is
-// ready; errno is the call's error, err the poller's (closed, deadline).
-func pollCall(rc syscall.RawConn, write bool, trap, a1, a2 uintptr) (r uintptr, errno syscall.Errno, err error) {
-	call := func(fd uintptr) bool {
-		for {
-			var e syscall.Errno
-			r, _, e = unix.Syscall6(trap, fd, a1, a2, 0, 0, 0)
-			switch e {
-			case 0:
-				return true
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				r, errno = 0, e
-				return true
-			}
-		}
-	}
-	if write {
-		err = rc.Write(call)
-	} else {
-		err = rc.Read(call)
-	}
-	return r, errno, err
 }
 
 // udpSocket is the UDP socket as the packet loops use it: one sendmmsg or
@@ -247,43 +287,35 @@ type udpSocket interface {
 	LocalAddr() net.Addr
 }
 
-// udpConn is a UDP socket of the kernel's.
+// udpConn is a UDP socket of the kernel's. The TX loop sends, the RX loop
+// receives: each has its sysOp.
 type udpConn struct {
 	*net.UDPConn
-	rc syscall.RawConn
+	rc         syscall.RawConn
+	send, recv sysOp
 }
 
-var _ udpSocket = udpConn{}
+var _ udpSocket = (*udpConn)(nil)
 
-func newUDPConn(uc *net.UDPConn) (udpConn, error) {
+func newUDPConn(uc *net.UDPConn) (*udpConn, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
-		return udpConn{}, fmt.Errorf("udp socket: %w", err)
+		return nil, fmt.Errorf("udp socket: %w", err)
 	}
-	return udpConn{UDPConn: uc, rc: rc}, nil
+	return &udpConn{UDPConn: uc, rc: rc}, nil
 }
 
-func (c udpConn) sendmmsg(msgs []unix.Mmsghdr) (int, syscall.Errno, error) {
-	return c.mmsg(true, msgs)
+func (c *udpConn) sendmmsg(msgs []unix.Mmsghdr) (int, syscall.Errno, error) {
+	n, errno, err := c.send.do(c.rc, true, unix.SYS_SENDMMSG, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)))
+	return int(n), errno, err
 }
 
-func (c udpConn) recvmmsg(msgs []unix.Mmsghdr) (int, error) {
-	n, errno, err := c.mmsg(false, msgs)
+func (c *udpConn) recvmmsg(msgs []unix.Mmsghdr) (int, error) {
+	n, errno, err := c.recv.do(c.rc, false, unix.SYS_RECVMMSG, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)))
 	if err == nil && errno != 0 {
 		err = errno
 	}
-	return n, err
-}
-
-// mmsg makes one sendmmsg (send) or recvmmsg call on msgs; errno is its
-// error.
-func (c udpConn) mmsg(send bool, msgs []unix.Mmsghdr) (int, syscall.Errno, error) {
-	trap := uintptr(unix.SYS_RECVMMSG)
-	if send {
-		trap = unix.SYS_SENDMMSG
-	}
-	n, errno, err := pollCall(c.rc, send, trap, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)))
-	return int(n), errno, err
+	return int(n), err
 }
 
 // closed reports whether err says the file or socket was closed.
