@@ -42,8 +42,8 @@ const (
 
 // repairTimeout is how long the data path may stay broken (twill0 deleted
 // and not yet recreated, the kernel path not attached again) before Run
-// gives up and returns the error.
-const repairTimeout = 10 * time.Second
+// gives up and returns the error (a variable for the tests).
+var repairTimeout = 10 * time.Second
 
 // Backend is the udp backend. Create it with New.
 type Backend struct {
@@ -239,6 +239,13 @@ func (b *Backend) repairDevice(nl *netlink.Handle, own netip.Prefix) error {
 		return fmt.Errorf("look up %s: %w", plan.UDPDevice, err)
 	}
 	if err != nil || b.queues == nil || b.dead {
+		if err == nil && link.Type() != "tuntap" {
+			// Someone else's device took the name: twill0 is twill's.
+			b.log.Warn("replacing device", "device", plan.UDPDevice, "reason", "a "+link.Type()+" device, not a TUN")
+			if err := nl.LinkDel(link); err != nil {
+				return fmt.Errorf("delete %s (a %s device, not a TUN): %w", plan.UDPDevice, link.Type(), err)
+			}
+		}
 		if err := b.openQueues(); err != nil {
 			return err
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/backend/udp/kernelpath"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 func TestTwoNodes(t *testing.T) {
@@ -393,5 +396,54 @@ func TestDeviceDeleted(t *testing.T) {
 				t.Errorf("%s: the userspace loops sent %d bytes of %d after the repair", m.name, carried, size)
 			}
 		})
+	}
+}
+
+// TestDeviceBeyondRepair: a twill0 of another kind (a bridge) is replaced by the TUN;
+// when twill0 is deleted and cannot be made again (here: no TUN clone
+// device), Run returns an error naming what died once the repair has
+// failed for repairTimeout, so that twilld exits and is restarted.
+func TestDeviceBeyondRepair(t *testing.T) {
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("needs /dev/net/tun: ", err)
+	}
+	lab := backendtest.New(t, "udp", 1)
+	n := lab.Nodes[0]
+	n.IP(t, "link", "add", "twill0", "type", "bridge")
+	b, err := New(n.BackendNode(udpConfig(t, `,"KernelPath":false`)), slog.New(slog.NewTextHandler(t.Output(), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if link := run(t, "ip", "-n", n.Name, "-d", "link", "show", "twill0"); !strings.Contains(link, "tun type tun") {
+		t.Fatalf("the bridge twill0 was not replaced by the TUN: %s", link)
+	}
+	if err := b.SetLease(ctx, n.Lease(netconf.TypeUDP, nil)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	eventually(t, "in sync", func() bool { return b.Status().InSync })
+
+	oldPath, oldTimeout := tunPath, repairTimeout
+	tunPath, repairTimeout = "/nonexistent/tun", time.Second
+	defer func() { tunPath, repairTimeout = oldPath, oldTimeout }()
+	run(t, "ip", "-n", n.Name, "link", "del", "twill0")
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "twill0 was deleted") || !strings.Contains(err.Error(), "/nonexistent/tun") {
+			t.Errorf("Run returned %v, want an error saying twill0 died and why it was not recreated", err)
+		}
+		t.Logf("Run: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Run still running 5 s after twill0 died beyond repair; status %+v", b.Status())
+	}
+	if st := b.Status(); st.InSync || !strings.Contains(strings.Join(st.Problems, "\n"), "data path broken") {
+		t.Errorf("status after the data path died: in sync %t, problems %q", st.InSync, st.Problems)
 	}
 }

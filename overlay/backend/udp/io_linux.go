@@ -123,6 +123,10 @@ func (q *tunQueue) close() error {
 	return q.f.Close()
 }
 
+// tunPath is the TUN clone device (a test points it elsewhere to make
+// the TUN impossible to recreate).
+var tunPath = "/dev/net/tun"
+
 // openTUNQueues creates (or attaches to) the TUN device name in the calling
 // thread's namespace with n queues (IFF_MULTI_QUEUE when n > 1). With
 // offload, the queues carry virtio-net headers and the kernel is told it
@@ -138,9 +142,9 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 		}
 	}()
 	for i := range n {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return qs, false, fmt.Errorf("open /dev/net/tun: %w", err)
+			return qs, false, fmt.Errorf("open %s: %w", tunPath, err)
 		}
 		ifr, err := unix.NewIfreq(name)
 		if err != nil {
@@ -174,7 +178,7 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 			unix.Close(fd)
 			return qs, false, fmt.Errorf("make TUN %s non-blocking: %w", name, err)
 		}
-		f := os.NewFile(uintptr(fd), "/dev/net/tun")
+		f := os.NewFile(uintptr(fd), tunPath)
 		rc, err := f.SyscallConn()
 		if err != nil {
 			f.Close()
