@@ -6,18 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"os"
-	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/routing"
@@ -27,23 +20,6 @@ import (
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 )
-
-// maxPacket is the largest IPv4 packet.
-const maxPacket = 65535
-
-// socketBuffer is the UDP socket's send and receive buffer size.
-const socketBuffer = 8 << 20
-
-// icmpRate and icmpBurst limit ICMP net unreachable answers (per second).
-const (
-	icmpRate  = 10
-	icmpBurst = 10
-)
-
-// repairTimeout is how long the data path may stay broken (twill0 deleted
-// and not yet recreated, the kernel path not attached again) before Run
-// gives up and returns the error (a variable for the tests).
-var repairTimeout = 10 * time.Second
 
 // Backend is the udp backend. Create it with New.
 type Backend struct {
@@ -170,46 +146,6 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 	b.log.Info("TUN device ready", "device", plan.UDPDevice, "mtu", b.mtu, "listen", b.socks[0].LocalAddr(),
 		"offload", b.offload, "queues", len(b.queues), "udp_gro", gro, "kernel_path", b.kp != nil)
 	return b.prepared(), nil
-}
-
-// listen opens the UDP sockets in the node's namespace, one per queue,
-// and returns the address they are bound to. Called with mu held.
-func (b *Backend) listen(ctx context.Context) (netip.Addr, error) {
-	bind := netip.IPv4Unspecified()
-	if b.node.PublicIP.Is4() {
-		bind = b.node.PublicIP
-	}
-	var socks []*udpConn
-	err := namespace.Do(b.Namespace(), func() error {
-		for range b.nqueues {
-			uc, err := listenUDP(ctx, bind, b.port, b.nqueues > 1)
-			if errors.Is(err, unix.EADDRNOTAVAIL) && len(socks) == 0 {
-				// The public IP is not on this host (a NAT's address): listen
-				// on all addresses, as flannel does.
-				b.log.Warn("public IP is not a local address; listening on all addresses", "public_ip", bind)
-				bind = netip.IPv4Unspecified()
-				uc, err = listenUDP(ctx, bind, b.port, b.nqueues > 1)
-			}
-			if err != nil {
-				return fmt.Errorf("listen on udp %s:%d: %w", bind, b.port, err)
-			}
-			s, err := newUDPConn(uc)
-			if err != nil {
-				uc.Close()
-				return err
-			}
-			socks = append(socks, s)
-		}
-		return nil
-	})
-	if err != nil {
-		for _, s := range socks {
-			s.Close()
-		}
-		return netip.Addr{}, err
-	}
-	b.socks = socks
-	return bind, nil
 }
 
 // ensureDevice is the Router's device hook, run by Prepare and before every
@@ -381,177 +317,6 @@ func (b *Backend) onPlan(p routing.Planned) error {
 	return errors.Join(b.kp.SetSubnet(s), b.kp.SetPeers(kpPeers))
 }
 
-// Run moves packets between twill0 and the UDP sockets and has the Router
-// keep the route, the address and the nftables table in place, until ctx
-// ends; it returns nil then. When twill0 is deleted, the device hook
-// recreates it (new TUN queues, the address, MTU, the route, the kernel
-// path) and the loops restart on it; Run returns an error only when that
-// repair has not succeeded within 10 s, or when a socket fails. The device
-// and sockets stay open after Run (pods keep their routes; the device goes
-// when the process ends or on Cleanup).
-func (b *Backend) Run(ctx context.Context) error {
-	b.mu.Lock()
-	if !b.up {
-		b.mu.Unlock()
-		return errors.New("udp backend: Run before Prepare")
-	}
-	if b.running != nil {
-		b.mu.Unlock()
-		return errors.New("udp backend: already running")
-	}
-	b.running = make(chan struct{})
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		close(b.running)
-		b.running = nil
-		b.mu.Unlock()
-	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	var rerr error
-	wg.Go(func() { rerr = b.Router.Run(ctx) })
-	err := b.runLoops(ctx)
-	cancel()
-	wg.Wait()
-	return errors.Join(err, rerr)
-}
-
-// generation is the data path the loops run on, until it is replaced.
-type generation struct {
-	queues  []*tunQueue
-	socks   []*udpConn
-	kp      *kernelpath.Path
-	swapped chan struct{}
-	// lost says what of the data path is missing ("" if nothing).
-	lost string
-}
-
-// current returns the data path to run the loops on; false after Cleanup.
-func (b *Backend) current() (generation, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	g := generation{queues: b.queues, socks: b.socks, kp: b.kp, swapped: b.swapped}
-	switch {
-	case b.dead || len(b.queues) == 0:
-		g.queues, g.lost = nil, plan.UDPDevice+" was deleted"
-	case b.kpCfg != nil && b.kp == nil:
-		g.lost = "the kernel path went with " + plan.UDPDevice
-	}
-	if g.lost != "" && b.broken != "" {
-		g.lost += "; repair: " + b.broken
-	}
-	return g, b.up
-}
-
-// runLoops runs the packet loops, a generation at a time, until ctx ends
-// or Cleanup took the data path down (nil), or the data path stays broken
-// for repairTimeout (its error).
-func (b *Backend) runLoops(ctx context.Context) error {
-	var brokenSince time.Time
-	for {
-		g, up := b.current()
-		if !up || ctx.Err() != nil {
-			return nil
-		}
-		var giveUp <-chan time.Time
-		if g.lost != "" {
-			if brokenSince.IsZero() {
-				brokenSince = time.Now()
-				b.log.Warn("data path broken; repairing", "problem", g.lost)
-				b.Resync()
-			}
-			left := repairTimeout - time.Since(brokenSince)
-			if left <= 0 {
-				return fmt.Errorf("udp data path dead: %s, not repaired within %v", g.lost, repairTimeout)
-			}
-			giveUp = time.After(left)
-		} else if !brokenSince.IsZero() {
-			b.log.Info("data path repaired", "after", time.Since(brokenSince).Round(time.Millisecond))
-			brokenSince = time.Time{}
-		}
-		err := b.runGeneration(ctx, g, giveUp)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, unix.EBADFD):
-			// The queues are detached: twill0 was deleted. The device hook
-			// makes new ones on the next pass, which this asks for.
-			b.markDead(g)
-		case err != nil:
-			return err
-		}
-	}
-}
-
-// runGeneration runs a TX and an RX loop per queue of g (and the kernel
-// path's pod watch) until ctx ends, g is replaced, giveUp fires or a loop
-// ends; it stops them all and returns the error of the loop that ended.
-func (b *Backend) runGeneration(ctx context.Context, g generation, giveUp <-chan time.Time) error {
-	if len(g.queues) == 0 {
-		select {
-		case <-ctx.Done():
-		case <-g.swapped:
-		case <-giveUp:
-		}
-		return nil
-	}
-	gctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	ended := make(chan error, 2*len(g.queues))
-	if g.kp != nil {
-		wg.Go(func() {
-			subnet := func() (netip.Prefix, bool) {
-				s := b.local.Load()
-				if s == nil {
-					return netip.Prefix{}, false
-				}
-				return *s, true
-			}
-			if err := g.kp.WatchPods(gctx, b.Namespace(), subnet, b.log); err != nil && gctx.Err() == nil {
-				b.log.Warn("kernel path: no direct delivery to pods", "err", err)
-			}
-		})
-	}
-	for i, q := range g.queues {
-		s := g.socks[i]
-		wg.Go(func() { ended <- b.txLoop(gctx, q, s) })
-		wg.Go(func() { ended <- b.rxLoop(gctx, q, s) })
-	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case <-g.swapped:
-	case <-giveUp:
-	case err = <-ended:
-	}
-	stop()
-	// Deadlines in the past wake the loops' reads; the sockets serve the
-	// next generation, so theirs are cleared again.
-	now := time.Now()
-	for i, q := range g.queues {
-		_ = q.SetReadDeadline(now)
-		_ = g.socks[i].SetReadDeadline(now)
-	}
-	wg.Wait()
-	for _, s := range g.socks {
-		_ = s.SetReadDeadline(time.Time{})
-	}
-	return err
-}
-
-// markDead records that g's queues are detached, unless they were
-// replaced already, and asks the Router for a pass (which recreates them).
-func (b *Backend) markDead(g generation) {
-	b.mu.Lock()
-	if len(b.queues) > 0 && len(g.queues) > 0 && b.queues[0] == g.queues[0] {
-		b.dead = true
-	}
-	b.mu.Unlock()
-	b.Resync()
-}
-
 // Status is the Router's (the route in sync, the peers the plan left out)
 // with udp's own: node-wide drops, the mode, per-peer counters from the
 // loops' atomics and the kernel path's.
@@ -643,74 +408,6 @@ func (b *Backend) takeDown() []error {
 	b.kpCfg, b.kpWhy = nil, ""
 	b.replaced()
 	return errs
-}
-
-// listenUDP opens the UDP socket on bind:port, with SO_REUSEPORT when
-// several sockets share the port (one per TUN queue).
-func listenUDP(ctx context.Context, bind netip.Addr, port int, reuse bool) (*net.UDPConn, error) {
-	lc := net.ListenConfig{}
-	if reuse {
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			})
-			return errors.Join(err, serr)
-		}
-	}
-	pc, err := lc.ListenPacket(ctx, "udp4", netip.AddrPortFrom(bind, uint16(port)).String())
-	if err != nil {
-		return nil, err
-	}
-	return pc.(*net.UDPConn), nil
-}
-
-// setGRO turns on UDP GRO on the socket: the kernel then hands over runs
-// of datagrams of one flow in one message (older kernels refuse it;
-// single datagrams then).
-func setGRO(uc *net.UDPConn) error { return setGROValue(uc, 1) }
-
-func setGROValue(uc *net.UDPConn, v int) error {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, v)
-	})
-	return errors.Join(err, serr)
-}
-
-// defaultQueues is how many TUN queues (and sockets, and loop pairs) a
-// backend uses: one per two CPUs, at most four; the environment variable
-// TWILL_UDP_QUEUES overrides it (for measurements). Datagrams from one peer
-// all carry the same ports, so SO_REUSEPORT hands them to one socket: more
-// queues spread the sending side (the TUN hashes flows to queues) and
-// several peers, not one peer's receiving side.
-func defaultQueues() int {
-	if v, err := strconv.Atoi(os.Getenv("TWILL_UDP_QUEUES")); err == nil && v > 0 && v <= 16 {
-		return v
-	}
-	return max(1, min(runtime.NumCPU()/2, 4))
-}
-
-// setSocketBuffers makes the socket's buffers big enough for bursts of a
-// TCP window, beyond net.core.[rw]mem_max if the process may (root).
-func setSocketBuffers(uc *net.UDPConn, log *slog.Logger) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) {
-		for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], socketBuffer) != nil {
-				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], socketBuffer); err != nil {
-					log.Warn("set UDP socket buffer", "err", err)
-				}
-			}
-		}
-	})
 }
 
 // backendData is what a udp node publishes in its lease: nothing, as

@@ -23,6 +23,15 @@ const (
 	rxBufSize = 65535
 )
 
+// maxPacket is the largest IPv4 packet.
+const maxPacket = 65535
+
+// icmpRate and icmpBurst limit ICMP net unreachable answers (per second).
+const (
+	icmpRate  = 10
+	icmpBurst = 10
+)
+
 // txLoop reads packets from one TUN queue, cuts super-packets into
 // flannel datagrams (segmenter) and sends each batch with one sendmmsg,
 // UDP GSO where the socket may; a packet for a subnet no peer holds is
