@@ -61,13 +61,6 @@ type cluster struct {
 	a, b *node
 }
 
-var (
-	ipA = netip.MustParseAddr("192.168.56.11")
-	ipB = netip.MustParseAddr("192.168.56.12")
-	// ipStranger is on node B's underlay interface but is no peer.
-	ipStranger = netip.MustParseAddr("192.168.56.66")
-)
-
 // The data path modes the tests run: the eBPF kernel path (the default),
 // userspace with offloads, userspace without.
 // "mixed" is node A on the kernel path, node B in userspace: B's coalescer
@@ -262,16 +255,4 @@ func sendFrom(tb testing.TB, h netns.NsHandle, src netip.Addr, dst netip.AddrPor
 	if _, err := uc.WriteToUDPAddrPort(payload, dst); err != nil {
 		tb.Fatalf("send from %s to %s: %v", src, dst, err)
 	}
-}
-
-// udpInPacket builds an IPv4/UDP packet src:1234 -> dst:port carrying
-// payload (UDP checksum 0: none, allowed over IPv4).
-func udpInPacket(src, dst netip.Addr, port uint16, payload string) []byte {
-	p := ipv4Packet(src.String(), dst.String(), 17, 8+len(payload))
-	u := p[20:]
-	binary.BigEndian.PutUint16(u[0:2], 1234)
-	binary.BigEndian.PutUint16(u[2:4], port)
-	binary.BigEndian.PutUint16(u[4:6], uint16(8+len(payload)))
-	copy(u[8:], payload)
-	return p
 }
