@@ -18,7 +18,7 @@ func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return newKernelBackend(node, log)
 	case netconf.TypeUDP:
-		return udp.New(node, log), nil
+		return udp.New(node, log)
 	default:
 		return nil, fmt.Errorf("backend %q is not available in this twilld yet", t)
 	}

@@ -83,7 +83,11 @@ type Backend interface {
 	// never given the node's own lease.
 	Handle(ctx context.Context, events []lease.Event) error
 	// Run does the backend's continuous work (packet loops, drift repair)
-	// until ctx ends.
+	// until ctx ends, and returns nil then. What breaks it repairs (a
+	// deleted device comes back, with its address and routes); it returns
+	// an error only when the data path is dead and cannot be repaired,
+	// saying what died, so that the daemon exits non-zero and is restarted
+	// rather than stay up and ready with no data path.
 	Run(ctx context.Context) error
 	// Status reports per-peer counters and anything wrong, for the dashboard.
 	Status() Status

@@ -14,14 +14,15 @@ import (
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/routing"
-	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
 )
 
 // Backend is the host-gw backend.
 type Backend struct {
 	node backend.Node
-	r    *routing.Router
+	// Router keeps the routes and nftables rules; it gives the backend
+	// SetLease, Handle, Run, Status, Resync, Cleanup and Close.
+	*routing.Router
 }
 
 // New returns the host-gw backend for node, working in node.NetNS.
@@ -34,11 +35,8 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Backend{node: node, r: r}, nil
+	return &Backend{node: node, Router: r}, nil
 }
-
-// Close releases the namespace handles; the kernel state stays.
-func (b *Backend) Close() error { return b.r.Close() }
 
 // Type is "host-gw".
 func (b *Backend) Type() string { return netconf.TypeHostGW }
@@ -52,23 +50,4 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 	return backend.Prepared{MTU: routing.MTU(b.node, netconf.Backend{Type: netconf.TypeHostGW, MTU: b.node.Network.Backend.MTU})}, nil
 }
 
-// SetLease replans with the node's own lease.
-func (b *Backend) SetLease(_ context.Context, own lease.Lease) error { return b.r.SetLease(own) }
-
-// Handle applies peers' lease events.
-func (b *Backend) Handle(_ context.Context, evs []lease.Event) error { return b.r.Handle(evs) }
-
-// Run keeps the routes and nftables rules in place until ctx ends.
-func (b *Backend) Run(ctx context.Context) error { return b.r.Run(ctx) }
-
-// Status reports per-peer counters and the peers off the segment.
-func (b *Backend) Status() backend.Status { return b.r.Status() }
-
-// Resync compares and repairs the kernel state now.
-func (b *Backend) Resync() { b.r.Resync() }
-
-// Cleanup removes twill's routes and the nftables table.
-func (b *Backend) Cleanup(context.Context) error { return b.r.Cleanup() }
-
-// Router is the backend's Router (for tests and status pages).
-func (b *Backend) Router() *routing.Router { return b.r }
+var _ backend.Backend = (*Backend)(nil)

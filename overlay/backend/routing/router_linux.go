@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/kernel"
@@ -37,11 +38,35 @@ type Config struct {
 	// reconcile pass, with the own lease's subnet (invalid before the
 	// lease is known).
 	EnsureDevice func(nl *netlink.Handle, own netip.Prefix) error
+	// OnPlan, if set, is handed every new plan, synchronously, before the
+	// reconciler gets it: the backend's own data path learns the peers
+	// here (udp's peer table and kernel path; a BGP speaker's routes to
+	// announce, WireGuard's peers and keys, from the leases). It runs with
+	// the Router's lock held, so it must not call the Router; plans reach
+	// it in the order they were made. Its error is returned by the
+	// SetLease or Handle that replanned; the plan stands all the same.
+	OnPlan func(Planned) error
+	// OwnCounters says the backend counts per-peer traffic itself (udp):
+	// Status then reads no nftables counters and leaves the peers'
+	// counters zero for the backend to fill in.
+	OwnCounters bool
 	// Log receives what the Router does; nil discards it.
 	Log *slog.Logger
 	// Resync is how often the kernel state is checked without a netlink
 	// event saying it changed (the reconciler's default when 0).
 	Resync time.Duration
+}
+
+// Planned is what one replan produced, for Config.OnPlan.
+type Planned struct {
+	// Own is the node's own lease.
+	Own lease.Lease
+	// Plan is the new plan: the peers that can be routed, the kernel
+	// state, the problems.
+	Plan plan.Plan
+	// Peers are the peers' leases as handed in, by subnet, those the plan
+	// refused included: a copy the hook may keep.
+	Peers map[netip.Prefix]lease.Lease
 }
 
 // Router keeps the peers' routes, neighbours, FDB entries and nftables
@@ -116,6 +141,10 @@ func (r *Router) Close() error {
 // backend's device.
 func (r *Router) Netlink() *netlink.Handle { return r.nl }
 
+// Namespace is the Router's network namespace (the backend's to use, not
+// to close), for the backend's own sockets and devices.
+func (r *Router) Namespace() netns.NsHandle { return r.ns }
+
 // EnsureDevice creates or repairs the backend's device now.
 func (r *Router) EnsureDevice() error {
 	if r.cfg.EnsureDevice == nil {
@@ -149,7 +178,7 @@ func (r *Router) beforePass() error {
 }
 
 // SetLease sets the node's own lease and replans.
-func (r *Router) SetLease(own lease.Lease) error {
+func (r *Router) SetLease(_ context.Context, own lease.Lease) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.own, r.hasOwn = own, true
@@ -158,7 +187,7 @@ func (r *Router) SetLease(own lease.Lease) error {
 }
 
 // Handle applies peers' lease events and replans.
-func (r *Router) Handle(evs []lease.Event) error {
+func (r *Router) Handle(_ context.Context, evs []lease.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range evs {
@@ -207,8 +236,11 @@ func (r *Router) replan() error {
 	}
 	r.plan, r.rules = &p, &rules
 	r.logProblems(p.Problems)
+	if r.cfg.OnPlan != nil {
+		err = r.cfg.OnPlan(Planned{Own: r.own, Plan: p, Peers: maps.Clone(r.peers)})
+	}
 	r.rec.Set(p)
-	return nil
+	return err
 }
 
 // logProblems logs the problems that are new since the last plan and those
@@ -232,7 +264,8 @@ func (r *Router) logProblems(ps []plan.Problem) {
 // Resync asks for a reconcile pass now.
 func (r *Router) Resync() { r.rec.Kick() }
 
-// Run keeps the kernel equal to the plan until ctx ends.
+// Run keeps the kernel equal to the plan until ctx ends; it returns nil
+// then (the reconciler retries what fails, so it has no error of its own).
 func (r *Router) Run(ctx context.Context) error {
 	err := r.rec.Run(ctx)
 	if ctx.Err() != nil {
@@ -249,11 +282,21 @@ func (r *Router) Status() backend.Status {
 	p := r.plan
 	r.mu.Unlock()
 	var st backend.Status
+	if r.cfg.Device != "" {
+		st.Device = r.cfg.Device
+		if l, err := r.nl.LinkByName(r.cfg.Device); err == nil {
+			st.DeviceUp = l.Attrs().Flags&net.FlagUp != 0
+		}
+	}
 	if p == nil {
 		st.Problems = []string{"no lease yet: nothing planned"}
 		return st
 	}
-	counters, cerr := r.nft.Counters()
+	var counters map[netip.Prefix]nft.PeerCounters
+	var cerr error
+	if !r.cfg.OwnCounters {
+		counters, cerr = r.nft.Counters()
+	}
 	for _, peer := range p.Peers {
 		c := counters[peer.Subnet]
 		st.Peers = append(st.Peers, backend.PeerStatus{
@@ -275,12 +318,6 @@ func (r *Router) Status() backend.Status {
 	}
 	st.InSync = ks.InSync
 	st.Kernel = kernelState(ks)
-	if r.cfg.Device != "" {
-		st.Device = r.cfg.Device
-		if l, err := r.nl.LinkByName(r.cfg.Device); err == nil {
-			st.DeviceUp = l.Attrs().Flags&net.FlagUp != 0
-		}
-	}
 	return st
 }
 
@@ -309,8 +346,9 @@ func (r *Router) Plan() (plan.Plan, bool) {
 }
 
 // Cleanup removes twill's routes, the permanent neighbour and FDB entries of
-// the device, the device itself and the nftables table.
-func (r *Router) Cleanup() error {
+// the device, the device itself and the nftables table. Run must have
+// ended (else its reconciler puts them back).
+func (r *Router) Cleanup(context.Context) error {
 	var errs []error
 	if _, err := r.kh.Apply(plan.Plan{Backend: r.cfg.Backend.Type, Device: r.cfg.Device}); err != nil {
 		errs = append(errs, fmt.Errorf("remove twill's routes and neighbours: %w", err))

@@ -57,10 +57,10 @@ func TestStatusReportsKernelTrouble(t *testing.T) {
 	}
 	peer := lease.Lease{Subnet: netip.MustParsePrefix("10.244.2.0/24"),
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.12"), BackendType: netconf.TypeHostGW}}
-	if err := r.Handle([]lease.Event{{Type: lease.Added, Lease: peer}}); err != nil {
+	if err := r.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: peer}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.SetLease(n.Lease(netconf.TypeHostGW, nil)); err != nil {
+	if err := r.SetLease(context.Background(), n.Lease(netconf.TypeHostGW, nil)); err != nil {
 		t.Fatal(err)
 	}
 	backendtest.Eventually(t, 10*time.Second, func() string {
@@ -111,11 +111,11 @@ func BenchmarkStatus(b *testing.B) {
 			Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{172, 16, byte(i >> 8), byte(i)}), BackendType: netconf.TypeVXLAN,
 				BackendData: plan.VXLANData(1, mac)}}})
 	}
-	if err := r.Handle(evs); err != nil {
+	if err := r.Handle(context.Background(), evs); err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	if err := r.SetLease(lease.Lease{Subnet: netip.MustParsePrefix("10.1.1.0/24"),
+	if err := r.SetLease(context.Background(), lease.Lease{Subnet: netip.MustParsePrefix("10.1.1.0/24"),
 		Attrs: lease.Attrs{PublicIP: n.PublicIP, BackendType: netconf.TypeVXLAN}}); err != nil {
 		b.Fatal(err)
 	}
@@ -132,4 +132,67 @@ func BenchmarkStatus(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(synced.Milliseconds()), "ms-to-sync")
+}
+
+// TestOnPlan: the plan hook gets every plan, in order, with the own lease
+// and all the peers' leases, those the plan refused included; its error
+// is the replan's, and the plan stands.
+func TestOnPlan(t *testing.T) {
+	lab := backendtest.New(t, "routing", 1)
+	n := lab.Nodes[0]
+	node := n.BackendNode(network(t, netconf.TypeHostGW))
+	var got []routing.Planned
+	fail := false
+	r, err := routing.New(routing.Config{Node: node, Backend: node.Network.Backend, OnPlan: func(p routing.Planned) error {
+		got = append(got, p)
+		if fail {
+			return fmt.Errorf("hook refused")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	ctx := context.Background()
+	near := lease.Lease{Subnet: netip.MustParsePrefix("10.244.2.0/24"),
+		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.12"), BackendType: netconf.TypeHostGW}}
+	far := lease.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24"),
+		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("10.0.9.13"), BackendType: netconf.TypeHostGW}}
+	if err := r.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: near}}); err != nil || len(got) != 0 {
+		t.Fatalf("before the own lease: %v, %d plans", err, len(got))
+	}
+	own := n.Lease(netconf.TypeHostGW, nil)
+	if err := r.SetLease(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	fail = true
+	if err := r.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: far}}); err == nil || !strings.Contains(err.Error(), "hook refused") {
+		t.Errorf("Handle returned %v, want the hook's error", err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d plans, want 2", len(got))
+	}
+	if got[0].Own.Subnet != own.Subnet || len(got[0].Plan.Peers) != 1 || len(got[0].Peers) != 1 {
+		t.Errorf("first plan: own %s, %d peers planned, %d leases", got[0].Own.Subnet, len(got[0].Plan.Peers), len(got[0].Peers))
+	}
+	last := got[1]
+	if len(last.Plan.Peers) != 1 || len(last.Plan.Problems) != 1 || last.Peers[far.Subnet].Attrs.PublicIP != far.Attrs.PublicIP {
+		t.Errorf("second plan: %d peers, problems %v, leases %v; want the far peer refused but handed over", len(last.Plan.Peers), last.Plan.Problems, last.Peers)
+	}
+	if p, ok := r.Plan(); !ok || len(p.Problems) != 1 {
+		t.Errorf("the plan did not stand after the hook's error: %v %v", ok, p.Problems)
+	}
+	if st := r.Status(); len(st.Peers) != 1 || len(st.PeerProblems) != 1 {
+		t.Errorf("status: %d peers, peer problems %q", len(st.Peers), st.PeerProblems)
+	}
+	// The leases are the hook's copy to keep.
+	delete(last.Peers, near.Subnet)
+	fail = false
+	if err := r.Handle(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got[2].Peers[near.Subnet]; !ok || len(got[2].Peers) != 2 {
+		t.Errorf("after the hook changed its copy: leases %v", got[2].Peers)
+	}
 }

@@ -28,7 +28,9 @@ type Backend struct {
 	opts   netconf.Backend
 	master string
 	log    *slog.Logger
-	r      *routing.Router
+	// Router keeps twill.host, the l3 modes' routes and the nftables
+	// rules; it gives the backend Handle, Run, Resync, Cleanup and Close.
+	*routing.Router
 }
 
 // New returns the backend for node (its network config's backend type is
@@ -62,7 +64,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.r = r
+	b.Router = r
 	return b, nil
 }
 
@@ -80,9 +82,6 @@ func HostReachesPods(b netconf.Backend) bool {
 	return !(b.Type == netconf.TypeMacvlan && (b.Mode == "private" || b.Mode == "passthru"))
 }
 
-// Close releases the namespace handles; the kernel state stays.
-func (b *Backend) Close() error { return b.r.Close() }
-
 // Type is "macvlan" or "ipvlan".
 func (b *Backend) Type() string { return b.opts.Type }
 
@@ -92,7 +91,7 @@ func (b *Backend) Mode() string { return b.opts.Mode }
 // Prepare checks the master and the network config against it and returns
 // the master's MTU and where pods attach.
 func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
-	u, mtu, err := b.inspect(b.r.Netlink())
+	u, mtu, err := b.inspect(b.Netlink())
 	if err != nil {
 		return backend.Prepared{}, err
 	}
@@ -266,32 +265,22 @@ func setOnlyAddress(nl *netlink.Handle, host netlink.Link, want netip.Prefix) er
 
 // SetLease gives twill.host the slice's first address (and, in l3 modes,
 // replans the peers' routes).
-func (b *Backend) SetLease(_ context.Context, own lease.Lease) error {
-	if err := b.r.SetLease(own); err != nil {
+func (b *Backend) SetLease(ctx context.Context, own lease.Lease) error {
+	if err := b.Router.SetLease(ctx, own); err != nil {
 		return err
 	}
-	return b.r.EnsureDevice()
+	return b.EnsureDevice()
 }
-
-// Handle applies peers' lease events: in l3 modes their routes; otherwise
-// only the peer list of the status changes.
-func (b *Backend) Handle(_ context.Context, evs []lease.Event) error { return b.r.Handle(evs) }
-
-// Run keeps twill.host (and the l3 routes) in place until ctx ends.
-func (b *Backend) Run(ctx context.Context) error { return b.r.Run(ctx) }
 
 // Status reports the mode, whether twill.host is in place and, in l3 modes,
 // the peers' routes with their counters.
 func (b *Backend) Status() backend.Status {
-	st := b.r.Status()
+	st := b.Router.Status()
 	st.Mode = b.opts.Mode
 	if !HostReachesPods(b.opts) {
 		st.Problems = append(st.Problems, fmt.Sprintf("macvlan %s mode: the node cannot reach its own pods (no %s)", b.opts.Mode, HostDevice))
 	}
 	return st
 }
-
-// Cleanup removes twill.host, twill's routes and the nftables table.
-func (b *Backend) Cleanup(context.Context) error { return b.r.Cleanup() }
 
 var _ backend.Backend = (*Backend)(nil)

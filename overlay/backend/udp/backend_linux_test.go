@@ -4,16 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/backend/udp/kernelpath"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 func TestTwoNodes(t *testing.T) {
@@ -319,4 +323,127 @@ func testTwoNodes(t *testing.T, mode, options, optionsB string) {
 			t.Errorf("twill nftables table left after Cleanup: %s", tables)
 		}
 	})
+}
+
+// TestRouterRepairsAndReports: a udp node runs on the one Router, so its
+// nftables table comes back within one resync and a peer the plan refuses
+// is a peer problem (peers-routable fails), as on the kernel backends.
+func TestRouterRepairsAndReports(t *testing.T) {
+	c := newCluster(t, `,"KernelPath":false`, `,"KernelPath":false`)
+	backendtest.CheckNftablesRepaired(t, c.a.running, c.b.running)
+	backendtest.CheckUnroutablePeer(t, c.a.running)
+}
+
+// TestDeviceDeleted: `ip link del twill0` kills the TUN queues; the
+// backend recreates them (address, MTU, route, the kernel path) and pods
+// talk again within 2 s, with Run still running.
+func TestDeviceDeleted(t *testing.T) {
+	for _, m := range modes[:3] {
+		t.Run(m.name, func(t *testing.T) {
+			if m.name == "kernel-path" {
+				if err := kernelpath.Supported(); err != nil {
+					t.Skipf("no kernel path here: %v", err)
+				}
+			}
+			c := newCluster(t, m.options, m.optionsB)
+			a, b := c.a, c.b
+			if out, ok := ping(t, a.pod, b.podIP, 2); !ok {
+				t.Fatalf("before: pod A cannot ping pod B:\n%s", out)
+			}
+			mode := a.be.Status().Mode
+			run(t, "ip", "-n", a.ns, "link", "del", "twill0")
+			start := time.Now()
+			for {
+				err := exec.Command("ip", "netns", "exec", a.pod, "ping", "-n", "-q", "-c", "1", "-W", "0.2", b.podIP.String()).Run()
+				if err == nil {
+					break
+				}
+				if time.Since(start) > 2*time.Second {
+					t.Fatalf("pod A cannot reach pod B 2 s after twill0 was deleted; status %+v\nroutes:\n%s", a.be.Status(),
+						run(t, "ip", "-n", a.ns, "route"))
+				}
+			}
+			t.Logf("pods talk again %v after twill0 was deleted", time.Since(start).Round(time.Millisecond))
+			a.running.WaitInSync(t)
+			st := a.be.Status()
+			if st.Mode != mode || len(st.Problems) != 0 || !st.DeviceUp {
+				t.Errorf("after the repair: mode %q (was %q), problems %q, device up %t", st.Mode, mode, st.Problems, st.DeviceUp)
+			}
+			addrs := run(t, "ip", "-n", a.ns, "-4", "-o", "addr", "show", "dev", "twill0")
+			if !strings.Contains(addrs, "inet 10.244.1.0/32") || strings.Count(addrs, "inet ") != 1 {
+				t.Errorf("twill0 addresses after the repair: %s, want only 10.244.1.0/32", addrs)
+			}
+			if link := run(t, "ip", "-n", a.ns, "link", "show", "twill0"); !strings.Contains(link, "mtu 1472") {
+				t.Errorf("twill0 after the repair: %s, want mtu 1472", link)
+			}
+			for _, dir := range [][2]*node{{a, b}, {b, a}} {
+				if out, ok := ping(t, dir[0].pod, dir[1].podIP, 3); !ok {
+					t.Errorf("after the repair: %s cannot ping %s:\n%s", dir[0].pod, dir[1].podIP, out)
+				}
+			}
+			// Bulk data takes the same path as before the repair: the kernel
+			// path's programs were attached to the new twill0.
+			const size = 16 << 20
+			before := userspaceCounters(a, b.lease.Subnet)
+			if sent, got := transfer(t, a, b, size); sent != got {
+				t.Fatalf("SHA-256 differs after the repair")
+			}
+			carried := userspaceCounters(a, b.lease.Subnet).TxBytes - before.TxBytes
+			if m.name == "kernel-path" && carried > size/100 {
+				t.Errorf("kernel path: the userspace loops sent %d bytes of %d after the repair", carried, size)
+			}
+			if m.name != "kernel-path" && carried < size {
+				t.Errorf("%s: the userspace loops sent %d bytes of %d after the repair", m.name, carried, size)
+			}
+		})
+	}
+}
+
+// TestDeviceBeyondRepair: a twill0 of another kind (a bridge) is replaced by the TUN;
+// when twill0 is deleted and cannot be made again (here: no TUN clone
+// device), Run returns an error naming what died once the repair has
+// failed for repairTimeout, so that twilld exits and is restarted.
+func TestDeviceBeyondRepair(t *testing.T) {
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("needs /dev/net/tun: ", err)
+	}
+	lab := backendtest.New(t, "udp", 1)
+	n := lab.Nodes[0]
+	n.IP(t, "link", "add", "twill0", "type", "bridge")
+	b, err := New(n.BackendNode(udpConfig(t, `,"KernelPath":false`)), slog.New(slog.NewTextHandler(t.Output(), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if link := run(t, "ip", "-n", n.Name, "-d", "link", "show", "twill0"); !strings.Contains(link, "tun type tun") {
+		t.Fatalf("the bridge twill0 was not replaced by the TUN: %s", link)
+	}
+	if err := b.SetLease(ctx, n.Lease(netconf.TypeUDP, nil)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	eventually(t, "in sync", func() bool { return b.Status().InSync })
+
+	oldPath, oldTimeout := tunPath, repairTimeout
+	tunPath, repairTimeout = "/nonexistent/tun", time.Second
+	defer func() { tunPath, repairTimeout = oldPath, oldTimeout }()
+	run(t, "ip", "-n", n.Name, "link", "del", "twill0")
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "twill0 was deleted") || !strings.Contains(err.Error(), "/nonexistent/tun") {
+			t.Errorf("Run returned %v, want an error saying twill0 died and why it was not recreated", err)
+		}
+		t.Logf("Run: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Run still running 5 s after twill0 died beyond repair; status %+v", b.Status())
+	}
+	if st := b.Status(); st.InSync || !strings.Contains(strings.Join(st.Problems, "\n"), "data path broken") {
+		t.Errorf("status after the data path died: in sync %t, problems %q", st.InSync, st.Problems)
+	}
 }

@@ -18,7 +18,7 @@ var errUnsupported = errors.New("udp backend: needs Linux (TUN)")
 type Backend struct{}
 
 // New returns a udp backend that fails on this platform.
-func New(backend.Node, *slog.Logger) *Backend { return &Backend{} }
+func New(backend.Node, *slog.Logger) (*Backend, error) { return &Backend{}, nil }
 
 func (b *Backend) Type() string { return netconf.TypeUDP }
 func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {

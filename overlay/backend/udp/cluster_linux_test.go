@@ -11,8 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,45 +20,20 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
 )
 
-// The test cluster: two nodes on one underlay link, each with a cni0 bridge
-// and one pod behind it, each running a udp backend in-process.
+// The test cluster: the shared two-node lab (overlay/backend/backendtest),
+// each node running a udp backend in-process.
 //
-//	podA 10.244.1.2 -- cni0 10.244.1.1 [nodeA 192.168.56.11] ==eth0== [nodeB 192.168.56.12 (+.66)] cni0 10.244.2.1 -- podB 10.244.2.2
+//	podA 10.244.1.2 -- cni0 10.244.1.1 [nodeA 192.168.56.11] ==br0== [nodeB 192.168.56.12 (+.66)] cni0 10.244.2.1 -- podB 10.244.2.2
 
-var nsSeq atomic.Int32
-
-func needRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces, TUN devices and nftables tables")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		tb.Skip("needs /dev/net/tun: ", err)
-	}
-}
-
+// run runs a command and returns its output, failing the test if it fails.
 func run(tb testing.TB, name string, args ...string) string {
 	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// newNS creates a namespace named with this run's prefix and deletes it
-// when the test ends, whatever happens.
-func newNS(tb testing.TB, role string) string {
-	tb.Helper()
-	name := fmt.Sprintf("twt-udp-%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
-	run(tb, "ip", "netns", "add", name)
-	tb.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	run(tb, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
+	return backendtest.Run(tb, name, args...)
 }
 
 func nsHandle(tb testing.TB, name string) netns.NsHandle {
@@ -80,25 +53,14 @@ type node struct {
 	be      *Backend
 	lease   lease.Lease
 	podIP   netip.Addr
+	lab     *backendtest.Node
+	running *backendtest.Running
 }
 
 type cluster struct {
 	a, b *node
 }
 
-var (
-	ipA = netip.MustParseAddr("192.168.56.11")
-	ipB = netip.MustParseAddr("192.168.56.12")
-	// ipStranger is on node B's underlay interface but is no peer.
-	ipStranger = netip.MustParseAddr("192.168.56.66")
-)
-
-func testLog(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-// newCluster builds the namespaces and starts both backends (Prepare,
-// SetLease, Handle with the peer's Added event, Run).
 // The data path modes the tests run: the eBPF kernel path (the default),
 // userspace with offloads, userspace without.
 // "mixed" is node A on the kernel path, node B in userspace: B's coalescer
@@ -110,83 +72,59 @@ var modes = []struct{ name, options, optionsB string }{
 	{"mixed", ``, `,"KernelPath":false`},
 }
 
+func udpConfig(tb testing.TB, options string) *netconf.Config {
+	tb.Helper()
+	cfg, err := netconf.Parse(fmt.Appendf(nil, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"%s}}`, options))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
+}
+
+// newCluster builds the lab and starts both backends (node A's config with
+// options, B's with optionsB; IPMasq on; pods at twill0's MTU), and
+// cleans them up (Cleanup must succeed) when the test ends.
 func newCluster(tb testing.TB, options, optionsB string) *cluster {
 	tb.Helper()
-	needRoot(tb)
-	c := &cluster{
-		a: &node{ns: newNS(tb, "a"), pod: newNS(tb, "pa"), podIP: netip.MustParseAddr("10.244.1.2")},
-		b: &node{ns: newNS(tb, "b"), pod: newNS(tb, "pb"), podIP: netip.MustParseAddr("10.244.2.2")},
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		tb.Skip("needs /dev/net/tun: ", err)
 	}
-	run(tb, "ip", "link", "add", "eth0", "netns", c.a.ns, "type", "veth", "peer", "name", "eth0", "netns", c.b.ns)
-	var cfgs []*netconf.Config
-	for _, o := range []string{options, optionsB} {
-		cfg, err := netconf.Parse(fmt.Appendf(nil, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"udp"%s}}`, o))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		cfgs = append(cfgs, cfg)
-	}
+	lab := backendtest.New(tb, "udp", 2)
+	cfgA, cfgB := udpConfig(tb, options), udpConfig(tb, optionsB)
+	c := &cluster{a: &node{}, b: &node{}}
 	for i, n := range []*node{c.a, c.b} {
-		cfg := cfgs[i]
-		pub := []netip.Addr{ipA, ipB}[i]
-		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24)
-		gw := netconf.Gateway(subnet)
-		ip := func(args ...string) { run(tb, "ip", append([]string{"-n", n.ns}, args...)...) }
-		ip("addr", "add", pub.String()+"/24", "dev", "eth0")
-		ip("link", "set", "eth0", "up")
-		ip("link", "add", "cni0", "type", "bridge")
-		ip("addr", "add", gw.String()+"/24", "dev", "cni0")
-		ip("link", "set", "cni0", "up")
-		ip("link", "add", "veth0", "mtu", "1472", "type", "veth", "peer", "name", "eth0", "netns", n.pod)
-		ip("link", "set", "veth0", "master", "cni0", "up")
-		n.h = nsHandle(tb, n.ns)
-		// /proc/sys/net is the namespace of the thread that opens it.
-		inNS(tb, n.h, func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) })
-		run(tb, "ip", "-n", n.pod, "addr", "add", n.podIP.String()+"/24", "dev", "eth0")
-		run(tb, "ip", "-n", n.pod, "link", "set", "eth0", "mtu", "1472", "up")
-		run(tb, "ip", "-n", n.pod, "route", "add", "default", "via", gw.String())
-		n.podH = nsHandle(tb, n.pod)
-		n.lease = lease.Lease{Subnet: subnet, Attrs: lease.Attrs{PublicIP: pub, BackendType: netconf.TypeUDP}}
-		n.be = New(backend.Node{Name: n.ns, PublicIP: pub, Iface: "eth0", IfaceMTU: 1500,
-			IfacePrefix: netip.MustParsePrefix("192.168.56.0/24"), Network: cfg, IPMasq: true, NetNS: "/run/netns/" + n.ns}, testLog(tb))
+		ln := lab.Nodes[i]
+		n.lab, n.ns, n.pod, n.podIP = ln, ln.Name, ln.Pod, ln.PodIP
+		n.h, n.podH = nsHandle(tb, ln.Name), nsHandle(tb, ln.Pod)
+		ln.IP(tb, "link", "set", "veth0", "mtu", "1472")
+		run(tb, "ip", "-n", ln.Pod, "link", "set", "eth0", "mtu", "1472")
 	}
-	run(tb, "ip", "-n", c.b.ns, "addr", "add", ipStranger.String()+"/24", "dev", "eth0")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	tb.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		for _, n := range []*node{c.a, c.b} {
-			if err := n.be.Cleanup(context.Background()); err != nil {
-				tb.Errorf("cleanup %s: %v", n.ns, err)
+	lab.Nodes[1].IP(tb, "addr", "add", ipStranger.String()+"/24", "dev", "eth0")
+	var started []*Backend
+	tb.Cleanup(func() { // after the lab's Start stopped the backends
+		for _, b := range started {
+			if err := b.Cleanup(context.Background()); err != nil {
+				tb.Errorf("cleanup: %v", err)
 			}
+			b.Close()
 		}
 	})
-	// Prepare both first: a lease carries its node's BackendData.
-	for _, n := range []*node{c.a, c.b} {
-		prep, err := n.be.Prepare(ctx)
-		if err != nil {
-			tb.Fatalf("prepare %s: %v", n.ns, err)
+	rs := lab.Start(tb, cfgA, func(bn backend.Node, log *slog.Logger) (backend.Backend, error) {
+		if bn.PublicIP == ipB {
+			bn.Network = cfgB
 		}
-		if prep.MTU != 1472 {
-			tb.Errorf("%s: MTU %d, want 1472", n.ns, prep.MTU)
+		bn.IPMasq = true
+		b, err := New(bn, log)
+		if err == nil {
+			started = append(started, b)
 		}
-		n.lease.Attrs.BackendData = prep.BackendData
-	}
-	for _, pair := range [][2]*node{{c.a, c.b}, {c.b, c.a}} {
-		n, peer := pair[0], pair[1]
-		if err := n.be.SetLease(ctx, n.lease); err != nil {
-			tb.Fatalf("set lease %s: %v", n.ns, err)
+		return b, err
+	})
+	for i, n := range []*node{c.a, c.b} {
+		n.running, n.be, n.lease = rs[i], rs[i].Backend.(*Backend), rs[i].Lease
+		if rs[i].Prepared.MTU != 1472 {
+			tb.Errorf("%s: MTU %d, want 1472", n.ns, rs[i].Prepared.MTU)
 		}
-		if err := n.be.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: peer.lease}}); err != nil {
-			tb.Fatalf("handle %s: %v", n.ns, err)
-		}
-		wg.Go(func() {
-			if err := n.be.Run(ctx); err != nil {
-				tb.Errorf("run %s: %v", n.ns, err)
-			}
-		})
 	}
 	return c
 }
@@ -317,16 +255,4 @@ func sendFrom(tb testing.TB, h netns.NsHandle, src netip.Addr, dst netip.AddrPor
 	if _, err := uc.WriteToUDPAddrPort(payload, dst); err != nil {
 		tb.Fatalf("send from %s to %s: %v", src, dst, err)
 	}
-}
-
-// udpInPacket builds an IPv4/UDP packet src:1234 -> dst:port carrying
-// payload (UDP checksum 0: none, allowed over IPv4).
-func udpInPacket(src, dst netip.Addr, port uint16, payload string) []byte {
-	p := ipv4Packet(src.String(), dst.String(), 17, 8+len(payload))
-	u := p[20:]
-	binary.BigEndian.PutUint16(u[0:2], 1234)
-	binary.BigEndian.PutUint16(u[2:4], port)
-	binary.BigEndian.PutUint16(u[4:6], uint16(8+len(payload)))
-	copy(u[8:], payload)
-	return p
 }

@@ -7,9 +7,22 @@
 // talk to each other. Datagrams received are checked (decap) and the packets
 // inside are written into twill0.
 //
-// The peer table (subnet -> public IP) lives here: it is rebuilt from the
-// lease events (through overlay/plan) and swapped in atomically, and the
-// packet loops read it without locks. Per-peer counters (packets and inner
+// The backend is built on overlay/backend/routing's Router, as the kernel
+// backends are: the Router keeps the peers from the lease events, plans
+// them (overlay/plan), holds the cluster route, twill0's address and the
+// nftables table in place (repairing them within a resync), and reports
+// the peers the plan refuses. This package keeps the TUN, the sockets, the
+// packet loops, the kernel path and the counters. The peer table (subnet
+// -> public IP) is rebuilt from each plan (the Router's OnPlan hook) and
+// swapped in atomically, and the packet loops read it without locks.
+//
+// A deleted twill0 (ip link del) kills the TUN queues: the loops see
+// EBADFD, and the Router's device hook, before its next pass, opens new
+// queues (creating twill0 again), gives the device its MTU, address and
+// route, attaches the kernel path to it again, and the loops restart on
+// the new queues, all within a few hundred milliseconds. Run returns an
+// error (and twilld exits, to be restarted) only when that repair has not
+// succeeded within 10 s. Per-peer counters (packets and inner
 // IP bytes each way, drops by reason, last packet received) are this
 // package's atomics; nftables (overlay/kernel/nft) only masquerades and
 // accepts forwarding here.
@@ -115,12 +128,13 @@
 // coalescing of received datagrams.
 //
 // The backend works in the namespace backend.Node.NetNS: the TUN and the
-// socket are created on a locked OS thread switched into it; netlink,
-// overlay/kernel and nftables work through handles bound to it.
+// socket are created on a locked OS thread switched into it; the Router's
+// netlink, overlay/kernel and nftables handles are bound to it.
 //
-// It must not touch other nodes' state or anything it did not create: routes
-// go through overlay/kernel (protocol 126), the firewall through
-// overlay/kernel/nft. Cleanup removes twill0, twill's routes and the twill
+// It must not touch other nodes' state or anything it did not create, nor
+// keep kernel state of its own beside the Router's: routes, twill0's address
+// and the firewall go through the Router (overlay/kernel, protocol 126;
+// overlay/kernel/nft). Cleanup removes twill0, twill's routes and the twill
 // nftables table. The package is Linux-only but compiles elsewhere (New then
 // returns a backend whose Prepare fails).
 package udp

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -30,10 +32,89 @@ type tunQueue struct {
 	f    *os.File
 	rc   syscall.RawConn
 	vnet bool
+	// rd is the TX loop's read; wr the writes, which the RX loop's writer
+	// and the TX loop's ICMP answers share under wmu (once per batch).
+	rd   readOp
+	wmu  sync.Mutex
+	wr   sysOp
 	wiov []unix.Iovec // scratch for writev
 	// shut is set by close, before the file is closed: the poller's
 	// "use of closed file" error is not os.ErrClosed.
 	shut atomic.Bool
+}
+
+// sysOp is a system call trap(fd, a1, a2) made through Go's poller without
+// an allocation: the function the poller calls is made once and takes its
+// arguments from the struct. It is repeated after EINTR, and after EAGAIN
+// once the descriptor is ready. One goroutine at a time uses a sysOp.
+type sysOp struct {
+	trap, a1, a2 uintptr
+	r            uintptr
+	errno        syscall.Errno
+	fn           func(fd uintptr) bool
+}
+
+func (o *sysOp) call(fd uintptr) bool {
+	for {
+		r, _, e := unix.Syscall6(o.trap, fd, o.a1, o.a2, 0, 0, 0)
+		switch e {
+		case 0:
+			o.r = r
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			o.r, o.errno = 0, e
+			return true
+		}
+	}
+}
+
+// do makes the call on rc's descriptor, waiting for it to be writable
+// (write) or readable; errno is the call's error, err the poller's
+// (closed, deadline). a1 must point into memory that is not on a stack.
+func (o *sysOp) do(rc syscall.RawConn, write bool, trap, a1, a2 uintptr) (r uintptr, errno syscall.Errno, err error) {
+	if o.fn == nil {
+		o.fn = o.call
+	}
+	o.trap, o.a1, o.a2, o.r, o.errno = trap, a1, a2, 0, 0
+	if write {
+		err = rc.Write(o.fn)
+	} else {
+		err = rc.Read(o.fn)
+	}
+	return o.r, o.errno, err
+}
+
+// readOp is readBatch's poller call, made once as sysOp's is.
+type readOp struct {
+	bufs  [][]byte
+	sizes []int
+	n     int
+	err   error
+	fn    func(fd uintptr) bool
+}
+
+// call reads packets until the queue is empty or the buffers are full.
+func (o *readOp) call(fd uintptr) bool {
+	for o.n < len(o.bufs) {
+		m, err := unix.Read(int(fd), o.bufs[o.n])
+		if err == unix.EAGAIN {
+			return o.n > 0
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			o.err = err
+			return true
+		}
+		o.sizes[o.n] = m
+		o.n++
+	}
+	return true
 }
 
 // close closes the queue; its loops then end without an error.
@@ -41,6 +122,10 @@ func (q *tunQueue) close() error {
 	q.shut.Store(true)
 	return q.f.Close()
 }
+
+// tunPath is the TUN clone device (a test points it elsewhere to make
+// the TUN impossible to recreate).
+var tunPath = "/dev/net/tun"
 
 // openTUNQueues creates (or attaches to) the TUN device name in the calling
 // thread's namespace with n queues (IFF_MULTI_QUEUE when n > 1). With
@@ -57,9 +142,9 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 		}
 	}()
 	for i := range n {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(tunPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return qs, false, fmt.Errorf("open /dev/net/tun: %w", err)
+			return qs, false, fmt.Errorf("open %s: %w", tunPath, err)
 		}
 		ifr, err := unix.NewIfreq(name)
 		if err != nil {
@@ -93,7 +178,7 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 			unix.Close(fd)
 			return qs, false, fmt.Errorf("make TUN %s non-blocking: %w", name, err)
 		}
-		f := os.NewFile(uintptr(fd), "/dev/net/tun")
+		f := os.NewFile(uintptr(fd), tunPath)
 		rc, err := f.SyscallConn()
 		if err != nil {
 			f.Close()
@@ -104,37 +189,72 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 	return qs, uso, nil
 }
 
-// readBatch reads packets into bufs until the queue is empty or bufs are
-// full, waiting for the first; it returns how many it read (sizes[i] is
-// the length of bufs[i]'s packet).
+// tunDevice is one TUN queue as the packet loops use it: whole batches per
+// call, so that a loop makes no interface call per packet. *tunQueue is
+// the kernel's; the tests' double is channel-backed (loops_test.go).
+type tunDevice interface {
+	// readBatch reads packets into bufs until the queue is empty or bufs
+	// are full, waiting for the first; it returns how many it read
+	// (sizes[i] is the length of bufs[i]'s packet). Once the queue is
+	// closed it fails with net.ErrClosed; after the read deadline with
+	// os.ErrDeadlineExceeded; when the device was deleted with EBADFD.
+	readBatch(bufs [][]byte, sizes []int) (int, error)
+	// writeBatch writes one packet per group, gathered from
+	// iovs[g.first:g.last]. It returns how many segments (g.segs) the
+	// device refused, and an error when it cannot write at all (closed:
+	// net.ErrClosed; deleted: EBADFD), the rest of the batch then unwritten.
+	writeBatch(iovs [][]byte, groups []group) (refused int, err error)
+	// vnetHdr says whether every packet starts with a virtio-net header.
+	vnetHdr() bool
+	// SetReadDeadline makes a waiting readBatch return (the loops stop so).
+	SetReadDeadline(t time.Time) error
+}
+
+var _ tunDevice = (*tunQueue)(nil)
+
+func (q *tunQueue) vnetHdr() bool { return q.vnet }
+
+// SetReadDeadline sets the deadline of the queue's reads.
+func (q *tunQueue) SetReadDeadline(t time.Time) error { return q.f.SetReadDeadline(t) }
+
 func (q *tunQueue) readBatch(bufs [][]byte, sizes []int) (int, error) {
-	n := 0
-	var rerr error
-	err := q.rc.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			m, err := unix.Read(int(fd), bufs[n])
-			if err == unix.EAGAIN {
-				return n > 0
-			}
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				rerr = err
-				return true
-			}
-			sizes[n] = m
-			n++
-		}
-		return true
-	})
+	o := &q.rd
+	if o.fn == nil {
+		o.fn = o.call
+	}
+	o.bufs, o.sizes, o.n, o.err = bufs, sizes, 0, nil
+	err := q.rc.Read(o.fn)
+	n := o.n
+	if err == nil {
+		err = o.err
+	}
+	o.bufs, o.sizes, o.err = nil, nil, nil
 	if n > 0 {
 		return n, nil
 	}
-	if err != nil {
-		return 0, err
+	if err != nil && q.shut.Load() {
+		err = net.ErrClosed
 	}
-	return 0, rerr
+	return 0, err
+}
+
+func (q *tunQueue) writeBatch(iovs [][]byte, groups []group) (int, error) {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	refused := 0
+	for _, g := range groups {
+		err := q.writev(iovs[g.first:g.last])
+		switch {
+		case err == nil:
+		case closed(err) || q.shut.Load():
+			return refused, net.ErrClosed
+		case errors.Is(err, unix.EBADFD):
+			return refused, err
+		default:
+			refused += g.segs
+		}
+	}
+	return refused, nil
 }
 
 // writev writes one packet gathered from parts.
@@ -148,32 +268,58 @@ func (q *tunQueue) writev(parts [][]byte) error {
 		v.SetLen(len(p))
 		q.wiov = append(q.wiov, v)
 	}
-	var werr error
-	err := q.rc.Write(func(fd uintptr) bool {
-		for {
-			_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(len(q.wiov)))
-			switch e {
-			case 0:
-				return true
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = e
-				return true
-			}
-		}
-	})
-	if err != nil {
-		return err
+	_, errno, err := q.wr.do(q.rc, true, unix.SYS_WRITEV, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(len(q.wiov)))
+	if err == nil && errno != 0 {
+		err = errno
 	}
-	return werr
+	return err
 }
 
-// write writes one packet.
-func (q *tunQueue) write(pkt []byte) error {
-	return q.writev([][]byte{pkt})
+// udpSocket is the UDP socket as the packet loops use it: one sendmmsg or
+// recvmmsg per call. *udpConn is the kernel's; the tests' double is
+// channel-backed (loops_test.go).
+type udpSocket interface {
+	// sendmmsg sends msgs, waiting while the socket's buffer is full, and
+	// returns how many went; errno is the error of the first message that
+	// did not (0 if all went), err an error of the socket itself (closed).
+	sendmmsg(msgs []unix.Mmsghdr) (sent int, errno syscall.Errno, err error)
+	// recvmmsg waits for datagrams and receives as many messages as are
+	// there, at most len(msgs), into the buffers the headers point at.
+	recvmmsg(msgs []unix.Mmsghdr) (int, error)
+	// SetReadDeadline makes a waiting recvmmsg return.
+	SetReadDeadline(t time.Time) error
+	LocalAddr() net.Addr
+}
+
+// udpConn is a UDP socket of the kernel's. The TX loop sends, the RX loop
+// receives: each has its sysOp.
+type udpConn struct {
+	*net.UDPConn
+	rc         syscall.RawConn
+	send, recv sysOp
+}
+
+var _ udpSocket = (*udpConn)(nil)
+
+func newUDPConn(uc *net.UDPConn) (*udpConn, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("udp socket: %w", err)
+	}
+	return &udpConn{UDPConn: uc, rc: rc}, nil
+}
+
+func (c *udpConn) sendmmsg(msgs []unix.Mmsghdr) (int, syscall.Errno, error) {
+	n, errno, err := c.send.do(c.rc, true, unix.SYS_SENDMMSG, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)))
+	return int(n), errno, err
+}
+
+func (c *udpConn) recvmmsg(msgs []unix.Mmsghdr) (int, error) {
+	n, errno, err := c.recv.do(c.rc, false, unix.SYS_RECVMMSG, uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)))
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return int(n), err
 }
 
 // closed reports whether err says the file or socket was closed.
@@ -301,32 +447,14 @@ func (s *sender) message(p *peer, first, last, gso int) {
 	s.meta = append(s.meta, sendMeta{peer: p, first: first, last: last, iov0: iov0, bytes: bytes, gso: gso})
 }
 
-// flush sends the batch on the socket rc. When the kernel refuses a GSO
+// flush sends the batch on the socket c. When the kernel refuses a GSO
 // message with EIO (no checksum offload on the way out) or EINVAL/
 // ENOPROTOOPT (an old kernel), GSO is turned off for good (gsoFailed says
 // so, with the error) and the rest is sent as single datagrams. Other
 // errors drop the message they hit and are counted.
-func (s *sender) flush(rc syscall.RawConn) (gsoFailed error, err error) {
+func (s *sender) flush(c udpSocket) (gsoFailed error, err error) {
 	for off := 0; off < len(s.meta); {
-		var sent int
-		var serr syscall.Errno
-		werr := rc.Write(func(fd uintptr) bool {
-			for {
-				r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[off])), uintptr(len(s.meta)-off), 0, 0, 0)
-				switch e {
-				case 0:
-					sent = int(r)
-					return true
-				case unix.EINTR:
-					continue
-				case unix.EAGAIN:
-					return false
-				default:
-					serr = e
-					return true
-				}
-			}
-		})
+		sent, serr, werr := c.sendmmsg(s.msgs[off:len(s.meta)])
 		if werr != nil {
 			return gsoFailed, werr
 		}
@@ -396,8 +524,8 @@ func newReceiver(n, bufSize int) *receiver {
 }
 
 // recv waits for datagrams and receives as many messages as are there (at
-// most len(msgs)).
-func (r *receiver) recv(rc syscall.RawConn) (int, error) {
+// most len(msgs)) from c.
+func (r *receiver) recv(c udpSocket) (int, error) {
 	for i := range r.msgs {
 		h := &r.msgs[i].Hdr
 		h.Name = &r.names[i][0]
@@ -409,32 +537,7 @@ func (r *receiver) recv(rc syscall.RawConn) (int, error) {
 		h.Flags = 0
 		r.msgs[i].Len = 0
 	}
-	n := 0
-	var rerr syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			m, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])), uintptr(len(r.msgs)), 0, 0, 0)
-			switch e {
-			case 0:
-				n = int(m)
-				return true
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				rerr = e
-				return true
-			}
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	if rerr != 0 {
-		return 0, rerr
-	}
-	return n, nil
+	return c.recvmmsg(r.msgs)
 }
 
 // message returns the i-th received message: its data, the sender's

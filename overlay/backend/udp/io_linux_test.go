@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/twillnet/twill/overlay/backend/backendtest"
 )
 
 // TestSendFallsBackWithoutGSO makes the kernel refuse UDP GSO (a socket
@@ -15,8 +17,7 @@ import (
 // sender says so and still delivers every datagram, each on its own, and
 // that with GSO allowed the same batch arrives as the same datagrams.
 func TestSendFallsBackWithoutGSO(t *testing.T) {
-	needRoot(t)
-	h := nsHandle(t, newNS(t, "gso"))
+	h := nsHandle(t, backendtest.New(t, "udp", 1).Nodes[0].Name)
 	lo := netip.MustParseAddr("127.0.0.1")
 	var tx, rx *net.UDPConn
 	inNS(t, h, func() (err error) {
@@ -43,7 +44,7 @@ func TestSendFallsBackWithoutGSO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := tx.SyscallConn()
+	rc, err := newUDPConn(tx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestSendFallsBackWithoutGSO(t *testing.T) {
 
 	// SO_NO_CHECK: the kernel refuses UDP_SEGMENT.
 	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1) }); err != nil || serr != nil {
+	if err := rc.rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1) }); err != nil || serr != nil {
 		t.Fatalf("SO_NO_CHECK: %v %v", err, serr)
 	}
 	snd.reset()

@@ -283,6 +283,13 @@ type group struct {
 	segs     int
 }
 
+// addPlain queues pkt to be written as it is, on its own (a queue
+// without virtio-net headers).
+func (c *coalescer) addPlain(pkt []byte) {
+	c.groups = append(c.groups, group{first: len(c.iovs), last: len(c.iovs) + 1, segs: 1})
+	c.iovs = append(c.iovs, pkt)
+}
+
 func (c *coalescer) reset() {
 	c.groups = c.groups[:0]
 	c.arena = c.arena[:0]

@@ -6,6 +6,14 @@ import (
 	"testing"
 )
 
+// The test cluster's public IPs (cluster_linux_test.go).
+var (
+	ipA = netip.MustParseAddr("192.168.56.11")
+	ipB = netip.MustParseAddr("192.168.56.12")
+	// ipStranger is on node B's underlay interface but is no peer.
+	ipStranger = netip.MustParseAddr("192.168.56.66")
+)
+
 var (
 	testLocal = netip.MustParsePrefix("10.244.1.0/24")
 	peerA     = netip.MustParseAddr("192.168.56.12")
@@ -200,4 +208,16 @@ func FuzzDecap(f *testing.F) {
 			}
 		}
 	})
+}
+
+// udpInPacket builds an IPv4/UDP packet src:1234 -> dst:port carrying
+// payload (UDP checksum 0: none, allowed over IPv4).
+func udpInPacket(src, dst netip.Addr, port uint16, payload string) []byte {
+	p := ipv4Packet(src.String(), dst.String(), 17, 8+len(payload))
+	u := p[20:]
+	binary.BigEndian.PutUint16(u[0:2], 1234)
+	binary.BigEndian.PutUint16(u[2:4], port)
+	binary.BigEndian.PutUint16(u[4:6], uint16(8+len(payload)))
+	copy(u[8:], payload)
+	return p
 }

@@ -2,10 +2,9 @@ package udp
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"github.com/twillnet/twill/overlay/plan"
@@ -24,11 +23,21 @@ const (
 	rxBufSize = 65535
 )
 
+// maxPacket is the largest IPv4 packet.
+const maxPacket = 65535
+
+// icmpRate and icmpBurst limit ICMP net unreachable answers (per second).
+const (
+	icmpRate  = 10
+	icmpBurst = 10
+)
+
 // txLoop reads packets from one TUN queue, cuts super-packets into
 // flannel datagrams (segmenter) and sends each batch with one sendmmsg,
 // UDP GSO where the socket may; a packet for a subnet no peer holds is
 // answered with ICMP net unreachable.
-func (b *Backend) txLoop(ctx context.Context, q *tunQueue, rc syscall.RawConn) error {
+func (b *Backend) txLoop(ctx context.Context, q tunDevice, sock udpSocket) error {
+	vnet := q.vnetHdr()
 	bufs := make([][]byte, tunBatch)
 	sizes := make([]int, tunBatch)
 	for i := range bufs {
@@ -37,13 +46,13 @@ func (b *Backend) txLoop(ctx context.Context, q *tunQueue, rc syscall.RawConn) e
 	seg := &segmenter{arena: make([]byte, 0, 512<<10)}
 	snd := newSender(b.gso.Load())
 	segs := make([]segment, 0, 128)
-	icmp := make([]byte, vnetHdrLen+576)
+	icmp := &icmpAnswer{buf: make([]byte, vnetHdrLen+576), iovs: make([][]byte, 1), groups: []group{{first: 0, last: 1, segs: 1}}}
 	limit := tokenBucket{rate: icmpRate, burst: icmpBurst}
 	flush := func() error {
 		if len(snd.meta) == 0 {
 			return nil
 		}
-		gsoErr, err := snd.flush(rc)
+		gsoErr, err := snd.flush(sock)
 		if gsoErr != nil && b.gso.Swap(false) {
 			b.log.Warn("UDP GSO refused by the kernel; sending single datagrams", "err", gsoErr)
 		}
@@ -54,7 +63,7 @@ func (b *Backend) txLoop(ctx context.Context, q *tunQueue, rc syscall.RawConn) e
 	for {
 		n, err := q.readBatch(bufs, sizes)
 		if err != nil {
-			if ctx.Err() != nil || closed(err) || q.shut.Load() {
+			if ctx.Err() != nil || closed(err) {
 				return nil
 			}
 			return fmt.Errorf("read from %s: %w", plan.UDPDevice, err)
@@ -66,7 +75,7 @@ func (b *Backend) txLoop(ctx context.Context, q *tunQueue, rc syscall.RawConn) e
 		for i := range n {
 			pkt := bufs[i][:sizes[i]]
 			var h vnetHdr
-			if q.vnet {
+			if vnet {
 				if len(pkt) < vnetHdrLen {
 					b.drops.add(DropMalformed, 1)
 					continue
@@ -86,7 +95,7 @@ func (b *Backend) txLoop(ctx context.Context, q *tunQueue, rc syscall.RawConn) e
 			if p == nil {
 				b.drops.add(DropNoRoute, 1)
 				if limit.allow(time.Now()) {
-					b.answerUnreachable(q, icmp, pkt)
+					b.answerUnreachable(q, vnet, icmp, pkt)
 				}
 				continue
 			}
@@ -115,29 +124,34 @@ func (b *Backend) txLoop(ctx context.Context, q *tunQueue, rc syscall.RawConn) e
 	}
 }
 
+// icmpAnswer is a TX loop's room for ICMP answers.
+type icmpAnswer struct {
+	buf    []byte
+	iovs   [][]byte
+	groups []group
+}
+
 // answerUnreachable writes ICMP net unreachable for pkt into the TUN. Its
 // source is the network address of the unreachable subnet (SubnetLen bits of
 // the destination): nobody holds that subnet, the kernel routes it to
 // twill0, so the answer passes reverse-path checks, and it is not one of the
 // node's own addresses (which the kernel would drop as a martian).
-func (b *Backend) answerUnreachable(q *tunQueue, buf, pkt []byte) {
+func (b *Backend) answerUnreachable(q tunDevice, vnet bool, a *icmpAnswer, pkt []byte) {
 	bits := b.node.Network.SubnetLen
 	if bits <= 0 || bits > 32 {
 		bits = 24
 	}
 	from := netip.PrefixFrom(netip.AddrFrom4([4]byte(pkt[16:20])), bits).Masked().Addr()
-	out := netUnreachable(buf[vnetHdrLen:], pkt, from)
+	out := netUnreachable(a.buf[vnetHdrLen:], pkt, from)
 	if out == nil {
 		return
 	}
-	var err error
-	if q.vnet {
-		clear(buf[:vnetHdrLen])
-		err = q.write(buf[:vnetHdrLen+len(out)])
-	} else {
-		err = q.write(out)
+	a.iovs[0] = out
+	if vnet {
+		clear(a.buf[:vnetHdrLen])
+		a.iovs[0] = a.buf[:vnetHdrLen+len(out)]
 	}
-	if err != nil {
+	if refused, err := q.writeBatch(a.iovs, a.groups); refused > 0 || err != nil {
 		b.drops.add(DropTUNWrite, 1)
 	}
 }
@@ -146,11 +160,8 @@ func (b *Backend) answerUnreachable(q *tunQueue, buf, pkt []byte) {
 // has UDP GRO), checks each (decap), merges runs of TCP segments of one
 // flow into super-packets (coalescer) and writes them into the TUN queue q,
 // one write per packet or super-packet.
-func (b *Backend) rxLoop(ctx context.Context, q *tunQueue, uc *net.UDPConn) error {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("udp socket: %w", err)
-	}
+func (b *Backend) rxLoop(ctx context.Context, q tunDevice, sock udpSocket) error {
+	vnet := q.vnetHdr()
 	// Two stages: this goroutine receives and checks, a writer writes into
 	// the TUN (where the kernel also runs the pod's receive path), so that
 	// on several CPUs one batch is written while the next is received.
@@ -158,38 +169,55 @@ func (b *Backend) rxLoop(ctx context.Context, q *tunQueue, uc *net.UDPConn) erro
 	full := make(chan *rxBatch, rxBatches)
 	for range rxBatches {
 		free <- &rxBatch{
-			rcv:   newReceiver(udpBatch, rxBufSize),
-			co:    &coalescer{arena: make([]byte, 0, 64<<10), iovs: make([][]byte, 0, 4096)},
-			plain: make([][]byte, 0, 1024),
+			rcv: newReceiver(udpBatch, rxBufSize),
+			co:  &coalescer{arena: make([]byte, 0, 64<<10), iovs: make([][]byte, 0, 4096), groups: make([]group, 0, 1024)},
 		}
 	}
-	writerDone := make(chan struct{})
+	// The writer ends the loop when the TUN cannot take packets at all
+	// (deleted: the caller recreates it).
+	writerDone, writerFailed := make(chan struct{}), make(chan struct{})
+	var werr error
 	go func() {
 		defer close(writerDone)
 		for rb := range full {
-			b.writeBatch(q, rb)
+			if werr == nil {
+				if werr = b.writeBatch(q, rb); werr != nil {
+					close(writerFailed)
+				}
+			}
 			free <- rb
 		}
 	}()
-	defer func() {
+	stop := func() error {
 		close(full)
 		<-writerDone
-	}()
+		if werr != nil && !closed(werr) && ctx.Err() == nil {
+			return fmt.Errorf("write to %s: %w", plan.UDPDevice, werr)
+		}
+		return nil
+	}
 	for {
 		var rb *rxBatch
 		select {
 		case rb = <-free:
 		case <-ctx.Done():
-			return nil
+			return stop()
+		case <-writerFailed:
+			return stop()
 		}
-		n, err := rb.rcv.recv(rc)
+		select {
+		case <-writerFailed: // it wins over a free batch
+			return stop()
+		default:
+		}
+		n, err := rb.rcv.recv(sock)
 		if err != nil {
 			if ctx.Err() != nil || closed(err) {
-				return nil
+				return stop()
 			}
-			return fmt.Errorf("receive from udp %s: %w", uc.LocalAddr(), err)
+			return errors.Join(fmt.Errorf("receive from udp %s: %w", sock.LocalAddr(), err), stop())
 		}
-		b.checkBatch(q, rb, n)
+		b.checkBatch(vnet, rb, n)
 		full <- rb
 	}
 }
@@ -200,15 +228,14 @@ const rxBatches = 3
 
 // rxBatch is one recvmmsg's worth of datagrams on their way to the TUN.
 type rxBatch struct {
-	rcv   *receiver
-	co    *coalescer
-	plain [][]byte
+	rcv *receiver
+	co  *coalescer
 }
 
 // checkBatch checks the n messages received into rb (decap), counts them
-// and queues those that pass for the TUN (coalesced when q has virtio-net
-// headers).
-func (b *Backend) checkBatch(q *tunQueue, rb *rxBatch, n int) {
+// and queues those that pass for the TUN (coalesced when it takes
+// virtio-net headers, vnet).
+func (b *Backend) checkBatch(vnet bool, rb *rxBatch, n int) {
 	t := b.table.Load()
 	var local netip.Prefix
 	if l := b.local.Load(); l != nil {
@@ -217,7 +244,6 @@ func (b *Backend) checkBatch(q *tunQueue, rb *rxBatch, n int) {
 	now := time.Now().UnixNano()
 	co := rb.co
 	co.reset()
-	rb.plain = rb.plain[:0]
 	deliver := func(from netip.Addr, dg []byte) {
 		r := decap(t, local, from, dg)
 		if r.drop != "" {
@@ -232,10 +258,10 @@ func (b *Backend) checkBatch(q *tunQueue, rb *rxBatch, n int) {
 		c.rxPackets.Add(1)
 		c.rxBytes.Add(uint64(len(dg)))
 		c.lastSeen.Store(now)
-		if q.vnet {
+		if vnet {
 			co.add(dg)
 		} else {
-			rb.plain = append(rb.plain, dg)
+			co.addPlain(dg)
 		}
 	}
 	for i := range n {
@@ -252,32 +278,39 @@ func (b *Backend) checkBatch(q *tunQueue, rb *rxBatch, n int) {
 			}
 		}
 	}
-	if q.vnet {
+	if vnet {
 		co.finish()
 	}
 }
 
 // writeBatch writes rb's packets into the TUN queue q, one write per packet
-// or super-packet. A closed queue drops them silently (the loops are
-// ending).
-func (b *Backend) writeBatch(q *tunQueue, rb *rxBatch) {
-	if q.vnet {
-		for _, g := range rb.co.groups {
-			if err := q.writev(rb.co.iovs[g.first:g.last]); err != nil {
-				if closed(err) || q.shut.Load() {
-					return
-				}
-				b.drops.add(DropTUNWrite, uint64(g.segs))
-			}
-		}
-		return
+// or super-packet, and counts those it refused. Its error says the queue
+// takes nothing any more (closed: the loops are ending; deleted).
+func (b *Backend) writeBatch(q tunDevice, rb *rxBatch) error {
+	refused, err := q.writeBatch(rb.co.iovs, rb.co.groups)
+	if refused > 0 {
+		b.drops.add(DropTUNWrite, uint64(refused))
 	}
-	for _, pkt := range rb.plain {
-		if err := q.write(pkt); err != nil {
-			if closed(err) || q.shut.Load() {
-				return
-			}
-			b.drops.add(DropTUNWrite, 1)
-		}
+	return err
+}
+
+// tokenBucket is a rate limiter for one goroutine.
+type tokenBucket struct {
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func (t *tokenBucket) allow(now time.Time) bool {
+	if t.last.IsZero() {
+		t.tokens = t.burst
+	} else {
+		t.tokens = min(t.burst, t.tokens+now.Sub(t.last).Seconds()*t.rate)
 	}
+	t.last = now
+	if t.tokens < 1 {
+		return false
+	}
+	t.tokens--
+	return true
 }

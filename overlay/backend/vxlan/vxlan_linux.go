@@ -28,7 +28,6 @@ import (
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/routing"
-	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 )
@@ -40,7 +39,9 @@ type Backend struct {
 	device string
 	mtu    int
 	log    *slog.Logger
-	r      *routing.Router
+	// Router keeps the routes, neighbours, FDB and nftables rules; it gives
+	// the backend SetLease, Handle, Run, Status, Resync, Cleanup and Close.
+	*routing.Router
 
 	// mac is the VTEP MAC, fixed by Prepare.
 	mac net.HardwareAddr
@@ -65,12 +66,9 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.r = r
+	b.Router = r
 	return b, nil
 }
-
-// Close releases the namespace handles; the kernel state stays.
-func (b *Backend) Close() error { return b.r.Close() }
 
 // Type is "vxlan".
 func (b *Backend) Type() string { return netconf.TypeVXLAN }
@@ -92,7 +90,7 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 	if !b.node.PublicIP.Is4() {
 		return backend.Prepared{}, fmt.Errorf("vxlan needs an IPv4 public IP, have %v", b.node.PublicIP)
 	}
-	nl := b.r.Netlink()
+	nl := b.Netlink()
 	link, err := nl.LinkByName(b.device)
 	switch {
 	case err == nil && len(link.Attrs().HardwareAddr) == 6:
@@ -103,7 +101,7 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 	default:
 		return backend.Prepared{}, fmt.Errorf("look up %s: %w", b.device, err)
 	}
-	if err := b.r.EnsureDevice(); err != nil {
+	if err := b.EnsureDevice(); err != nil {
 		return backend.Prepared{}, err
 	}
 	return backend.Prepared{BackendData: plan.VXLANData(b.opts.VNI, b.mac), MTU: b.mtu}, nil
@@ -178,28 +176,4 @@ func mismatch(link netlink.Link, want *netlink.Vxlan) string {
 	return ""
 }
 
-// SetLease gives the device the own subnet's address and replans.
-func (b *Backend) SetLease(_ context.Context, own lease.Lease) error {
-	return b.r.SetLease(own)
-}
-
-// Handle applies peers' lease events.
-func (b *Backend) Handle(_ context.Context, evs []lease.Event) error {
-	return b.r.Handle(evs)
-}
-
-// Run keeps the device, routes, neighbours, FDB and nftables rules in place
-// until ctx ends.
-func (b *Backend) Run(ctx context.Context) error { return b.r.Run(ctx) }
-
-// Status reports per-peer counters and problems.
-func (b *Backend) Status() backend.Status { return b.r.Status() }
-
-// Resync compares and repairs the kernel state now.
-func (b *Backend) Resync() { b.r.Resync() }
-
-// Cleanup removes the device, twill's routes and the nftables table.
-func (b *Backend) Cleanup(context.Context) error { return b.r.Cleanup() }
-
-// Router is the backend's Router (for tests and status pages).
-func (b *Backend) Router() *routing.Router { return b.r }
+var _ backend.Backend = (*Backend)(nil)

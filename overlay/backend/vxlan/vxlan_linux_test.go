@@ -130,6 +130,9 @@ func TestTwoNodesPodToPod(t *testing.T) {
 		return ""
 	})
 
+	backendtest.CheckNftablesRepaired(t, rs[0], rs[1])
+	backendtest.CheckUnroutablePeer(t, rs[0])
+
 	backendtest.CheckPeerExpires(t, rs)
 	if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); strings.Contains(got, "10.244.2.0") {
 		t.Errorf("neighbour of the expired peer left: %q", got)

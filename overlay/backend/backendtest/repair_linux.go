@@ -1,0 +1,70 @@
+package backendtest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/overlay/lease"
+)
+
+// CheckNftablesRepaired deletes twill's nftables table on r's node, asks
+// the backend for one reconcile pass (Resync) and checks that the pass put
+// the table back, with the node's masquerade and forward rules, and that
+// the pods still reach each other.
+func CheckNftablesRepaired(tb testing.TB, r *Running, peer *Running) {
+	tb.Helper()
+	rs, ok := r.Backend.(interface{ Resync() })
+	if !ok {
+		tb.Fatalf("%s backend has no Resync", r.Backend.Type())
+	}
+	Run(tb, "ip", "netns", "exec", r.Node.Name, "nft", "delete", "table", "ip", "twill")
+	rs.Resync()
+	Eventually(tb, 5*time.Second, func() string {
+		out, err := exec.Command("ip", "netns", "exec", r.Node.Name, "nft", "list", "table", "ip", "twill").CombinedOutput()
+		if err != nil {
+			return fmt.Sprintf("table ip twill not back after a resync: %v: %s", err, out)
+		}
+		if !strings.Contains(string(out), "chain forward") {
+			return "table ip twill back without its forward chain:\n" + string(out)
+		}
+		return ""
+	})
+	r.WaitInSync(tb)
+	if got := r.Node.Ping(tb, peer.Node.PodIP, 2); got != 2 {
+		tb.Errorf("after the table came back: %d of 2 replies", got)
+	}
+}
+
+// CheckUnroutablePeer hands r's backend a peer lease the plan refuses (its
+// subnet is outside the cluster network) and checks that the backend
+// reports it among the PeerProblems (which fail the peers-routable
+// readiness check), and no longer once the lease expired.
+func CheckUnroutablePeer(tb testing.TB, r *Running) {
+	tb.Helper()
+	bad := lease.Lease{Subnet: netip.MustParsePrefix("10.99.7.0/24"),
+		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.77"), BackendType: r.Backend.Type(), BackendData: r.Prepared.BackendData}}
+	ctx := context.Background()
+	if err := r.Backend.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: bad}}); err != nil {
+		tb.Fatal(err)
+	}
+	st := r.Backend.Status()
+	if len(st.PeerProblems) != 1 || !strings.Contains(st.PeerProblems[0], "10.99.7.0/24") {
+		tb.Errorf("%s backend: peer problems %q, want one naming 10.99.7.0/24", r.Backend.Type(), st.PeerProblems)
+	}
+	for _, p := range st.Peers {
+		if p.Subnet == bad.Subnet {
+			tb.Errorf("%s backend lists the unroutable peer among its peers", r.Backend.Type())
+		}
+	}
+	if err := r.Backend.Handle(ctx, []lease.Event{{Type: lease.Expired, Lease: bad}}); err != nil {
+		tb.Fatal(err)
+	}
+	if st := r.Backend.Status(); len(st.PeerProblems) != 0 {
+		tb.Errorf("%s backend: peer problems %q after the lease expired", r.Backend.Type(), st.PeerProblems)
+	}
+}
