@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -241,4 +242,43 @@ func (hk *tcHook) removeQdiscIfEmpty() error {
 		return fmt.Errorf("remove the clsact qdisc twill added to %s: %w", hk.w.device, err)
 	}
 	return nil
+}
+
+// Cleanup removes, in the namespace ns, every tc filter of twill's (by
+// handle and name, at any priority) from both hooks of each device: what
+// a twilld that did not close left behind (tcx links end with their
+// process). It leaves the qdiscs, not knowing who made them, and a device
+// that is not there.
+func Cleanup(ns netns.NsHandle, devices ...string) error {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink handle for the kernel path's cleanup: %w", err)
+	}
+	defer h.Close()
+	var errs []error
+	for _, dev := range devices {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			if !errors.As(err, new(netlink.LinkNotFoundError)) {
+				errs = append(errs, fmt.Errorf("find %s: %w", dev, err))
+			}
+			continue
+		}
+		for _, ingress := range []bool{false, true} {
+			w := where{ifindex: l.Attrs().Index, device: dev, ingress: ingress}
+			fs, err := listFilters(h, w.ifindex, w.parent(), w.String())
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, f := range fs {
+				if isTwills(f) {
+					if err := h.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+						errs = append(errs, fmt.Errorf("remove the kernel path's filter from %s (priority %d): %w", w, f.Attrs().Priority, err))
+					}
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -670,3 +670,48 @@ func TestSupportedNamesWhatIsMissing(t *testing.T) {
 		}
 	}
 }
+
+// twillFilters counts twill's filters on both hooks of eth0 and twill0.
+func (l *lab) twillFilters(t *testing.T) int {
+	t.Helper()
+	n := 0
+	for _, dev := range []string{"eth0", "twill0"} {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			ours, _ := twills(l.filterStates(t, dev, parent))
+			n += len(ours)
+		}
+	}
+	return n
+}
+
+// TestCleanup: the filters a twilld that never closed left behind (they
+// outlive the process, unlike tcx links) are removed by Cleanup, and
+// nothing else is.
+func TestCleanup(t *testing.T) {
+	l := newLab(t)
+	run(t, "ip", "netns", "exec", l.a, "tc", "qdisc", "add", "dev", "eth0", "clsact")
+	l.addU32(t, "ingress", 3)
+	want := l.filterStates(t, "eth0", netlink.HANDLE_MIN_INGRESS)
+	p := l.attach(t, AttachTC)
+	p.mu.Lock()
+	p.hooks = nil // as if the process died: the filters stay, with their programs
+	p.mu.Unlock()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.twillFilters(t); n != 2 {
+		t.Fatalf("%d filters of twill's left after the simulated crash, want 2", n)
+	}
+	if err := Cleanup(l.aH, "twill0", "eth0", "nosuchdevice"); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.twillFilters(t); n != 0 {
+		t.Errorf("%d filters of twill's left after Cleanup", n)
+	}
+	if got := l.filterStates(t, "eth0", netlink.HANDLE_MIN_INGRESS); !slices.Equal(got, want) {
+		t.Errorf("after Cleanup eth0 ingress has %+v, want someone else's %+v", got, want)
+	}
+	if q := l.qdiscKind(t, "eth0"); q != "clsact" {
+		t.Errorf("after Cleanup eth0's qdisc is %q, want someone else's clsact", q)
+	}
+}

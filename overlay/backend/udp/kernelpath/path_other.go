@@ -81,3 +81,6 @@ func (p *Path) Pods() map[netip.Addr]Pod { return nil }
 func (p *Path) WatchPods(context.Context, netns.NsHandle, func() (netip.Prefix, bool), *slog.Logger) error {
 	return errNotLinux
 }
+
+// Cleanup does nothing off Linux.
+func Cleanup(netns.NsHandle, ...string) error { return nil }
