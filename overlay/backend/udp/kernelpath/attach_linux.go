@@ -131,6 +131,9 @@ func attachTC(h *netlink.Handle, w where, prog *ebpf.Program, name string) (hook
 		Fd: prog.FD(), Name: name, DirectAction: true,
 	}
 	if err := h.FilterReplace(f); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			err = fmt.Errorf("the kernel has no bpf classifier (module cls_bpf): %w", err)
+		}
 		return fail(fmt.Errorf("attach the kernel path to %s (tc filter priority %d handle %#x): %w", w, hk.prio, TCHandle, err))
 	}
 	var errs []error
@@ -169,6 +172,9 @@ func ensureClsact(h *netlink.Handle, w where) (made bool, err error) {
 			LinkIndex: w.ifindex, Handle: clsactHandle, Parent: netlink.HANDLE_CLSACT}})
 		if err == nil {
 			return true, nil
+		}
+		if errors.Is(err, unix.ENOENT) {
+			return false, fmt.Errorf("add a clsact qdisc to %s: the kernel has none (module sch_ingress, Linux 4.5): %w", w.device, err)
 		}
 		if !errors.Is(err, unix.EEXIST) {
 			return false, fmt.Errorf("add a clsact qdisc to %s: %w", w.device, err)
