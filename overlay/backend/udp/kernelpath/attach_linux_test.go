@@ -289,6 +289,9 @@ func TestAttached(t *testing.T) {
 			if mode == AttachAuto && p.Attachment() != AttachTCX && p.Attachment() != AttachTC {
 				t.Fatalf("Attachment() = %q", p.Attachment())
 			}
+			if p.Attachment() == AttachTC {
+				t.Logf("tc filter show dev eth0 ingress:\n%s", run(t, "ip", "netns", "exec", l.a, "tc", "filter", "show", "dev", "eth0", "ingress"))
+			}
 			l.checkEgress(t, p, "out via "+mode)
 			l.checkIngress(t, p, "in via "+mode)
 			if err := p.Close(); err != nil {
