@@ -271,18 +271,23 @@ func Cleanup(ns netns.NsHandle, devices ...string) error {
 			continue
 		}
 		for _, ingress := range []bool{false, true} {
-			w := where{ifindex: l.Attrs().Index, device: dev, ingress: ingress}
-			fs, err := listFilters(h, w.ifindex, w.parent(), w.String())
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			for _, f := range fs {
-				if isTwills(f) {
-					if err := h.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
-						errs = append(errs, fmt.Errorf("remove the kernel path's filter from %s (priority %d): %w", w, f.Attrs().Priority, err))
-					}
-				}
+			errs = append(errs, removeFilters(h, where{ifindex: l.Attrs().Index, device: dev, ingress: ingress}))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeFilters removes every filter of twill's from the hook.
+func removeFilters(h *netlink.Handle, w where) error {
+	fs, err := listFilters(h, w.ifindex, w.parent(), w.String())
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range fs {
+		if isTwills(f) {
+			if err := h.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("remove the kernel path's filter from %s (priority %d): %w", w, f.Attrs().Priority, err))
 			}
 		}
 	}

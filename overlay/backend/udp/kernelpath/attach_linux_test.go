@@ -746,3 +746,25 @@ func TestCleanup(t *testing.T) {
 		t.Errorf("after Cleanup eth0's qdisc is %q, want someone else's clsact", q)
 	}
 }
+
+// TestTCXRemovesOldFilters: tc filters of twill's that a killed twilld
+// left would run after a new tcx attachment and send what it passes to
+// their gone twill0; attaching with tcx removes them.
+func TestTCXRemovesOldFilters(t *testing.T) {
+	l := newLab(t)
+	old := l.attach(t, AttachTC)
+	old.mu.Lock()
+	old.hooks = nil // as if the process died: the filters stay
+	old.mu.Unlock()
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.twillFilters(t); n != 2 {
+		t.Fatalf("%d filters of twill's left after the simulated crash, want 2", n)
+	}
+	p := l.attach(t, AttachTCX) // skips without tcx
+	if n := l.twillFilters(t); n != 0 {
+		t.Errorf("%d old filters of twill's left after the tcx attachment", n)
+	}
+	l.checkIngress(t, p, "tcx alone")
+}

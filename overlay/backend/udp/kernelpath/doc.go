@@ -62,7 +62,9 @@
 //     program swapped without a gap; Close removes a filter only while it
 //     still runs this Path's program. Nothing else on either device is
 //     ever changed. tc filters outlive the process: a twilld killed before
-//     Close leaves them, and the next Attach replaces them.
+//     Close leaves them; the next Attach replaces them, or with tcx
+//     removes them (they would run after its links), and Cleanup removes
+//     them for good.
 //
 // The package must not touch anything but the two hooks it attaches, the
 // clsact qdiscs it makes and the maps it creates.
