@@ -282,7 +282,7 @@ func (p *Path) attach(ns netns.NsHandle, mode string, hooks []where) error {
 			p.hooks = append(p.hooks, h)
 			// tc filters of twill's that a twilld on the tc attachment left
 			// would run after these and redirect to its gone twill0.
-			return removeOldFilters(ns, hooks)
+			return Cleanup(ns, hooks[0].device, hooks[1].device)
 		case mode == AttachTCX || !errors.Is(err, ebpf.ErrNotSupported):
 			return err
 		}
@@ -301,20 +301,6 @@ func (p *Path) attach(ns netns.NsHandle, mode string, hooks []where) error {
 		p.hooks = append(p.hooks, h)
 	}
 	return nil
-}
-
-// removeOldFilters removes twill's tc filters from the hooks.
-func removeOldFilters(ns netns.NsHandle, hooks []where) error {
-	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink handle for old tc filters: %w", err)
-	}
-	defer nl.Close()
-	var errs []error
-	for _, w := range hooks {
-		errs = append(errs, removeFilters(nl, w))
-	}
-	return errors.Join(errs...)
 }
 
 // Attachment says how the programs are attached: AttachTCX or AttachTC.
