@@ -4,14 +4,19 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -42,6 +47,9 @@ type Config struct {
 	LocalIP netip.Addr
 	// Port is the UDP port of every node (flannel's 8285).
 	Port uint16
+	// Attach is how the programs are attached: AttachAuto (also ""),
+	// AttachTCX or AttachTC (tests force classic tc on a kernel with tcx).
+	Attach string
 }
 
 // Counters are a peer's fast-path traffic: inner IP packets and bytes each
@@ -55,15 +63,19 @@ type Counters struct {
 // Path is the attached fast path. Its methods may be called from several
 // goroutines.
 type Path struct {
-	mu     sync.Mutex
-	coll   *ebpf.Collection
-	links  []link.Link
-	cfg    [cfgSize]byte
-	peers  map[netip.Prefix]peerValue
-	pods   map[netip.Addr]podValue
-	slots  map[netip.Prefix]uint32
-	free   []uint32
-	closed bool
+	mu    sync.Mutex
+	coll  *ebpf.Collection
+	hooks []hook
+	// attachment is AttachTCX or AttachTC; nl the netlink handle of the tc
+	// filters (nil with tcx).
+	attachment string
+	nl         *netlink.Handle
+	cfg        [cfgSize]byte
+	peers      map[netip.Prefix]peerValue
+	pods       map[netip.Addr]podValue
+	slots      map[netip.Prefix]uint32
+	free       []uint32
+	closed     bool
 }
 
 type lpmKey struct {
@@ -86,24 +98,103 @@ type statValue struct {
 	TxPackets, TxBytes, RxPackets, RxBytes, RxLast uint64
 }
 
-// Supported says why the fast path cannot run on this machine, or nil.
+// Supported says why the fast path cannot run on this machine, or nil. It
+// probes the kernel for what the programs use (the program type, every
+// helper they call, every map type, the v2 instruction set); it does not
+// say which attachment Attach will use (tcx where the kernel has it).
 func Supported() error {
 	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
 		return errors.New("the fast path's programs are written for little-endian machines")
 	}
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return fmt.Errorf("uname: %w", err)
+	return probeKernel(spec())
+}
+
+// since is the Linux release that brought each helper, map type and
+// feature the programs use, for the reason Supported gives. The programs
+// also read __sk_buff's gso_size (5.7) and are attached with tcx (6.6) or
+// as direct-action cls_bpf filters on a clsact qdisc (4.5): with
+// bpf_redirect_neigh and bpf_redirect_peer, the newest of them, the
+// kernel path needs Linux 5.10.
+var since = map[string]string{
+	"program type SchedCLS":  "4.1",
+	"the v2 instruction set": "4.14",
+	"map type Array":         "3.19",
+	"map type Hash":          "3.19",
+	"map type PerCPUArray":   "4.6",
+	"map type LPMTrie":       "4.11",
+	"bpf_map_lookup_elem":    "4.1",
+	"bpf_skb_store_bytes":    "4.1",
+	"bpf_l3_csum_replace":    "4.1",
+	"bpf_ktime_get_ns":       "4.1",
+	"bpf_redirect":           "4.4",
+	"bpf_skb_load_bytes":     "4.5",
+	"bpf_csum_diff":          "4.6",
+	"bpf_skb_change_head":    "4.10",
+	"bpf_skb_adjust_room":    "5.2", // 4.13, but BPF_ADJ_ROOM_MAC and the encap flags 5.2
+	"bpf_redirect_neigh":     "5.10",
+	"bpf_redirect_peer":      "5.10",
+}
+
+// helperName is fn's name in the kernel's documentation: FnSkbLoadBytes
+// is bpf_skb_load_bytes.
+func helperName(fn asm.BuiltinFunc) string {
+	var b strings.Builder
+	b.WriteString("bpf")
+	for _, r := range strings.TrimPrefix(fn.String(), "Fn") {
+		if unicode.IsUpper(r) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToLower(r))
 	}
-	var major, minor int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
-		return fmt.Errorf("read the kernel version %q: %w", unix.ByteSliceToString(u.Release[:]), err)
+	return b.String()
+}
+
+// probeKernel checks that the kernel has every helper and map type s
+// uses, so that the reason names the missing one.
+func probeKernel(s *ebpf.CollectionSpec) error {
+	need := func(what string, err error) error {
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			if v, ok := since[what]; ok {
+				return fmt.Errorf("the kernel lacks %s (Linux %s)", what, v)
+			}
+			return fmt.Errorf("the kernel lacks %s", what)
+		}
+		return fmt.Errorf("probe the kernel for %s: %w", what, err)
 	}
-	if major < 6 || major == 6 && minor < 6 {
-		return fmt.Errorf("kernel %d.%d has no tcx (needs 6.6)", major, minor)
+	if err := need("program type SchedCLS", features.HaveProgramType(ebpf.SchedCLS)); err != nil {
+		return err
+	}
+	if err := need("the v2 instruction set", features.HaveV2ISA()); err != nil {
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.Maps)) {
+		t := s.Maps[name].Type
+		if err := need("map type "+t.String(), features.HaveMapType(t)); err != nil {
+			return err
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.Programs)) {
+		for _, ins := range s.Programs[name].Instructions {
+			if !ins.IsBuiltinCall() {
+				continue
+			}
+			fn := asm.BuiltinFunc(ins.Constant)
+			if err := need(helperName(fn), features.HaveProgramHelper(ebpf.SchedCLS, fn)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
+
+// The programs' names, as bpftool and tc show them.
+const (
+	egressName  = tcNamePrefix + "egr"
+	ingressName = tcNamePrefix + "ingr"
+)
 
 func spec() *ebpf.CollectionSpec {
 	return &ebpf.CollectionSpec{
@@ -115,29 +206,39 @@ func spec() *ebpf.CollectionSpec {
 			"pods":  {Name: "twill_pods", Type: ebpf.Hash, KeySize: 4, ValueSize: podSize, MaxEntries: MaxPods},
 		},
 		Programs: map[string]*ebpf.ProgramSpec{
-			"egress": {Name: "twill_udp_egr", Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
+			"egress": {Name: egressName, Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
 				Instructions: egressProgram()},
-			"ingress": {Name: "twill_udp_ingr", Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
+			"ingress": {Name: ingressName, Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
 				Instructions: ingressProgram()},
 		},
 	}
 }
 
 // Attach loads the programs and attaches them, inside the namespace ns, to
-// the egress of cfg.TUN and the ingress of cfg.Underlay. Nothing is left
-// attached when it fails.
+// the egress of cfg.TUN and the ingress of cfg.Underlay, as cfg.Attach
+// says. Nothing is left attached when it fails.
 func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
+	mode := cfg.Attach
+	switch mode {
+	case "", AttachAuto:
+		mode = AttachAuto
+	case AttachTCX, AttachTC:
+	default:
+		return nil, fmt.Errorf("kernel path: attachment %q is none of %s, %s, %s", cfg.Attach, AttachAuto, AttachTCX, AttachTC)
+	}
 	if err := Supported(); err != nil {
 		return nil, err
 	}
 	if !cfg.LocalIP.Is4() || cfg.LocalIP.IsUnspecified() {
 		return nil, fmt.Errorf("kernel path: local IP %v is not an IPv4 address", cfg.LocalIP)
 	}
+	if cfg.TUN == cfg.Underlay {
+		return nil, fmt.Errorf("kernel path: %s is both the TUN and the underlay device", cfg.TUN)
+	}
 	p, err := load(cfg)
 	if err != nil {
 		return nil, err
 	}
-	coll := p.coll
 	err = namespace.Do(ns, func() error {
 		tun, err := net.InterfaceByName(cfg.TUN)
 		if err != nil {
@@ -152,22 +253,7 @@ func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
 		}
 		binary.NativeEndian.PutUint32(p.cfg[cfgTUN:], uint32(tun.Index))
 		binary.NativeEndian.PutUint32(p.cfg[cfgUnderlay:], uint32(under.Index))
-		for _, a := range []struct {
-			prog  string
-			index int
-			at    ebpf.AttachType
-			where string
-		}{
-			{"egress", tun.Index, ebpf.AttachTCXEgress, cfg.TUN + " egress"},
-			{"ingress", under.Index, ebpf.AttachTCXIngress, cfg.Underlay + " ingress"},
-		} {
-			l, err := link.AttachTCX(link.TCXOptions{Interface: a.index, Program: coll.Programs[a.prog], Attach: a.at})
-			if err != nil {
-				return fmt.Errorf("attach the kernel path to %s: %w", a.where, err)
-			}
-			p.links = append(p.links, l)
-		}
-		return nil
+		return p.attach(ns, mode, []where{{tun.Index, cfg.TUN, false}, {under.Index, cfg.Underlay, true}})
 	})
 	if err == nil {
 		err = p.writeConfig()
@@ -177,6 +263,48 @@ func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
 	}
 	return p, nil
 }
+
+// attach puts the egress program on hooks[0] and the ingress program on
+// hooks[1]: as tcx links, or (mode tc, or auto on a kernel without tcx)
+// as tc filters. Runs inside the namespace ns.
+func (p *Path) attach(ns netns.NsHandle, mode string, hooks []where) error {
+	progs := []*ebpf.Program{p.coll.Programs["egress"], p.coll.Programs["ingress"]}
+	if mode != AttachTC {
+		h, err := attachTCX(hooks[0], progs[0])
+		switch {
+		case err == nil:
+			p.hooks = append(p.hooks, h)
+			p.attachment = AttachTCX
+			h, err = attachTCX(hooks[1], progs[1])
+			if err != nil {
+				return err
+			}
+			p.hooks = append(p.hooks, h)
+			// tc filters of twill's that a twilld on the tc attachment left
+			// would run after these and redirect to its gone twill0.
+			return Cleanup(ns, hooks[0].device, hooks[1].device)
+		case mode == AttachTCX || !errors.Is(err, ebpf.ErrNotSupported):
+			return err
+		}
+	}
+	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink handle for the tc filters: %w", err)
+	}
+	p.nl = nl
+	p.attachment = AttachTC
+	for i, w := range hooks {
+		h, err := attachTC(nl, w, progs[i], []string{egressName, ingressName}[i])
+		if err != nil {
+			return err
+		}
+		p.hooks = append(p.hooks, h)
+	}
+	return nil
+}
+
+// Attachment says how the programs are attached: AttachTCX or AttachTC.
+func (p *Path) Attachment() string { return p.attachment }
 
 // load creates the maps and programs for cfg, attached nowhere.
 func load(cfg Config) (*Path, error) {
@@ -407,12 +535,15 @@ func (p *Path) Close() error {
 	}
 	p.closed = true
 	var errs []error
-	for _, l := range p.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach the kernel path: %w", err))
+	for _, h := range p.hooks {
+		if err := h.detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach the kernel path (%s): %w", p.attachment, err))
 		}
 	}
-	p.links = nil
+	p.hooks = nil
+	if p.nl != nil {
+		p.nl.Close()
+	}
 	p.coll.Close()
 	return errors.Join(errs...)
 }

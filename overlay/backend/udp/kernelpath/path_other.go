@@ -21,6 +21,7 @@ type Config struct {
 	TUN, Underlay string
 	LocalIP       netip.Addr
 	Port          uint16
+	Attach        string
 }
 
 // Counters are a peer's fast-path traffic.
@@ -55,6 +56,9 @@ func (p *Path) SetPeers(map[netip.Prefix]Peer) error { return errNotLinux }
 // Counters is empty off Linux.
 func (p *Path) Counters() (map[netip.Prefix]Counters, error) { return nil, errNotLinux }
 
+// Attachment is empty off Linux.
+func (p *Path) Attachment() string { return "" }
+
 // Close does nothing off Linux.
 func (p *Path) Close() error { return nil }
 
@@ -77,3 +81,6 @@ func (p *Path) Pods() map[netip.Addr]Pod { return nil }
 func (p *Path) WatchPods(context.Context, netns.NsHandle, func() (netip.Prefix, bool), *slog.Logger) error {
 	return errNotLinux
 }
+
+// Cleanup does nothing off Linux.
+func Cleanup(netns.NsHandle, ...string) error { return nil }

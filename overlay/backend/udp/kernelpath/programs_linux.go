@@ -12,9 +12,10 @@ const (
 	skbGSOSize  = 176
 )
 
-// Return codes of a tcx program.
+// Return codes of a tcx program; a direct-action tc filter's are the same
+// numbers (TC_ACT_UNSPEC, TC_ACT_SHOT), so one program serves both.
 const (
-	tcxNext = -1 // not ours: the next program, then the stack, decides
+	tcxNext = -1 // not ours: the next program or filter, then the stack, decides
 	tcxDrop = 2
 )
 
