@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -52,7 +53,11 @@ type Backend struct {
 	kp      *kernelpath.Path // the kernel fast path; nil when not attached
 	kpCfg   *kernelpath.Config
 	kpWhy   string // why there is no kernel path
-	kpPeers map[netip.Prefix]kernelpath.Peer
+	// kpAttach is how the kernel path is attached: "" (auto: tcx where the
+	// kernel has it, else classic tc), "tcx" or "tc". The environment
+	// variable TWILL_UDP_ATTACH sets it, for tests and measurements.
+	kpAttach string
+	kpPeers  map[netip.Prefix]kernelpath.Peer
 	// broken is the last failed repair ("" if none).
 	broken  string
 	running chan struct{} // non-nil while Run runs; closed when it returns
@@ -81,7 +86,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	opts.Type = netconf.TypeUDP
 	b := &Backend{node: node, log: log.With("backend", netconf.TypeUDP), port: netconf.DefaultUDPPort,
 		mtu: routing.MTU(node, opts), offload: opts.Offload, kernelPath: opts.KernelPath && opts.Offload,
-		nqueues: defaultQueues(), swapped: make(chan struct{})}
+		nqueues: defaultQueues(), swapped: make(chan struct{}), kpAttach: os.Getenv("TWILL_UDP_ATTACH")}
 	if opts.Port != 0 {
 		b.port = opts.Port
 	}
@@ -144,7 +149,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		gro = false
 	}
 	b.log.Info("TUN device ready", "device", plan.UDPDevice, "mtu", b.mtu, "listen", b.socks[0].LocalAddr(),
-		"offload", b.offload, "queues", len(b.queues), "udp_gro", gro, "kernel_path", b.kp != nil)
+		"offload", b.offload, "queues", len(b.queues), "udp_gro", gro, "kernel_path", b.kpAttachment())
 	return b.prepared(), nil
 }
 
@@ -253,7 +258,7 @@ func (b *Backend) replaced() {
 
 // attachKernelPath attaches the eBPF fast path when the config allows it
 // and the node can use it (its public IP is a local address on a known
-// underlay device, the kernel has tcx); otherwise every packet takes the
+// underlay device, the kernel has what the programs need); otherwise every packet takes the
 // userspace path and kpWhy says why. Called with mu held.
 func (b *Backend) attachKernelPath(bind netip.Addr) {
 	switch {
@@ -269,7 +274,7 @@ func (b *Backend) attachKernelPath(bind netip.Addr) {
 	if b.kpWhy != "" {
 		return
 	}
-	cfg := kernelpath.Config{TUN: plan.UDPDevice, Underlay: b.node.Iface, LocalIP: bind, Port: uint16(b.port)}
+	cfg := kernelpath.Config{TUN: plan.UDPDevice, Underlay: b.node.Iface, LocalIP: bind, Port: uint16(b.port), Attach: b.kpAttach}
 	kp, err := kernelpath.Attach(b.Namespace(), cfg)
 	if err != nil {
 		b.kpWhy = err.Error()
@@ -283,6 +288,15 @@ func (b *Backend) attachKernelPath(bind netip.Addr) {
 		}
 	}
 	b.replaced()
+}
+
+// kpAttachment is how the kernel path is attached ("tcx", "tc"), or
+// "none". Called with mu held.
+func (b *Backend) kpAttachment() string {
+	if b.kp == nil {
+		return "none"
+	}
+	return b.kp.Attachment()
 }
 
 // prepared is Prepare's result: the MTU, and the kernel path in the
@@ -329,7 +343,7 @@ func (b *Backend) Status() backend.Status {
 	b.mu.Unlock()
 	st.Mode = "userspace"
 	if kp != nil {
-		st.Mode = "kernel path"
+		st.Mode = "kernel path (" + kp.Attachment() + ")"
 	} else if why != "" {
 		st.Mode = "userspace (kernel path: " + why + ")"
 	}
@@ -376,6 +390,13 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		case <-running:
 		case <-ctx.Done():
 			return errors.Join(append(errs, fmt.Errorf("wait for the packet loops to stop: %w", ctx.Err()))...)
+		}
+	}
+	// twill's tc filters that a killed twilld left on the underlay (those on
+	// twill0 go with it).
+	if b.node.Iface != "" {
+		if err := kernelpath.Cleanup(b.Namespace(), b.node.Iface); err != nil {
+			errs = append(errs, fmt.Errorf("remove the kernel path's tc filters: %w", err))
 		}
 	}
 	errs = append(errs, b.Router.Cleanup(ctx))

@@ -65,11 +65,15 @@ type cluster struct {
 // userspace with offloads, userspace without.
 // "mixed" is node A on the kernel path, node B in userspace: B's coalescer
 // gets datagrams whose UDP checksum is zero.
-var modes = []struct{ name, options, optionsB string }{
-	{"kernel-path", ``, ``},
-	{"userspace-offload", `,"KernelPath":false`, `,"KernelPath":false`},
-	{"userspace-no-offload", `,"Offload":false`, `,"Offload":false`},
-	{"mixed", ``, `,"KernelPath":false`},
+// modes are the data paths the two-node tests run on; attach forces the
+// kernel path's attachment (TWILL_UDP_ATTACH): kernel-path-tc runs it as
+// classic tc filters, as on kernels before 6.6.
+var modes = []struct{ name, options, optionsB, attach string }{
+	{"kernel-path", ``, ``, ""},
+	{"userspace-offload", `,"KernelPath":false`, `,"KernelPath":false`, ""},
+	{"userspace-no-offload", `,"Offload":false`, `,"Offload":false`, ""},
+	{"mixed", ``, `,"KernelPath":false`, ""},
+	{"kernel-path-tc", ``, ``, "tc"},
 }
 
 func udpConfig(tb testing.TB, options string) *netconf.Config {

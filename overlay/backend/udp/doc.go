@@ -45,8 +45,9 @@
 // check means a datagram is never forwarded on to another peer, so no loop
 // needs the TTL to end it). Neither difference shows on the wire format.
 //
-// The kernel path (KernelPath, the default where the kernel has tcx, 6.6
-// and later): package kernelpath attaches two eBPF programs, on twill0's
+// The kernel path (KernelPath, the default where the kernel has what the
+// programs need, Linux 5.10 and later: attached with tcx from 6.6, as
+// classic tc filters before): package kernelpath attaches two eBPF programs, on twill0's
 // egress and on the underlay device's ingress, that do what the loops
 // below do without leaving the kernel: encapsulate a packet (a TCP
 // super-packet stays whole, marked as a UDP tunnel, and is cut into
@@ -62,7 +63,8 @@
 // program send, because over veth or virtio a kernel-sent datagram may
 // carry an inner checksum the kernel left partial, which only a kernel
 // receiver completes. The programs go when twilld exits (tcx links belong
-// to the process), as twill0 does.
+// to the process; twill's tc filters are removed on close, and by
+// kernelpath.Cleanup on twilld --cleanup after a crash), as twill0 does.
 //
 // The userspace data path (Offload, the default where the kernel path
 // does not run) moves each byte with four copies between kernel and
