@@ -230,9 +230,12 @@ func (r *Router) replan() error {
 	if err != nil {
 		return fmt.Errorf("plan routes for %s: %w", r.own.Subnet, err)
 	}
-	rules := nft.Rules{ClusterNetwork: in.Network, NodeSubnet: r.own.Subnet, Masquerade: n.IPMasq}
+	rules := nft.Rules{ClusterNetwork: in.Network, NodeSubnet: r.own.Subnet, Masquerade: n.IPMasq, Tunnel: tunnelGuard(r.cfg.Backend)}
 	for _, peer := range p.Peers {
 		rules.Peers = append(rules.Peers, peer.Subnet)
+		if rules.Tunnel != nil {
+			rules.Tunnel.Sources = append(rules.Tunnel.Sources, peer.PublicIP)
+		}
 	}
 	r.plan, r.rules = &p, &rules
 	r.logProblems(p.Problems)
@@ -241,6 +244,23 @@ func (r *Router) replan() error {
 	}
 	r.rec.Set(p)
 	return err
+}
+
+// tunnelGuard is the nftables guard of a backend whose kernel decapsulates
+// what arrives (vxlan on its UDP port, ipip): only the peers' public IPs may
+// send it; nil for the others (udp checks every datagram's source itself).
+func tunnelGuard(b netconf.Backend) *nft.Tunnel {
+	switch b.Type {
+	case netconf.TypeVXLAN:
+		port := b.Port
+		if port == 0 {
+			port = netconf.DefaultVXLANPort
+		}
+		return &nft.Tunnel{Proto: nft.ProtoUDP, Port: uint16(port)}
+	case netconf.TypeIPIP:
+		return &nft.Tunnel{Proto: nft.ProtoIPIP}
+	}
+	return nil
 }
 
 // logProblems logs the problems that are new since the last plan and those
@@ -293,16 +313,30 @@ func (r *Router) Status() backend.Status {
 		return st
 	}
 	var counters map[netip.Prefix]nft.PeerCounters
+	var tunnel nft.TunnelCounters
 	var cerr error
 	if !r.cfg.OwnCounters {
 		counters, cerr = r.nft.Counters()
+		if tunnelGuard(r.cfg.Backend) != nil {
+			var terr error
+			tunnel, terr = r.nft.Tunnel()
+			cerr = errors.Join(cerr, terr)
+			st.Drops = map[string]uint64{"unknown-peer": tunnel.Dropped.Packets}
+		}
 	}
 	for _, peer := range p.Peers {
 		c := counters[peer.Subnet]
+		rx := c.Rx
+		if in, ok := tunnel.Sources[peer.PublicIP]; ok && !peer.Direct {
+			// What came through the tunnel, by its outer source: a host
+			// that sends inner packets with this peer's pod addresses is
+			// not counted as the peer (nor let in).
+			rx = in
+		}
 		st.Peers = append(st.Peers, backend.PeerStatus{
 			Subnet: peer.Subnet, PublicIP: peer.PublicIP,
 			TxPackets: c.Tx.Packets, TxBytes: c.Tx.Bytes,
-			RxPackets: c.Rx.Packets, RxBytes: c.Rx.Bytes,
+			RxPackets: rx.Packets, RxBytes: rx.Bytes,
 		})
 	}
 	for _, pr := range p.Problems {
