@@ -68,6 +68,11 @@ type Config struct {
 	// Dashboard is the URL of this node's dashboard, published in its lease
 	// for peers' cluster views; empty publishes none.
 	Dashboard string
+
+	// ProbeInterval is how often the store is asked whether it answers
+	// (lease.Probe) while nothing else talks to it: a stopped etcd is
+	// noticed within this and a request timeout. Default 5 s.
+	ProbeInterval time.Duration
 }
 
 // Validate checks the configuration before anything is done.
@@ -242,6 +247,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return r.watcher.Run(ctx, func(ctx context.Context, evs []lease.Event) { d.handleEvents(ctx, r, evs) })
 	})
 	part(r.be.Type()+" backend", r.be.Run)
+	part("store probe", func(ctx context.Context) error {
+		return lease.Probe(ctx, d.cfg.Registry, d.reach, d.cfg.ProbeInterval)
+	})
 
 	if ok, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		d.log.Warn("notify systemd", "err", err)

@@ -356,6 +356,45 @@ func TestPartEndingEarlyStopsDaemon(t *testing.T) {
 	}
 }
 
+// TestStoreOutageNoticed: a store that stops answering is noticed by the
+// probe though nothing else asks it anything (a 1 h lease), logged once,
+// and fails etcd-reachable while the daemon keeps running; its return is
+// logged once and clears the check.
+func TestStoreOutageNoticed(t *testing.T) {
+	reg := newRegistry(t)
+	n := newNode(t, reg, func(c *daemon.Config) { c.ProbeInterval = 20 * time.Millisecond })
+	n.start()
+	n.waitReady()
+	check := func() status.Check {
+		for _, c := range n.d.Snapshot().Checks {
+			if c.Name == "etcd-reachable" {
+				return c
+			}
+		}
+		t.Fatal("no etcd-reachable check")
+		return status.Check{}
+	}
+	reg.Fail(errors.New("connection refused"))
+	waitFor(t, "etcd-reachable failing", func() bool { return !check().OK })
+	if d := check().Detail; !strings.Contains(d, "has not answered since") {
+		t.Errorf("etcd-reachable says %q", d)
+	}
+	time.Sleep(200 * time.Millisecond) // many failed probes: still one log line
+	reg.Fail(nil)
+	waitFor(t, "etcd-reachable again", func() bool { return check().OK })
+	if got := strings.Count(n.log.String(), "etcd unreachable"); got != 1 {
+		t.Errorf("%d 'unreachable' lines, want 1:\n%s", got, n.log.String())
+	}
+	if got := strings.Count(n.log.String(), "etcd reachable again"); got != 1 {
+		t.Errorf("%d 'reachable again' lines, want 1:\n%s", got, n.log.String())
+	}
+	select {
+	case err := <-n.done:
+		t.Fatalf("the daemon stopped during the outage: %v", err)
+	default:
+	}
+}
+
 func TestReleaseOnExit(t *testing.T) {
 	n := newNode(t, newRegistry(t), func(c *daemon.Config) { c.ReleaseOnExit = true })
 	n.start()

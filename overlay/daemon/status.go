@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -65,7 +66,9 @@ func (d *Daemon) Snapshot() status.Snapshot {
 	etcdCheck := status.Check{Name: "etcd-reachable", OK: d.reach.Reachable()}
 	etcdCheck.Detail = "etcd answered the last request"
 	if !etcdCheck.OK {
-		etcdCheck.Detail = "the last etcd request failed"
+		since := d.reach.Since()
+		etcdCheck.Detail = fmt.Sprintf("etcd has not answered since %s (%s); the data path goes on with the leases known",
+			since.UTC().Format(time.RFC3339), time.Since(since).Round(time.Second))
 	}
 	peers := status.Check{Name: "peers-routable", OK: be != nil && len(s.Backend.PeerProblems) == 0, Detail: "every peer can be routed to"}
 	if len(s.Backend.PeerProblems) > 0 {
