@@ -330,8 +330,10 @@ func (r *Router) Status() backend.Status {
 		if in, ok := tunnel.Sources[peer.PublicIP]; ok && !peer.Direct {
 			// What came through the tunnel, by its outer source: a host
 			// that sends inner packets with this peer's pod addresses is
-			// not counted as the peer (nor let in).
+			// not counted as the peer (nor let in). Bytes are inner
+			// lengths, as tx's: the encapsulation's fixed overhead off each.
 			rx = in
+			rx.Bytes -= min(rx.Bytes, rx.Packets*uint64(plan.Overhead(r.cfg.Backend.Type)))
 		}
 		st.Peers = append(st.Peers, backend.PeerStatus{
 			Subnet: peer.Subnet, PublicIP: peer.PublicIP,

@@ -132,6 +132,7 @@ func TestTwoNodesPodToPod(t *testing.T) {
 
 	backendtest.CheckNftablesRepaired(t, rs[0], rs[1])
 	backendtest.CheckUnroutablePeer(t, rs[0])
+	backendtest.CheckSpoofedVXLAN(t, lab, rs[0], rs[1], 1, vxlan.DerivedMAC(n1.PublicIP, 1))
 
 	backendtest.CheckPeerExpires(t, rs)
 	if got := n1.IP(t, "neigh", "show", "dev", "twill.1"); strings.Contains(got, "10.244.2.0") {
