@@ -418,6 +418,19 @@ func setElements(ps []netip.Prefix) []nftables.SetElement {
 	return elems
 }
 
+// session runs f on a netlink connection to nftables in the Table's
+// namespace, one call of the Table's at a time.
+func (t *Table) session(f func(c *nftables.Conn) error) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	return f(c)
+}
+
 // Apply brings the twill table to r in one netlink batch. It changes only
 // what differs: applying the same Rules again sends nothing, and the
 // counters of peers that stay keep counting.
@@ -426,33 +439,27 @@ func (t *Table) Apply(r Rules) error {
 	if err != nil {
 		return err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	c, err := t.conn()
-	if err != nil {
-		return err
-	}
-	defer c.CloseLasting()
-
-	st, err := readState(c)
-	if err != nil {
-		return fmt.Errorf("read nftables table %s: %w", TableName, err)
-	}
-	setIDs.Lock()
-	ops, summary, err := plan(c, st, r)
-	setIDs.Unlock()
-	if err != nil {
-		return fmt.Errorf("plan nftables table %s: %w", TableName, err)
-	}
-	if ops == 0 {
-		t.log.Debug("nftables table up to date", "table", TableName, "peers", len(r.Peers))
+	return t.session(func(c *nftables.Conn) error {
+		st, err := readState(c)
+		if err != nil {
+			return fmt.Errorf("read nftables table %s: %w", TableName, err)
+		}
+		setIDs.Lock()
+		ops, summary, err := plan(c, st, r)
+		setIDs.Unlock()
+		if err != nil {
+			return fmt.Errorf("plan nftables table %s: %w", TableName, err)
+		}
+		if ops == 0 {
+			t.log.Debug("nftables table up to date", "table", TableName, "peers", len(r.Peers))
+			return nil
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("apply nftables table %s (%s): %w", TableName, summary, err)
+		}
+		t.log.Info("nftables table applied", "table", TableName, "changes", summary, "peers", len(r.Peers))
 		return nil
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("apply nftables table %s (%s): %w", TableName, summary, err)
-	}
-	t.log.Info("nftables table applied", "table", TableName, "changes", summary, "peers", len(r.Peers))
-	return nil
+	})
 }
 
 // plan queues on c the messages that turn st into r and returns how many
@@ -646,17 +653,21 @@ func planSources(c *nftables.Conn, tbl *nftables.Table, st *state, want []netip.
 // Tunnel reads the counters of the Tunnel guard: per admitted source, and
 // of what was dropped. Without a guard (or a table) they are empty.
 func (t *Table) Tunnel() (TunnelCounters, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	c, err := t.conn()
-	if err != nil {
-		return TunnelCounters{}, err
-	}
-	defer c.CloseLasting()
 	out := TunnelCounters{Sources: map[netip.Addr]Counter{}}
-	if ok, err := tableExists(c); err != nil || !ok {
-		return out, err
-	}
+	err := t.session(func(c *nftables.Conn) error {
+		if ok, err := tableExists(c); err != nil || !ok {
+			return err
+		}
+		var err error
+		out, err = readTunnel(c)
+		return err
+	})
+	return out, err
+}
+
+// readTunnel reads the tunnel guard's counters from an existing table.
+func readTunnel(c *nftables.Conn) (TunnelCounters, error) {
+	out := TunnelCounters{Sources: map[netip.Addr]Counter{}}
 	tbl := twillTable()
 	rules, err := c.GetRules(tbl, &nftables.Chain{Name: chainInput, Table: tbl})
 	if err != nil {
@@ -699,18 +710,20 @@ func comments(rs []ruleSpec) []string {
 // Counters returns the counters of every peer in the table, read in one dump
 // per direction. A table that does not exist has no counters.
 func (t *Table) Counters() (map[netip.Prefix]PeerCounters, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	c, err := t.conn()
-	if err != nil {
-		return nil, err
-	}
-	defer c.CloseLasting()
+	out := map[netip.Prefix]PeerCounters{}
+	err := t.session(func(c *nftables.Conn) error {
+		ok, err := tableExists(c)
+		if err != nil || !ok {
+			return err
+		}
+		out, err = readCounters(c)
+		return err
+	})
+	return out, err
+}
 
-	ok, err := tableExists(c)
-	if err != nil || !ok {
-		return map[netip.Prefix]PeerCounters{}, err
-	}
+// readCounters reads the per-peer counters from an existing table.
+func readCounters(c *nftables.Conn) (map[netip.Prefix]PeerCounters, error) {
 	tbl := twillTable()
 	var tx, rx map[netip.Prefix]PeerCounters
 	for _, d := range []struct {
@@ -738,21 +751,16 @@ func (t *Table) Counters() (map[netip.Prefix]PeerCounters, error) {
 // Cleanup deletes the twill table and everything in it; nothing else. A
 // table that does not exist is not an error.
 func (t *Table) Cleanup() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	c, err := t.conn()
-	if err != nil {
-		return err
-	}
-	defer c.CloseLasting()
-	ok, err := tableExists(c)
-	if err != nil || !ok {
-		return err
-	}
-	c.DelTable(twillTable())
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("delete nftables table %s: %w", TableName, err)
-	}
-	t.log.Info("nftables table deleted", "table", TableName)
-	return nil
+	return t.session(func(c *nftables.Conn) error {
+		ok, err := tableExists(c)
+		if err != nil || !ok {
+			return err
+		}
+		c.DelTable(twillTable())
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("delete nftables table %s: %w", TableName, err)
+		}
+		t.log.Info("nftables table deleted", "table", TableName)
+		return nil
+	})
 }
