@@ -287,6 +287,17 @@ func (r *Router) Resync() { r.rec.Kick() }
 // Run keeps the kernel equal to the plan until ctx ends; it returns nil
 // then (the reconciler retries what fails, so it has no error of its own).
 func (r *Router) Run(ctx context.Context) error {
+	// No routing event tells of a deleted nftables table or rule: the
+	// nftables monitor does, and a pass repairs it at once.
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if err := r.nft.Watch(wctx, r.rec.Kick); err != nil && wctx.Err() == nil {
+			r.log.Warn("nftables monitor stopped; a deleted twill table is repaired at the next resync", "err", err)
+		}
+	}()
+	defer func() { stop(); <-watched }()
 	err := r.rec.Run(ctx)
 	if ctx.Err() != nil {
 		return nil

@@ -3,7 +3,9 @@
 package nft
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/bits"
@@ -746,6 +748,70 @@ func readCounters(c *nftables.Conn) (map[netip.Prefix]PeerCounters, error) {
 		out[p] = pc
 	}
 	return out, nil
+}
+
+// Watch calls changed whenever the twill table, or one of its chains,
+// rules or sets, is deleted in the Table's namespace, by anyone (Apply's
+// own rewrites too), until ctx ends; then it returns nil. No netlink event
+// of the routing tables says that an operator ran `nft delete table ip
+// twill`: this is the nftables monitor that does, so that a repair does
+// not wait for the next resync.
+func (t *Table) Watch(ctx context.Context, changed func()) error {
+	var opts []nftables.ConnOption
+	if t.netns > 0 {
+		opts = append(opts, nftables.WithNetNSFd(t.netns))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return fmt.Errorf("open nftables netlink connection: %w", err)
+	}
+	// Every event: the library hands changes over when their batch's
+	// generation message comes, which only the full set includes.
+	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(64))
+	events, err := c.AddGenerationalMonitor(mon)
+	if err != nil {
+		return fmt.Errorf("monitor nftables: %w", err)
+	}
+	defer func() {
+		mon.Close()
+		for range events { // until the monitor's goroutine is gone
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case batch, ok := <-events:
+			if !ok {
+				return errors.New("nftables monitor closed")
+			}
+			if slices.ContainsFunc(batch.Changes, concernsTwill) {
+				changed()
+			}
+		}
+	}
+}
+
+// concernsTwill reports whether a monitor event deletes something of the
+// twill table.
+func concernsTwill(ev *nftables.MonitorEvent) bool {
+	switch ev.Type {
+	case nftables.MonitorEventTypeDelTable, nftables.MonitorEventTypeDelChain, nftables.MonitorEventTypeDelRule, nftables.MonitorEventTypeDelSet:
+	default:
+		return false
+	}
+	var tbl *nftables.Table
+	switch d := ev.Data.(type) {
+	case *nftables.Table:
+		tbl = d
+	case *nftables.Chain:
+		tbl = d.Table
+	case *nftables.Rule:
+		tbl = d.Table
+	case *nftables.Set:
+		tbl = d.Table
+	}
+	return tbl != nil && tbl.Name == TableName && tbl.Family == nftables.TableFamilyIPv4
 }
 
 // Cleanup deletes the twill table and everything in it; nothing else. A

@@ -3,6 +3,7 @@
 package nft
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -30,6 +31,9 @@ func (t *Table) Counters() (map[netip.Prefix]PeerCounters, error) { return nil, 
 
 // Tunnel fails: nftables is Linux-only.
 func (t *Table) Tunnel() (TunnelCounters, error) { return TunnelCounters{}, errUnsupported }
+
+// Watch fails: nftables is Linux-only.
+func (t *Table) Watch(context.Context, func()) error { return errUnsupported }
 
 // Cleanup fails: nftables is Linux-only.
 func (t *Table) Cleanup() error { return errUnsupported }

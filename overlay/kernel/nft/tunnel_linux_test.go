@@ -1,13 +1,16 @@
 package nft
 
 import (
+	"context"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/twillnet/twill/overlay/namespace"
+	"github.com/twillnet/twill/overlay/namespace/nstest"
 )
 
 // TestTunnelGuardUDP: VXLAN-like datagrams to the tunnel port reach the
@@ -160,5 +163,50 @@ func TestTunnelGuardIPIP(t *testing.T) {
 	}
 	if cm := ruleComments(readTable(t, c.node).rules[chainInput]); len(cm) != 3 || cm[0] != "ip protocol ipip ip saddr != @tunnel-sources counter drop" {
 		t.Errorf("input chain: %q", cm)
+	}
+}
+
+// TestWatchSeesDeletions: deleting the twill table (or one of its chains)
+// is reported at once; another table's deletion is not.
+func TestWatchSeesDeletions(t *testing.T) {
+	ns := nstest.New(t, "watch")
+	tbl := New(testLog(t), InNetNS(nsFD(t, ns.Name)))
+	if err := tbl.Apply(Rules{ClusterNetwork: clusterNet, NodeSubnet: nodeSubnet, Peers: []netip.Prefix{peerSubnet}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kicks := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	go func() { done <- tbl.Watch(ctx, func() { kicks <- struct{}{} }) }()
+	time.Sleep(100 * time.Millisecond) // the monitor joins its group
+	nft := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name, "nft"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	nft("add", "table", "ip", "other")
+	nft("delete", "table", "ip", "other")
+	select {
+	case <-kicks:
+		t.Fatal("another table's deletion was reported")
+	case <-time.After(300 * time.Millisecond):
+	}
+	nft("delete", "chain", "ip", TableName, "output")
+	select {
+	case <-kicks:
+	case <-time.After(2 * time.Second):
+		t.Fatal("a deleted chain of the twill table was not reported")
+	}
+	nft("delete", "table", "ip", TableName)
+	select {
+	case <-kicks:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the deleted twill table was not reported")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch: %v", err)
 	}
 }
