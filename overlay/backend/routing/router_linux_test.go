@@ -196,3 +196,48 @@ func TestOnPlan(t *testing.T) {
 		t.Errorf("after the hook changed its copy: leases %v", got[2].Peers)
 	}
 }
+
+// TestIPIPPeerProblems is the ipip backend's refusals where the kernel has
+// no ipip device to make (the ipip package's own test skips then): the
+// Router planning for ipip reports each refused lease with its subnet,
+// public IP and reason, and routes the good peer.
+func TestIPIPPeerProblems(t *testing.T) {
+	lab := backendtest.New(t, "routing", 1)
+	n := lab.Nodes[0]
+	node := n.BackendNode(network(t, netconf.TypeIPIP))
+	r, err := routing.New(routing.Config{Node: node, Backend: node.Network.Backend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r)
+	ctx := context.Background()
+	if err := r.SetLease(ctx, n.Lease(netconf.TypeIPIP, nil)); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(subnet, ip, typ string) lease.Lease {
+		return lease.Lease{Subnet: netip.MustParsePrefix(subnet), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: typ}}
+	}
+	good := mk("10.244.2.0/24", "192.168.56.12", netconf.TypeIPIP)
+	bad := map[netip.Prefix]string{
+		netip.MustParsePrefix("10.244.3.0/24"):  `backend type "vxlan"`,
+		netip.MustParsePrefix("10.244.96.0/19"): "prefix length /19",
+	}
+	evs := []lease.Event{{Type: lease.Added, Lease: good},
+		{Type: lease.Added, Lease: mk("10.244.3.0/24", "192.168.56.13", netconf.TypeVXLAN)},
+		{Type: lease.Added, Lease: mk("10.244.96.0/19", "192.168.56.14", netconf.TypeIPIP)}}
+	if err := r.Handle(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Status()
+	if len(st.Peers) != 1 || st.Peers[0].Subnet != good.Subnet {
+		t.Errorf("peers %v, want only %s", st.Peers, good.Subnet)
+	}
+	if len(st.PeerProblems) != len(bad) {
+		t.Errorf("peer problems %v, want %d", st.PeerProblems, len(bad))
+	}
+	for _, p := range st.PeerProblems {
+		if want, ok := bad[p.Subnet]; !ok || !strings.Contains(p.Reason, want) || !p.PublicIP.IsValid() {
+			t.Errorf("problem %v, want one of %v", p, bad)
+		}
+	}
+}
