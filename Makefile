@@ -58,7 +58,7 @@ lab: lab-deps build
 	LAB_NAME=$(LAB_NAME) LAB_NODES=$(LAB_NODES) LAB_PODS=$(LAB_PODS) LAB_BACKEND=$(LAB_BACKEND) scripts/lab.sh
 
 lab-down: build
-	$(BIN)/twillctl lab down --name $(LAB_NAME)
+	$(BIN)/twillctl lab down --lab $(LAB_NAME)
 
 test: deps lint unit vmtest rollout-test
 

@@ -17,7 +17,7 @@ scenario="scenarios/basic-$backend.yaml"
 if [ -f "$scenario" ] && [ "$nodes" -ge 3 ] && [ "$pods" -ge 2 ]; then
 	echo
 	echo "== playing $scenario against the lab"
-	bin/twillctl scenario run --attach --lab "$name" --report-dir "/run/twill-lab/$name/reports" "$scenario"
+	bin/twillctl scenario run --attach --lab "$name" "$scenario"
 fi
 
 echo

@@ -202,7 +202,7 @@ func TestLab(t *testing.T) {
 	}
 
 	t.Run("status json", func(t *testing.T) {
-		out, err := twillctl(ctx, "lab", "status", "--name", name, "-o", "json")
+		out, err := twillctl(ctx, "lab", "status", "--lab", name, "-o", "json")
 		if err != nil {
 			t.Fatalf("lab status: %v\n%s", err, out)
 		}
