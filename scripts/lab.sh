@@ -11,7 +11,7 @@ nodes=${LAB_NODES:-3}
 pods=${LAB_PODS:-2}
 backend=${LAB_BACKEND:-vxlan}
 
-bin/twillctl lab up --name "$name" --nodes "$nodes" --pods-per-node "$pods" --backend "$backend" --ip-masq --outside
+bin/twillctl lab up --lab "$name" --nodes "$nodes" --pods-per-node "$pods" --backend "$backend" --ip-masq --outside --status=false
 
 scenario="scenarios/basic-$backend.yaml"
 if [ -f "$scenario" ] && [ "$nodes" -ge 3 ] && [ "$pods" -ge 2 ]; then
@@ -21,7 +21,7 @@ if [ -f "$scenario" ] && [ "$nodes" -ge 3 ] && [ "$pods" -ge 2 ]; then
 fi
 
 echo
-bin/twillctl lab status --name "$name"
+bin/twillctl lab status --lab "$name"
 echo
 echo "== the lab stays up. Try:"
 echo "   ip netns exec $name-n1-n1p1 ping -c1 <address of n3p2>   # pod to pod across nodes"

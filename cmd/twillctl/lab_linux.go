@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,11 +11,13 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/vmtest"
 )
 
@@ -96,6 +99,8 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&spec.SubnetLeaseTTL, "subnet-lease-ttl", 0, "twilld --subnet-lease-ttl (0: twilld's default)")
 	fs.DurationVar(&spec.RenewMargin, "subnet-lease-renew-margin", 0, "twilld --subnet-lease-renew-margin (0: twilld's default)")
 	fs.StringVar(&spec.Bin, "bin", "", "directory with twilld, twillctl and twill-cni (default: this twillctl's)")
+	verbose := fs.Bool("v", false, "log the lab's progress in full to stderr (else it goes to the lab's lab.log)")
+	showStatus := fs.Bool("status", true, "print the lab's status once it is up (as lab status)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -110,15 +115,57 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 		}
 		spec.NetConfig = string(b)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The full log (with times and levels) goes to the lab's lab.log, or
+	// with -v to stderr; the output shows progress lines.
+	var full bytes.Buffer
+	fullLog := slog.NewTextHandler(&full, &slog.HandlerOptions{Level: slog.LevelDebug})
+	if *verbose {
+		fullLog = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
+	}
+	log := slog.New(slog.NewMultiHandler(newProgress(out, "lab up"), fullLog))
+	driver := spec.Driver
+	if driver == "" {
+		driver = "netns"
+	}
+	backend := spec.Backend
+	if spec.NetConfig != "" {
+		backend = "from " + *netConfig
+	}
+	fmt.Fprintf(out, "bringing up lab %s: %s (%s), backend %s, %s per node\n", spec.Name, plural.Count(spec.Nodes, "node"), driver, backend, plural.Count(spec.PodsPerNode, "pod"))
 	began := time.Now()
 	c, err := vmtest.Up(ctx, spec, log)
 	if err != nil {
+		if !*verbose {
+			os.Stderr.Write(full.Bytes())
+		}
 		return err
 	}
 	defer c.Close()
-	fmt.Fprintf(out, "lab %s is up (%s)\n\n", c.Name(), time.Since(began).Round(100*time.Millisecond))
+	where := ""
+	if !*verbose {
+		p := filepath.Join(c.Dir(), "lab.log")
+		if err := appendFile(p, full.Bytes()); err != nil {
+			fmt.Fprintf(out, "could not keep the lab's log: %v\n", err)
+		} else {
+			where = "; its log is " + p
+		}
+	}
+	fmt.Fprintf(out, "lab %s is up in %s%s\n", c.Name(), time.Since(began).Round(100*time.Millisecond), where)
+	if !*showStatus {
+		return nil
+	}
+	fmt.Fprintln(out)
 	return printStatus(out, c)
+}
+
+// appendFile adds b to the file at path, made if need be.
+func appendFile(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	return errors.Join(werr, f.Close())
 }
 
 func runLabDown(ctx context.Context, args []string, out io.Writer) error {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/scenarios"
 	"github.com/twillnet/twill/vmtest"
 )
@@ -76,7 +77,7 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%d passed, %d failed; reports in %s\n", len(list)-failed, failed, *reports)
 	if failed > 0 {
-		return fmt.Errorf("%d of %d scenarios failed (reports in %s)", failed, len(list), *reports)
+		return fmt.Errorf("%d of %s failed (reports in %s)", failed, plural.Count(len(list), "scenario"), *reports)
 	}
 	return nil
 }
