@@ -55,10 +55,10 @@ lab-deps:
 # lab brings up a lab cluster (see scripts/lab.sh) and leaves it running;
 # lab-down removes it.
 lab: lab-deps build
-	LAB_NAME=$(LAB_NAME) LAB_NODES=$(LAB_NODES) LAB_PODS=$(LAB_PODS) LAB_BACKEND=$(LAB_BACKEND) scripts/lab.sh
+	@LAB_NAME=$(LAB_NAME) LAB_NODES=$(LAB_NODES) LAB_PODS=$(LAB_PODS) LAB_BACKEND=$(LAB_BACKEND) scripts/lab.sh
 
 lab-down: build
-	$(BIN)/twillctl lab down --name $(LAB_NAME)
+	$(BIN)/twillctl lab down --lab $(LAB_NAME)
 
 test: deps lint unit vmtest rollout-test
 
@@ -92,7 +92,7 @@ unit:
 	$(GO) test -count=1 -timeout 20m ./...
 
 # vmtest is the qemu tier: a 1-VM check of the driver, then 3-VM clusters
-# playing basic-udp, basic-vxlan, basic-ipip and vm-faults, each timed.
+# playing 6 scenarios: basic-udp, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, each timed.
 # Software emulation unless TWILL_VM_ACCEL=kvm or auto. It fails (never
 # skips) when QEMU or the kernel cannot be had.
 vmtest: deps

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/subnetfile"
 	"github.com/twillnet/twill/vmtest"
@@ -397,7 +398,7 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 				return "", err
 			}
 			want := p.wantRoutes(n.Subnet, ls)
-			fmt.Fprintf(&b, "%s (%s): %d routes\n", n.Name, n.Subnet, len(have))
+			fmt.Fprintf(&b, "%s (%s): %s\n", n.Name, n.Subnet, plural.Count(len(have), "route"))
 			if !slices.Equal(have, want) {
 				bad = append(bad, fmt.Sprintf("%s has %v, want %v", n.Name, have, want))
 			}
@@ -443,7 +444,7 @@ func (p *play) hostToPods(ctx context.Context, within time.Duration) (string, ma
 		return "", data, errors.New("host-to-pods needs pods on running nodes")
 	}
 	if len(failed) > 0 {
-		return b.String(), data, fmt.Errorf("%d of %d nodes' own pods are unreachable from their node: %s", len(failed), count, strings.Join(failed, "; "))
+		return b.String(), data, fmt.Errorf("own pods unreachable from their node on %d of %s: %s", len(failed), plural.Count(count, "node"), strings.Join(failed, "; "))
 	}
 	return b.String(), data, nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/vmtest"
 )
 
@@ -48,7 +49,7 @@ func attach(lab string, s *Scenario) (*vmtest.Lab, error) {
 	spec := c.Spec()
 	var problems []string
 	if n := len(c.Nodes()); n < s.Cluster.Nodes {
-		problems = append(problems, fmt.Sprintf("it has %d nodes, the scenario needs %d", n, s.Cluster.Nodes))
+		problems = append(problems, fmt.Sprintf("it has %s, the scenario needs %d", plural.Count(n, "node"), s.Cluster.Nodes))
 	}
 	if s.Cluster.Backend != "" && spec.Backend != s.Cluster.Backend {
 		problems = append(problems, fmt.Sprintf("its backend is %s, the scenario's is %s", spec.Backend, s.Cluster.Backend))

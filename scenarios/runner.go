@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/vmtest"
@@ -124,8 +125,8 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, Bin: r.Bin,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
 	}
-	fmt.Fprintf(out, "== %s: %d nodes, backend %s, %d pods per node (lab %s, driver %s)\n",
-		s.Name, s.Cluster.Nodes, cmp.Or(s.Cluster.Backend, "from netConfig"), s.Cluster.PodsPerNode, lab, driver)
+	fmt.Fprintf(out, "== %s: %s, backend %s, %s per node (lab %s, driver %s)\n",
+		s.Name, plural.Count(s.Cluster.Nodes, "node"), cmp.Or(s.Cluster.Backend, "from netConfig"), plural.Count(s.Cluster.PodsPerNode, "pod"), lab, driver)
 	start := time.Now()
 	c, done, err := r.lab(ctx, spec, s, log)
 	if err != nil {
@@ -146,7 +147,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 			}
 		}
 	}
-	fmt.Fprintf(out, "   cluster up with %d pods in %.1fs\n", len(c.Pods()), time.Since(start).Seconds())
+	fmt.Fprintf(out, "   cluster up with %s in %.1fs\n", plural.Count(len(c.Pods()), "pod"), time.Since(start).Seconds())
 	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
 }
 
@@ -179,9 +180,9 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 	c := r.Cluster
 	rep = &Report{Scenario: s.Name, File: s.file, Driver: driver, Lab: c.Name(), Started: time.Now()}
 	defer func() { err = r.finish(s, rep, out, err) }()
-	fmt.Fprintf(out, "== %s: %d nodes, %d pods per node (cluster %s, driver %s)\n", s.Name, s.Cluster.Nodes, s.Cluster.PodsPerNode, c.Name(), driver)
+	fmt.Fprintf(out, "== %s: %s, %s per node (cluster %s, driver %s)\n", s.Name, plural.Count(s.Cluster.Nodes, "node"), plural.Count(s.Cluster.PodsPerNode, "pod"), c.Name(), driver)
 	if n := len(c.Nodes()); n < s.Cluster.Nodes {
-		return rep, fmt.Errorf("cluster %s has %d nodes, the scenario needs %d", c.Name(), n, s.Cluster.Nodes)
+		return rep, fmt.Errorf("cluster %s has %s, the scenario needs %d", c.Name(), plural.Count(n, "node"), s.Cluster.Nodes)
 	}
 	start := time.Now()
 	have := map[string]bool{}
@@ -206,7 +207,7 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 	if err := errors.Join(errs...); err != nil {
 		return rep, err
 	}
-	fmt.Fprintf(out, "   %d pods added in %.1fs\n", len(jobs), time.Since(start).Seconds())
+	fmt.Fprintf(out, "   %s added in %.1fs\n", plural.Count(len(jobs), "pod"), time.Since(start).Seconds())
 	return rep, r.play(ctx, s, c, cmp.Or(r.Bin, "bin"), rep, out)
 }
 

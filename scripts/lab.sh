@@ -11,17 +11,17 @@ nodes=${LAB_NODES:-3}
 pods=${LAB_PODS:-2}
 backend=${LAB_BACKEND:-vxlan}
 
-bin/twillctl lab up --name "$name" --nodes "$nodes" --pods-per-node "$pods" --backend "$backend" --ip-masq --outside
+bin/twillctl lab up --lab "$name" --nodes "$nodes" --pods-per-node "$pods" --backend "$backend" --ip-masq --outside --status=false
 
 scenario="scenarios/basic-$backend.yaml"
 if [ -f "$scenario" ] && [ "$nodes" -ge 3 ] && [ "$pods" -ge 2 ]; then
 	echo
 	echo "== playing $scenario against the lab"
-	bin/twillctl scenario run --attach --lab "$name" --report-dir "/run/twill-lab/$name/reports" "$scenario"
+	bin/twillctl scenario run --attach --lab "$name" "$scenario"
 fi
 
 echo
-bin/twillctl lab status --name "$name"
+bin/twillctl lab status --lab "$name"
 echo
 echo "== the lab stays up. Try:"
 echo "   ip netns exec $name-n1-n1p1 ping -c1 <address of n3p2>   # pod to pod across nodes"

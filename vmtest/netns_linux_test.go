@@ -202,7 +202,7 @@ func TestLab(t *testing.T) {
 	}
 
 	t.Run("status json", func(t *testing.T) {
-		out, err := twillctl(ctx, "lab", "status", "--name", name, "-o", "json")
+		out, err := twillctl(ctx, "lab", "status", "--lab", name, "-o", "json")
 		if err != nil {
 			t.Fatalf("lab status: %v\n%s", err, out)
 		}
@@ -383,6 +383,15 @@ func TestTwoLabsSideBySide(t *testing.T) {
 			t.Errorf("lab %s: pod cannot reach its gateway: %v", c.Name(), err)
 		}
 	}
+	// Without --lab, the lab and pod commands say which labs run and how
+	// to choose (other tests' labs may run too).
+	for _, args := range [][]string{{"lab", "status"}, {"pod", "del", "web"}, {"pod", "list"}} {
+		out, err := twillctl(ctx, args...)
+		if err == nil || !strings.Contains(string(out), "labs run (") || !strings.Contains(string(out), a.Name()) ||
+			!strings.Contains(string(out), b.Name()) || !strings.Contains(string(out), "say which with --lab NAME") {
+			t.Errorf("twillctl %v with two labs up: %v\n%s", args, err, out)
+		}
+	}
 	// Removing one leaves the other running.
 	if err := Down(ctx, a.Name()); err != nil {
 		t.Fatal(err)
@@ -409,6 +418,47 @@ func contains(s []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// twillctl lab up prints progress lines and one status table, no log
+// lines (those go to the lab's lab.log).
+func TestLabUpOutput(t *testing.T) {
+	needRoot(t)
+	ctx := testCtx(t)
+	name := labName("o")
+	t.Cleanup(func() {
+		if out, err := twillctl(context.Background(), "lab", "down", name); err != nil {
+			t.Errorf("lab down: %v\n%s", err, out)
+		}
+	})
+	out, err := twillctl(ctx, "lab", "up", "--lab", name, "--nodes", "2", "--backend", "alloc", "--pods-per-node", "1", "--host-access=false", "--bin", binDir)
+	if err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{"bringing up lab " + name + ": 2 nodes (netns), backend alloc, 1 pod per node\n",
+		"  twilld started: node=n1 pid=", "  pod added: pod=n2p1 node=n2 addr=", "lab " + name + " is up in ",
+		"its log is /run/twill-lab/" + name + "/lab.log"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("lab up output lacks %q:\n%s", want, text)
+		}
+	}
+	for _, bad := range []string{"level=", "time=", "INFO", "lab=" + name, "1 pods"} {
+		if strings.Contains(text, bad) {
+			t.Errorf("lab up output has %q:\n%s", bad, text)
+		}
+	}
+	if n := strings.Count(text, "\nNODE  "); n != 1 {
+		t.Errorf("lab up printed %d status tables, want 1:\n%s", n, text)
+	}
+	log, err := os.ReadFile(filepath.Join(StateDir, name, "lab.log"))
+	if err != nil || !strings.Contains(string(log), "level=INFO msg=\"twilld started\"") {
+		t.Errorf("lab.log: %v\n%s", err, log)
+	}
+	out, err = twillctl(ctx, "lab", "up", "--lab", name, "--nodes", "1", "--backend", "alloc", "--host-access=false", "--bin", binDir, "--status=false")
+	if err != nil || strings.Contains(string(out), "\nNODE  ") || !strings.Contains(string(out), "removing the existing lab of the same name") {
+		t.Errorf("lab up --status=false over the lab: %v\n%s", err, out)
+	}
 }
 
 func TestUpTwice(t *testing.T) {

@@ -300,6 +300,37 @@ func TestBrowser(t *testing.T) {
 	waitFor(t, b, "n3's lease leaves the table", fmt.Sprintf(`!document.querySelector('#leases tr[data-subnet=%q]') && document.querySelectorAll("#leases tbody tr[data-subnet]").length === 2`, n3.Subnet.String()), 15*time.Second)
 	shot(t, b, art, "7-leases-n3-removed")
 
+	// A lease twill must skip (host-gw data on a vxlan network, a node name
+	// with markup in it): the overview lists it with its reason, the cluster
+	// table marks it, and the markup stays text.
+	grant, err := cli.Grant(ctx, 120)
+	if err != nil {
+		t.Fatal(err)
+	}
+	skipped := "10.244.200.0/24"
+	skippedKey := c.EtcdPrefix() + "/subnets/10.244.200.0-24"
+	value := `{"PublicIP":"192.168.56.250","PublicIPv6":null,"BackendType":"host-gw","Twill":{"Node":"<b>evil</b>"}}`
+	if _, err := cli.Put(ctx, skippedKey, value, clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatalf("put %s: %v", skippedKey, err)
+	}
+	if err := chromedp.Do(b, chromedp.Navigate(base+"/")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, b, "the overview lists the skipped peer with its reason", fmt.Sprintf(`(() => {
+		const r = document.querySelector('#unrouted tr[data-subnet=%q]');
+		return !!r && r.innerText.includes("192.168.56.250") && r.innerText.includes("<b>evil</b>") && r.innerText.includes('backend type "host-gw"');
+	})()`, skipped), 15*time.Second)
+	waitFor(t, b, "the cluster table marks the skipped lease", fmt.Sprintf(`(() => {
+		const r = document.querySelector('[data-region=cluster] tr.unrouted[data-subnet=%q]');
+		return !!r && r.innerText.includes("not routed by this node") && !document.querySelector("main b");
+	})()`, skipped), 10*time.Second)
+	waitFor(t, b, "readiness fails peers-routable", `[...document.querySelectorAll(".checks li.bad .cname")].some(e => e.innerText === "peers-routable")`, 10*time.Second)
+	shot(t, b, art, "8-overview-peer-not-routed")
+	if _, err := cli.Delete(ctx, skippedKey); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, b, "the list goes when the lease does", `!document.querySelector("#unrouted")`, 15*time.Second)
+
 	// Figures for the report.
 	subnets := []string{}
 	for _, n := range nodes {

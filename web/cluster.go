@@ -165,7 +165,7 @@ func (s *Server) cluster(snap status.Snapshot) api.Cluster {
 	tl := s.tunnelList(snap, false)
 	self := s.nodeInfo(snap)
 	for _, l := range ll.Leases {
-		n := api.ClusterNode{Subnet: l.Subnet, Name: l.Node, PublicIP: l.PublicIP, Dashboard: l.Dashboard, Reachability: "unknown"}
+		n := api.ClusterNode{Subnet: l.Subnet, Name: l.Node, PublicIP: l.PublicIP, Dashboard: l.Dashboard, Reachability: "unknown", NotRouted: l.NotRouted}
 		if l.Own {
 			n.Self, n.Reachability, n.Node, n.Tunnels = true, "self", &self, tl.Tunnels
 			n.Name = self.Name

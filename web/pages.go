@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/status"
 	"github.com/twillnet/twill/web/api"
 )
@@ -69,6 +70,9 @@ type pageData struct {
 	Version string
 	Node    api.NodeInfo
 	Now     time.Time
+	// OtherProblems are the node's problems that are not about a peer
+	// left unrouted (those are listed apart, from Node.PeerProblems).
+	OtherProblems []string
 
 	Leases       []api.Lease
 	Reservations int
@@ -106,6 +110,11 @@ func (s *Server) build(page string, snap status.Snapshot) pageData {
 	d := pageData{Page: page, Version: s.opts.Version, Node: s.nodeInfo(snap), Now: time.Now()}
 	switch page {
 	case "overview":
+		for _, p := range d.Node.Problems {
+			if !slices.ContainsFunc(snap.Backend.PeerProblems, func(pp plan.Problem) bool { return pp.String() == p }) {
+				d.OtherProblems = append(d.OtherProblems, p)
+			}
+		}
 		c := s.cluster(snap)
 		d.Topology = layoutTopology(c)
 		for _, n := range c.Nodes {
@@ -370,6 +379,7 @@ type topology struct {
 type topoNode struct {
 	X, Y, BoxX, BoxY, BoxW, BoxH int
 	Name, Subnet, Class, Note    string
+	Why                          string // why this node does not route to it
 }
 
 type topoLink struct {
@@ -420,6 +430,9 @@ func layoutTopology(c api.Cluster) topology {
 		case n.Self:
 			class += " self"
 			note = "this node"
+		case n.NotRouted != "":
+			class += " unrouted"
+			note = "not routed by this node"
 		case n.Reachability == "no-answer":
 			class += " down"
 			note = "no answer"
@@ -430,8 +443,11 @@ func layoutTopology(c api.Cluster) topology {
 		if note != "" {
 			h = 62
 		}
+		if n.NotRouted != "" {
+			w = 176
+		}
 		pos[n.Subnet] = len(t.Nodes)
-		t.Nodes = append(t.Nodes, topoNode{X: x, Y: y, BoxX: x - w/2, BoxY: y - h/2, BoxW: w, BoxH: h, Name: name, Subnet: n.Subnet, Class: class, Note: note})
+		t.Nodes = append(t.Nodes, topoNode{X: x, Y: y, BoxX: x - w/2, BoxY: y - h/2, BoxW: w, BoxH: h, Name: name, Subnet: n.Subnet, Class: class, Note: note, Why: n.NotRouted})
 	}
 	type edge struct {
 		state string

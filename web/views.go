@@ -36,6 +36,7 @@ func (s *Server) nodeInfo(snap status.Snapshot) api.NodeInfo {
 	if n.Problems == nil {
 		n.Problems = []string{}
 	}
+	n.PeerProblems = peerProblems(snap)
 	if !snap.StartedAt.IsZero() {
 		n.UptimeSeconds = time.Since(snap.StartedAt).Round(time.Second).Seconds()
 	}
@@ -73,13 +74,45 @@ func health(snap status.Snapshot) api.Health {
 	return h
 }
 
+// peerProblems are the peers' leases the backend does not route to, with
+// the node each lease names.
+func peerProblems(snap status.Snapshot) []api.PeerProblem {
+	names := map[netip.Prefix]string{}
+	for _, l := range snap.Leases {
+		names[l.Subnet] = l.Attrs.NodeName()
+	}
+	out := make([]api.PeerProblem, 0, len(snap.Backend.PeerProblems))
+	for _, p := range snap.Backend.PeerProblems {
+		v := api.PeerProblem{Subnet: p.Subnet.String(), Node: names[p.Subnet], Reason: p.Reason}
+		if p.PublicIP.IsValid() {
+			v.PublicIP = p.PublicIP.String()
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// notRouted maps a skipped peer's subnet to the reason.
+func notRouted(snap status.Snapshot) map[netip.Prefix]string {
+	m := map[netip.Prefix]string{}
+	for _, p := range snap.Backend.PeerProblems {
+		if m[p.Subnet] == "" {
+			m[p.Subnet] = p.Reason
+		}
+	}
+	return m
+}
+
 func leaseList(snap status.Snapshot, now time.Time) api.LeaseList {
 	ls := make([]api.Lease, 0, len(snap.Leases)+1)
 	own := false
+	skipped := notRouted(snap)
 	for _, l := range snap.Leases {
 		v := leaseView(l, now)
 		if l.Subnet == snap.Lease.Subnet {
 			v.Own, own = true, true
+		} else {
+			v.NotRouted = skipped[l.Subnet]
 		}
 		ls = append(ls, v)
 	}

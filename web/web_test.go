@@ -277,6 +277,8 @@ func TestHostileLease(t *testing.T) {
 		}})
 		s.Backend.Peers = append(s.Backend.Peers, status.Peer{Subnet: hostile, Drops: map[string]uint64{evil: 1}})
 		s.Backend.Problems = []string{evil}
+		// A refused lease whose reason quotes what the lease said.
+		s.Backend.PeerProblems = []plan.Problem{{Subnet: hostile, PublicIP: netip.MustParseAddr("192.168.56.66"), Reason: "backend type \"" + evil + "\"; skipped"}}
 		s.Checks = append(s.Checks, status.Check{Name: evil, OK: true, Detail: evil})
 	})
 	s := newTestServer(t, src)
@@ -298,6 +300,9 @@ func TestHostileLease(t *testing.T) {
 		}
 		if !strings.Contains(body, "&lt;script&gt;alert(1)&lt;/script&gt;") {
 			t.Errorf("GET %s: the hostile node name is not shown escaped", p)
+		}
+		if p != "/routes" && p != "/tunnels" && !strings.Contains(body, "backend type &#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;; skipped") {
+			t.Errorf("GET %s: the hostile reason for not routing is not shown escaped", p)
 		}
 		// The live regions are rendered by the same templates.
 		regions, err := s.renderRegions(strings.TrimPrefix(p, "/")+map[bool]string{true: "overview"}[p == "/"], src.Snapshot())
@@ -529,6 +534,85 @@ func TestClusterView(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("overview lacks %q", want)
 		}
+	}
+}
+
+// TestPeerNotRouted: a peer's lease the backend skips shows on the
+// overview (subnet, node, public IP, reason), is marked in the cluster
+// table, the topology and the leases table, and is in the API.
+func TestPeerNotRouted(t *testing.T) {
+	src := &fakeSource{snap: testSnapshot()}
+	skipped := netip.MustParsePrefix("10.244.5.0/24")
+	const reason = `backend type "host-gw", this node runs "vxlan"; skipped`
+	src.set(func(s *status.Snapshot) {
+		l := mkLease(skipped, "192.168.56.15", "n5")
+		l.Attrs.BackendType, l.Attrs.BackendData = "host-gw", nil
+		s.Leases = append(s.Leases, l)
+		p := plan.Problem{Subnet: skipped, PublicIP: l.Attrs.PublicIP, Reason: reason}
+		s.Backend.PeerProblems = []plan.Problem{p}
+		s.Backend.Problems = []string{p.String(), "read counters: nft said no"}
+		s.Checks = append(s.Checks, status.Check{Name: "peers-routable", OK: false, Detail: p.String()})
+	})
+	h := newTestServer(t, src).Handler()
+	esc := strings.ReplaceAll(reason, `"`, "&#34;")
+	body := get(t, h, "GET", "/").Body.String()
+	_, unrouted, found := strings.Cut(body, `id="unrouted"`)
+	unrouted, _, _ = strings.Cut(unrouted, "</section>")
+	if !found {
+		t.Errorf("overview has no list of peers not routed")
+	}
+	for _, want := range []string{`data-subnet="10.244.5.0/24"`, "n5", "192.168.56.15", esc, "1 lease skipped"} {
+		if !strings.Contains(unrouted, want) {
+			t.Errorf("overview's list of peers not routed lacks %q:\n%s", want, unrouted)
+		}
+	}
+	if strings.Contains(body, "<li>problem 10.244.5.0/24") {
+		t.Errorf("the skipped peer is listed twice on the overview (also among the other problems)")
+	}
+	if !strings.Contains(body, "<li>read counters: nft said no</li>") {
+		t.Errorf("the other problems are no longer listed")
+	}
+	_, row, found := strings.Cut(body, `<tr class="unrouted" data-subnet="10.244.5.0/24">`)
+	row, _, _ = strings.Cut(row, "</tr>")
+	if !found || !strings.Contains(row, "not routed by this node") || !strings.Contains(row, esc) {
+		t.Errorf("cluster row of the skipped peer: %s", row)
+	}
+	if !strings.Contains(body, `<g class="node unrouted" data-subnet="10.244.5.0/24">`) {
+		t.Errorf("topology does not mark the skipped peer")
+	}
+	if strings.Contains(body, `class="unrouted" data-subnet="10.244.2.0/24"`) {
+		t.Errorf("a routed peer is marked as not routed")
+	}
+	leases := get(t, h, "GET", "/leases").Body.String()
+	if !strings.Contains(leases, `<tr class=" unrouted" data-subnet="10.244.5.0/24">`) || !strings.Contains(leases, esc) {
+		t.Errorf("leases page does not mark the skipped lease")
+	}
+	var n api.NodeInfo
+	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/node").Body.Bytes(), &n); err != nil {
+		t.Fatal(err)
+	}
+	if want := (api.PeerProblem{Subnet: "10.244.5.0/24", Node: "n5", PublicIP: "192.168.56.15", Reason: reason}); len(n.PeerProblems) != 1 || n.PeerProblems[0] != want || n.Ready {
+		t.Errorf("node API: peer problems %+v ready %v, want [%+v] and not ready", n.PeerProblems, n.Ready, want)
+	}
+	var c api.Cluster
+	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/cluster").Body.Bytes(), &c); err != nil {
+		t.Fatal(err)
+	}
+	for _, cn := range c.Nodes {
+		if want := map[bool]string{true: reason}[cn.Subnet == skipped.String()]; cn.NotRouted != want {
+			t.Errorf("cluster API: %s not_routed %q, want %q", cn.Subnet, cn.NotRouted, want)
+		}
+	}
+	if w := get(t, h, "GET", "/readyz?verbose"); w.Code != 503 || !strings.Contains(w.Body.String(), "[-]peers-routable failed: problem 10.244.5.0/24") {
+		t.Errorf("readyz: %d\n%s", w.Code, w.Body.String())
+	}
+	// Without problems the API says so with an empty list, and nothing is marked.
+	src.set(func(s *status.Snapshot) { s.Backend.PeerProblems, s.Backend.Problems = nil, nil })
+	if body := get(t, h, "GET", "/api/v1/node").Body.String(); !strings.Contains(body, `"peer_problems": []`) {
+		t.Errorf("node API without peer problems:\n%s", body)
+	}
+	if body := get(t, h, "GET", "/").Body.String(); strings.Contains(body, `id="unrouted"`) || strings.Contains(body, "unrouted") {
+		t.Errorf("overview marks a peer not routed when none is")
 	}
 }
 

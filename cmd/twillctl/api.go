@@ -150,7 +150,15 @@ func apiLeases(ctx context.Context, node, format string, out io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.PublicIP, name, l.Backend, exp)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, l := range ll.Leases {
+		if l.NotRouted != "" {
+			fmt.Fprintf(out, "not routed by this node: %s (%s): %s\n", l.Subnet, l.PublicIP, l.NotRouted)
+		}
+	}
+	return nil
 }
 
 func runRoutes(ctx context.Context, args []string, out io.Writer) error {

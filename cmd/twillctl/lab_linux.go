@@ -1,18 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/vmtest"
 )
 
@@ -35,21 +40,53 @@ func labName(name, def string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return pickLab(names, def)
+}
+
+// pickLab is labName's choice among the labs that run, names.
+func pickLab(names []string, def string) (string, error) {
 	switch {
 	case len(names) == 1:
 		return names[0], nil
 	case len(names) > 1:
-		return "", fmt.Errorf("several labs run (%s): say which with --name", strings.Join(names, ", "))
+		return "", fmt.Errorf("%d labs run (%s): say which with --lab NAME, e.g. --lab %s", len(names), strings.Join(names, ", "), names[0])
 	case def != "":
 		return def, nil
 	}
 	return "", errors.New("no lab runs (start one with: twillctl lab up)")
 }
 
+// labFlag is the --lab flag every lab and pod command takes; --name, which
+// the lab commands took first, is kept as a hidden alias.
+func labFlag(fs *flag.FlagSet, def, usage string) *string {
+	name := new(string)
+	*name = def
+	fs.StringVar(name, "lab", def, usage)
+	fs.StringVar(name, "name", def, "alias of --lab")
+	hideFlags(fs, "name")
+	return name
+}
+
+// hideFlags leaves the flags named out of fs's usage message; they still work.
+func hideFlags(fs *flag.FlagSet, hidden ...string) {
+	fs.Usage = func() {
+		shown := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+		shown.SetOutput(fs.Output())
+		fs.VisitAll(func(f *flag.Flag) {
+			if !slices.Contains(hidden, f.Name) {
+				shown.Var(f.Value, f.Name, f.Usage)
+				shown.Lookup(f.Name).DefValue = f.DefValue
+			}
+		})
+		fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name())
+		shown.PrintDefaults()
+	}
+}
+
 func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("lab up")
 	var spec vmtest.Spec
-	fs.StringVar(&spec.Name, "name", vmtest.DefaultName, "lab name (prefix of its namespaces, links and directory)")
+	name := labFlag(fs, vmtest.DefaultName, "lab name (prefix of its namespaces, links and directory)")
 	fs.IntVar(&spec.Nodes, "nodes", 3, "number of nodes")
 	fs.StringVar(&spec.Driver, "driver", "netns", "how nodes are made: netns (network namespaces on this machine) or qemu (VMs with their own kernel)")
 	fs.StringVar(&spec.Accel, "accel", "", "qemu driver: tcg, kvm or auto (default $TWILL_VM_ACCEL, else tcg)")
@@ -62,12 +99,15 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&spec.SubnetLeaseTTL, "subnet-lease-ttl", 0, "twilld --subnet-lease-ttl (0: twilld's default)")
 	fs.DurationVar(&spec.RenewMargin, "subnet-lease-renew-margin", 0, "twilld --subnet-lease-renew-margin (0: twilld's default)")
 	fs.StringVar(&spec.Bin, "bin", "", "directory with twilld, twillctl and twill-cni (default: this twillctl's)")
+	verbose := fs.Bool("v", false, "log the lab's progress in full to stderr (else it goes to the lab's lab.log)")
+	showStatus := fs.Bool("status", true, "print the lab's status once it is up (as lab status)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	spec.Name = *name
 	if *netConfig != "" {
 		b, err := os.ReadFile(*netConfig)
 		if err != nil {
@@ -75,20 +115,62 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 		}
 		spec.NetConfig = string(b)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The full log (with times and levels) goes to the lab's lab.log, or
+	// with -v to stderr; the output shows progress lines.
+	var full bytes.Buffer
+	fullLog := slog.NewTextHandler(&full, &slog.HandlerOptions{Level: slog.LevelDebug})
+	if *verbose {
+		fullLog = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
+	}
+	log := slog.New(slog.NewMultiHandler(newProgress(out, "lab up"), fullLog))
+	driver := spec.Driver
+	if driver == "" {
+		driver = "netns"
+	}
+	backend := spec.Backend
+	if spec.NetConfig != "" {
+		backend = "from " + *netConfig
+	}
+	fmt.Fprintf(out, "bringing up lab %s: %s (%s), backend %s, %s per node\n", spec.Name, plural.Count(spec.Nodes, "node"), driver, backend, plural.Count(spec.PodsPerNode, "pod"))
 	began := time.Now()
 	c, err := vmtest.Up(ctx, spec, log)
 	if err != nil {
+		if !*verbose {
+			os.Stderr.Write(full.Bytes())
+		}
 		return err
 	}
 	defer c.Close()
-	fmt.Fprintf(out, "lab %s is up (%s)\n\n", c.Name(), time.Since(began).Round(100*time.Millisecond))
+	where := ""
+	if !*verbose {
+		p := filepath.Join(c.Dir(), "lab.log")
+		if err := appendFile(p, full.Bytes()); err != nil {
+			fmt.Fprintf(out, "could not keep the lab's log: %v\n", err)
+		} else {
+			where = "; its log is " + p
+		}
+	}
+	fmt.Fprintf(out, "lab %s is up in %s%s\n", c.Name(), time.Since(began).Round(100*time.Millisecond), where)
+	if !*showStatus {
+		return nil
+	}
+	fmt.Fprintln(out)
 	return printStatus(out, c)
+}
+
+// appendFile adds b to the file at path, made if need be.
+func appendFile(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	return errors.Join(werr, f.Close())
 }
 
 func runLabDown(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("lab down")
-	name := fs.String("name", "", "lab name (default: the only lab running, else twill)")
+	name := labFlag(fs, "", "lab name, or as the argument (default: the only lab running, else twill)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -144,10 +226,15 @@ func status(c *vmtest.Lab) labStatus {
 
 func runLabStatus(_ context.Context, args []string, out io.Writer) error {
 	fs := newFlags("lab status")
-	name := fs.String("name", "", "lab name (default: the only lab running)")
+	name := labFlag(fs, "", "lab name, or as the argument (default: the only lab running)")
 	format := fs.String("o", "table", "output: table or json")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() == 1 && *name == "" {
+		*name = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if *format != "table" && *format != "json" {
 		return fmt.Errorf("-o %q: want table or json", *format)
@@ -216,7 +303,7 @@ func printPods(out io.Writer, pods []vmtest.Pod) error {
 
 func runPodAdd(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("pod add")
-	name := fs.String("lab", "", "lab name (default: the only lab running)")
+	name := labFlag(fs, "", "lab name (default: the only lab running)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -238,7 +325,7 @@ func runPodAdd(ctx context.Context, args []string, out io.Writer) error {
 
 func runPodDel(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("pod del")
-	name := fs.String("lab", "", "lab name (default: the only lab running)")
+	name := labFlag(fs, "", "lab name (default: the only lab running)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -259,10 +346,13 @@ func runPodDel(ctx context.Context, args []string, out io.Writer) error {
 
 func runPodList(_ context.Context, args []string, out io.Writer) error {
 	fs := newFlags("pod list")
-	name := fs.String("lab", "", "lab name (default: the only lab running)")
+	name := labFlag(fs, "", "lab name (default: the only lab running)")
 	format := fs.String("o", "table", "output: table or json")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	c, err := openLab(*name)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/scenarios"
 	"github.com/twillnet/twill/vmtest"
 )
@@ -24,7 +25,7 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	driver := fs.String("driver", "netns", "cluster driver: netns (network namespaces on this machine), qemu (VMs with their own kernel) or vagrant (the running Vagrant cluster of --vagrant-dir)")
 	vagrantDir := fs.String("vagrant-dir", ".", "with --driver vagrant: the directory of the project's Vagrantfile")
 	bin := fs.String("bin", binDir(), "directory with twilld, twillctl and twill-cni")
-	reports := fs.String("report-dir", "scenario-reports", "where to write a JSON report per scenario")
+	reports := fs.String("report-dir", "", "where to write a JSON report per scenario (default: with --attach the lab's directory, "+vmtest.StateDir+"/LAB/reports; else build/scenario-reports in a twill checkout, else "+filepath.Join(os.TempDir(), "twill-scenario-reports")+")")
 	lab := fs.String("lab", "", "lab name (default: a random one)")
 	keep := fs.Bool("keep", false, "leave the cluster running after the scenario")
 	attach := fs.Bool("attach", false, "play on the running lab --lab instead of bringing up a cluster (it stays up)")
@@ -43,6 +44,9 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if !slices.Contains(scenarioDrivers, *driver) {
 		return fmt.Errorf("--driver %s: want one of %s", *driver, strings.Join(scenarioDrivers, ", "))
+	}
+	if *reports == "" {
+		*reports = defaultReportDir(".", *attach, *lab)
 	}
 	var list []*scenarios.Scenario
 	for _, f := range fs.Args() {
@@ -71,11 +75,25 @@ func runScenario(ctx context.Context, args []string, out io.Writer) error {
 			failed++
 		}
 	}
-	fmt.Fprintf(out, "%d passed, %d failed\n", len(list)-failed, failed)
+	fmt.Fprintf(out, "%d passed, %d failed; reports in %s\n", len(list)-failed, failed, *reports)
 	if failed > 0 {
-		return fmt.Errorf("%d of %d scenarios failed (reports in %s)", failed, len(list), *reports)
+		return fmt.Errorf("%d of %s failed (reports in %s)", failed, plural.Count(len(list), "scenario"), *reports)
 	}
 	return nil
+}
+
+// defaultReportDir is where scenario run writes its reports without
+// --report-dir, never into a checkout's tracked files: the attached lab's
+// directory, build/scenario-reports (ignored by git) when dir is a twill
+// checkout, else a directory under the temp dir.
+func defaultReportDir(dir string, attach bool, lab string) string {
+	if attach && lab != "" {
+		return filepath.Join(vmtest.StateDir, lab, "reports")
+	}
+	if mod, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(mod), "module github.com/twillnet/twill\n") {
+		return filepath.Join(dir, "build", "scenario-reports")
+	}
+	return filepath.Join(os.TempDir(), "twill-scenario-reports")
 }
 
 // scenarioDrivers are the drivers scenario run knows.

@@ -19,6 +19,7 @@ import (
 	"github.com/twillnet/twill/overlay/daemon"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/lease/leasetest"
+	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/status"
 	"github.com/twillnet/twill/overlay/subnetfile"
 )
@@ -34,10 +35,11 @@ type fakeBackend struct {
 	stop   chan error
 	setErr error
 
-	mu       sync.Mutex
-	leases   []lease.Lease
-	events   []lease.Event
-	cleanups int
+	mu           sync.Mutex
+	leases       []lease.Lease
+	events       []lease.Event
+	cleanups     int
+	peerProblems []plan.Problem
 }
 
 func newFakeBackend() *fakeBackend { return &fakeBackend{stop: make(chan error, 1)} }
@@ -71,7 +73,17 @@ func (b *fakeBackend) Run(ctx context.Context) error {
 	}
 }
 
-func (b *fakeBackend) Status() backend.Status { return backend.Status{InSync: true} }
+func (b *fakeBackend) Status() backend.Status {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return backend.Status{InSync: true, PeerProblems: slices.Clone(b.peerProblems)}
+}
+
+func (b *fakeBackend) setPeerProblems(ps ...plan.Problem) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.peerProblems = ps
+}
 
 func (b *fakeBackend) Cleanup(context.Context) error {
 	b.mu.Lock()
@@ -623,5 +635,38 @@ func TestOwnLeasesAreNoPeers(t *testing.T) {
 		if e.Lease.Attrs.PublicIP == publicIP {
 			t.Errorf("the backend was handed a lease of the node's own as a peer's: %s", leasetest.Describe([]lease.Event{e}))
 		}
+	}
+}
+
+// TestPeersRoutable: while the backend skips a peer's lease the node is not
+// ready, and peers-routable names each skipped subnet, its public IP and the
+// reason; once none is skipped it is ready again.
+func TestPeersRoutable(t *testing.T) {
+	reg := newRegistry(t)
+	n := newNode(t, reg, nil)
+	n.start()
+	n.waitReady()
+	check := func() status.Check {
+		for _, c := range n.d.Snapshot().Checks {
+			if c.Name == "peers-routable" {
+				return c
+			}
+		}
+		t.Fatal("no peers-routable check")
+		return status.Check{}
+	}
+	if c := check(); !c.OK {
+		t.Errorf("peers-routable failed with no peer skipped: %s", c.Detail)
+	}
+	a := plan.Problem{Subnet: netip.MustParsePrefix("10.244.96.0/19"), PublicIP: netip.MustParseAddr("192.168.56.77"), Reason: "prefix length /19, the network's SubnetLen is 24; refused"}
+	b := plan.Problem{Subnet: netip.MustParsePrefix("10.244.5.0/24"), PublicIP: netip.MustParseAddr("192.168.56.15"), Reason: `backend type "host-gw", this node runs "alloc"; skipped`}
+	n.be.setPeerProblems(a, b)
+	c := check()
+	if c.OK || c.Detail != a.String()+"; "+b.String() {
+		t.Errorf("peers-routable with two peers skipped: ok %v, %q", c.OK, c.Detail)
+	}
+	n.be.setPeerProblems()
+	if c := check(); !c.OK {
+		t.Errorf("peers-routable still failing after the problems went: %s", c.Detail)
 	}
 }

@@ -72,7 +72,11 @@ func (d *Daemon) Snapshot() status.Snapshot {
 	}
 	peers := status.Check{Name: "peers-routable", OK: be != nil && len(s.Backend.PeerProblems) == 0, Detail: "every peer can be routed to"}
 	if len(s.Backend.PeerProblems) > 0 {
-		peers.Detail = strings.Join(s.Backend.PeerProblems, "; ")
+		var ps []string
+		for _, p := range s.Backend.PeerProblems {
+			ps = append(ps, p.String())
+		}
+		peers.Detail = strings.Join(ps, "; ")
 	}
 	s.Checks = []status.Check{
 		{Name: "lease-held", OK: held, Detail: leaseDetail},

@@ -58,10 +58,12 @@ type Backend struct {
 	// Problems are conditions an operator must see, such as a host-gw peer
 	// that is not on this node's L2 segment.
 	Problems []string
-	// PeerProblems are the Problems about peers twill cannot route to (a
-	// host-gw peer off the segment, a lease with unusable backend data).
-	// They make the node not ready.
-	PeerProblems []string
+	// PeerProblems are the peers twill does not route to, each with its
+	// subnet, public IP and the reason (a host-gw peer off the segment, a
+	// lease of another backend type, unusable backend data, a wrong prefix
+	// length, an overlap with an older lease). They are among the Problems
+	// too, as text, and they make the node not ready.
+	PeerProblems []plan.Problem
 	// InSync says the kernel holds what the backend wants.
 	InSync bool
 	// Drops counts dropped packets that belong to no peer, by reason

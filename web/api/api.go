@@ -33,6 +33,21 @@ type NodeInfo struct {
 	Dashboard      string   `json:"dashboard,omitempty"`
 	Peers          int      `json:"peers"`
 	Problems       []string `json:"problems"`
+	// PeerProblems are the peers' leases this node does not route to, and
+	// why (they are among Problems too, as text, and fail the
+	// peers-routable check).
+	PeerProblems []PeerProblem `json:"peer_problems"`
+}
+
+// PeerProblem is a peer's lease this node skips: a lease of another
+// backend type, unusable backend data, a wrong prefix length, a subnet
+// outside the network or overlapping an older lease, a host-gw peer off the
+// segment.
+type PeerProblem struct {
+	Subnet   string `json:"subnet"`
+	Node     string `json:"node,omitempty"`
+	PublicIP string `json:"public_ip"`
+	Reason   string `json:"reason"`
 }
 
 // Check is one named readiness check.
@@ -67,6 +82,9 @@ type Lease struct {
 	Reservation      bool    `json:"reservation"`
 	Own              bool    `json:"own"`
 	Dashboard        string  `json:"dashboard,omitempty"`
+	// NotRouted is why this node does not route to the lease's subnet;
+	// empty for the own lease and the leases it routes.
+	NotRouted string `json:"not_routed,omitempty"`
 }
 
 // Routes is /api/v1/routes: desired against actual kernel state.
@@ -153,9 +171,12 @@ type ClusterNode struct {
 	Self      bool   `json:"self"`
 	// Reachability is "self", "answers", "no-answer", or "unknown" (the
 	// lease publishes no dashboard).
-	Reachability string    `json:"reachability"`
-	Error        string    `json:"error,omitempty"`
-	CheckedAt    string    `json:"checked_at,omitempty"`
-	Node         *NodeInfo `json:"node,omitempty"`
-	Tunnels      []Tunnel  `json:"tunnels,omitempty"`
+	Reachability string `json:"reachability"`
+	// NotRouted is why this node does not route to the node's subnet
+	// (see NodeInfo.PeerProblems); empty when it does.
+	NotRouted string    `json:"not_routed,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	CheckedAt string    `json:"checked_at,omitempty"`
+	Node      *NodeInfo `json:"node,omitempty"`
+	Tunnels   []Tunnel  `json:"tunnels,omitempty"`
 }

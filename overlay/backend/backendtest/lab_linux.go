@@ -15,10 +15,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,6 +170,33 @@ type Running struct {
 	Lease    lease.Lease
 
 	stop func()
+	logs *logLines
+}
+
+// logLines keeps what a backend logged, for checks on its log.
+type logLines struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// Logged returns the lines the backend logged so far that contain every
+// one of words.
+func (r *Running) Logged(words ...string) []string {
+	r.logs.mu.Lock()
+	defer r.logs.mu.Unlock()
+	var out []string
+	for line := range strings.Lines(r.logs.buf.String()) {
+		if !slices.ContainsFunc(words, func(w string) bool { return !strings.Contains(line, w) }) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return out
 }
 
 // Stop ends the backend's Run and waits for it (Cleanup wants a backend
@@ -181,7 +210,8 @@ func (l *Lab) Start(tb testing.TB, cfg *netconf.Config, newBackend func(backend.
 	ctx := context.Background()
 	var rs []*Running
 	for _, n := range l.Nodes {
-		log := slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.Name)
+		logs := &logLines{}
+		log := slog.New(slog.NewTextHandler(io.MultiWriter(tb.Output(), logs), &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.Name)
 		b, err := newBackend(n.BackendNode(cfg), log)
 		if err != nil {
 			tb.Fatalf("new backend for %s: %v", n.Name, err)
@@ -190,7 +220,7 @@ func (l *Lab) Start(tb testing.TB, cfg *netconf.Config, newBackend func(backend.
 		if err != nil {
 			tb.Fatalf("prepare %s backend on %s: %v", b.Type(), n.Name, err)
 		}
-		r := &Running{Node: n, Backend: b, Prepared: p, Lease: n.Lease(b.Type(), p.BackendData)}
+		r := &Running{Node: n, Backend: b, Prepared: p, Lease: n.Lease(b.Type(), p.BackendData), logs: logs}
 		if err := b.SetLease(ctx, r.Lease); err != nil {
 			tb.Fatalf("set lease on %s: %v", n.Name, err)
 		}

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 )
 
 // CheckNftablesRepaired deletes twill's nftables table on r's node and
@@ -37,31 +40,76 @@ func CheckNftablesRepaired(tb testing.TB, r *Running, peer *Running) {
 	}
 }
 
-// CheckUnroutablePeer hands r's backend a peer lease the plan refuses (its
-// subnet is outside the cluster network) and checks that the backend
-// reports it among the PeerProblems (which fail the peers-routable
-// readiness check), and no longer once the lease expired.
+// CheckUnroutablePeer hands r's backend peer leases the plan refuses (a
+// subnet outside the cluster network, a supernet of the wrong prefix
+// length, a lease of another backend type) and checks, for each, that the
+// backend logs it at warn once (not again when the same leases come again)
+// and reports it among the PeerProblems (which fail the peers-routable
+// readiness check) with its subnet, public IP and reason; and that once the
+// leases expired the problems are gone and logged as resolved.
 func CheckUnroutablePeer(tb testing.TB, r *Running) {
 	tb.Helper()
-	bad := lease.Lease{Subnet: netip.MustParsePrefix("10.99.7.0/24"),
-		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.77"), BackendType: r.Backend.Type(), BackendData: r.Prepared.BackendData}}
+	other := netconf.TypeVXLAN
+	if r.Backend.Type() == netconf.TypeVXLAN {
+		other = netconf.TypeHostGW
+	}
+	bad := func(subnet, ip, typ string) lease.Lease {
+		return lease.Lease{Subnet: netip.MustParsePrefix(subnet),
+			Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: typ, BackendData: r.Prepared.BackendData}}
+	}
+	cases := []struct {
+		lease  lease.Lease
+		reason string
+	}{
+		{bad("10.99.7.0/24", "192.168.56.77", r.Backend.Type()), "outside the cluster network"},
+		{bad("10.244.96.0/19", "192.168.56.78", r.Backend.Type()), "prefix length /19"},
+		{bad("10.244.77.0/24", "192.168.56.79", other), fmt.Sprintf("backend type %q", other)},
+	}
+	var added, expired []lease.Event
+	for _, c := range cases {
+		added = append(added, lease.Event{Type: lease.Added, Lease: c.lease})
+		expired = append(expired, lease.Event{Type: lease.Expired, Lease: c.lease})
+	}
 	ctx := context.Background()
-	if err := r.Backend.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: bad}}); err != nil {
-		tb.Fatal(err)
-	}
-	st := r.Backend.Status()
-	if len(st.PeerProblems) != 1 || !strings.Contains(st.PeerProblems[0], "10.99.7.0/24") {
-		tb.Errorf("%s backend: peer problems %q, want one naming 10.99.7.0/24", r.Backend.Type(), st.PeerProblems)
-	}
-	for _, p := range st.Peers {
-		if p.Subnet == bad.Subnet {
-			tb.Errorf("%s backend lists the unroutable peer among its peers", r.Backend.Type())
+	for range 2 { // the second time changes nothing and logs nothing
+		if err := r.Backend.Handle(ctx, added); err != nil {
+			tb.Fatal(err)
 		}
 	}
-	if err := r.Backend.Handle(ctx, []lease.Event{{Type: lease.Expired, Lease: bad}}); err != nil {
+	st := r.Backend.Status()
+	if len(st.PeerProblems) != len(cases) {
+		tb.Errorf("%s backend: peer problems %v, want %d", r.Backend.Type(), st.PeerProblems, len(cases))
+	}
+	for _, c := range cases {
+		i := slices.IndexFunc(st.PeerProblems, func(p plan.Problem) bool { return p.Subnet == c.lease.Subnet })
+		if i < 0 {
+			tb.Errorf("%s backend: %s not among the peer problems %v", r.Backend.Type(), c.lease.Subnet, st.PeerProblems)
+			continue
+		}
+		if p := st.PeerProblems[i]; p.PublicIP != c.lease.Attrs.PublicIP || !strings.Contains(p.Reason, c.reason) {
+			tb.Errorf("%s backend: problem %v, want public IP %s and a reason with %q", r.Backend.Type(), p, c.lease.Attrs.PublicIP, c.reason)
+		}
+		if !slices.ContainsFunc(st.Problems, func(s string) bool { return strings.Contains(s, c.lease.Subnet.String()) }) {
+			tb.Errorf("%s backend: %s not among the problems %q", r.Backend.Type(), c.lease.Subnet, st.Problems)
+		}
+		for _, p := range st.Peers {
+			if p.Subnet == c.lease.Subnet {
+				tb.Errorf("%s backend lists the unroutable peer %s among its peers", r.Backend.Type(), p.Subnet)
+			}
+		}
+		if lines := r.Logged("level=WARN", "peer not routed", "peer="+c.lease.Subnet.String(), "public_ip="+c.lease.Attrs.PublicIP.String()); len(lines) != 1 {
+			tb.Errorf("%s backend: %d warnings for %s, want 1: %q", r.Backend.Type(), len(lines), c.lease.Subnet, lines)
+		}
+	}
+	if err := r.Backend.Handle(ctx, expired); err != nil {
 		tb.Fatal(err)
 	}
 	if st := r.Backend.Status(); len(st.PeerProblems) != 0 {
-		tb.Errorf("%s backend: peer problems %q after the lease expired", r.Backend.Type(), st.PeerProblems)
+		tb.Errorf("%s backend: peer problems %v after the leases expired", r.Backend.Type(), st.PeerProblems)
+	}
+	for _, c := range cases {
+		if lines := r.Logged("peer problem resolved", c.lease.Subnet.String()); len(lines) != 1 {
+			tb.Errorf("%s backend: %d lines saying the problem of %s was resolved, want 1: %q", r.Backend.Type(), len(lines), c.lease.Subnet, lines)
+		}
 	}
 }

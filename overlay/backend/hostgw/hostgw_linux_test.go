@@ -56,7 +56,7 @@ func TestTwoNodesPodToPod(t *testing.T) {
 	if !found {
 		t.Errorf("off-segment peer not reported: %q", st.Problems)
 	}
-	if len(st.PeerProblems) != 1 || !strings.Contains(st.PeerProblems[0], "10.0.9.13") {
+	if len(st.PeerProblems) != 1 || st.PeerProblems[0].Subnet != far.Subnet || st.PeerProblems[0].PublicIP != far.Attrs.PublicIP {
 		t.Errorf("off-segment peer not among the peer problems (which make the node not ready): %q", st.PeerProblems)
 	}
 	if _, ok := rs[0].Peer(far.Subnet); ok {
@@ -72,6 +72,7 @@ func TestTwoNodesPodToPod(t *testing.T) {
 	if st := rs[0].Backend.Status(); len(st.Problems) != 0 {
 		t.Errorf("problems after the far peer left: %q", st.Problems)
 	}
+	backendtest.CheckUnroutablePeer(t, rs[0])
 
 	// A route deleted by hand comes back.
 	n1.IP(t, "route", "del", "10.244.2.0/24")

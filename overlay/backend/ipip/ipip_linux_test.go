@@ -55,6 +55,7 @@ func TestTwoNodesPodToPod(t *testing.T) {
 		t.Errorf("route to the peer: %q", got)
 	}
 	backendtest.CheckPodToPod(t, rs)
+	backendtest.CheckUnroutablePeer(t, rs[0])
 	backendtest.CheckPeerExpires(t, rs)
 
 	rs[0].Stop()

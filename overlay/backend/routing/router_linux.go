@@ -354,7 +354,7 @@ func (r *Router) Status() backend.Status {
 	}
 	for _, pr := range p.Problems {
 		st.Problems = append(st.Problems, pr.String())
-		st.PeerProblems = append(st.PeerProblems, pr.String())
+		st.PeerProblems = append(st.PeerProblems, pr)
 	}
 	if cerr != nil {
 		st.Problems = append(st.Problems, fmt.Sprintf("read counters: %v", cerr))

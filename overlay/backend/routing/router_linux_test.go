@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,5 +195,79 @@ func TestOnPlan(t *testing.T) {
 	}
 	if _, ok := got[2].Peers[near.Subnet]; !ok || len(got[2].Peers) != 2 {
 		t.Errorf("after the hook changed its copy: leases %v", got[2].Peers)
+	}
+}
+
+// TestPeerProblemsByType covers the refusals of the backends whose own
+// netns tests cannot run them here (ipip, ipvlan: this kernel has neither
+// device): the Router planning
+// for each reports every refused lease with its subnet, public IP and
+// reason, and routes or accepts the good peer.
+func TestPeerProblemsByType(t *testing.T) {
+	mk := func(subnet, ip, typ string) lease.Lease {
+		return lease.Lease{Subnet: netip.MustParsePrefix(subnet), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: typ}}
+	}
+	for _, tc := range []struct {
+		typ, network, own string
+		good              lease.Lease
+		bad               map[string]lease.Lease // reason -> lease
+	}{
+		{netconf.TypeIPIP, `{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"ipip"}}`, "10.244.1.0/24",
+			mk("10.244.2.0/24", "192.168.56.12", netconf.TypeIPIP), map[string]lease.Lease{
+				`backend type "vxlan"`: mk("10.244.3.0/24", "192.168.56.13", netconf.TypeVXLAN),
+				"prefix length /19":    mk("10.244.96.0/19", "192.168.56.14", netconf.TypeIPIP),
+				"outside the cluster":  mk("10.99.7.0/24", "192.168.56.15", netconf.TypeIPIP),
+			}},
+		// ipvlan in l3 mode routes its peers' slices (macvlan and ipvlan l2
+		// keep no per-peer state, so they skip no peer).
+		{netconf.TypeIPvlan, `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Mode":"l3"}}`, "192.168.56.144/28",
+			mk("192.168.56.160/28", "192.168.56.12", netconf.TypeIPvlan), map[string]lease.Lease{
+				`backend type "macvlan"`: mk("192.168.56.176/28", "192.168.56.13", netconf.TypeMacvlan),
+				"prefix length /27":      mk("192.168.56.192/27", "192.168.56.14", netconf.TypeIPvlan),
+				"outside the cluster":    mk("10.244.7.0/28", "192.168.56.15", netconf.TypeIPvlan),
+			}},
+	} {
+		t.Run(tc.typ, func(t *testing.T) {
+			lab := backendtest.New(t, "routing", 1)
+			n := lab.Nodes[0]
+			cfg, err := netconf.Parse([]byte(tc.network))
+			if err != nil {
+				t.Fatal(err)
+			}
+			node := n.BackendNode(cfg)
+			r, err := routing.New(routing.Config{Node: node, Backend: node.Network.Backend})
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, r)
+			ctx := context.Background()
+			own := n.Lease(tc.typ, nil)
+			own.Subnet = netip.MustParsePrefix(tc.own)
+			if err := r.SetLease(ctx, own); err != nil {
+				t.Fatal(err)
+			}
+			evs := []lease.Event{{Type: lease.Added, Lease: tc.good}}
+			for _, l := range tc.bad {
+				evs = append(evs, lease.Event{Type: lease.Added, Lease: l})
+			}
+			if err := r.Handle(ctx, evs); err != nil {
+				t.Fatal(err)
+			}
+			st := r.Status()
+			if len(st.Peers) != 1 || st.Peers[0].Subnet != tc.good.Subnet {
+				t.Errorf("peers %v, want only %s", st.Peers, tc.good.Subnet)
+			}
+			if len(st.PeerProblems) != len(tc.bad) {
+				t.Errorf("peer problems %v, want %d", st.PeerProblems, len(tc.bad))
+			}
+			for reason, l := range tc.bad {
+				i := slices.IndexFunc(st.PeerProblems, func(p plan.Problem) bool { return p.Subnet == l.Subnet })
+				if i < 0 {
+					t.Errorf("%s (%s) not among the peer problems %v", l.Subnet, reason, st.PeerProblems)
+				} else if p := st.PeerProblems[i]; p.PublicIP != l.Attrs.PublicIP || !strings.Contains(p.Reason, reason) {
+					t.Errorf("problem %v, want public IP %s and a reason with %q", p, l.Attrs.PublicIP, reason)
+				}
+			}
+		})
 	}
 }
