@@ -180,7 +180,8 @@ func (p *play) nftTable(ctx context.Context, node string, within time.Duration) 
 func (p *play) nftChains(ctx context.Context, netns string) (chains []string, rules int, err error) {
 	out, err := p.c.Exec(ctx, netns, "nft", "-j", "list", "table", "ip", "twill")
 	if err != nil {
-		return nil, 0, fmt.Errorf("no table ip twill: %s", lastLine(string(out)))
+		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return nil, 0, fmt.Errorf("no table ip twill (%s)", first)
 	}
 	var doc struct {
 		Nftables []map[string]json.RawMessage `json:"nftables"`
