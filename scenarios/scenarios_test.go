@@ -184,7 +184,7 @@ func TestScenarios(t *testing.T) {
 		plays = append(plays, s.Plays()...)
 	}
 	for i, s := range plays {
-		lab := fmt.Sprintf("s%d%c", os.Getpid()%1000, 'a'+i)
+		lab := fmt.Sprintf("s%03d%03d", os.Getpid()%1000, i) // more plays than letters
 		t.Run(s.Name, func(t *testing.T) {
 			if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, "netns") {
 				t.Skipf("runs only on the %s driver: this host's kernel lacks what it needs", strings.Join(s.Drivers, ", "))
