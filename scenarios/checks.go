@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -370,14 +371,40 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 		}
 		fallthrough
 	case "vxlan", "host-gw", "ipip":
-		for _, l := range ls {
-			if l.Subnet != own {
-				want = append(want, l.Subnet.String())
-			}
+		for _, l := range routableLeases(ls, p.network, own) {
+			want = append(want, l.Subnet.String())
 		}
 	}
 	slices.Sort(want)
 	return want
+}
+
+// routableLeases are the peers' leases a node with subnet own routes to,
+// by the rules a twill node follows, written out here again so that the
+// check does not take the plan's word for them: a lease of another prefix
+// length than the network's SubnetLen (every node's subnet has that
+// length, own too), outside the network, or overlapping own is refused,
+// and of overlapping leases the oldest (lowest etcd create revision) is
+// kept.
+func routableLeases(ls []lease.Lease, network, own netip.Prefix) []lease.Lease {
+	age := func(l lease.Lease) int64 { return cmp.Or(l.Created, l.Revision) }
+	sorted := slices.Clone(ls)
+	slices.SortStableFunc(sorted, func(a, b lease.Lease) int {
+		return cmp.Or(cmp.Compare(age(a), age(b)), cmp.Compare(a.Revision, b.Revision))
+	})
+	var kept []lease.Lease
+	for _, l := range sorted {
+		switch {
+		case l.Subnet == own:
+		case own.IsValid() && l.Subnet.Bits() != own.Bits():
+		case network.IsValid() && !(network.Contains(l.Subnet.Addr()) && l.Subnet.Bits() >= network.Bits()):
+		case l.Subnet.Overlaps(own):
+		case slices.ContainsFunc(kept, func(k lease.Lease) bool { return k.Subnet.Overlaps(l.Subnet) }):
+		default:
+			kept = append(kept, l)
+		}
+	}
+	return kept
 }
 
 // routes checks that every running node's kernel routes match the leases.

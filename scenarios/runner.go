@@ -21,6 +21,7 @@ import (
 	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/lease/etcd"
+	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/vmtest"
 )
 
@@ -96,6 +97,11 @@ type play struct {
 	down map[string]bool
 	// subnets remembers each node's subnet before a restart.
 	subnets map[string]netip.Prefix
+	// conf is the cluster's network config, when the scenario's (or the
+	// default one) parses.
+	conf *netconf.Config
+	// watches are the ping watches running, by "from->to".
+	watches map[string]*pingWatch
 }
 
 // Run brings up the scenario's cluster, plays it and tears it down. The
@@ -212,7 +218,9 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 }
 
 func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir string, rep *Report, out io.Writer) error {
-	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend}
+	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend,
+		watches: map[string]*pingWatch{}}
+	defer p.endAllWatches()
 	if nodes := c.Nodes(); len(nodes) > 0 {
 		if f, err := readSubnetFile(nodes[0].SubnetFile); err == nil {
 			p.network = f.Network
@@ -225,6 +233,12 @@ func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir
 			p.mode = nc.Backend.Mode
 		}
 	}
+	conf := s.Cluster.NetConfig
+	if conf == "" {
+		b, _ := json.Marshal(map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": p.backend}})
+		conf = string(b)
+	}
+	p.conf, _ = netconf.Parse([]byte(conf))
 	for i, st := range s.Steps {
 		sr := StepReport{Index: i + 1, Kind: st.Kind, Line: st.Line}
 		fmt.Fprintf(out, "[%d/%d] %s%s ... ", i+1, len(s.Steps), st.Kind, describeParams(st))
@@ -334,6 +348,24 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.partition(ctx, st.Node, true)
 	case "underlay-loss":
 		return p.underlayLoss(ctx, st.Node, st.Loss, time.Duration(st.Delay))
+	case "put-lease":
+		return p.putLease(ctx, st)
+	case "delete-nft-table":
+		return p.deleteNFTTable(ctx, st.Node)
+	case "nft-table":
+		return p.nftTable(ctx, st.Node, within)
+	case "delete-device":
+		return p.deleteDevice(ctx, st.Node)
+	case "send-spoofed":
+		return p.sendSpoofed(ctx, st.Node, *st.Count)
+	case "ping-watch":
+		return p.startPingWatch(ctx, st.From, st.To)
+	case "ping-watch-end":
+		return p.endPingWatches(st.From, st.To, st.MaxLost)
+	case "readyz":
+		return p.readyz(ctx, st.Node, st.Expect == "ok", within)
+	case "log":
+		return p.logLines(ctx, st.Node, st.Contains, st.Count, within)
 	case "sleep":
 		select {
 		case <-ctx.Done():

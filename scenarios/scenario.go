@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"text/template"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -81,6 +82,15 @@ type Step struct {
 	Expect string   // ping: "ok" or "fail"
 	Loss   float64  // underlay-loss: percent of packets lost
 	Delay  Duration // underlay-loss: added latency
+
+	Bits     int      // put-lease: the prefix length of the key (0: the node's own key)
+	Value    string   // put-lease: the value, a text/template over the node's lease
+	TTL      Duration // put-lease: the etcd lease of the key (0: keep the node's, or none)
+	Count    *int     // send-spoofed: datagrams to send; log: lines that must match (nil: at least one)
+	MaxLost  int      // ping-watch-end: most echo requests that may go unanswered
+	Contains string   // log: the text a line must contain
+
+	value *template.Template // Value, parsed
 }
 
 // stepKinds lists the step kinds and the parameters each takes.
@@ -110,7 +120,20 @@ var stepKinds = map[string][]string{
 	"partition":     {"node"},
 	"heal":          {"node"},
 	"underlay-loss": {"node", "loss", "delay"},
+	// Hostile input and repairs (issue 14); see docs/scenarios.md.
+	"put-lease":        {"node", "bits", "value", "ttl"},
+	"delete-nft-table": {"node"},
+	"nft-table":        {"node", "within"},
+	"delete-device":    {"node"},
+	"send-spoofed":     {"to", "count"},
+	"ping-watch":       {"from", "to"},
+	"ping-watch-end":   {"from", "to", "max-lost"},
+	"readyz":           {"node", "expect", "within"},
+	"log":              {"node", "contains", "count", "within"},
 }
+
+// nodeTo lists the steps whose "to" names a node, not a pod.
+var nodeTo = []string{"send-spoofed"}
 
 // Load reads and validates a scenario file.
 func Load(path string) (*Scenario, error) {
@@ -247,6 +270,32 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			if err = v.Decode(&s); err == nil {
 				st.Loss, err = parsePercent(s)
 			}
+		case "bits":
+			err = decodeInt(&v, &st.Bits, 8, 32)
+		case "ttl":
+			err = st.TTL.UnmarshalYAML(&v)
+			if err == nil && st.TTL <= 0 {
+				err = fmt.Errorf("%q: want a positive duration", v.Value)
+			}
+		case "value":
+			if err = v.Decode(&st.Value); err == nil {
+				st.value, err = parseLeaseTemplate(st.Value)
+			}
+		case "count":
+			lo := 0
+			if kind == "send-spoofed" {
+				lo = 1
+			}
+			var c int
+			err = decodeInt(&v, &c, lo, 100000)
+			st.Count = &c
+		case "max-lost":
+			err = decodeInt(&v, &st.MaxLost, 0, 1<<30)
+		case "contains":
+			err = v.Decode(&st.Contains)
+			if err == nil && st.Contains == "" {
+				err = errors.New("empty: want the text a log line must contain")
+			}
 		}
 		if err != nil {
 			return Step{}, fmt.Errorf("line %d: %s.%s: %w", v.Line, kind, name, err)
@@ -258,6 +307,8 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "start-daemon": {"node"},
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
+		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
+		"ping-watch": {"from", "to"}, "log": {"contains"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {
@@ -267,7 +318,19 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 	if st.Kind == "tcp" && st.Size == 0 {
 		st.Size = 16 << 20
 	}
-	for _, ref := range []struct{ field, v string }{{"node", st.Node}, {"peer", st.Peer}} {
+	if st.Kind == "send-spoofed" && st.Count == nil {
+		five := 5
+		st.Count = &five
+	}
+	if st.Kind == "ping-watch-end" && (st.From == "") != (st.To == "") {
+		return Step{}, fmt.Errorf("line %d: ping-watch-end: give both from and to (one watch) or neither (every watch)", n.Line)
+	}
+	nodeRefs := []struct{ field, v string }{{"node", st.Node}, {"peer", st.Peer}}
+	if slices.Contains(nodeTo, st.Kind) {
+		nodeRefs = append(nodeRefs, struct{ field, v string }{"to", st.To})
+		st.Node, st.To = st.To, ""
+	}
+	for _, ref := range nodeRefs {
 		if ref.v != "" && !validNode(ref.v, c.Nodes) {
 			return Step{}, fmt.Errorf("line %d: %s.%s = %q: no such node (nodes are n1..n%d)", n.Line, kind, ref.field, ref.v, c.Nodes)
 		}
@@ -353,4 +416,12 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q: want a size such as 64MiB", s)
 	}
 	return n, nil
+}
+
+// decodeInt reads an integer from lo to hi.
+func decodeInt(n *yaml.Node, v *int, lo, hi int) error {
+	if err := n.Decode(v); err != nil || *v < lo || *v > hi {
+		return fmt.Errorf("%q: want an integer from %d to %d", n.Value, lo, hi)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/internal/binaries"
+	"github.com/twillnet/twill/overlay/lease"
 )
 
 func TestScenarioFilesParse(t *testing.T) {
@@ -50,6 +52,20 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - outside-to-pod\n", `outside-to-pod needs "to"`},
 		{base + "steps:\n  - outside-to-pod: {to: n3p1}\n", `outside-to-pod.to = "n3p1": no such pod`},
 		{base + "steps:\n  - host-to-pods: {node: n1}\n", `host-to-pods takes no parameter "node"`},
+		{base + "steps:\n  - put-lease: {node: n2}\n", `put-lease needs "value"`},
+		{base + "steps:\n  - put-lease: {node: n2, value: '{{.Foo}}'}\n", `line 4: put-lease.value: "{{.Foo}}"`},
+		{base + "steps:\n  - put-lease: {node: n2, value: '{{.PublicIP'}\n", `put-lease.value: "{{.PublicIP"`},
+		{base + "steps:\n  - put-lease: {node: n2, bits: 40, value: x}\n", `line 4: put-lease.bits: "40": want an integer from 8 to 32`},
+		{base + "steps:\n  - put-lease: {node: n2, ttl: 0s, value: x}\n", `put-lease.ttl: "0s": want a positive duration`},
+		{base + "steps:\n  - send-spoofed: {to: n1p1}\n", `send-spoofed.to = "n1p1": no such node`},
+		{base + "steps:\n  - send-spoofed: {to: n1, count: 0}\n", `send-spoofed.count: "0": want an integer from 1`},
+		{base + "steps:\n  - delete-device\n", `delete-device needs "node"`},
+		{base + "steps:\n  - ping-watch: {from: n1p1}\n", `ping-watch needs "to"`},
+		{base + "steps:\n  - ping-watch-end: {from: n1p1}\n", `give both from and to`},
+		{base + "steps:\n  - ping-watch-end: {max-lost: -1}\n", `ping-watch-end.max-lost: "-1"`},
+		{base + "steps:\n  - readyz: {expect: sometimes}\n", `readyz.expect: "sometimes": want ok or fail`},
+		{base + "steps:\n  - log: {contains: ''}\n", `log.contains: empty`},
+		{base + "steps:\n  - log: {node: n1}\n", `log needs "contains"`},
 		{"name: x\ncluster: {nodes: 0, backend: vxlan}\nsteps: [ping-all]\n", "cluster.nodes = 0"},
 		{"name: x\ncluster: {nodes: 2}\nsteps: [ping-all]\n", "cluster.backend: missing"},
 		{"name: x\ncluster: {nodes: 2, backend: udp, backends: [vxlan]}\nsteps: [ping-all]\n", "not both"},
@@ -84,6 +100,70 @@ func TestParseStep(t *testing.T) {
 	}
 }
 
+func TestParseHostileSteps(t *testing.T) {
+	s, err := Parse([]byte("name: x\ncluster: {nodes: 2, backend: vxlan, podsPerNode: 1}\nsteps:\n" +
+		"  - put-lease: {node: n2, bits: 19, ttl: 1m, value: '{\"PublicIP\":\"{{.PublicIP}}\"}'}\n" +
+		"  - send-spoofed: {to: n1}\n  - log: {contains: x}\n  - log: {contains: x, count: 0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, spoof, anyLog, noLog := s.Steps[0], s.Steps[1], s.Steps[2], s.Steps[3]
+	if put.Bits != 19 || put.TTL != Duration(time.Minute) || put.value == nil {
+		t.Errorf("put-lease: %+v", put)
+	}
+	if spoof.Node != "n1" || spoof.To != "" || *spoof.Count != 5 {
+		t.Errorf("send-spoofed: node %q to %q count %d, want n1, none, 5 (the default)", spoof.Node, spoof.To, *spoof.Count)
+	}
+	if anyLog.Count != nil || noLog.Count == nil || *noLog.Count != 0 {
+		t.Errorf("log counts: %v %v", anyLog.Count, noLog.Count)
+	}
+}
+
+func TestParsePingWatch(t *testing.T) {
+	out := `PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.
+[1764583200.000100] 64 bytes from 10.244.2.2: icmp_seq=1 ttl=62 time=0.1 ms
+[1764583200.010100] 64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=0.1 ms
+[1764583200.010200] 64 bytes from 10.244.2.2: icmp_seq=2 ttl=62 time=0.1 ms (DUP!)
+[1764583200.050100] 64 bytes from 10.244.2.2: icmp_seq=6 ttl=62 time=0.1 ms
+[1764583200.060100] 64 bytes from 10.244.2.2: icmp_seq=7 ttl=62 time=0.1 ms
+
+--- 10.244.2.2 ping statistics ---
+8 packets transmitted, 4 received, +1 duplicates, 50% packet loss, time 70ms
+`
+	r, err := parsePingWatch(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Sent != 8 || r.Received != 4 || r.Lost != 3 || !r.InFlight || r.LongestGap != 40*time.Millisecond {
+		t.Errorf("got %+v, want 8 sent, 4 received, 3 lost (3, 4, 5), the 8th in flight, a 40 ms gap", r)
+	}
+	if _, err := parsePingWatch("ping: connect: Network is unreachable\n"); err == nil {
+		t.Error("output without statistics: no error")
+	}
+}
+
+func TestRoutableLeases(t *testing.T) {
+	l := func(s string, created int64) lease.Lease {
+		return lease.Lease{Subnet: netip.MustParsePrefix(s), Created: created, Revision: created}
+	}
+	network, own := netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.244.1.0/24")
+	got := routableLeases([]lease.Lease{
+		l("10.244.96.0/19", 9), // a supernet over the older 10.244.97.0/24: refused
+		l("10.244.97.0/24", 5),
+		l("10.244.1.0/24", 1), // own
+		l("10.245.3.0/24", 2), // outside the network
+		l("10.244.0.0/23", 3), // overlaps own
+		l("10.244.4.0/24", 4),
+	}, network, own)
+	var subnets []string
+	for _, g := range got {
+		subnets = append(subnets, g.Subnet.String())
+	}
+	if want := []string{"10.244.4.0/24", "10.244.97.0/24"}; !slices.Equal(subnets, want) {
+		t.Errorf("routable: %v, want %v", subnets, want)
+	}
+}
+
 // TestScenarios plays every scenario on the netns driver.
 func TestScenarios(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -104,7 +184,7 @@ func TestScenarios(t *testing.T) {
 		plays = append(plays, s.Plays()...)
 	}
 	for i, s := range plays {
-		lab := fmt.Sprintf("s%d%c", os.Getpid()%1000, 'a'+i)
+		lab := fmt.Sprintf("s%03d%03d", os.Getpid()%1000, i) // more plays than letters
 		t.Run(s.Name, func(t *testing.T) {
 			if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, "netns") {
 				t.Skipf("runs only on the %s driver: this host's kernel lacks what it needs", strings.Join(s.Drivers, ", "))

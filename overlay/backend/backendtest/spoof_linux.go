@@ -1,13 +1,13 @@
 package backendtest
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/internal/packet"
 	"github.com/twillnet/twill/overlay/namespace"
 )
 
@@ -15,30 +15,7 @@ import (
 // (payload msg) from src to dst, to the VTEP MAC dstMAC on VNI vni: what a
 // peer's kernel sends, and what anyone who can reach the port could forge.
 func VXLANFrame(vni int, dstMAC net.HardwareAddr, src, dst netip.AddrPort, msg []byte) []byte {
-	b := make([]byte, 0, 8+14+20+8+len(msg))
-	b = append(b, 0x08, 0, 0, 0, byte(vni>>16), byte(vni>>8), byte(vni), 0)
-	b = append(b, dstMAC...)
-	b = append(b, 0x02, 0x00, 0x5e, 0x10, 0x66, 0x66, 0x08, 0x00) // a made-up source MAC, IPv4
-	ip := make([]byte, 20)
-	ip[0], ip[8], ip[9] = 0x45, 64, 17
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(msg)))
-	s, d := src.Addr().As4(), dst.Addr().As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	b = append(b, ip...)
-	b = binary.BigEndian.AppendUint16(b, src.Port())
-	b = binary.BigEndian.AppendUint16(b, dst.Port())
-	b = binary.BigEndian.AppendUint16(b, uint16(8+len(msg)))
-	b = append(b, 0, 0) // no UDP checksum (allowed over IPv4)
-	return append(b, msg...)
+	return packet.VXLAN(vni, dstMAC, src, dst, msg)
 }
 
 // CheckSpoofedVXLAN sends forged VXLAN datagrams to r's node from a host on

@@ -1,0 +1,41 @@
+// Package packet builds raw packets that tests send at a node: a VXLAN
+// datagram's payload as a peer's kernel would send it, or as anyone who can
+// reach the port could forge it.
+//
+// It only builds bytes; it must not open sockets or touch the network.
+package packet
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+)
+
+// VXLAN is a VXLAN datagram's payload carrying one inner UDP datagram
+// (payload msg) from src to dst, to the VTEP MAC dstMAC on VNI vni.
+func VXLAN(vni int, dstMAC net.HardwareAddr, src, dst netip.AddrPort, msg []byte) []byte {
+	b := make([]byte, 0, 8+14+20+8+len(msg))
+	b = append(b, 0x08, 0, 0, 0, byte(vni>>16), byte(vni>>8), byte(vni), 0)
+	b = append(b, dstMAC...)
+	b = append(b, 0x02, 0x00, 0x5e, 0x10, 0x66, 0x66, 0x08, 0x00) // a made-up source MAC, IPv4
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(msg)))
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	b = append(b, ip...)
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	b = binary.BigEndian.AppendUint16(b, dst.Port())
+	b = binary.BigEndian.AppendUint16(b, uint16(8+len(msg)))
+	b = append(b, 0, 0) // no UDP checksum (allowed over IPv4)
+	return append(b, msg...)
+}
