@@ -68,6 +68,14 @@ func TestUDPRestartInNamespaces(t *testing.T) {
 			"--etcd-endpoints", url, "--etcd-prefix", "/twill-test", "--net-config", netConfig,
 			"--iface", "eth0", "--subnet-file", sf, "--node-name", n.Name, "--ip-masq")
 	}
+	for _, n := range lab.Nodes { // should the test end before --cleanup
+		dir := pinDir(t, n)
+		t.Cleanup(func() {
+			if err := kernelpath.RemovePins(dir); err != nil {
+				t.Errorf("remove the pins of %s: %v", n.Name, err)
+			}
+		})
+	}
 	p1 := twilldOn(n1, udpConfig)
 	p2 := twilldOn(n2, udpConfig)
 	backendtest.Eventually(t, 20*time.Second, func() string {

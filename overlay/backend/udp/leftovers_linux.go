@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -50,11 +49,6 @@ func RemoveLeftovers(node backend.Node, log *slog.Logger) error {
 			errs = append(errs, fmt.Errorf("delete the udp backend's %s: %w", plan.UDPDevice, err))
 		} else {
 			log.Info("removed the udp backend's device", "device", plan.UDPDevice)
-		}
-	}
-	if dir, err := kernelpath.PinDir(ns); err == nil {
-		if _, err := os.Stat(dir); err == nil {
-			log.Info("removing the udp backend's kernel path", "pins", dir)
 		}
 	}
 	var devs []string

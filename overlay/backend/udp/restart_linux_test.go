@@ -90,6 +90,11 @@ func testRestart(t *testing.T, options string, kernelPath, kill bool) {
 	})
 	a, b := rs[0], rs[1]
 	old := a.Backend.(*Backend)
+	t.Cleanup(func() { // node A's pins, should the test end before its Cleanup
+		if err := RemoveLeftovers(lab.Nodes[0].BackendNode(cfg), nil); err != nil {
+			t.Errorf("remove node A's leftovers: %v", err)
+		}
+	})
 	if out, ok := ping(t, lab.Nodes[0].Pod, lab.Nodes[1].PodIP, 2); !ok {
 		t.Fatalf("no ping before the restart:\n%s", out)
 	}

@@ -276,7 +276,8 @@ func (hk *tcHook) removeQdiscIfEmpty() error {
 // knowing who made them, and a device that is not there.
 func Cleanup(ns netns.NsHandle, devices ...string) error {
 	var errs []error
-	if dir, err := PinDir(ns); err != nil {
+	// Where no bpffs is mounted, nothing was pinned: nothing is mounted.
+	if dir, err := pinDir(ns); err != nil {
 		errs = append(errs, err)
 	} else if err := RemovePins(dir); err != nil {
 		errs = append(errs, err)

@@ -41,15 +41,23 @@ func linkPin(dir, prog string) string { return filepath.Join(dir, "link_"+prog) 
 // It mounts bpffs on BPFFS when nothing is mounted there (TWILL_BPFFS
 // must be a bpffs already); it makes no directory.
 func PinDir(ns netns.NsHandle) (string, error) {
+	dir, err := pinDir(ns)
+	if err != nil {
+		return "", err
+	}
+	if err := ensureBPFFS(filepath.Dir(filepath.Dir(dir))); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// pinDir is PinDir without mounting anything.
+func pinDir(ns netns.NsHandle) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(ns), &st); err != nil {
 		return "", fmt.Errorf("read the network namespace's inode: %w", err)
 	}
-	base := bpffs()
-	if err := ensureBPFFS(base); err != nil {
-		return "", err
-	}
-	return filepath.Join(base, "twill", fmt.Sprint(st.Ino)), nil
+	return filepath.Join(bpffs(), "twill", fmt.Sprint(st.Ino)), nil
 }
 
 // ensureBPFFS mounts the bpf filesystem on dir unless it is there; only
