@@ -55,7 +55,7 @@ func TestScenariosQEMU(t *testing.T) {
 			rep, err := r.Run(ctx, s)
 			t.Log("\n" + out.String())
 			if rep != nil {
-				fmt.Fprintf(&summary, "  %-12s %-4s %6.1fs  (consoles: %s)\n", s.Name, map[bool]string{true: "PASS", false: "FAIL"}[rep.Passed], rep.Seconds,
+				fmt.Fprintf(&summary, "  %-20s %-4s %6.1fs  (consoles: %s)\n", s.Name, map[bool]string{true: "PASS", false: "FAIL"}[rep.Passed], rep.Seconds,
 					fmt.Sprintf("%s/twill-vm-consoles/%s", os.TempDir(), lab))
 			}
 			if err != nil {
