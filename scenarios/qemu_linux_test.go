@@ -13,8 +13,9 @@ import (
 )
 
 // qemuScenarios are the scenarios the qemu tier plays: the basic one on
-// each tunnel backend, and the faults only a VM has.
-var qemuScenarios = []string{"basic-udp", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3"}
+// each tunnel backend (udp on its kernel path, classic tc on the VMs'
+// 6.1, and on its userspace path), and the faults only a VM has.
+var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3"}
 
 // TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs
@@ -54,7 +55,7 @@ func TestScenariosQEMU(t *testing.T) {
 			rep, err := r.Run(ctx, s)
 			t.Log("\n" + out.String())
 			if rep != nil {
-				fmt.Fprintf(&summary, "  %-12s %-4s %6.1fs  (consoles: %s)\n", s.Name, map[bool]string{true: "PASS", false: "FAIL"}[rep.Passed], rep.Seconds,
+				fmt.Fprintf(&summary, "  %-20s %-4s %6.1fs  (consoles: %s)\n", s.Name, map[bool]string{true: "PASS", false: "FAIL"}[rep.Passed], rep.Seconds,
 					fmt.Sprintf("%s/twill-vm-consoles/%s", os.TempDir(), lab))
 			}
 			if err != nil {

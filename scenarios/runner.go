@@ -340,6 +340,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 			limit = time.Duration(p.s.Cluster.SubnetLeaseTTL) + 30*time.Second
 		}
 		return p.lease(ctx, st.Node, false, limit)
+	case "data-path":
+		return p.dataPath(ctx, st.Path)
 	case "reboot-node":
 		return p.rebootNode(ctx, st.Node)
 	case "partition":

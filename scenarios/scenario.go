@@ -91,6 +91,7 @@ type Step struct {
 	Contains string   // log: the text a line must contain
 
 	value *template.Template // Value, parsed
+	Path  string             // data-path: "kernel" or "userspace"
 }
 
 // stepKinds lists the step kinds and the parameters each takes.
@@ -114,6 +115,8 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
+	// udp: which path carried the bytes (the nodes' API).
+	"data-path": {"path"},
 	// Faults that need a node with a kernel and a link of its own (the
 	// qemu driver); partition and heal work on every driver.
 	"reboot-node":   {"node"},
@@ -250,6 +253,11 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			if err == nil && st.Expect != "ok" && st.Expect != "fail" {
 				err = fmt.Errorf("%q: want ok or fail", st.Expect)
 			}
+		case "path":
+			err = v.Decode(&st.Path)
+			if err == nil && st.Path != "kernel" && st.Path != "userspace" {
+				err = fmt.Errorf("%q: want kernel or userspace", st.Path)
+			}
 		case "holds":
 			var b bool
 			err = v.Decode(&b)
@@ -306,7 +314,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"tcp": {"from", "to"}, "mtu": {"from", "to"}, "outside": {"from"}, "ping": {"from", "to"}, "outside-to-pod": {"to"},
 		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "start-daemon": {"node"},
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
-		"reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
+		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
 		"ping-watch": {"from", "to"}, "log": {"contains"},
 	}

@@ -30,6 +30,9 @@ var vmModules = []string{
 	"virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "crc32c_generic",
 	"tun", "vxlan", "veth", "bridge", "ipip", "ipvlan", "macvlan",
 	"nf_tables", "nft_masq", "nft_chain_nat", "nft_ct", "sch_netem",
+	// The udp kernel path on 6.1 (no tcx): the clsact qdisc and the bpf
+	// classifier, both modules in Debian's kernel.
+	"sch_ingress", "cls_bpf",
 	// netlink.NewHandleAt opens an XFRM socket too: without xfrm_user twilld
 	// fails with "protocol not supported".
 	"xfrm_user",

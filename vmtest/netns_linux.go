@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -164,8 +165,25 @@ func (d *netnsDriver) down(context.Context) []proc {
 	var procs []proc
 	for _, n := range d.l.st.Nodes {
 		procs = append(procs, n.Daemon)
+		removeUDPPins(n.NetNS)
 	}
 	return procs
+}
+
+// removeUDPPins removes what a udp twilld pinned for the namespace netns
+// (its kernel path outlives it, for the next twilld to take over; see
+// kernelpath.PinDir: /sys/fs/bpf/twill/<the namespace's inode>), as
+// twilld --cleanup would: the namespace goes with the lab, the pins would
+// stay on this machine's bpffs. A twilld still running keeps its programs
+// until it ends.
+func removeUDPPins(netns string) {
+	fi, err := os.Stat(filepath.Join("/run/netns", netns))
+	if err != nil {
+		return
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		_ = os.RemoveAll(filepath.Join("/sys/fs/bpf/twill", strconv.FormatUint(st.Ino, 10)))
+	}
 }
 
 func (d *netnsDriver) close() error { return nil }

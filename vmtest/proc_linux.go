@@ -63,7 +63,7 @@ func (p proc) alive() bool {
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.PID))
 		return err == nil && len(tasks) > 1
 	}
-	// Before exec the process is "ip netns exec ..."; after, the binary.
+	// Before exec the process is "nsenter ..."; after, the binary.
 	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
 	if err != nil {
 		return false
@@ -72,7 +72,7 @@ func (p proc) alive() bool {
 		return true // in the middle of exec: the start time matched
 	}
 	argv0, _, _ := bytes.Cut(cmd, []byte{0})
-	return string(argv0) == p.Exe || filepath.Base(string(argv0)) == "ip"
+	return string(argv0) == p.Exe || filepath.Base(string(argv0)) == "nsenter"
 }
 
 // signal sends sig to p if it is still the process the lab started.
@@ -117,7 +117,10 @@ func (p proc) stop(ctx context.Context, sig syscall.Signal, grace time.Duration)
 // startIn starts exe with args in the network namespace netns, in a session
 // of its own (so it outlives the caller), appending its output to logPath.
 // It returns the log's size before the start, to look for a ready line in
-// what follows.
+// what follows. The process stays in this machine's mount namespace
+// (nsenter --net, not ip netns exec, whose fresh /sys hides the host's
+// bpffs): a udp twilld pins its kernel path there, so that the next one
+// takes it over, as on a host.
 func startIn(netns, exe string, args []string, logPath string) (proc, int64, error) {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return proc{}, 0, err
@@ -131,7 +134,7 @@ func startIn(netns, exe string, args []string, logPath string) (proc, int64, err
 	if err != nil {
 		return proc{}, 0, err
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, exe}, args...)...)
+	cmd := exec.Command("nsenter", append([]string{"--net=" + filepath.Join("/run/netns", netns), "--", exe}, args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

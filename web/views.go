@@ -258,6 +258,7 @@ func (s *Server) tunnel(p status.Peer, node string, withHistory bool) api.Tunnel
 	t := api.Tunnel{
 		Peer: p.Subnet.String(), Node: node,
 		TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
+		UserspaceTxBytes: p.UserspaceTxBytes, UserspaceRxBytes: p.UserspaceRxBytes,
 		Drops: maps.Clone(p.Drops),
 	}
 	if t.Drops == nil {

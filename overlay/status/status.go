@@ -103,6 +103,10 @@ type Peer struct {
 	TxBytes   uint64
 	RxPackets uint64
 	RxBytes   uint64
+	// UserspaceTxBytes and UserspaceRxBytes are the part of TxBytes and
+	// RxBytes that udp's userspace loops carried (the rest its kernel
+	// path did); zero for the other backends.
+	UserspaceTxBytes, UserspaceRxBytes uint64
 	// Drops counts dropped packets by reason (no-route, unknown-peer,
 	// spoofed-source, malformed, tun-write-error, ...).
 	Drops    map[string]uint64

@@ -129,6 +129,10 @@ type Tunnel struct {
 	TxBytes   uint64 `json:"tx_bytes"`
 	RxPackets uint64 `json:"rx_packets"`
 	RxBytes   uint64 `json:"rx_bytes"`
+	// UserspaceTxBytes and UserspaceRxBytes are the part of the bytes
+	// udp's userspace loops carried (the rest its kernel path did).
+	UserspaceTxBytes uint64 `json:"userspace_tx_bytes,omitempty"`
+	UserspaceRxBytes uint64 `json:"userspace_rx_bytes,omitempty"`
 
 	TxBytesPerSecond   float64 `json:"tx_bytes_per_second"`
 	RxBytesPerSecond   float64 `json:"rx_bytes_per_second"`

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/routing"
@@ -58,6 +61,11 @@ type Backend struct {
 	// variable TWILL_UDP_ATTACH sets it, for tests and measurements.
 	kpAttach string
 	kpPeers  map[netip.Prefix]kernelpath.Peer
+	// kpHold: the kernel path took over the peers an earlier twilld left
+	// pinned, and keeps them until the peers' leases are known (the first
+	// Handle, or adoptGrace after Prepare), so that traffic to them flows
+	// while the lease watcher starts.
+	kpHold bool
 	// broken is the last failed repair ("" if none).
 	broken  string
 	running chan struct{} // non-nil while Run runs; closed when it returns
@@ -126,7 +134,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 	if err := b.EnsureDevice(); err != nil {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		b.takeDown()
+		b.takeDown(true)
 		return backend.Prepared{}, err
 	}
 	b.mu.Lock()
@@ -187,7 +195,7 @@ func (b *Backend) repairDevice(nl *netlink.Handle, own netip.Prefix) error {
 				return fmt.Errorf("delete %s (a %s device, not a TUN): %w", plan.UDPDevice, link.Type(), err)
 			}
 		}
-		if err := b.openQueues(); err != nil {
+		if err := b.openQueues(nl); err != nil {
 			return err
 		}
 		if link, err = nl.LinkByName(plan.UDPDevice); err != nil {
@@ -218,15 +226,30 @@ func (b *Backend) repairDevice(nl *netlink.Handle, own netip.Prefix) error {
 }
 
 // openQueues creates twill0's TUN queues, in place of the old ones (which
-// are closed; the loops on them end). Called with mu held.
-func (b *Backend) openQueues() error {
+// are closed; the loops on them end). twill0 is persistent: a twill0 an
+// earlier twilld left (its address and routes with it) is taken over, or,
+// if it cannot be (another number of queues), made again. Called with mu
+// held.
+func (b *Backend) openQueues(nl *netlink.Handle) error {
 	var queues []*tunQueue
 	var uso bool
-	err := namespace.Do(b.Namespace(), func() error {
-		var err error
-		queues, uso, err = openTUNQueues(plan.UDPDevice, b.nqueues, b.offload)
-		return err
-	})
+	open := func() error {
+		return namespace.Do(b.Namespace(), func() error {
+			var err error
+			queues, uso, err = openTUNQueues(plan.UDPDevice, b.nqueues, b.offload, true)
+			return err
+		})
+	}
+	err := open()
+	if errors.Is(err, unix.EINVAL) {
+		if link, lerr := nl.LinkByName(plan.UDPDevice); lerr == nil && link.Type() == "tuntap" {
+			b.log.Warn("replacing device", "device", plan.UDPDevice, "reason", "a TUN left with other flags", "err", err)
+			if derr := nl.LinkDel(link); derr != nil {
+				return errors.Join(err, fmt.Errorf("delete %s: %w", plan.UDPDevice, derr))
+			}
+			err = open()
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -236,8 +259,9 @@ func (b *Backend) openQueues() error {
 		_ = q.close()
 	}
 	if b.kp != nil {
-		// Its egress program went with the old device.
-		_ = b.kp.Close()
+		// Its egress program went with the old device; the maps stay
+		// pinned for the kernel path attached to the new one.
+		_ = b.kp.Release()
 		b.kp = nil
 	}
 	b.replaced()
@@ -272,22 +296,79 @@ func (b *Backend) attachKernelPath(bind netip.Addr) {
 		b.kpWhy = "no underlay device"
 	}
 	if b.kpWhy != "" {
+		// A kernel path an earlier twilld left (pinned links, tc filters)
+		// would go on taking the datagrams.
+		b.removeKernelPath()
 		return
 	}
 	cfg := kernelpath.Config{TUN: plan.UDPDevice, Underlay: b.node.Iface, LocalIP: bind, Port: uint16(b.port), Attach: b.kpAttach}
+	if dir, err := kernelpath.PinDir(b.Namespace()); err != nil {
+		b.log.Warn("kernel path: nothing pinned, so it will not outlive twilld", "err", err)
+	} else {
+		cfg.PinDir = dir
+	}
+	start := time.Now()
 	kp, err := kernelpath.Attach(b.Namespace(), cfg)
 	if err != nil {
 		b.kpWhy = err.Error()
 		b.log.Info("kernel path unavailable; every packet takes the userspace path", "reason", err)
+		b.removeKernelPath()
 		return
 	}
 	b.kp, b.kpCfg = kp, &cfg
+	if kp.Adopted() {
+		b.kpHold = true
+		b.log.Info("kernel path taken over from the earlier twilld", "attachment", kp.Attachment(),
+			"peers", len(kp.Peers()), "pods", len(kp.Pods()), "took", time.Since(start).Round(time.Microsecond))
+		time.AfterFunc(adoptGrace, b.releaseHeldPeers)
+	}
 	if s := b.local.Load(); s != nil {
 		if err := errors.Join(kp.SetSubnet(*s), kp.SetPeers(b.kpPeers)); err != nil {
 			b.log.Warn("kernel path: program the peers", "err", err)
 		}
 	}
 	b.replaced()
+}
+
+// adoptGrace is how long the kernel path keeps the peers an earlier
+// twilld left when no peer's lease comes (a node without peers).
+const adoptGrace = 30 * time.Second
+
+// Handle hands the peers' lease events to the Router. The first one ends
+// the hold on the peers the kernel path took over.
+func (b *Backend) Handle(ctx context.Context, evs []lease.Event) error {
+	b.mu.Lock()
+	b.kpHold = false
+	b.mu.Unlock()
+	return b.Router.Handle(ctx, evs)
+}
+
+// releaseHeldPeers ends the hold on the taken-over peers: the kernel
+// path's peers are the plan's from now on.
+func (b *Backend) releaseHeldPeers() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.kpHold {
+		return
+	}
+	b.kpHold = false
+	if b.kp != nil && b.local.Load() != nil {
+		if err := b.kp.SetPeers(b.kpPeers); err != nil {
+			b.log.Warn("kernel path: program the peers", "err", err)
+		}
+	}
+}
+
+// removeKernelPath removes a kernel path an earlier twilld left in the
+// namespace (pins, tc filters on the underlay). Called with mu held.
+func (b *Backend) removeKernelPath() {
+	var devs []string
+	if b.node.Iface != "" {
+		devs = append(devs, b.node.Iface)
+	}
+	if err := kernelpath.Cleanup(b.Namespace(), devs...); err != nil {
+		b.log.Warn("remove the kernel path an earlier twilld left", "err", err)
+	}
 }
 
 // kpAttachment is how the kernel path is attached ("tcx", "tc"), or
@@ -328,6 +409,12 @@ func (b *Backend) onPlan(p routing.Planned) error {
 	if b.kp == nil {
 		return nil
 	}
+	if b.kpHold {
+		// Until the peers' leases are known, the taken-over peers stay.
+		held := b.kp.Peers()
+		maps.Copy(held, kpPeers)
+		kpPeers = held
+	}
 	return errors.Join(b.kp.SetSubnet(s), b.kp.SetPeers(kpPeers))
 }
 
@@ -352,6 +439,9 @@ func (b *Backend) Status() backend.Status {
 		st.Problems = append(st.Problems, "data path broken: "+g.lost)
 	}
 	st.Peers = b.table.Load().status()
+	for i := range st.Peers {
+		st.Peers[i].UserspaceTxBytes, st.Peers[i].UserspaceRxBytes = st.Peers[i].TxBytes, st.Peers[i].RxBytes
+	}
 	if kp == nil {
 		return st
 	}
@@ -382,7 +472,7 @@ func (b *Backend) Status() backend.Status {
 // left by a tool), twill's routes and the nftables table.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
-	errs := b.takeDown()
+	errs := b.takeDown(true)
 	running := b.running
 	b.mu.Unlock()
 	if running != nil {
@@ -392,21 +482,36 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 			return errors.Join(append(errs, fmt.Errorf("wait for the packet loops to stop: %w", ctx.Err()))...)
 		}
 	}
-	// twill's tc filters that a killed twilld left on the underlay (those on
-	// twill0 go with it).
+	// The kernel path a stopped twilld left: its pins (tcx links and maps)
+	// and tc filters on the underlay (those on twill0 go with it).
+	var devs []string
 	if b.node.Iface != "" {
-		if err := kernelpath.Cleanup(b.Namespace(), b.node.Iface); err != nil {
-			errs = append(errs, fmt.Errorf("remove the kernel path's tc filters: %w", err))
-		}
+		devs = append(devs, b.node.Iface)
+	}
+	if err := kernelpath.Cleanup(b.Namespace(), devs...); err != nil {
+		errs = append(errs, fmt.Errorf("remove the kernel path: %w", err))
 	}
 	errs = append(errs, b.Router.Cleanup(ctx))
 	b.table.Store(newPeerTable(nil, nil, b.port))
 	return errors.Join(errs...)
 }
 
-// takeDown closes the queues, the sockets and the kernel path, and wakes
-// the loops. Called with mu held.
-func (b *Backend) takeDown() []error {
+// Close lets go of the data path as a stopping twilld does, and leaves it
+// in the kernel for the next one: twill0 (persistent) with its address and
+// routes, the kernel path attached with its maps pinned, the nftables
+// table. It closes the queues, the sockets and the Router's handles; Run
+// must have ended. Cleanup removes what Close leaves.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	errs := b.takeDown(false)
+	b.mu.Unlock()
+	return errors.Join(append(errs, b.Router.Close())...)
+}
+
+// takeDown closes the queues, the sockets and the kernel path (detached
+// with detach, else left attached and pinned), and wakes the loops.
+// Called with mu held.
+func (b *Backend) takeDown(detach bool) []error {
 	var errs []error
 	b.up = false
 	for _, q := range b.queues {
@@ -421,12 +526,18 @@ func (b *Backend) takeDown() []error {
 	}
 	b.queues, b.socks, b.dead = nil, nil, false
 	if b.kp != nil {
-		if err := b.kp.Close(); err != nil {
+		var err error
+		if detach {
+			err = b.kp.Close()
+		} else {
+			err = b.kp.Release()
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 		b.kp = nil
 	}
-	b.kpCfg, b.kpWhy = nil, ""
+	b.kpCfg, b.kpWhy, b.kpHold = nil, "", false
 	b.replaced()
 	return errs
 }

@@ -62,9 +62,20 @@
 // (BackendData {"KernelPath":true}); only to such peers does the egress
 // program send, because over veth or virtio a kernel-sent datagram may
 // carry an inner checksum the kernel left partial, which only a kernel
-// receiver completes. The programs go when twilld exits (tcx links belong
-// to the process; twill's tc filters are removed on close, and by
-// kernelpath.Cleanup on twilld --cleanup after a crash), as twill0 does.
+// receiver completes.
+//
+// Restarts. The data path outlives twilld: twill0 is a persistent TUN
+// (its address and the cluster route stay when the queues close), and the
+// kernel path stays attached with its maps (and tcx links) pinned under
+// kernelpath.PinDir. The next Backend in the namespace opens its queues on
+// the same twill0 and takes the kernel path over (kernelpath.Attach with
+// the same PinDir: the pinned peers, pods, counters and subnet, its
+// programs swapped in without a gap), and keeps the taken-over peers
+// until the first Handle (or adoptGrace). Close lets go of all of it and
+// leaves it in the kernel, as a stopping twilld does; Cleanup removes it
+// (twill0, pins, filters). RemoveLeftovers removes it for a node whose
+// config changed to another backend. The userspace loops' counters start
+// from zero with each Backend; the kernel path's carry on.
 //
 // The userspace data path (Offload, the default where the kernel path
 // does not run) moves each byte with four copies between kernel and

@@ -131,8 +131,10 @@ var tunPath = "/dev/net/tun"
 // thread's namespace with n queues (IFF_MULTI_QUEUE when n > 1). With
 // offload, the queues carry virtio-net headers and the kernel is told it
 // may hand over TCP (and UDP, where it can) super-packets with partial
-// checksums; it returns which of those it accepted.
-func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, err error) {
+// checksums; it returns which of those it accepted. With persist, the
+// device is made persistent (TUNSETPERSIST): it stays, with its address
+// and routes, when the queues are closed, and a later call attaches to it.
+func openTUNQueues(name string, n int, offload, persist bool) (qs []*tunQueue, uso bool, err error) {
 	defer func() {
 		if err != nil {
 			for _, q := range qs {
@@ -162,6 +164,12 @@ func openTUNQueues(name string, n int, offload bool) (qs []*tunQueue, uso bool, 
 		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 			unix.Close(fd)
 			return qs, false, fmt.Errorf("create TUN %s (queue %d): %w", name, i, err)
+		}
+		if persist && i == 0 {
+			if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+				unix.Close(fd)
+				return qs, false, fmt.Errorf("make TUN %s persistent: %w", name, err)
+			}
 		}
 		if offload {
 			// Every queue takes the same offloads; the kernel keeps them per

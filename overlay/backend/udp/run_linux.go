@@ -25,8 +25,9 @@ var repairTimeout = 10 * time.Second
 // recreates it (new TUN queues, the address, MTU, the route, the kernel
 // path) and the loops restart on it; Run returns an error only when that
 // repair has not succeeded within 10 s, or when a socket fails. The device
-// and sockets stay open after Run (pods keep their routes; the device goes
-// when the process ends or on Cleanup).
+// and sockets stay open after Run; twill0 (persistent), its routes and the
+// kernel path stay in the kernel after Close and the process's end, until
+// Cleanup.
 func (b *Backend) Run(ctx context.Context) error {
 	b.mu.Lock()
 	if !b.up {

@@ -18,7 +18,11 @@ import (
 // its program swapped (link.Update; FilterReplace at the same priority
 // and handle) without a moment in which no program runs.
 type hook interface {
+	// detach takes the program off the hook.
 	detach() error
+	// release lets go of the hook and leaves the program on it, for the
+	// next twilld to adopt.
+	release() error
 }
 
 // where is a hook: the device (ifindex, name for messages) and direction.
@@ -35,8 +39,12 @@ func (w where) String() string {
 	return w.device + " egress"
 }
 
-// tcxHook is a tcx link; closing it detaches the program.
-type tcxHook struct{ l link.Link }
+// tcxHook is a tcx link; closing it detaches the program, unless it is
+// pinned (then the pin keeps it attached).
+type tcxHook struct {
+	l      link.Link
+	pinned bool
+}
 
 // attachTCX attaches prog after every program already on the hook: those
 // keep seeing every packet they saw before, and twill's program gets what
@@ -50,10 +58,18 @@ func attachTCX(w where, prog *ebpf.Program) (hook, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach the kernel path to %s (tcx): %w", w, err)
 	}
-	return tcxHook{l}, nil
+	return tcxHook{l: l}, nil
 }
 
-func (h tcxHook) detach() error { return h.l.Close() }
+func (h tcxHook) detach() error {
+	var err error
+	if h.pinned {
+		err = h.l.Unpin()
+	}
+	return errors.Join(err, h.l.Close())
+}
+
+func (h tcxHook) release() error { return h.l.Close() }
 
 // tcHook is one of twill's cls_bpf filters.
 type tcHook struct {
@@ -204,6 +220,9 @@ func listFilters(h *netlink.Handle, ifindex int, parent uint32, what string) ([]
 	return nil, fmt.Errorf("list the tc filters on %s: %w", what, err)
 }
 
+// release leaves the filter in place: it outlives the process.
+func (hk *tcHook) release() error { return nil }
+
 // detach removes twill's filter if it still runs this hook's program (a
 // twilld that replaced it owns it now), then the clsact qdisc if twill
 // made it and no one's filter is left on it.
@@ -250,12 +269,25 @@ func (hk *tcHook) removeQdiscIfEmpty() error {
 	return nil
 }
 
-// Cleanup removes, in the namespace ns, every tc filter of twill's (by
-// handle and name, at any priority) from both hooks of each device: what
-// a twilld that did not close left behind (tcx links end with their
-// process). It leaves the qdiscs, not knowing who made them, and a device
-// that is not there.
+// Cleanup removes the kernel path of the namespace ns that twilld leaves
+// behind when it stops: the pinned tcx links (detaching them) and maps
+// (PinDir), and every tc filter of twill's (by handle and name, at any
+// priority) from both hooks of each device. It leaves the qdiscs, not
+// knowing who made them, and a device that is not there.
 func Cleanup(ns netns.NsHandle, devices ...string) error {
+	var errs []error
+	// Where no bpffs is mounted, nothing was pinned: nothing is mounted.
+	if dir, err := pinDir(ns); err != nil {
+		errs = append(errs, err)
+	} else if err := RemovePins(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(append(errs, removeTCFilters(ns, devices...))...)
+}
+
+// removeTCFilters removes every tc filter of twill's from both hooks of
+// each device in the namespace ns.
+func removeTCFilters(ns netns.NsHandle, devices ...string) error {
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle for the kernel path's cleanup: %w", err)

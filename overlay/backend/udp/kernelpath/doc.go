@@ -40,10 +40,11 @@
 // (the default: tcx, and tc where the kernel has no tcx, found by trying).
 // Path.Attachment says which is in use.
 //
-//   - tcx: a link per hook, owned by the process, appended after the
-//     programs already there (link.Tail): they keep seeing every packet
-//     they saw before, and twill's program sees what they pass on. When
-//     twilld exits, the kernel detaches the links. tcx programs run before
+//   - tcx: a link per hook, appended after the programs already there
+//     (link.Tail): they keep seeing every packet they saw before, and
+//     twill's program sees what they pass on. Without Config.PinDir the
+//     links belong to the process and the kernel detaches them when it
+//     exits; with it they are pinned and stay. tcx programs run before
 //     any classic tc filter of the device, so those do not see the
 //     datagrams twill's program takes.
 //   - tc: a direct-action cls_bpf filter per hook, for all protocols, on
@@ -66,6 +67,16 @@
 //     removes them (they would run after its links), and Cleanup removes
 //     them for good.
 //
+// Pinning (Config.PinDir, under PinDir of the namespace): the maps and
+// the tcx links are pinned there, so that the data path outlives twilld.
+// Attach with the same PinDir reuses the pinned maps (a layout that does
+// not match is made afresh), takes over the peers, their counter slots,
+// the pods and the subnet, and swaps its programs in without a moment with
+// no program: link.Update on a pinned link of the same device, or the tc
+// filter replaced in place. Release lets go and leaves everything
+// attached; Close detaches and removes the pins; Cleanup removes what a
+// stopped twilld left (pins and filters).
+//
 // The package must not touch anything but the two hooks it attaches, the
-// clsact qdiscs it makes and the maps it creates.
+// clsact qdiscs it makes, the maps it creates and its pin directory.
 package kernelpath

@@ -50,6 +50,11 @@ type Config struct {
 	// Attach is how the programs are attached: AttachAuto (also ""),
 	// AttachTCX or AttachTC (tests force classic tc on a kernel with tcx).
 	Attach string
+	// PinDir, if set, is where the maps and tcx links are pinned (PinDir
+	// of the namespace), so that the data path outlives the process: a
+	// later Attach with the same PinDir adopts them (the peers, pods and
+	// counters as they were) and swaps its programs in without a gap.
+	PinDir string
 }
 
 // Counters are a peer's fast-path traffic: inner IP packets and bytes each
@@ -76,6 +81,10 @@ type Path struct {
 	slots      map[netip.Prefix]uint32
 	free       []uint32
 	closed     bool
+	// pinDir is Config.PinDir; adopted says Attach found an earlier
+	// twilld's state there.
+	pinDir  string
+	adopted bool
 }
 
 type lpmKey struct {
@@ -269,20 +278,27 @@ func Attach(ns netns.NsHandle, cfg Config) (*Path, error) {
 // as tc filters. Runs inside the namespace ns.
 func (p *Path) attach(ns netns.NsHandle, mode string, hooks []where) error {
 	progs := []*ebpf.Program{p.coll.Programs["egress"], p.coll.Programs["ingress"]}
+	names := []string{egressName, ingressName}
+	tcx := func(i int) (hook, error) {
+		if p.pinDir == "" {
+			return attachTCX(hooks[i], progs[i])
+		}
+		return attachTCXPinned(hooks[i], progs[i], linkPin(p.pinDir, names[i]))
+	}
 	if mode != AttachTC {
-		h, err := attachTCX(hooks[0], progs[0])
+		h, err := tcx(0)
 		switch {
 		case err == nil:
 			p.hooks = append(p.hooks, h)
 			p.attachment = AttachTCX
-			h, err = attachTCX(hooks[1], progs[1])
+			h, err = tcx(1)
 			if err != nil {
 				return err
 			}
 			p.hooks = append(p.hooks, h)
 			// tc filters of twill's that a twilld on the tc attachment left
 			// would run after these and redirect to its gone twill0.
-			return Cleanup(ns, hooks[0].device, hooks[1].device)
+			return removeTCFilters(ns, hooks[0].device, hooks[1].device)
 		case mode == AttachTCX || !errors.Is(err, ebpf.ErrNotSupported):
 			return err
 		}
@@ -294,11 +310,16 @@ func (p *Path) attach(ns netns.NsHandle, mode string, hooks []where) error {
 	p.nl = nl
 	p.attachment = AttachTC
 	for i, w := range hooks {
-		h, err := attachTC(nl, w, progs[i], []string{egressName, ingressName}[i])
+		h, err := attachTC(nl, w, progs[i], names[i])
 		if err != nil {
 			return err
 		}
 		p.hooks = append(p.hooks, h)
+	}
+	if p.pinDir != "" {
+		// tcx links a twilld on the tcx attachment pinned would run before
+		// these filters.
+		return unpinLinks(p.pinDir)
 	}
 	return nil
 }
@@ -307,13 +328,21 @@ func (p *Path) attach(ns netns.NsHandle, mode string, hooks []where) error {
 func (p *Path) Attachment() string { return p.attachment }
 
 // load creates the maps and programs for cfg, attached nowhere.
+// With cfg.PinDir, the maps are those pinned there (made and pinned if
+// there are none), and the Path takes over their content (adopt).
 func load(cfg Config) (*Path, error) {
-	coll, err := ebpf.NewCollection(spec())
+	var coll *ebpf.Collection
+	var err error
+	if cfg.PinDir == "" {
+		coll, err = ebpf.NewCollection(spec())
+	} else {
+		coll, err = loadPinned(spec(), cfg.PinDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load the kernel path's programs: %w", err)
 	}
 	p := &Path{coll: coll, peers: map[netip.Prefix]peerValue{}, slots: map[netip.Prefix]uint32{},
-		pods: map[netip.Addr]podValue{}}
+		pods: map[netip.Addr]podValue{}, pinDir: cfg.PinDir}
 	for i := MaxPeers - 1; i >= 0; i-- {
 		p.free = append(p.free, uint32(i))
 	}
@@ -323,7 +352,28 @@ func load(cfg Config) (*Path, error) {
 	binary.BigEndian.PutUint16(p.cfg[cfgPorts+2:], cfg.Port)
 	// No inner destination matches until SetSubnet.
 	binary.BigEndian.PutUint32(p.cfg[cfgMask:], ^uint32(0))
+	if cfg.PinDir != "" {
+		if p.adopted, err = p.adopt(); err != nil {
+			coll.Close()
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// Adopted reports whether Attach took over the data path an earlier
+// twilld left pinned (its peers, pods, counters and subnet).
+func (p *Path) Adopted() bool { return p.adopted }
+
+// Peers returns the fast path's peer table.
+func (p *Path) Peers() map[netip.Prefix]Peer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[netip.Prefix]Peer, len(p.peers))
+	for s, v := range p.peers {
+		out[s] = Peer{PublicIP: netip.AddrFrom4(v.IP), Send: v.Send != 0}
+	}
+	return out
 }
 
 // writeConfig stores the config; the programs pass everything until the
@@ -526,8 +576,16 @@ func (p *Path) Counters() (map[netip.Prefix]Counters, error) {
 	return out, errors.Join(errs...)
 }
 
-// Close detaches the programs and frees the maps.
-func (p *Path) Close() error {
+// Close detaches the programs and frees the maps (and removes the pins).
+func (p *Path) Close() error { return p.close(true) }
+
+// Release lets go of the programs and maps and leaves them in the kernel:
+// with PinDir, attached and pinned for the next twilld to adopt, as a
+// stopping twilld does (with classic tc the filters stay in any case).
+// Without PinDir, tcx links end with it.
+func (p *Path) Release() error { return p.close(false) }
+
+func (p *Path) close(detach bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -536,7 +594,13 @@ func (p *Path) Close() error {
 	p.closed = true
 	var errs []error
 	for _, h := range p.hooks {
-		if err := h.detach(); err != nil {
+		var err error
+		if detach {
+			err = h.detach()
+		} else {
+			err = h.release()
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("detach the kernel path (%s): %w", p.attachment, err))
 		}
 	}
@@ -545,5 +609,8 @@ func (p *Path) Close() error {
 		p.nl.Close()
 	}
 	p.coll.Close()
+	if detach && p.pinDir != "" {
+		errs = append(errs, RemovePins(p.pinDir))
+	}
 	return errors.Join(errs...)
 }

@@ -22,6 +22,7 @@ type Config struct {
 	LocalIP       netip.Addr
 	Port          uint16
 	Attach        string
+	PinDir        string
 }
 
 // Counters are a peer's fast-path traffic.
@@ -84,3 +85,18 @@ func (p *Path) WatchPods(context.Context, netns.NsHandle, func() (netip.Prefix, 
 
 // Cleanup does nothing off Linux.
 func Cleanup(netns.NsHandle, ...string) error { return nil }
+
+// PinDir fails off Linux.
+func PinDir(netns.NsHandle) (string, error) { return "", errNotLinux }
+
+// RemovePins does nothing off Linux.
+func RemovePins(string) error { return nil }
+
+// Release does nothing off Linux.
+func (p *Path) Release() error { return nil }
+
+// Adopted is false off Linux.
+func (p *Path) Adopted() bool { return false }
+
+// Peers is empty off Linux.
+func (p *Path) Peers() map[netip.Prefix]Peer { return nil }
