@@ -49,18 +49,23 @@ func (p *play) restartDaemon(ctx context.Context, node string, sig syscall.Signa
 	return detail, nil, nil
 }
 
-// killDaemon kills twilld (SIGKILL, a crash) and leaves it dead; its pods
-// stay in the checks, since the kernel data path outlives the daemon.
-func (p *play) killDaemon(ctx context.Context, node string) (string, map[string]any, error) {
+// stopDaemon stops twilld with sig (SIGKILL: a crash; SIGTERM: a stop, as
+// systemd's) and leaves it stopped; its pods stay in the checks, since the
+// data path outlives the daemon.
+func (p *play) stopDaemon(ctx context.Context, node string, sig syscall.Signal) (string, map[string]any, error) {
 	before, err := p.nodeSubnet(node)
 	if err != nil {
 		return "", nil, err
 	}
 	p.subnets[node] = before
-	if err := p.c.StopDaemon(ctx, node, syscall.SIGKILL); err != nil {
+	if err := p.c.StopDaemon(ctx, node, sig); err != nil {
 		return "", nil, err
 	}
-	return fmt.Sprintf("%s killed while holding %s", node, before), nil, nil
+	what := "killed"
+	if sig != syscall.SIGKILL {
+		what = "stopped (" + sig.String() + ")"
+	}
+	return fmt.Sprintf("%s %s while holding %s", node, what, before), nil, nil
 }
 
 // startDaemon starts a stopped twilld; after a kill it must get the same

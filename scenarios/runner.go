@@ -321,7 +321,9 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	case "restart-daemon":
 		return p.restartDaemon(ctx, st.Node, syscall.SIGTERM)
 	case "kill-daemon":
-		return p.killDaemon(ctx, st.Node)
+		return p.stopDaemon(ctx, st.Node, syscall.SIGKILL)
+	case "stop-daemon":
+		return p.stopDaemon(ctx, st.Node, syscall.SIGTERM)
 	case "start-daemon":
 		return p.startDaemon(ctx, st.Node)
 	case "stop-node":

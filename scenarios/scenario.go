@@ -107,6 +107,7 @@ var stepKinds = map[string][]string{
 	"routes":            {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
+	"stop-daemon":       {"node"},
 	"start-daemon":      {"node"},
 	"stop-node":         {"node"},
 	"start-node":        {"node"},
@@ -312,7 +313,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 	// Required parameters.
 	need := map[string][]string{
 		"tcp": {"from", "to"}, "mtu": {"from", "to"}, "outside": {"from"}, "ping": {"from", "to"}, "outside-to-pod": {"to"},
-		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "start-daemon": {"node"},
+		"lease": {"node", "holds"}, "restart-daemon": {"node"}, "kill-daemon": {"node"}, "stop-daemon": {"node"}, "start-daemon": {"node"},
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},

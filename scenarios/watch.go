@@ -155,6 +155,10 @@ type pingWatchResult struct {
 	Lost       int
 	InFlight   bool
 	LongestGap time.Duration
+	// Unanswered counts the requests after the last reply that got none
+	// (a loss still going on when the watch ended): LongestGap cannot show
+	// it, having no reply to end it.
+	Unanswered int
 }
 
 func (r pingWatchResult) String() string {
@@ -162,7 +166,11 @@ func (r pingWatchResult) String() string {
 	if r.InFlight {
 		s += " (and the last one in flight when the watch ended)"
 	}
-	return s + fmt.Sprintf("; longest gap between replies %v", r.LongestGap.Round(time.Millisecond))
+	s += fmt.Sprintf("; longest gap between replies %v", r.LongestGap.Round(time.Millisecond))
+	if r.Unanswered > 0 {
+		s += fmt.Sprintf("; the last %d requests before the end got no reply", r.Unanswered)
+	}
+	return s
 }
 
 var (
@@ -200,6 +208,7 @@ func parsePingWatch(out string) (pingWatchResult, error) {
 	}
 	for seq := 1; seq <= r.Sent; seq++ {
 		if seen[seq] {
+			r.Unanswered = 0
 			continue
 		}
 		if seq == r.Sent {
@@ -207,6 +216,7 @@ func parsePingWatch(out string) (pingWatchResult, error) {
 			continue
 		}
 		r.Lost++
+		r.Unanswered++
 	}
 	return r, nil
 }
