@@ -41,11 +41,15 @@ func TestScenariosQEMU(t *testing.T) {
 	}
 	var summary strings.Builder
 	began := time.Now()
-	for i, name := range qemuScenarios {
+	var plays []*Scenario
+	for _, name := range qemuScenarios {
 		s, err := Load(name + ".yaml")
 		if err != nil {
 			t.Fatal(err)
 		}
+		plays = append(plays, s.Plays()...) // one per backend of a multi-backend file
+	}
+	for i, s := range plays {
 		lab := fmt.Sprintf("q%d%c", os.Getpid()%1000, 'a'+i)
 		t.Run(s.Name, func(t *testing.T) {
 			var out strings.Builder
@@ -66,5 +70,5 @@ func TestScenariosQEMU(t *testing.T) {
 			}
 		})
 	}
-	t.Logf("qemu tier: %d scenarios on 3-VM clusters in %.1fs (reports in %s):\n%s", len(qemuScenarios), time.Since(began).Seconds(), reports, summary.String())
+	t.Logf("qemu tier: %d scenarios (%d plays) on 3-VM clusters in %.1fs (reports in %s):\n%s", len(qemuScenarios), len(plays), time.Since(began).Seconds(), reports, summary.String())
 }

@@ -49,7 +49,9 @@ func (p *play) startPingWatch(ctx context.Context, from, to string) (string, map
 		pidFile: fmt.Sprintf("/tmp/twill-ping-watch-%s-%s-%s.pid", p.c.Name(), from, to)}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.cancel = cancel
-	script := fmt.Sprintf("echo $$ > %s; exec ping -n -D -i %g -w %d %s",
+	// /bin/ping by path: busybox's sh (in the VMs) would run its own ping
+	// applet, which has no -D.
+	script := fmt.Sprintf("echo $$ > %s; exec /bin/ping -n -D -i %g -w %d %s",
 		w.pidFile, watchInterval.Seconds(), int(watchLimit.Seconds()), dst.Addr)
 	go func() {
 		defer close(w.done)
