@@ -185,7 +185,7 @@ func Diff(p plan.Plan, t Tables) Edits {
 		current[dst] = r
 	}
 	for _, r := range p.Routes {
-		if _, ok := t.Devices[r.Device]; !ok {
+		if _, ok := t.Devices[r.Device]; !ok && !r.Blackhole {
 			e.RouteProblems = append(e.RouteProblems, fmt.Errorf("add %s: no device %s", r, r.Device))
 			continue
 		}
