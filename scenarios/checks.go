@@ -368,6 +368,10 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 			break
 		}
 		fallthrough
+	case "bgp":
+		// The learned routes, and the blackhole for the own subnet.
+		want = append(want, own.String())
+		fallthrough
 	case "vxlan", "host-gw", "ipip":
 		for _, l := range ls {
 			if l.Subnet != own {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/bgp"
 	"github.com/twillnet/twill/overlay/backend/hostgw"
 	"github.com/twillnet/twill/overlay/backend/ipip"
 	"github.com/twillnet/twill/overlay/backend/sublink"
@@ -22,6 +23,8 @@ func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, err
 		return hostgw.New(node, log)
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
+	case netconf.TypeBGP:
+		return bgp.New(node, log)
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return sublink.New(node, log)
 	default:

@@ -258,6 +258,7 @@ func toRoute(r plan.Route, link netlink.Link) *netlink.Route {
 		return &netlink.Route{
 			Dst:      &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), 32)},
 			Protocol: Protocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_UNIVERSE, Type: unix.RTN_BLACKHOLE,
+			Priority: plan.BlackholeMetric,
 		}
 	}
 	nr := &netlink.Route{

@@ -585,6 +585,12 @@ func TestApplyFDBRemotes(t *testing.T) {
 func TestBlackhole(t *testing.T) {
 	n := newNS(t)
 	n.underlay(t, "192.168.56.11/24")
+	// The pod bridge's connected route has the blackhole's destination: it
+	// must stay, and win.
+	bridge, err := n.nl.LinkByName("eth0p")
+	must(t, err)
+	a, _ := netlink.ParseAddr("10.244.0.1/24")
+	must(t, n.nl.AddrAdd(bridge, a))
 	h := n.open(t)
 	bgp := netconf.Backend{Type: netconf.TypeBGP, Port: 179, BGP: &netconf.BGP{ASN: 64512, IPIP: netconf.IPIPNever}}
 	p := buildPlan(t, bgp)
@@ -604,6 +610,10 @@ func TestBlackhole(t *testing.T) {
 	}
 	if black != 1 {
 		t.Errorf("kernel routes %v: want one blackhole 10.244.0.0/24 proto twill", rs)
+	}
+	got, err := n.nl.RouteGet(net.ParseIP("10.244.0.2"))
+	if err != nil || len(got) == 0 || got[0].LinkIndex != bridge.Attrs().Index {
+		t.Errorf("route to 10.244.0.2 = %v, %v; want the connected route via eth0p, not the blackhole", got, err)
 	}
 	assertState(t, h, p)
 	if ch, err := h.Apply(p); err != nil || ch != (Changes{}) {

@@ -131,6 +131,12 @@ type Route struct {
 	Blackhole bool
 }
 
+// BlackholeMetric is the metric of a blackhole route (the others have 0):
+// the node's own route to its subnet (the connected route of cni0, which
+// has the same destination) wins while it exists, and the blackhole
+// catches what is left.
+const BlackholeMetric = 1 << 30
+
 func (r Route) String() string {
 	if r.Blackhole {
 		return "route blackhole " + r.Dst.String()
