@@ -35,15 +35,15 @@ type gatewayLab struct {
 }
 
 type gwNode struct {
-	name     string
-	ns, pod  *nstest.NS
-	ip, gw   netip.Addr
-	subnet   netip.Prefix
-	podIP    netip.Addr
-	cmd      *exec.Cmd
-	log      string
-	netCfg   string
-	etcd     string
+	name    string
+	ns, pod *nstest.NS
+	ip, gw  netip.Addr
+	subnet  netip.Prefix
+	podIP   netip.Addr
+	cmd     *exec.Cmd
+	log     string
+	netCfg  string
+	etcd    string
 	// logOff is the log's size when twilld was last started.
 	logOff int64
 }
@@ -428,4 +428,3 @@ func transfer(t *testing.T, l *gatewayLab, from, to *gwNode, size int) {
 	}
 	t.Logf("%d bytes %s -> %s intact: %s", size, from.name, to.name, lastLine(string(snd)))
 }
-
