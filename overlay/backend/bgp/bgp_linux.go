@@ -21,6 +21,7 @@ import (
 	"github.com/twillnet/twill/overlay/kernel"
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
+	"github.com/twillnet/twill/overlay/status"
 )
 
 // Data is the BackendData a bgp node publishes in its lease: what its mesh
@@ -380,17 +381,7 @@ func (b *Backend) withStale(ctx context.Context, sp *speaker, learned []plan.Lea
 }
 
 // Session is one BGP session as Status reports it.
-type Session struct {
-	Peer        netip.Addr
-	ASN         uint32
-	Type        string
-	State       string
-	Since       time.Time
-	Received    uint64
-	Advertised  uint64
-	Transitions uint64
-	LastError   string
-}
+type Session = status.BGPSession
 
 // Sessions lists the speaker's sessions, sorted by peer.
 func (b *Backend) Sessions(ctx context.Context) []Session {
@@ -412,8 +403,8 @@ func (b *Backend) Sessions(ctx context.Context) []Session {
 		s := Session{Peer: addr, ASN: p.Conf.PeerAsn, Type: p.Conf.Description, State: sessionState(p.State.SessionState)}
 		for _, a := range p.AfiSafis {
 			if a.State != nil {
-				s.Received += a.State.Received
-				s.Advertised += a.State.Advertised
+				s.PrefixesReceived += a.State.Received
+				s.PrefixesAdvertised += a.State.Advertised
 			}
 		}
 		b.mu.Lock()
@@ -430,14 +421,18 @@ func (b *Backend) Sessions(ctx context.Context) []Session {
 	return out
 }
 
-// Status is the Router's, with a problem for every session that is not
-// established and has an error.
+// Status is the Router's, with the sessions, and a problem for every
+// session that is down with an error.
 func (b *Backend) Status() backend.Status {
 	st := b.Router.Status()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	for _, s := range b.Sessions(ctx) {
-		if s.State != "Established" && s.LastError != "" {
+	st.BGP = b.Sessions(ctx)
+	if st.BGP == nil {
+		st.BGP = []Session{}
+	}
+	for _, s := range st.BGP {
+		if s.Stuck() {
 			st.Problems = append(st.Problems, fmt.Sprintf("bgp session with %s (AS %d, %s) is %s: %s", s.Peer, s.ASN, s.Type, s.State, s.LastError))
 		}
 	}

@@ -330,6 +330,12 @@ func TestGatewayBIRD(t *testing.T) {
 		}
 	}
 	transfer(t, l, b, a, 64<<20)
+	// twillctl bgp lists the session as calicoctl node status would.
+	out := l.twillctl(a, "bgp")
+	if !regexp.MustCompile(`192\.168\.56\.1\s+64512\s+external\s+Established`).MatchString(out) {
+		t.Errorf("twillctl bgp on a1:\n%s", out)
+	}
+	t.Logf("twillctl bgp on a1:\n%s", out)
 
 	// Graceful restart: pings every 10 ms across a twilld restart on a1
 	// lose nothing; the router keeps a1's route all along.
@@ -397,6 +403,35 @@ func TestGatewayBIRD(t *testing.T) {
 		t.Logf("b1 stopped: its subnet gone from a1's kernel after %s (hold time 9 s + restart time 20 s)", gone.Round(time.Millisecond))
 		_ = t0
 	})
+}
+
+// twillctl runs twillctl against the node's API from inside its namespace.
+func (l *gatewayLab) twillctl(n *gwNode, args ...string) string {
+	args = append(args, "--node", "http://"+n.ip.String()+":9180")
+	out, _ := inNS(l.t, n.ns, append([]string{filepath.Join(l.bin, "twillctl")}, args...)...)
+	return out
+}
+
+// TestGatewayWrongASN: a router whose AS is not the one configured for it
+// refuses the session; the node shows the session's error and is not
+// ready, naming the peer.
+func TestGatewayWrongASN(t *testing.T) {
+	cfg := `{"Network":"10.244.0.0/16","Backend":{"Type":"bgp","NodeMesh":false,"HoldTime":9,"ConnectRetry":1,
+		"Peers":[{"Address":"` + routerID + `","ASN":65000}]}}`
+	l := newGatewayLab(t, cfg)
+	l.startBIRD(64512)
+	a := l.nodes[0]
+	var st string
+	waitFor(t, 30*time.Second, "a1 not ready, naming the peer", func() (bool, string) {
+		st = l.twillctl(a, "status")
+		return strings.Contains(st, "bgp-sessions") && strings.Contains(st, routerID+" (AS 65000, external)"), st
+	})
+	t.Logf("twillctl status on a1:\n%s", st)
+	bgp := l.twillctl(a, "bgp")
+	if !strings.Contains(bgp, routerID) || strings.Contains(bgp, "Established") || !strings.Contains(bgp, "as number mismatch") {
+		t.Errorf("twillctl bgp on a1:\n%s", bgp)
+	}
+	t.Logf("twillctl bgp on a1:\n%s", bgp)
 }
 
 // transfer sends size bytes from one node's pod to another's and checks
