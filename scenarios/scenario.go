@@ -94,6 +94,7 @@ var stepKinds = map[string][]string{
 	"outside-to-pod":    {"to", "within"},
 	"lease":             {"node", "holds", "within"},
 	"routes":            {"within"},
+	"bgp-sessions":      {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
 	"start-daemon":      {"node"},
