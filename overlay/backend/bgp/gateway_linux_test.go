@@ -32,6 +32,7 @@ type gatewayLab struct {
 	dir    string
 	router *nstest.NS
 	nodes  []*gwNode
+	frrDir string // FRR's directory (its logs), if it runs
 }
 
 type gwNode struct {
@@ -125,8 +126,11 @@ func newGatewayLab(t *testing.T, netConfig string) *gatewayLab {
 		if !t.Failed() {
 			return
 		}
-		for _, name := range []string{"a1.log", "b1.log", "bird.log"} {
+		for _, name := range []string{"a1.log", "b1.log", "bird.log", "zebra.log", "bgpd.log"} {
 			b, _ := os.ReadFile(filepath.Join(l.dir, name))
+			if l.frrDir != "" && strings.HasSuffix(name, "d.log") || name == "zebra.log" {
+				b, _ = os.ReadFile(filepath.Join(l.frrDir, name))
+			}
 			var keep []string
 			for _, line := range strings.Split(string(b), "\n") {
 				if !strings.Contains(line, "level=DEBUG") {
@@ -293,17 +297,26 @@ func TestGatewayBIRD(t *testing.T) {
 	l := newGatewayLab(t, cfg)
 	t0 := time.Now()
 	sock := l.startBIRD(64512)
-	a, b := l.nodes[0], l.nodes[1]
-
-	learn := waitFor(t, 30*time.Second, "both sessions established in birdc show protocols", func() (bool, string) {
+	playGateway(t, l, t0, "BIRD", "bird", func() (bool, string) {
 		out := birdc(t, sock, "show", "protocols")
 		return len(established.FindAllString(out, -1)) == 2, out
 	})
-	t.Logf("BIRD: both sessions established %s after BIRD started", learn.Round(time.Millisecond))
+}
+
+// playGateway checks a gateway lab whose router was started at t0:
+// sessionsUp says whether the router has both sessions established;
+// routerProto is the protocol of the routes the router installs.
+func playGateway(t *testing.T, l *gatewayLab, t0 time.Time, router, routerProto string, sessionsUp func() (bool, string)) {
+	a, b := l.nodes[0], l.nodes[1]
+	learn := waitFor(t, 30*time.Second, "both sessions established at the router", sessionsUp)
+	t.Logf("%s: both sessions established %s after it started", router, learn.Round(time.Millisecond))
 	// The router learns every node's subnet, with the node as next hop.
 	waitFor(t, 20*time.Second, "the router's kernel routes both subnets to their nodes", func() (bool, string) {
-		out := ipc(t, "-n", l.router.Name, "route", "show", "proto", "bird")
-		return strings.Contains(out, a.subnet.String()+" via "+a.ip.String()) && strings.Contains(out, b.subnet.String()+" via "+b.ip.String()), out
+		out := ipc(t, "-n", l.router.Name, "route", "show", "proto", routerProto)
+		via := func(n *gwNode) bool {
+			return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(n.subnet.String()) + ` (nhid \d+ )?via ` + regexp.QuoteMeta(n.ip.String()) + ` `).MatchString(out)
+		}
+		return via(a) && via(b), out
 	})
 	// Each node routes the other's subnet via its rack's router address.
 	for _, pair := range [][2]*gwNode{{a, b}, {b, a}} {
@@ -316,7 +329,7 @@ func TestGatewayBIRD(t *testing.T) {
 			t.Errorf("%s: no blackhole of twill's for its own subnet %s: %q", from.name, from.subnet, r)
 		}
 	}
-	t.Logf("routes in both nodes' kernels %s after BIRD started", time.Since(t0).Round(time.Millisecond))
+	t.Logf("routes in both nodes' kernels %s after %s started", time.Since(t0).Round(time.Millisecond), router)
 	for _, pair := range [][2]*gwNode{{a, b}, {b, a}} {
 		if err := ping(t, pair[0], pair[1].podIP); err != nil {
 			t.Fatal(err)
@@ -371,10 +384,7 @@ func TestGatewayBIRD(t *testing.T) {
 		time.Sleep(time.Second)
 		l.startTwilld(a)
 		ready := l.waitReady(a)
-		back := waitFor(t, 30*time.Second, "a1's session back", func() (bool, string) {
-			out := birdc(t, sock, "show", "protocols")
-			return len(established.FindAllString(out, -1)) == 2, out
-		})
+		back := waitFor(t, 30*time.Second, "a1's session back", sessionsUp)
 		time.Sleep(2 * time.Second) // past the End-of-RIB: the stale routes are replaced by learned ones
 		close(stop)
 		wg.Wait()
@@ -388,8 +398,9 @@ func TestGatewayBIRD(t *testing.T) {
 	})
 
 	// A node that stops (twilld killed, its rack's link down): the router
-	// withdraws its subnet after the hold time and the restart time
-	// (graceful restart keeps it that long), and the other node's kernel
+	// withdraws its subnet, at the latest after the hold time and the
+	// restart time (graceful restart keeps it that long; FRR drops it at
+	// once when the next hop's link goes), and the other node's kernel
 	// loses it.
 	t.Run("node-stops", func(t *testing.T) {
 		t0 := time.Now()
@@ -400,7 +411,7 @@ func TestGatewayBIRD(t *testing.T) {
 			r := twillRoute(t, a, b.subnet)
 			return r == "", r
 		})
-		t.Logf("b1 stopped: its subnet gone from a1's kernel after %s (hold time 9 s + restart time 20 s)", gone.Round(time.Millisecond))
+		t.Logf("b1 stopped: its subnet gone from a1's kernel after %s (%s; at most hold time 9 s + restart time 20 s)", gone.Round(time.Millisecond), router)
 		_ = t0
 	})
 }
@@ -462,4 +473,86 @@ func transfer(t *testing.T, l *gatewayLab, from, to *gwNode, size int) {
 		t.Fatalf("transfer: sent %q, received %q", lastLine(string(snd)), lastLine(srvOut.String()))
 	}
 	t.Logf("%d bytes %s -> %s intact: %s", size, from.name, to.name, lastLine(string(snd)))
+}
+
+// frrConfig is the router's FRR bgpd config: the same as birdConfig's
+// (iBGP route reflector, itself as next hop on each rack, graceful
+// restart).
+func (l *gatewayLab) frrConfig(asn int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "router bgp %d\n bgp router-id %s\n no bgp ebgp-requires-policy\n bgp graceful-restart\n bgp route-reflector allow-outbound-policy\n", asn, routerID)
+	for _, n := range l.nodes {
+		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s update-source %s\n neighbor %s timers 3 9\n neighbor %s timers connect 1\n",
+			n.ip, asn, n.ip, routerID, n.ip, n.ip)
+	}
+	b.WriteString(" address-family ipv4 unicast\n")
+	for _, n := range l.nodes {
+		fmt.Fprintf(&b, "  neighbor %s route-reflector-client\n  neighbor %s route-map to-%s out\n", n.ip, n.ip, n.name)
+	}
+	b.WriteString(" exit-address-family\n")
+	for _, n := range l.nodes {
+		fmt.Fprintf(&b, "route-map to-%s permit 10\n set ip next-hop %s\n", n.name, n.gw)
+	}
+	return b.String()
+}
+
+// startFRR runs zebra (it installs the learned routes in the router's
+// kernel) and bgpd in the router namespace; vtysh reaches them through
+// the returned socket directory.
+func (l *gatewayLab) startFRR(asn int) (vty string) {
+	t := l.t
+	// FRR's daemons run as its user frr: their directory is one it may
+	// enter and write (the test's temporary directory is root's only).
+	vty, err := os.MkdirTemp("", "twt-frr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(vty) })
+	if err := os.Chmod(vty, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	zconf, bconf := filepath.Join(vty, "zebra.conf"), filepath.Join(vty, "bgpd.conf")
+	if err := os.WriteFile(zconf, []byte("hostname rtr\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bconf, []byte(l.frrConfig(asn)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	zsock := filepath.Join(vty, "zserv.api")
+	common := []string{"-u", "frr", "-g", "frr", "--vty_socket", vty, "-z", zsock}
+	start(t, l.router, filepath.Join(vty, "zebra.log"), "/usr/lib/frr/zebra", append(common, "-f", zconf, "-i", filepath.Join(vty, "zebra.pid"))...)
+	waitFor(t, 10*time.Second, "zebra's socket", func() (bool, string) {
+		_, err := os.Stat(zsock)
+		return err == nil, fmt.Sprint(err)
+	})
+	l.frrDir = vty
+	start(t, l.router, filepath.Join(vty, "bgpd.log"), "/usr/lib/frr/bgpd", append(common, "-f", bconf, "-i", filepath.Join(vty, "bgpd.pid"))...)
+	return vty
+}
+
+// TestGatewayFRR is TestGatewayBIRD with FRR as the router.
+func TestGatewayFRR(t *testing.T) {
+	nstest.NeedCommand(t, "vtysh", "the router runs FRR (Debian package frr)")
+	if _, err := os.Stat("/usr/lib/frr/bgpd"); err != nil {
+		t.Skip("needs FRR's bgpd (Debian package frr)")
+	}
+	cfg := `{"Network":"10.244.0.0/16","Backend":{"Type":"bgp","NodeMesh":false,"HoldTime":9,"RestartTime":20,"ConnectRetry":1,
+		"Peers":[{"Address":"` + routerID + `","ASN":64512}]}}`
+	l := newGatewayLab(t, cfg)
+	t0 := time.Now()
+	vty := l.startFRR(64512)
+	playGateway(t, l, t0, "FRR", "bgp", func() (bool, string) {
+		out, _ := exec.Command("vtysh", "--vty_socket", vty, "-c", "show bgp summary").CombinedOutput()
+		up := 0
+		for _, n := range l.nodes {
+			for _, line := range strings.Split(string(out), "\n") {
+				f := strings.Fields(line)
+				// Neighbor V AS MsgRcvd MsgSent TblVer InQ OutQ Up/Down State/PfxRcd PfxSnt
+				if len(f) >= 10 && f[0] == n.ip.String() && regexp.MustCompile(`^\d+$`).MatchString(f[9]) {
+					up++
+				}
+			}
+		}
+		return up == len(l.nodes), string(out)
+	})
 }
