@@ -235,8 +235,11 @@ func (l *gatewayLab) addPod(n *gwNode) {
 // birdConfig is the router's BIRD 2 config: iBGP with each node, as a
 // route reflector that makes itself the next hop (its address on the
 // node's rack), graceful restart on, learned routes into the kernel.
-func (l *gatewayLab) birdConfig(asn int) string {
+func (l *gatewayLab) birdConfig(asn int, extra ...string) string {
 	var b strings.Builder
+	for _, e := range extra {
+		b.WriteString(e)
+	}
 	fmt.Fprintf(&b, "log stderr { info, remote, warning, error, auth, fatal, bug };\nrouter id %s;\nprotocol device {}\nprotocol direct { ipv4; interface \"r*\"; }\n", routerID)
 	b.WriteString("protocol kernel { ipv4 { import none; export filter { if proto ~ \"node*\" then accept; reject; }; }; }\n")
 	for i, n := range l.nodes {
@@ -255,9 +258,9 @@ func (l *gatewayLab) birdConfig(asn int) string {
 	return b.String()
 }
 
-func (l *gatewayLab) startBIRD(asn int) (sock string) {
+func (l *gatewayLab) startBIRD(asn int, extra ...string) (sock string) {
 	conf := filepath.Join(l.dir, "bird.conf")
-	if err := os.WriteFile(conf, []byte(l.birdConfig(asn)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(l.birdConfig(asn, extra...)), 0o644); err != nil {
 		l.t.Fatal(err)
 	}
 	sock = filepath.Join(l.dir, "bird.ctl")
@@ -443,6 +446,30 @@ func TestGatewayWrongASN(t *testing.T) {
 		t.Errorf("twillctl bgp on a1:\n%s", bgp)
 	}
 	t.Logf("twillctl bgp on a1:\n%s", bgp)
+}
+
+// TestGatewayBIRDLearns1000: BIRD advertises 1000 more prefixes (static
+// blackholes of the router, in the cluster network); the time until all
+// are in a node's kernel is printed.
+func TestGatewayBIRDLearns1000(t *testing.T) {
+	cfg := `{"Network":"10.0.0.0/8","SubnetMax":"10.127.255.0","Backend":{"Type":"bgp","NodeMesh":false,"HoldTime":9,"ConnectRetry":1,
+		"Peers":[{"Address":"` + routerID + `","ASN":64512}]}}`
+	l := newGatewayLab(t, cfg)
+	var static strings.Builder
+	static.WriteString("protocol static learn1000 {\n\tipv4;\n")
+	for i := range 1000 {
+		fmt.Fprintf(&static, "\troute 10.%d.%d.0/24 blackhole;\n", 200+i/256, i%256)
+	}
+	static.WriteString("}\n")
+	l.startBIRD(64512, static.String())
+	a := l.nodes[0]
+	var n int
+	took := waitFor(t, 60*time.Second, "a1 holds the 1000 routes", func() (bool, string) {
+		out, _ := exec.Command("ip", "-n", a.ns.Name, "route", "show", "proto", "126", "root", "10.200.0.0/14").CombinedOutput()
+		n = strings.Count(string(out), "via "+a.gw.String())
+		return n == 1000, fmt.Sprintf("%d routes", n)
+	})
+	t.Logf("1000 prefixes from BIRD in a1's kernel %s after BIRD started (the session's setup included)", took.Round(time.Millisecond))
 }
 
 // transfer sends size bytes from one node's pod to another's and checks
