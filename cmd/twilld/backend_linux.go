@@ -15,7 +15,7 @@ import (
 
 // newKernelBackend makes a backend whose data path the kernel carries. It
 // works in the namespace twilld runs in.
-func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
+func newKernelBackend(node backend.Node, log *slog.Logger, nb nodeBGP) (backend.Backend, error) {
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeVXLAN:
 		return vxlan.New(node, log)
@@ -24,7 +24,7 @@ func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, err
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
 	case netconf.TypeBGP:
-		return bgp.New(node, log)
+		return bgp.New(node, log, bgp.NodeOptions{ASN: nb.ASN, Peers: nb.Peers})
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return sublink.New(node, log)
 	default:

@@ -44,8 +44,12 @@ func ParseData(raw json.RawMessage, clusterASN uint32) Data {
 type Backend struct {
 	node backend.Node
 	opts netconf.Backend
-	g    netconf.BGP
-	log  *slog.Logger
+	// g are the options with the node's own applied: g.ASN is this node's
+	// AS, g.Peers the routers it peers with; clusterASN is Backend.ASN,
+	// the AS of a mesh peer that publishes none.
+	g          netconf.BGP
+	clusterASN uint32
+	log        *slog.Logger
 	// Router keeps the routes and nftables rules; it gives the backend
 	// SetLease, Handle, Status, Resync, Cleanup and Close.
 	*routing.Router
@@ -73,9 +77,17 @@ type session struct {
 	transitions uint64
 }
 
+// NodeOptions are a node's own bgp settings (twilld --bgp-asn,
+// --bgp-peer): its AS (0 for the cluster's, Backend.ASN) and routers it
+// peers with besides Backend.Peers.
+type NodeOptions struct {
+	ASN   uint32
+	Peers []netconf.BGPPeer
+}
+
 // New returns the bgp backend for node. It works in twilld's own network
 // namespace only (see the package doc).
-func New(node backend.Node, log *slog.Logger) (*Backend, error) {
+func New(node backend.Node, log *slog.Logger, own NodeOptions) (*Backend, error) {
 	if node.Network == nil {
 		return nil, errors.New("bgp: the node has no network config")
 	}
@@ -89,7 +101,13 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if opts.BGP == nil {
 		return nil, errors.New("bgp: the network config has no bgp options")
 	}
-	b := &Backend{node: node, opts: opts, g: *opts.BGP, log: log.With("backend", netconf.TypeBGP),
+	g := *opts.BGP
+	clusterASN := g.ASN
+	if own.ASN != 0 {
+		g.ASN = own.ASN
+	}
+	g.Peers = append(slices.Clone(g.Peers), own.Peers...)
+	b := &Backend{node: node, opts: opts, g: g, clusterASN: clusterASN, log: log.With("backend", netconf.TypeBGP),
 		kick: make(chan struct{}, 1), desired: map[netip.Addr]neighbor{}, current: map[netip.Addr]neighbor{},
 		sessions: map[netip.Addr]*session{}}
 	r, err := routing.New(routing.Config{Node: node, Backend: opts, OnPlan: b.onPlan, Log: log})
@@ -169,7 +187,7 @@ func (b *Backend) onPlan(p routing.Planned) error {
 			if l.Attrs.Backend() != netconf.TypeBGP || !ip.Is4() || ip == b.node.PublicIP || l.Subnet == p.Own.Subnet {
 				continue
 			}
-			want[ip] = neighbor{Addr: ip, ASN: ParseData(l.Attrs.BackendData, b.g.ASN).ASN, Kind: "mesh"}
+			want[ip] = neighbor{Addr: ip, ASN: ParseData(l.Attrs.BackendData, b.clusterASN).ASN, Kind: "mesh"}
 		}
 	}
 	for _, peer := range b.g.Peers {

@@ -47,6 +47,8 @@ type gwNode struct {
 	etcd    string
 	// logOff is the log's size when twilld was last started.
 	logOff int64
+	// args are extra twilld flags.
+	args []string
 }
 
 const routerID = "192.168.56.1"
@@ -116,7 +118,7 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() (bool,
 	return 0
 }
 
-func newGatewayLab(t *testing.T, netConfig string) *gatewayLab {
+func newGatewayLab(t *testing.T, netConfig string, nodeArgs ...[]string) *gatewayLab {
 	nstest.NeedRoot(t, "creates network namespaces, a router and pods")
 	for _, c := range []string{"ip", "bird", "birdc"} {
 		nstest.NeedCommand(t, c, "the gateway lab's router runs BIRD 2 (Debian package bird2)")
@@ -145,6 +147,9 @@ func newGatewayLab(t *testing.T, netConfig string) *gatewayLab {
 	mustIn(t, l.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	for i, rack := range []struct{ name, node, gw string }{{"a1", "192.168.56.66", "192.168.56.65"}, {"b1", "192.168.56.98", "192.168.56.97"}} {
 		n := &gwNode{name: rack.name, ip: netip.MustParseAddr(rack.node), gw: netip.MustParseAddr(rack.gw)}
+		if i < len(nodeArgs) {
+			n.args = nodeArgs[i]
+		}
 		n.ns, n.pod = nstest.New(t, rack.name), nstest.New(t, rack.name+"p")
 		rl := fmt.Sprintf("r%d", i)
 		ipc(t, "-n", l.router.Name, "link", "add", rl, "type", "veth", "peer", "name", "eth0", "netns", n.ns.Name)
@@ -194,9 +199,10 @@ func (l *gatewayLab) startTwilld(n *gwNode) {
 	if fi, err := os.Stat(n.log); err == nil {
 		n.logOff = fi.Size()
 	}
-	n.cmd = start(l.t, n.ns, n.log, filepath.Join(l.bin, "twilld"), "--etcd-endpoints", n.etcd, "--net-config", n.netCfg,
+	args := []string{"--etcd-endpoints", n.etcd, "--net-config", n.netCfg,
 		"--public-ip", n.ip.String(), "--node-name", n.name, "--subnet-file", l.subnetFile(n),
-		"--listen", n.ip.String()+":9180", "--log-level", "debug")
+		"--listen", n.ip.String() + ":9180", "--log-level", "debug"}
+	n.cmd = start(l.t, n.ns, n.log, filepath.Join(l.bin, "twilld"), append(args, n.args...)...)
 }
 
 // waitReady waits for the node's log to say ready and reads its subnet.
@@ -236,6 +242,12 @@ func (l *gatewayLab) addPod(n *gwNode) {
 // route reflector that makes itself the next hop (its address on the
 // node's rack), graceful restart on, learned routes into the kernel.
 func (l *gatewayLab) birdConfig(asn int, extra ...string) string {
+	return l.birdConfigASNs(asn, nil, extra...)
+}
+
+// birdConfigASNs is birdConfig with node i in AS nodeASN[i] (eBGP, the
+// router no reflector then); nil for the router's AS (iBGP).
+func (l *gatewayLab) birdConfigASNs(asn int, nodeASN []int, extra ...string) string {
 	var b strings.Builder
 	for _, e := range extra {
 		b.WriteString(e)
@@ -243,24 +255,32 @@ func (l *gatewayLab) birdConfig(asn int, extra ...string) string {
 	fmt.Fprintf(&b, "log stderr { info, remote, warning, error, auth, fatal, bug };\nrouter id %s;\nprotocol device {}\nprotocol direct { ipv4; interface \"r*\"; }\n", routerID)
 	b.WriteString("protocol kernel { ipv4 { import none; export filter { if proto ~ \"node*\" then accept; reject; }; }; }\n")
 	for i, n := range l.nodes {
+		peerASN, rr := asn, "rr client;"
+		if nodeASN != nil {
+			peerASN, rr = nodeASN[i], ""
+		}
 		fmt.Fprintf(&b, `protocol bgp node%d {
 	local %s as %d;
 	neighbor %s as %d;
 	multihop;
-	rr client;
+	%s
 	graceful restart on;
 	connect retry time 1;
 	hold time 9;
 	ipv4 { import all; export all; next hop self on; next hop address %s; };
 }
-`, i, routerID, asn, n.ip, asn, n.gw)
+`, i, routerID, asn, n.ip, peerASN, rr, n.gw)
 	}
 	return b.String()
 }
 
 func (l *gatewayLab) startBIRD(asn int, extra ...string) (sock string) {
+	return l.startBIRDWith(l.birdConfig(asn, extra...))
+}
+
+func (l *gatewayLab) startBIRDWith(config string) (sock string) {
 	conf := filepath.Join(l.dir, "bird.conf")
-	if err := os.WriteFile(conf, []byte(l.birdConfig(asn, extra...)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
 		l.t.Fatal(err)
 	}
 	sock = filepath.Join(l.dir, "bird.ctl")
@@ -424,6 +444,40 @@ func (l *gatewayLab) twillctl(n *gwNode, args ...string) string {
 	args = append(args, "--node", "http://"+n.ip.String()+":9180")
 	out, _ := inNS(l.t, n.ns, append([]string{filepath.Join(l.bin, "twillctl")}, args...)...)
 	return out
+}
+
+// TestGatewayASPerRack: each rack's node has its own AS (twilld
+// --bgp-asn) and peers by eBGP with the router (AS 65000, given per node
+// by --bgp-peer: no Backend.Peers); the nodes learn each other's subnets
+// through it and their pods talk.
+func TestGatewayASPerRack(t *testing.T) {
+	cfg := `{"Network":"10.244.0.0/16","Backend":{"Type":"bgp","NodeMesh":false,"HoldTime":9,"ConnectRetry":1}}`
+	l := newGatewayLab(t, cfg,
+		[]string{"--bgp-asn", "65001", "--bgp-peer", routerID + ":65000"},
+		[]string{"--bgp-asn", "65002", "--bgp-peer", routerID + ":65000"})
+	sock := l.startBIRDWith(l.birdConfigASNs(65000, []int{65001, 65002}))
+	a, b := l.nodes[0], l.nodes[1]
+	waitFor(t, 30*time.Second, "both eBGP sessions established", func() (bool, string) {
+		out := birdc(t, sock, "show", "protocols")
+		return len(established.FindAllString(out, -1)) == 2, out
+	})
+	for _, pair := range [][2]*gwNode{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		waitFor(t, 20*time.Second, from.name+" learns "+to.subnet.String(), func() (bool, string) {
+			r := twillRoute(t, from, to.subnet)
+			return strings.Contains(r, "via "+from.gw.String()+" dev eth0"), r
+		})
+		if err := ping(t, from, to.podIP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := l.twillctl(a, "bgp")
+	if !regexp.MustCompile(`192\.168\.56\.1\s+65000\s+external\s+Established`).MatchString(out) {
+		t.Errorf("twillctl bgp on a1:\n%s", out)
+	}
+	if r := birdc(t, sock, "show", "route", "all", b.subnet.String()); !strings.Contains(r, "65002") {
+		t.Errorf("BIRD's route to %s does not have AS path 65002:\n%s", b.subnet, r)
+	}
 }
 
 // TestGatewayWrongASN: a router whose AS is not the one configured for it
