@@ -24,7 +24,7 @@ func newKernelBackend(node backend.Node, log *slog.Logger, nb nodeBGP) (backend.
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
 	case netconf.TypeBGP:
-		return bgp.New(node, log, bgp.NodeOptions{ASN: nb.ASN, Peers: nb.Peers})
+		return bgp.New(node, log, bgp.NodeOptions{ASN: nb.ASN, Peers: nb.Peers, RouteReflector: nb.RouteReflector})
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return sublink.New(node, log)
 	default:

@@ -18,6 +18,9 @@ import (
 type nodeBGP struct {
 	asn   string
 	peers []string
+	// RouteReflector is the node's route-reflector cluster ID, "" if it
+	// reflects nothing.
+	RouteReflector string
 	// ASN is 0 for the cluster's; Peers are parsed from peers.
 	ASN   uint32
 	Peers []netconf.BGPPeer
@@ -25,6 +28,7 @@ type nodeBGP struct {
 
 func addBGPFlags(fs *flag.FlagSet, b *nodeBGP) {
 	fs.StringVar(&b.asn, "bgp-asn", "", "bgp: this node's AS number (default: the network config's Backend.ASN)")
+	fs.StringVar(&b.RouteReflector, "bgp-route-reflector", "", "bgp: make this node a route reflector with this cluster ID (an IPv4 address's form, such as 224.0.0.1); the other nodes then peer only with the reflectors")
 	fs.Var((*listFlag)(&b.peers), "bgp-peer", "bgp: a router this node peers with, ADDRESS:ASN (repeatable; besides Backend.Peers)")
 }
 
@@ -38,6 +42,11 @@ func (b *nodeBGP) parse() error {
 			errs = append(errs, fmt.Errorf("--bgp-asn=%q: must be an AS number 1..%d", b.asn, uint64(netconf.MaxASN)))
 		}
 		b.ASN = asn
+	}
+	if id := b.RouteReflector; id != "" {
+		if a, err := netip.ParseAddr(id); err != nil || !a.Is4() {
+			errs = append(errs, fmt.Errorf("--bgp-route-reflector=%q: a cluster ID has an IPv4 address's form (224.0.0.1)", id))
+		}
 	}
 	seen := map[netip.Addr]bool{}
 	for _, p := range b.peers {

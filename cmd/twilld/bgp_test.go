@@ -26,6 +26,7 @@ func TestBGPFlags(t *testing.T) {
 		{[]string{"--bgp-peer", "192.168.56.1"}, `--bgp-peer="192.168.56.1": want ADDRESS:ASN`},
 		{[]string{"--bgp-peer", "192.168.56.1:0"}, `"0" must be an AS number`},
 		{[]string{"--bgp-peer", "192.168.56.1:1", "--bgp-peer", "192.168.56.1:2"}, "duplicate peer 192.168.56.1"},
+		{[]string{"--bgp-route-reflector", "rr1"}, `--bgp-route-reflector="rr1"`},
 	} {
 		_, err := parseArgs(bad.argv, func(string) string { return "" }, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), bad.want) {

@@ -28,16 +28,22 @@ import (
 // peers need to peer with it (its address is the lease's PublicIP).
 type Data struct {
 	ASN uint32 `json:"ASN"`
+	// RouteReflector is the node's route-reflector cluster ID (an IPv4
+	// address's form) if it reflects routes; "" for a client.
+	RouteReflector string `json:"RouteReflector,omitempty"`
 }
 
 // ParseData reads a bgp lease's BackendData; a lease without it (or
 // without an ASN) gets the cluster's ASN.
 func ParseData(raw json.RawMessage, clusterASN uint32) Data {
-	d := Data{ASN: clusterASN}
-	if len(raw) > 0 && json.Unmarshal(raw, &d) == nil && d.ASN != 0 {
-		return d
+	var d Data
+	if len(raw) > 0 && json.Unmarshal(raw, &d) != nil {
+		d = Data{}
 	}
-	return Data{ASN: clusterASN}
+	if d.ASN == 0 {
+		d.ASN = clusterASN
+	}
+	return d
 }
 
 // Backend is the bgp backend.
@@ -49,7 +55,9 @@ type Backend struct {
 	// the AS of a mesh peer that publishes none.
 	g          netconf.BGP
 	clusterASN uint32
-	log        *slog.Logger
+	// reflector is the node's route-reflector cluster ID ("" if none).
+	reflector string
+	log       *slog.Logger
 	// Router keeps the routes and nftables rules; it gives the backend
 	// SetLease, Handle, Status, Resync, Cleanup and Close.
 	*routing.Router
@@ -83,6 +91,10 @@ type session struct {
 type NodeOptions struct {
 	ASN   uint32
 	Peers []netconf.BGPPeer
+	// RouteReflector makes the node a route reflector with this cluster
+	// ID (twilld --bgp-route-reflector): with reflectors in the cluster,
+	// the others peer only with them, not with each other.
+	RouteReflector string
 }
 
 // New returns the bgp backend for node. It works in twilld's own network
@@ -107,7 +119,7 @@ func New(node backend.Node, log *slog.Logger, own NodeOptions) (*Backend, error)
 		g.ASN = own.ASN
 	}
 	g.Peers = append(slices.Clone(g.Peers), own.Peers...)
-	b := &Backend{node: node, opts: opts, g: g, clusterASN: clusterASN, log: log.With("backend", netconf.TypeBGP),
+	b := &Backend{node: node, opts: opts, g: g, clusterASN: clusterASN, reflector: own.RouteReflector, log: log.With("backend", netconf.TypeBGP),
 		kick: make(chan struct{}, 1), desired: map[netip.Addr]neighbor{}, current: map[netip.Addr]neighbor{},
 		sessions: map[netip.Addr]*session{}}
 	r, err := routing.New(routing.Config{Node: node, Backend: opts, OnPlan: b.onPlan, Log: log})
@@ -154,7 +166,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 			return backend.Prepared{}, err
 		}
 	}
-	data, _ := json.Marshal(Data{ASN: b.g.ASN})
+	data, _ := json.Marshal(Data{ASN: b.g.ASN, RouteReflector: b.reflector})
 	return backend.Prepared{BackendData: data, MTU: routing.MTU(b.node, b.opts)}, nil
 }
 
@@ -182,13 +194,7 @@ func (b *Backend) kernelRoutes() ([]plan.Learned, error) {
 func (b *Backend) onPlan(p routing.Planned) error {
 	want := map[netip.Addr]neighbor{}
 	if b.g.NodeMesh {
-		for _, l := range p.Peers {
-			ip := l.Attrs.PublicIP
-			if l.Attrs.Backend() != netconf.TypeBGP || !ip.Is4() || ip == b.node.PublicIP || l.Subnet == p.Own.Subnet {
-				continue
-			}
-			want[ip] = neighbor{Addr: ip, ASN: ParseData(l.Attrs.BackendData, b.clusterASN).ASN, Kind: "mesh"}
-		}
+		want = meshNeighbors(p, b.node.PublicIP, b.clusterASN, b.reflector)
 	}
 	for _, peer := range b.g.Peers {
 		if peer.Address.Is4() && peer.Address != b.node.PublicIP {
@@ -200,6 +206,43 @@ func (b *Backend) onPlan(p routing.Planned) error {
 	b.mu.Unlock()
 	b.poke()
 	return nil
+}
+
+// meshNeighbors are the node's peers among the other bgp nodes of the
+// leases: every one (a full mesh) while no node reflects routes; with
+// reflectors, a reflector peers with every node (the clients as its
+// clients) and a client only with the reflectors.
+func meshNeighbors(p routing.Planned, self netip.Addr, clusterASN uint32, reflector string) map[netip.Addr]neighbor {
+	type node struct {
+		ip   netip.Addr
+		data Data
+	}
+	var nodes []node
+	anyReflector := reflector != ""
+	for _, l := range p.Peers {
+		ip := l.Attrs.PublicIP
+		if l.Attrs.Backend() != netconf.TypeBGP || !ip.Is4() || ip == self || l.Subnet == p.Own.Subnet {
+			continue
+		}
+		d := ParseData(l.Attrs.BackendData, clusterASN)
+		anyReflector = anyReflector || d.RouteReflector != ""
+		nodes = append(nodes, node{ip, d})
+	}
+	want := map[netip.Addr]neighbor{}
+	for _, n := range nodes {
+		kind := "mesh"
+		switch {
+		case !anyReflector:
+		case reflector != "" && n.data.RouteReflector == "":
+			kind = "client"
+		case reflector == "" && n.data.RouteReflector != "":
+			kind = "reflector"
+		case reflector == "":
+			continue // two clients: no session
+		}
+		want[n.ip] = neighbor{Addr: n.ip, ASN: n.data.ASN, Kind: kind, ClusterID: reflector}
+	}
+	return want
 }
 
 func (b *Backend) poke() {

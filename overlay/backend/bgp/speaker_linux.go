@@ -24,9 +24,12 @@ type neighbor struct {
 	Addr     netip.Addr
 	ASN      uint32
 	Password string
-	// Kind is "mesh" (another twill node), "external" (a router of
-	// Backend.Peers).
+	// Kind is "mesh" (another twill node), "reflector" (a node that
+	// reflects routes to this one), "client" (a node this one reflects
+	// routes to), "external" (a router of Backend.Peers).
 	Kind string
+	// ClusterID is this node's route-reflector cluster ID, for a client.
+	ClusterID string
 }
 
 // speaker is the embedded GoBGP server and what twill asked of it.
@@ -54,7 +57,12 @@ func startSpeaker(ctx context.Context, log *slog.Logger, asn uint32, addr netip.
 
 // peerRequest is GoBGP's form of a neighbour, graceful restart on.
 func peerRequest(n neighbor, localASN uint32, port, hold, retry, restart int) *api.Peer {
+	var rr *api.RouteReflector
+	if n.Kind == "client" {
+		rr = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: n.ClusterID}
+	}
 	return &api.Peer{
+		RouteReflector:  rr,
 		Conf:            &api.PeerConf{NeighborAddress: n.Addr.String(), PeerAsn: n.ASN, LocalAsn: localASN, AuthPassword: n.Password, Description: n.Kind},
 		Timers:          &api.Timers{Config: &api.TimersConfig{HoldTime: uint64(hold), KeepaliveInterval: uint64(max(1, hold/3)), ConnectRetry: uint64(retry)}},
 		Transport:       &api.Transport{RemotePort: uint32(port)},
