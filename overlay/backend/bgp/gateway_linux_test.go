@@ -162,9 +162,17 @@ func newGatewayLab(t *testing.T, netConfig string, nodeArgs ...[]string) *gatewa
 		l.nodes = append(l.nodes, n)
 	}
 	// etcd in the router, on its loopback address: both racks reach it.
+	l.startCluster(netConfig, routerID)
+	return l
+}
+
+// startCluster starts etcd in the router (or switch) namespace on addr,
+// then twilld on every node with netConfig, and adds the pods.
+func (l *gatewayLab) startCluster(netConfig, addr string) {
+	t := l.t
 	etcdLog := filepath.Join(l.dir, "etcd.log")
 	start(t, l.router, etcdLog, filepath.Join(l.bin, "twillctl"), "etcd", "--data-dir", filepath.Join(l.dir, "etcd"),
-		"--listen-client-urls", "http://"+routerID+":2379")
+		"--listen-client-urls", "http://"+addr+":2379")
 	waitFor(t, 60*time.Second, "etcd ready", func() (bool, string) {
 		b, _ := os.ReadFile(etcdLog)
 		return strings.Contains(string(b), "etcd ready at"), lastLine(string(b))
@@ -174,14 +182,13 @@ func newGatewayLab(t *testing.T, netConfig string, nodeArgs ...[]string) *gatewa
 		t.Fatal(err)
 	}
 	for _, n := range l.nodes {
-		n.netCfg, n.etcd, n.log = cfg, "http://"+routerID+":2379", filepath.Join(l.dir, n.name+".log")
+		n.netCfg, n.etcd, n.log = cfg, "http://"+addr+":2379", filepath.Join(l.dir, n.name+".log")
 		l.startTwilld(n)
 	}
 	for _, n := range l.nodes {
 		l.waitReady(n)
 		l.addPod(n)
 	}
-	return l
 }
 
 func lastLine(s string) string {
