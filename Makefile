@@ -12,9 +12,10 @@ LAB_NODES   ?= 3
 LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
 # Packages the lab needs, by Debian name; then what the tests, the benchmark
-# and lint (ansible-lint, vagrant for `vagrant validate`) need besides.
+# and lint (ansible-lint, vagrant for `vagrant validate`) need besides
+# (bird2 and frr: the routers the bgp backend is tested against).
 LAB_APT_PACKAGES := iproute2 nftables iputils-ping
-APT_PACKAGES := $(LAB_APT_PACKAGES) chromium iperf3 ansible-lint vagrant
+APT_PACKAGES := $(LAB_APT_PACKAGES) chromium iperf3 ansible-lint vagrant bird2 frr
 # Packages the qemu tier (make vmtest, twillctl lab up --driver qemu) needs:
 # the emulator and what the VM image is built from. The kernel itself is
 # fetched with apt-get download (its version is pinned in vmtest/image_linux.go).

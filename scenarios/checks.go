@@ -370,6 +370,10 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 			break
 		}
 		fallthrough
+	case "bgp":
+		// The learned routes, and the blackhole for the own subnet.
+		want = append(want, own.String())
+		fallthrough
 	case "vxlan", "host-gw", "ipip":
 		for _, l := range routableLeases(ls, p.network, own) {
 			want = append(want, l.Subnet.String())

@@ -318,6 +318,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.lease(ctx, st.Node, *st.Holds, within)
 	case "routes":
 		return p.routes(ctx, within)
+	case "bgp-sessions":
+		return p.bgpSessions(ctx, within)
 	case "restart-daemon":
 		return p.restartDaemon(ctx, st.Node, syscall.SIGTERM)
 	case "kill-daemon":

@@ -105,6 +105,7 @@ var stepKinds = map[string][]string{
 	"outside-to-pod":    {"to", "within"},
 	"lease":             {"node", "holds", "within"},
 	"routes":            {"within"},
+	"bgp-sessions":      {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
 	"stop-daemon":       {"node"},

@@ -82,6 +82,8 @@ type pageData struct {
 
 	Tunnels []tunnelRow
 	Drops   []countRow
+	// BGP are the bgp backend's sessions (nil for the other backends).
+	BGP []api.BGPSession
 
 	Topology topology
 	Cluster  []clusterRow
@@ -154,6 +156,9 @@ func (s *Server) build(page string, snap status.Snapshot) pageData {
 			d.Tunnels = append(d.Tunnels, tunnelRow{Tunnel: t, Drops: counts(t.Drops), Spark: newSparkline(t.History)})
 		}
 		d.Drops = counts(tl.Drops)
+		if snap.Backend.BGP != nil {
+			d.BGP = bgpSessions(snap).Sessions
+		}
 	}
 	return d
 }

@@ -100,6 +100,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = prometheus.NewRegistry()
+	if err := s.metrics.Register(newBGPCollector(opts.Source)); err != nil {
+		return nil, fmt.Errorf("register bgp metrics: %w", err)
+	}
 	if err := s.metrics.Register(newCollector(opts.Source, opts.Version)); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -127,6 +130,7 @@ func (s *Server) routes() http.Handler {
 		r.Get("/tunnels", s.apiJSON(func(req *http.Request) any {
 			return s.tunnelList(s.snapshot(), req.URL.Query().Has("history"))
 		}))
+		r.Get("/bgp", s.apiJSON(func(req *http.Request) any { return bgpSessions(s.snapshot()) }))
 		r.Get("/cluster", s.apiJSON(func(req *http.Request) any { return s.cluster(s.snapshot()) }))
 		r.Get("/health", s.apiHealth)
 		r.Post("/resync", s.requireToken(s.resync))

@@ -11,12 +11,12 @@ import (
 )
 
 // newBackend picks the backend for the config: the daemon's NewBackend.
-func newBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
+func newBackend(node backend.Node, log *slog.Logger, bgp nodeBGP) (backend.Backend, error) {
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeAlloc:
 		return alloc.New(node), nil
-	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeMacvlan, netconf.TypeIPvlan:
-		return newKernelBackend(node, log)
+	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeBGP, netconf.TypeMacvlan, netconf.TypeIPvlan:
+		return newKernelBackend(node, log, bgp)
 	case netconf.TypeUDP:
 		return udp.New(node, log)
 	default:

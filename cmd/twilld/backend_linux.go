@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/bgp"
 	"github.com/twillnet/twill/overlay/backend/hostgw"
 	"github.com/twillnet/twill/overlay/backend/ipip"
 	"github.com/twillnet/twill/overlay/backend/sublink"
@@ -18,8 +19,8 @@ import (
 // newKernelBackend makes a backend whose data path the kernel carries. It
 // works in the namespace twilld runs in. Its Prepare and Cleanup first
 // remove what a udp twilld left (afterUDP).
-func newKernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
-	be, err := kernelBackend(node, log)
+func newKernelBackend(node backend.Node, log *slog.Logger, nb nodeBGP) (backend.Backend, error) {
+	be, err := kernelBackend(node, log, nb)
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +56,7 @@ func (b afterUDP) Resync() {
 	}
 }
 
-func kernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, error) {
+func kernelBackend(node backend.Node, log *slog.Logger, nb nodeBGP) (backend.Backend, error) {
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeVXLAN:
 		return vxlan.New(node, log)
@@ -63,6 +64,8 @@ func kernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, error)
 		return hostgw.New(node, log)
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
+	case netconf.TypeBGP:
+		return bgp.New(node, log, bgp.NodeOptions{ASN: nb.ASN, Peers: nb.Peers, RouteReflector: nb.RouteReflector})
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return sublink.New(node, log)
 	default:

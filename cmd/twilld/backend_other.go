@@ -10,6 +10,6 @@ import (
 )
 
 // newKernelBackend fails: the kernel backends need Linux.
-func newKernelBackend(node backend.Node, _ *slog.Logger) (backend.Backend, error) {
+func newKernelBackend(node backend.Node, _ *slog.Logger, _ nodeBGP) (backend.Backend, error) {
 	return nil, fmt.Errorf("backend %q needs Linux", node.Network.Backend.Type)
 }

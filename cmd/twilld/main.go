@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/daemon"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -46,6 +47,8 @@ type args struct {
 	// "off" for nowhere); apiToken enables the endpoints that change state.
 	listen   string
 	apiToken string
+	// bgp are the bgp backend's per-node settings.
+	bgp nodeBGP
 }
 
 // listFlag is a repeatable string flag.
@@ -84,6 +87,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&a.version, "version", false, "print the version and exit")
+	addBGPFlags(fs, &a.bgp)
 	return fs
 }
 
@@ -123,6 +127,7 @@ func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*ar
 			}
 		}
 	})
+	errs = append(errs, a.bgp.parse())
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -200,7 +205,10 @@ func run(a *args) error {
 		return err
 	}
 	defer reg.Close()
-	a.cfg.Registry, a.cfg.NewBackend = reg, newBackend
+	a.cfg.Registry = reg
+	a.cfg.NewBackend = func(node backend.Node, log *slog.Logger) (backend.Backend, error) {
+		return newBackend(node, log, a.bgp)
+	}
 	d, err := daemon.New(a.cfg, log)
 	if err != nil {
 		return err

@@ -85,5 +85,30 @@ func (d *Daemon) Snapshot() status.Snapshot {
 		peers,
 		etcdCheck,
 	}
+	if s.Backend.BGP != nil {
+		s.Checks = append(s.Checks, bgpCheck(s.Backend.BGP))
+	}
 	return s
+}
+
+// bgpCheck fails while a BGP session is down with an error (a peer that
+// refuses the OPEN: wrong ASN, bad password), naming the peers.
+func bgpCheck(sessions []status.BGPSession) status.Check {
+	c := status.Check{Name: "bgp-sessions", OK: true}
+	var stuck []string
+	up := 0
+	for _, s := range sessions {
+		if s.State == "Established" {
+			up++
+		}
+		if s.Stuck() {
+			stuck = append(stuck, fmt.Sprintf("%s (AS %d, %s) is %s: %s", s.Peer, s.ASN, s.Type, s.State, s.LastError))
+		}
+	}
+	if len(stuck) > 0 {
+		c.OK, c.Detail = false, "bgp sessions with errors: "+strings.Join(stuck, "; ")
+		return c
+	}
+	c.Detail = fmt.Sprintf("%d of %d sessions established, none with an error", up, len(sessions))
+	return c
 }

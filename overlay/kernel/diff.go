@@ -20,7 +20,8 @@ type Route struct {
 	plan.Route
 	// Protocol is the route's rtm_protocol: RouteProtocol for twill's.
 	Protocol int
-	// Metric (the priority) and TOS are 0 on every route twill installs.
+	// Metric (the priority) and TOS are 0 on every route twill installs,
+	// but for blackholes (plan.BlackholeMetric).
 	Metric, TOS int
 }
 
@@ -153,8 +154,12 @@ type FDBSet struct {
 func Diff(p plan.Plan, t Tables) Edits {
 	var e Edits
 	wanted := map[netip.Prefix]bool{}
+	metric := map[netip.Prefix]int{}
 	for _, r := range p.Routes {
 		wanted[r.Dst.Masked()] = true
+		if r.Blackhole {
+			metric[r.Dst.Masked()] = plan.BlackholeMetric
+		}
 	}
 	current := map[netip.Prefix]*Route{}
 	foreign := map[netip.Prefix]*Route{}
@@ -173,8 +178,11 @@ func Diff(p plan.Plan, t Tables) Edits {
 			why = "a second twill route to " + dst.String()
 		case !wanted[dst]:
 			why = "not in the plan"
-		case r.Metric != 0:
+		case r.Metric != metric[dst]:
 			why = "metric " + strconv.Itoa(r.Metric) + ", twill's routes have 0"
+			if metric[dst] != 0 {
+				why = "metric " + strconv.Itoa(r.Metric) + ", twill's blackhole has " + strconv.Itoa(metric[dst])
+			}
 		case r.TOS != 0:
 			why = "tos " + strconv.Itoa(r.TOS) + ", twill's routes have 0"
 		}
@@ -185,7 +193,7 @@ func Diff(p plan.Plan, t Tables) Edits {
 		current[dst] = r
 	}
 	for _, r := range p.Routes {
-		if _, ok := t.Devices[r.Device]; !ok {
+		if _, ok := t.Devices[r.Device]; !ok && !r.Blackhole {
 			e.RouteProblems = append(e.RouteProblems, fmt.Errorf("add %s: no device %s", r, r.Device))
 			continue
 		}

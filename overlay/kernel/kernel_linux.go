@@ -249,10 +249,18 @@ func fromRoute(r netlink.Route, links linkTable) plan.Route {
 	}
 	pr.OnLink = r.Flags&int(netlink.FLAG_ONLINK) != 0
 	pr.MTU = r.MTU
+	pr.Blackhole = r.Type == unix.RTN_BLACKHOLE
 	return pr
 }
 
 func toRoute(r plan.Route, link netlink.Link) *netlink.Route {
+	if r.Blackhole {
+		return &netlink.Route{
+			Dst:      &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), 32)},
+			Protocol: Protocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_UNIVERSE, Type: unix.RTN_BLACKHOLE,
+			Priority: plan.BlackholeMetric,
+		}
+	}
 	nr := &netlink.Route{
 		LinkIndex: link.Attrs().Index,
 		Dst:       &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), 32)},

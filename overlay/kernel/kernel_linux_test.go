@@ -578,3 +578,50 @@ func TestApplyFDBRemotes(t *testing.T) {
 	}
 	assertState(t, h, p)
 }
+
+// TestBlackhole: bgp's plan puts a blackhole route for the own subnet (no
+// device) into the kernel with twill's protocol, a second Apply changes
+// nothing, and an empty plan takes it out.
+func TestBlackhole(t *testing.T) {
+	n := newNS(t)
+	n.underlay(t, "192.168.56.11/24")
+	// The pod bridge's connected route has the blackhole's destination: it
+	// must stay, and win.
+	bridge, err := n.nl.LinkByName("eth0p")
+	must(t, err)
+	a, _ := netlink.ParseAddr("10.244.0.1/24")
+	must(t, n.nl.AddrAdd(bridge, a))
+	h := n.open(t)
+	bgp := netconf.Backend{Type: netconf.TypeBGP, Port: 179, BGP: &netconf.BGP{ASN: 64512, IPIP: netconf.IPIPNever}}
+	p := buildPlan(t, bgp)
+	p.Routes = append(p.Routes, plan.Route{Dst: netip.MustParsePrefix("10.244.1.0/24"), Gateway: netip.MustParseAddr("192.168.56.12"), Device: "eth0"})
+	ch, err := h.Apply(p)
+	must(t, err)
+	if ch.RoutesAdded != 2 {
+		t.Errorf("Apply: %v, want 2 routes added", ch)
+	}
+	rs, err := n.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	must(t, err)
+	var black int
+	for _, r := range rs {
+		if r.Type == unix.RTN_BLACKHOLE && r.Dst.String() == "10.244.0.0/24" {
+			black++
+		}
+	}
+	if black != 1 {
+		t.Errorf("kernel routes %v: want one blackhole 10.244.0.0/24 proto twill", rs)
+	}
+	got, err := n.nl.RouteGet(net.ParseIP("10.244.0.2"))
+	if err != nil || len(got) == 0 || got[0].LinkIndex != bridge.Attrs().Index {
+		t.Errorf("route to 10.244.0.2 = %v, %v; want the connected route via eth0p, not the blackhole", got, err)
+	}
+	assertState(t, h, p)
+	if ch, err := h.Apply(p); err != nil || ch != (Changes{}) {
+		t.Errorf("second Apply: %v, %v; want no change", ch, err)
+	}
+	ch, err = h.Apply(plan.Plan{Backend: netconf.TypeBGP})
+	must(t, err)
+	if ch.RoutesRemoved != 2 {
+		t.Errorf("empty plan: %v, want 2 routes removed", ch)
+	}
+}

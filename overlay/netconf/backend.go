@@ -38,6 +38,7 @@ var backendOptions = map[string][]string{
 	TypeIPIP:    {"DirectRouting", "MTU"},
 	TypeMacvlan: {"Mode", "Master", "MTU"},
 	TypeIPvlan:  {"Mode", "Master", "MTU"},
+	TypeBGP:     bgpOptions,
 }
 
 var modes = map[string][]string{
@@ -47,7 +48,7 @@ var modes = map[string][]string{
 
 // KnownBackends lists the backend types in a stable order.
 func KnownBackends() []string {
-	return []string{TypeUDP, TypeVXLAN, TypeHostGW, TypeIPIP, TypeMacvlan, TypeIPvlan, TypeAlloc}
+	return []string{TypeUDP, TypeVXLAN, TypeHostGW, TypeIPIP, TypeBGP, TypeMacvlan, TypeIPvlan, TypeAlloc}
 }
 
 // Backend is the backend section of a config: its type and options, with
@@ -55,7 +56,8 @@ func KnownBackends() []string {
 type Backend struct {
 	Type string
 
-	// Port is the UDP port of udp (default 8285) and vxlan (default 8472).
+	// Port is the UDP port of udp (default 8285) and vxlan (default 8472),
+	// and the TCP port bgp listens on and connects to (default 179).
 	Port int
 	// Offload turns on TUN and UDP segmentation offloads for udp (default true).
 	Offload bool
@@ -76,6 +78,9 @@ type Backend struct {
 	// Mode is the macvlan (bridge, private, vepa, passthru) or ipvlan (l2,
 	// l3, l3s) mode; Master the host interface pods attach to.
 	Mode, Master string
+	// BGP holds the bgp backend's options; nil for the other types (a
+	// pointer keeps Backend comparable).
+	BGP *BGP
 }
 
 // IsSublink reports whether b is a sublink backend (macvlan, ipvlan): pods
@@ -119,6 +124,8 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 		b.Mode = "bridge"
 	case TypeIPvlan:
 		b.Mode = "l2"
+	case TypeBGP:
+		b.Port, b.BGP = DefaultBGPPort, defaultBGP()
 	}
 	bools := map[string]*bool{"Offload": &b.Offload, "KernelPath": &b.KernelPath, "GBP": &b.GBP,
 		"Learning": &b.Learning, "DirectRouting": &b.DirectRouting}
@@ -128,6 +135,10 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 			continue
 		}
 		field := "Backend." + key
+		if b.Type == TypeBGP && key != "Port" && key != "MTU" {
+			errs = append(errs, parseBGPOption(&b, key, v)...)
+			continue
+		}
 		var err error
 		switch key {
 		case "Port":
@@ -177,6 +188,7 @@ func (b Backend) validateAgainst(c *Config) error {
 // MarshalJSON writes the backend with the options its type takes.
 func (b Backend) MarshalJSON() ([]byte, error) {
 	m := map[string]any{"Type": b.Type}
+	b.BGP.marshal(m)
 	for _, key := range backendOptions[b.Type] {
 		switch key {
 		case "Port":

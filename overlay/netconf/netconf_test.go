@@ -91,7 +91,7 @@ func TestParseRefusesBadConfig(t *testing.T) {
 		{"SubnetMin unaligned", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.7"}`, "SubnetMin", `"10.244.1.7"`, "first address of a /24"},
 		{"SubnetMax invalid", `{"Network":"10.244.0.0/16","SubnetMax":"10.244.300.0"}`, "SubnetMax", `"10.244.300.0"`, "not a valid IPv4"},
 		{"reversed range", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0"}`, "SubnetMin", `10.244.9.0`, "after SubnetMax 10.244.2.0"},
-		{"unknown backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`, "Backend.Type", `"wireguard"`, "known types are udp, vxlan, host-gw, ipip, macvlan, ipvlan, alloc"},
+		{"unknown backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`, "Backend.Type", `"wireguard"`, "known types are udp, vxlan, host-gw, ipip, bgp, macvlan, ipvlan, alloc"},
 		{"backend case", `{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}`, "Backend.Type", `"VXLAN"`, `did you mean "vxlan"`},
 		{"unknown top-level key", `{"Network":"10.244.0.0/16","Subnetlen":24}`, "Subnetlen", `24`, `did you mean "SubnetLen"`},
 		{"unknown key", `{"Network":"10.244.0.0/16","Foo":1}`, "Foo", `1`, "unknown key"},

@@ -32,5 +32,8 @@ func MTU(b netconf.Backend, underlayMTU int) int {
 	if underlayMTU <= 0 {
 		return 0
 	}
+	if BGPUsesIPIP(b) {
+		return underlayMTU - Overhead(netconf.TypeIPIP)
+	}
 	return underlayMTU - Overhead(b.Type)
 }

@@ -18,6 +18,9 @@
 //	         neighbour peerSubnet.0 -> VtepMAC, FDB VtepMAC -> public IP
 //	host-gw  peerSubnet via peerPublicIP dev <underlay>, same L2 segment only
 //	ipip     peerSubnet via peerPublicIP dev twill.ipip onlink
+//	bgp      blackhole ownSubnet; each learned route (Input.Learned) via its
+//	         next hop dev <underlay>, or dev twill.ipip onlink with IPIP
+//	         Always, or CrossSubnet and a next hop off the segment
 //
 // With DirectRouting (vxlan, ipip), a peer on this node's L2 segment is routed
 // as host-gw does, without tunnel state.
@@ -87,6 +90,9 @@ type Input struct {
 	Underlay Underlay
 	// Device overrides the backend device's name (DeviceName by default).
 	Device string
+	// Learned are the routes a BGP speaker learned (bgp only): the bgp
+	// plan routes these, not the leases.
+	Learned []Learned
 }
 
 // Underlay describes this node's underlay interface: where its public IP
@@ -119,9 +125,22 @@ type Route struct {
 	// MTU is the route's MTU; 0 for the device's. Twill's plans leave it 0:
 	// the backend device carries the MTU.
 	MTU int
+	// Blackhole makes it a blackhole route (no gateway, no device): bgp's
+	// own subnet, so that a packet for an unused address in it is dropped
+	// rather than sent to the default route.
+	Blackhole bool
 }
 
+// BlackholeMetric is the metric of a blackhole route (the others have 0):
+// the node's own route to its subnet (the connected route of cni0, which
+// has the same destination) wins while it exists, and the blackhole
+// catches what is left.
+const BlackholeMetric = 1 << 30
+
 func (r Route) String() string {
+	if r.Blackhole {
+		return "route blackhole " + r.Dst.String()
+	}
 	s := "route " + r.Dst.String()
 	if r.Gateway.IsValid() {
 		s += " via " + r.Gateway.String()
@@ -283,6 +302,8 @@ func Build(in Input) (Plan, error) {
 	switch {
 	case hostGW:
 	case b.Type == netconf.TypeUDP, b.Type == netconf.TypeVXLAN, b.Type == netconf.TypeIPIP:
+	case b.Type == netconf.TypeBGP:
+		return buildBGP(in, p)
 	case b.Type == netconf.TypeMacvlan, b.Type == netconf.TypeIPvlan, b.Type == netconf.TypeAlloc:
 		// Pods sit on the underlay (or nothing is carried): no per-peer state.
 		return p, nil

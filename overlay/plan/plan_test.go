@@ -30,9 +30,30 @@ func backend(typ string) netconf.Backend {
 		b.Port, b.Offload, b.KernelPath = netconf.DefaultUDPPort, true, true
 	case netconf.TypeVXLAN:
 		b.Port, b.VNI = netconf.DefaultVXLANPort, netconf.DefaultVNI
+	case netconf.TypeBGP:
+		b.Port, b.BGP = 179, &netconf.BGP{ASN: 64512, NodeMesh: true, IPIP: netconf.IPIPNever, HoldTime: 90, ConnectRetry: 5, RestartTime: 120}
 	}
 	return b
 }
+
+func withIPIP(b netconf.Backend, mode string) netconf.Backend {
+	g := *b.BGP
+	g.IPIP = mode
+	b.BGP = &g
+	return b
+}
+
+// learned builds a learned route; from defaults to the next hop.
+func learned(dst, nextHop string, from ...string) Learned {
+	l := Learned{Dst: netip.MustParsePrefix(dst), NextHop: netip.MustParseAddr(nextHop)}
+	l.From = l.NextHop
+	if len(from) > 0 {
+		l.From = netip.MustParseAddr(from[0])
+	}
+	return l
+}
+
+func withLearned(in Input, ls ...Learned) Input { in.Learned = ls; return in }
 
 func directRouting(b netconf.Backend) netconf.Backend { b.DirectRouting = true; return b }
 
@@ -160,7 +181,7 @@ func goldenCases() []golden {
 				node(typ, "10.244.9.0/24", "192.168.56.19", 9))}}},
 		)
 	}
-	vx, udp := netconf.TypeVXLAN, netconf.TypeUDP
+	vx, udp, bg := netconf.TypeVXLAN, netconf.TypeUDP, netconf.TypeBGP
 	// flannelUDP is the lease flannel's udp backend writes: no BackendType,
 	// no BackendData ({"PublicIP":"192.168.56.12","PublicIPv6":null}).
 	flannelUDP := withType(node(udp, "10.244.1.0/24", "192.168.56.12", 1), "")
@@ -201,6 +222,22 @@ func goldenCases() []golden {
 			withData(node(vx, "10.244.8.0/24", "192.168.56.19", 8), `{"VtepMAC":"0a:58:00:00:00:08"}`))}}},
 		golden{"vxlan-vtep-conflict", "two nodes publish one VTEP MAC: the newer lease (10.244.2.0/24, revision 500) wins", []step{{in: input(vx, backend(vx),
 			node(vx, "10.244.1.0/24", "192.168.56.12", 1), withRev(node(vx, "10.244.2.0/24", "192.168.56.13", 1), 500))}}},
+		golden{"bgp-0-peers", "a bgp node alone: only the blackhole for its own subnet", []step{{in: input(bg, backend(bg))}}},
+		golden{"bgp-mesh", "three mesh peers: the learned routes are routed via their next hops, listed out of order; the leases give the node names", []step{{in: withLearned(input(bg, backend(bg), peers3(bg)...),
+			learned("10.244.3.0/24", "192.168.56.14"), learned("10.244.1.0/24", "192.168.56.12"), learned("10.244.2.0/24", "192.168.56.13"))}}},
+		golden{"bgp-peer-leaves", "peer 10.244.3.0/24 is withdrawn: its route goes, whatever the leases say", []step{
+			{label: "before", in: withLearned(input(bg, backend(bg), peers3(bg)...), learned("10.244.1.0/24", "192.168.56.12"), learned("10.244.3.0/24", "192.168.56.14"))},
+			{label: "after", in: withLearned(input(bg, backend(bg), peers3(bg)...), learned("10.244.1.0/24", "192.168.56.12"))},
+		}},
+		golden{"bgp-gateway", "gateway BGP: a router (192.168.56.1) advertises the pod subnets of nodes in other L3 subnets and a default route; the default is not twill's", []step{{in: withLearned(input(bg, backend(bg)),
+			learned("10.244.1.0/24", "192.168.56.1"), learned("10.244.2.0/24", "192.168.56.1"), learned("0.0.0.0/0", "192.168.56.1"), learned("192.168.57.0/24", "192.168.56.1"))}}},
+		golden{"bgp-bad-learned", "learned routes that cannot be installed: inside the own subnet, a second path to one subnet, a next hop off the segment (IPIP Never), this node as next hop; an aggregate over the own subnet is routed (the blackhole is more specific)", []step{{in: withLearned(input(bg, backend(bg)),
+			learned("10.244.0.128/25", "192.168.56.12"), learned("10.244.4.0/24", "192.168.56.15"), learned("10.244.4.0/24", "192.168.56.16", "192.168.56.17"),
+			learned("10.244.5.0/24", "10.0.9.14", "192.168.56.1"), learned("10.244.6.0/24", "192.168.56.11", "192.168.56.12"), learned("10.244.0.0/16", "192.168.56.1"))}}},
+		golden{"bgp-ipip-crosssubnet", "IPIP CrossSubnet: a next hop on the segment is direct, one behind a router goes through twill.ipip; MTU 1480", []step{{in: withLearned(input(bg, withIPIP(backend(bg), netconf.IPIPCrossSubnet)),
+			learned("10.244.1.0/24", "192.168.56.12"), learned("10.244.2.0/24", "10.0.9.13", "192.168.56.1"))}}},
+		golden{"bgp-ipip-always", "IPIP Always: every learned route goes through twill.ipip", []step{{in: withLearned(input(bg, withIPIP(backend(bg), netconf.IPIPAlways)),
+			learned("10.244.1.0/24", "192.168.56.12"), learned("10.244.2.0/24", "10.0.9.13", "192.168.56.1"))}}},
 		golden{"vxlan-mtu-override", "Backend.MTU overrides the underlay arithmetic; the device is named by Input.Device", []step{{in: func() Input {
 			b := backend(vx)
 			b.MTU = 1400
@@ -234,6 +271,9 @@ func renderInput(sb *strings.Builder, s step) {
 	}
 	for _, l := range in.Peers {
 		lines("lease", l)
+	}
+	for _, l := range in.Learned {
+		sb.WriteString(l.String() + "\n")
 	}
 }
 
@@ -303,7 +343,8 @@ func TestBuildRefuses(t *testing.T) {
 		"direct routing without device":   {noDevice, ErrUnderlay},
 		"udp without network":             {noNetwork, nil},
 		"own subnet with host bits":       {noOwn, ErrOwnLease},
-		"unknown backend":                 {input("bgp", backend("bgp")), ErrBackend},
+		"unknown backend":                 {input("wireguard", backend("wireguard")), ErrBackend},
+		"bgp without underlay":            {func() Input { in := input("bgp", backend("bgp")); in.Underlay = Underlay{}; return in }(), ErrUnderlay},
 	} {
 		_, err := Build(tc.in)
 		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {

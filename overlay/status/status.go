@@ -76,7 +76,35 @@ type Backend struct {
 	// Kernel is what the backend wants in the kernel and what the kernel
 	// holds; nil for a backend without kernel state (alloc).
 	Kernel *Kernel
+	// BGP are the bgp backend's sessions, sorted by peer; nil for the
+	// other backends.
+	BGP []BGPSession
 }
+
+// BGPSession is one BGP session of the bgp backend.
+type BGPSession struct {
+	Peer netip.Addr
+	ASN  uint32
+	// Type is "mesh" (another node), "reflector" (a route reflector of
+	// the cluster) or "external" (a router of the network).
+	Type string
+	// State is the BGP FSM state: Idle, Connect, Active, OpenSent,
+	// OpenConfirm, Established.
+	State string
+	// Since is when the session entered State (zero if not seen change).
+	Since time.Time
+	// PrefixesReceived and PrefixesAdvertised count IPv4 unicast prefixes.
+	PrefixesReceived, PrefixesAdvertised uint64
+	// Transitions counts the state changes seen.
+	Transitions uint64
+	// LastError is the last error the speaker logged for the peer (a
+	// NOTIFICATION, a refused OPEN); "" if none since the session came up.
+	LastError string
+}
+
+// Stuck reports whether the session is down with an error: what fails
+// readiness.
+func (s BGPSession) Stuck() bool { return s.State != "Established" && s.LastError != "" }
 
 // Kernel is a read-only copy of a backend's desired and actual kernel
 // state: the receiver may keep it, nothing else writes to it.

@@ -184,3 +184,25 @@ type ClusterNode struct {
 	Node      *NodeInfo `json:"node,omitempty"`
 	Tunnels   []Tunnel  `json:"tunnels,omitempty"`
 }
+
+// BGPSessions is /api/v1/bgp: the bgp backend's BGP sessions (empty for
+// the other backends).
+type BGPSessions struct {
+	Sessions []BGPSession `json:"sessions"`
+}
+
+// BGPSession is one BGP session, as `calicoctl node status` lists them.
+type BGPSession struct {
+	Peer string `json:"peer"`
+	ASN  uint32 `json:"asn"`
+	// Type is mesh, reflector or external.
+	Type  string `json:"type"`
+	State string `json:"state"`
+	// Since is when the session entered State (RFC 3339; empty if not
+	// known).
+	Since              string `json:"since,omitempty"`
+	PrefixesReceived   uint64 `json:"prefixes_received"`
+	PrefixesAdvertised uint64 `json:"prefixes_advertised"`
+	Transitions        uint64 `json:"transitions"`
+	LastError          string `json:"last_error,omitempty"`
+}

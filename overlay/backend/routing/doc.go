@@ -1,5 +1,5 @@
 // Package routing is the one router every routed backend is built on
-// (udp, vxlan, host-gw, ipip, macvlan/ipvlan; BGP and WireGuard next): a
+// (udp, vxlan, host-gw, ipip, bgp, macvlan/ipvlan; WireGuard next): a
 // Router keeps the set of peers from lease events, builds the plan
 // (overlay/plan) on every change, has a kernel.Reconciler hold the kernel
 // to it, keeps twill's nftables table (masquerade, forward accept, per-peer
@@ -17,6 +17,9 @@
 //     peers' leases, for a data path of its own (udp's peer table and eBPF
 //     kernel path; a BGP speaker's announcements; WireGuard's peers);
 //   - OwnCounters when it counts per-peer traffic itself (udp).
+//
+// A backend that learns routes by a routing protocol (bgp) hands them in
+// with SetLearned; the plan routes those instead of the leases.
 //
 // It must not pick a backend nor know what a backend's device is made of,
 // and it must not touch anything outside the network namespace it was

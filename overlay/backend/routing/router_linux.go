@@ -88,6 +88,7 @@ type Router struct {
 	own      lease.Lease
 	hasOwn   bool
 	peers    map[netip.Prefix]lease.Lease
+	learned  []plan.Learned
 	plan     *plan.Plan
 	rules    *nft.Rules
 	problems []string
@@ -206,6 +207,19 @@ func (r *Router) Handle(_ context.Context, evs []lease.Event) error {
 	return r.replan()
 }
 
+// SetLearned sets the routes the backend's routing protocol learned (bgp:
+// its speaker's best paths), which the plan routes instead of the leases,
+// and replans.
+func (r *Router) SetLearned(routes []plan.Learned) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.learned = slices.Clone(routes)
+	if !r.hasOwn {
+		return nil
+	}
+	return r.replan()
+}
+
 // replan builds the plan and the nftables rules from the own lease and the
 // peers and hands them to the reconciler. r.mu is held.
 func (r *Router) replan() error {
@@ -220,7 +234,8 @@ func (r *Router) replan() error {
 			Prefix:   n.IfacePrefix,
 			MTU:      n.IfaceMTU,
 		},
-		Device: r.cfg.Device,
+		Device:  r.cfg.Device,
+		Learned: r.learned,
 	}
 	in.Network, in.SubnetLen = n.Network.Network, n.Network.SubnetLen
 	for _, l := range r.peers {
@@ -259,6 +274,10 @@ func tunnelGuard(b netconf.Backend) *nft.Tunnel {
 		return &nft.Tunnel{Proto: nft.ProtoUDP, Port: uint16(port)}
 	case netconf.TypeIPIP:
 		return &nft.Tunnel{Proto: nft.ProtoIPIP}
+	case netconf.TypeBGP:
+		if plan.BGPUsesIPIP(b) {
+			return &nft.Tunnel{Proto: nft.ProtoIPIP}
+		}
 	}
 	return nil
 }

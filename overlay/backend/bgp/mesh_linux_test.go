@@ -1,0 +1,55 @@
+package bgp
+
+import (
+	"encoding/json"
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/twillnet/twill/overlay/backend/routing"
+	"github.com/twillnet/twill/overlay/lease"
+)
+
+func bgpLease(subnet, ip string, data string) lease.Lease {
+	l := lease.Lease{Subnet: netip.MustParsePrefix(subnet), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "bgp"}}
+	if data != "" {
+		l.Attrs.BackendData = json.RawMessage(data)
+	}
+	return l
+}
+
+// meshNeighbors: a full mesh without reflectors; with them, clients peer
+// only with the reflectors, reflectors with everyone; other backends'
+// leases and the own lease are no peers.
+func TestMeshNeighbors(t *testing.T) {
+	own := bgpLease("10.244.0.0/24", "192.168.56.11", "")
+	peers := func(ls ...lease.Lease) routing.Planned {
+		p := routing.Planned{Own: own, Peers: map[netip.Prefix]lease.Lease{}}
+		for _, l := range ls {
+			p.Peers[l.Subnet] = l
+		}
+		return p
+	}
+	n2 := bgpLease("10.244.2.0/24", "192.168.56.12", `{"ASN":65002}`)
+	n3 := bgpLease("10.244.3.0/24", "192.168.56.13", "")
+	rr4 := bgpLease("10.244.4.0/24", "192.168.56.14", `{"ASN":64512,"RouteReflector":"224.0.0.1"}`)
+	vx := bgpLease("10.244.5.0/24", "192.168.56.15", "")
+	vx.Attrs.BackendType = "vxlan"
+	kinds := func(m map[netip.Addr]neighbor) map[string]string {
+		out := map[string]string{}
+		for a, n := range m {
+			out[a.String()] = n.Kind
+		}
+		return out
+	}
+	self := netip.MustParseAddr("192.168.56.11")
+	if got := meshNeighbors(peers(n2, n3, vx), self, 64512, ""); !reflect.DeepEqual(kinds(got), map[string]string{"192.168.56.12": "mesh", "192.168.56.13": "mesh"}) || got[netip.MustParseAddr("192.168.56.12")].ASN != 65002 || got[netip.MustParseAddr("192.168.56.13")].ASN != 64512 {
+		t.Errorf("full mesh = %v", got)
+	}
+	if got := kinds(meshNeighbors(peers(n2, n3, rr4), self, 64512, "")); !reflect.DeepEqual(got, map[string]string{"192.168.56.14": "reflector"}) {
+		t.Errorf("client with a reflector = %v", got)
+	}
+	if got := meshNeighbors(peers(n2, n3, rr4), self, 64512, "224.0.0.2"); !reflect.DeepEqual(kinds(got), map[string]string{"192.168.56.12": "client", "192.168.56.13": "client", "192.168.56.14": "mesh"}) || got[netip.MustParseAddr("192.168.56.12")].ClusterID != "224.0.0.2" {
+		t.Errorf("reflector = %v", got)
+	}
+}
