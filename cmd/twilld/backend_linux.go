@@ -12,6 +12,7 @@ import (
 	"github.com/twillnet/twill/overlay/backend/sublink"
 	"github.com/twillnet/twill/overlay/backend/udp"
 	"github.com/twillnet/twill/overlay/backend/vxlan"
+	"github.com/twillnet/twill/overlay/backend/wireguard"
 	"github.com/twillnet/twill/overlay/netconf"
 )
 
@@ -63,6 +64,8 @@ func kernelBackend(node backend.Node, log *slog.Logger) (backend.Backend, error)
 		return hostgw.New(node, log)
 	case netconf.TypeIPIP:
 		return ipip.New(node, log)
+	case netconf.TypeWireGuard:
+		return wireguard.New(node, log)
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return sublink.New(node, log)
 	default:
