@@ -138,6 +138,20 @@ func TestTwoNodesUserspace(t *testing.T) {
 	t.Logf("64 MiB pod to pod in %v (%.0f Mbit/s)", took, 64*8*1.048576/took.Seconds())
 
 	checkWire(t, lab, rs)
+
+	// A deleted device comes back, key and peers and all.
+	n1.IP(t, "link", "del", "twill-wg")
+	start := time.Now()
+	backendtest.Eventually(t, 20*time.Second, func() string {
+		if n1.Ping(t, rs[1].Node.PodIP, 1) == 1 {
+			return ""
+		}
+		return "no reply after twill-wg was deleted: " + n1.IP(t, "-o", "link", "show")
+	})
+	t.Logf("twill-wg deleted: pods talk again after %v", time.Since(start).Round(time.Millisecond))
+	if got := rs[0].Logged("device gone"); len(got) == 0 {
+		t.Error("the repair was not logged")
+	}
 	backendtest.CheckPeerExpires(t, rs)
 	if peers, _ := rs[0].Backend.(*wireguard.Backend).Peers(); len(peers) != 0 {
 		t.Errorf("the expired peer is still on the device: %v", peers)
