@@ -23,6 +23,11 @@ import (
 	"github.com/twillnet/twill/overlay/plan"
 )
 
+// StaleHandshake is the age past which a peer's last handshake says the
+// peer is not handshaking (WireGuard rekeys a session in use every 2
+// minutes).
+const StaleHandshake = 3 * time.Minute
+
 // Backend is the wireguard backend.
 type Backend struct {
 	node backend.Node
@@ -235,7 +240,9 @@ func (b *Backend) onPlan(p routing.Planned) error {
 // peer (stale keys, peers that left) and configures the wanted ones that
 // changed since they were last configured.
 func (b *Backend) syncLocked() error {
-	if b.dev == nil {
+	if b.dev == nil || b.want == nil {
+		// Before the first plan nothing is known of the peers: a kernel
+		// device kept over a restart keeps its peers until then.
 		return nil
 	}
 	have, err := b.dev.peers()
@@ -313,6 +320,11 @@ func (b *Backend) Status() backend.Status {
 		st.Peers[i].LastHandshake = p.LastHandshakeTime
 		if !p.LastHandshakeTime.IsZero() {
 			st.Peers[i].LastSeen = p.LastHandshakeTime
+			// A live session is rekeyed every 2 minutes; older than 3
+			// means the peer does not answer.
+			if age := time.Since(p.LastHandshakeTime); age > StaleHandshake {
+				st.Problems = append(st.Problems, fmt.Sprintf("peer %s (%s): last WireGuard handshake %v ago", st.Peers[i].Subnet, p.PublicKey, age.Round(time.Second)))
+			}
 		}
 	}
 	return st
