@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -367,5 +368,43 @@ func TestKeyKeptAndReplaced(t *testing.T) {
 	waitHandshake(t, rs[0], rs[1])
 	if got := lab.Nodes[0].Ping(t, n2.PodIP, 5); got != 5 {
 		t.Errorf("after the key changed: %d of 5 replies", got)
+	}
+}
+
+// TestImplementationForced: Implementation kernel on a kernel without
+// WireGuard fails saying so; userspace says it was asked for.
+func TestImplementationForced(t *testing.T) {
+	lab := backendtest.New(t, "wgimpl", 1)
+	n := lab.Nodes[0].BackendNode(parse(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"kernel"}}`))
+	n.StateDir = t.TempDir()
+	b, err := wireguard.New(n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Prepare(context.Background())
+	b.Close()
+	switch {
+	case err == nil:
+		t.Log("this kernel has WireGuard: Implementation kernel prepared")
+	case !errors.Is(err, wireguard.ErrNoKernelWireGuard):
+		t.Errorf("Implementation kernel without the module: %v, want ErrNoKernelWireGuard", err)
+	default:
+		t.Logf("Implementation kernel: %v", err)
+	}
+
+	n.Network = parse(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"userspace"}}`)
+	b, err = wireguard.New(n, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Prepare(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Implementation(); got != "userspace (Backend.Implementation says so)" {
+		t.Errorf("implementation %q", got)
+	}
+	if got := lab.Nodes[0].IP(t, "-d", "link", "show", "twill-wg"); !strings.Contains(got, "tun") {
+		t.Errorf("userspace twill-wg is not a TUN device:\n%s", got)
 	}
 }
