@@ -38,7 +38,7 @@ type Options struct {
 }
 
 // PathNames are the paths Run knows, in table order.
-var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload", "one-packet-per-syscall"}
+var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
 
 var descriptions = map[string]string{
 	"underlay":               "node to node over the veth underlay, no tunnel",
@@ -48,6 +48,7 @@ var descriptions = map[string]string{
 	"twill-udp":              "twilld udp backend as configured by default: the eBPF kernel path (MTU 1472)",
 	"twill-udp-userspace":    "twilld udp backend, KernelPath:false: userspace with offloads (TUN TSO/USO, UDP GSO/GRO, coalescing)",
 	"twill-udp-nooffload":    "twilld udp backend, Offload:false (one packet per TUN read/write, sendmmsg/recvmmsg)",
+	"twill-wireguard":        "twilld wireguard backend (kernel WireGuard where the kernel has it, else wireguard-go in twilld; MTU 1440)",
 	"one-packet-per-syscall": "the reference tunnel: flannel's design, read/sendto and recvfrom/write one packet each (MTU 1472)",
 }
 
@@ -141,6 +142,8 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 		spec.NetConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","KernelPath":false}}`
 	case "twill-udp-nooffload":
 		spec.NetConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Offload":false}}`
+	case "twill-wireguard":
+		spec.Backend = "wireguard"
 	default:
 		spec.Backend = "alloc" // twilld leases subnets; the path is set up here
 	}
@@ -167,7 +170,7 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	case "one-packet-per-syscall":
 		l.self = true
 		l.ref, setupErr = startRefTunnel(ctx, nodes, pods)
-	case "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload":
+	case "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
 		for _, n := range nodes {
 			l.cpuPIDs = append(l.cpuPIDs, n.PID)
 		}

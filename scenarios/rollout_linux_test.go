@@ -122,7 +122,7 @@ func TestRollout(t *testing.T) {
 	}
 
 	step("bad settings stop the playbook before any host is contacted")
-	for _, bad := range []string{"twill_network=10.244.0.1/16", "twill_network=127.0.0.0/8", "twill_backend=wireguard"} {
+	for _, bad := range []string{"twill_network=10.244.0.1/16", "twill_network=127.0.0.0/8", "twill_backend=geneve"} {
 		variable, _, _ := strings.Cut(bad, "=")
 		// No VM runs yet: a playbook that went on to a host would find it
 		// unreachable.

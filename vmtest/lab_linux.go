@@ -54,6 +54,9 @@ type nodeState struct {
 	SubnetFile string     `json:"subnet_file"`
 	LogPath    string     `json:"log"`
 	Dir        string     `json:"dir"`
+	// StateDir is twilld's --state-dir (wireguard's key); empty for
+	// twilld's default (the qemu driver's VMs keep it on their state disk).
+	StateDir string `json:"state_dir,omitempty"`
 	// VM is set by the qemu driver.
 	VM *vmNode `json:"vm,omitempty"`
 }
@@ -216,7 +219,8 @@ func (l *Lab) build(ctx context.Context) error {
 		name := "n" + strconv.Itoa(i+1)
 		dir := filepath.Join(st.Dir, name)
 		st.Nodes = append(st.Nodes, nodeState{Name: name, NetNS: st.Spec.Name + "-" + name, HubLink: name,
-			IP: lay.nodeAddr(i + 1), Dir: dir, SubnetFile: filepath.Join(dir, "subnet.env"), LogPath: filepath.Join(dir, "twilld.log")})
+			IP: lay.nodeAddr(i + 1), Dir: dir, SubnetFile: filepath.Join(dir, "subnet.env"), LogPath: filepath.Join(dir, "twilld.log"),
+			StateDir: filepath.Join(dir, "state")})
 		if err := writeState(st); err != nil {
 			return err
 		}
@@ -315,6 +319,9 @@ func twilldArgs(st *state, n nodeState) []string {
 		"--node-name", spec.Name + "-" + n.Name,
 		"--subnet-file", n.SubnetFile,
 		"--listen", net.JoinHostPort(n.IP.String(), strconv.Itoa(DashboardPort)),
+	}
+	if n.StateDir != "" {
+		args = append(args, "--state-dir", n.StateDir)
 	}
 	if spec.EtcdPrefix != "" {
 		args = append(args, "--etcd-prefix", spec.EtcdPrefix)

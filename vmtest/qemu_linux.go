@@ -289,6 +289,7 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 	}
 	inVM := n
 	inVM.SubnetFile = vmSubnetFile
+	inVM.StateDir = "" // twilld's default, /var/lib/twill: the VM's state disk
 	// setsid: twilld leaves the agent's process group, so it outlives the
 	// shell; busybox init reaps it when it ends.
 	script := fmt.Sprintf(`off=$(stat -c %%s %[1]s); setsid /bin/twilld %[2]s >> %[1]s 2>&1 < /dev/null & echo "$! $off"`,

@@ -15,7 +15,7 @@ func newBackend(node backend.Node, log *slog.Logger, bgp nodeBGP) (backend.Backe
 	switch t := node.Network.Backend.Type; t {
 	case netconf.TypeAlloc:
 		return alloc.New(node), nil
-	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeBGP, netconf.TypeMacvlan, netconf.TypeIPvlan:
+	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeBGP, netconf.TypeWireGuard, netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return newKernelBackend(node, log, bgp)
 	case netconf.TypeUDP:
 		return udp.New(node, log)

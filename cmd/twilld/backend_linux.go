@@ -13,6 +13,7 @@ import (
 	"github.com/twillnet/twill/overlay/backend/sublink"
 	"github.com/twillnet/twill/overlay/backend/udp"
 	"github.com/twillnet/twill/overlay/backend/vxlan"
+	"github.com/twillnet/twill/overlay/backend/wireguard"
 	"github.com/twillnet/twill/overlay/netconf"
 )
 
@@ -66,6 +67,8 @@ func kernelBackend(node backend.Node, log *slog.Logger, nb nodeBGP) (backend.Bac
 		return ipip.New(node, log)
 	case netconf.TypeBGP:
 		return bgp.New(node, log, bgp.NodeOptions{ASN: nb.ASN, Peers: nb.Peers, RouteReflector: nb.RouteReflector})
+	case netconf.TypeWireGuard:
+		return wireguard.New(node, log)
 	case netconf.TypeMacvlan, netconf.TypeIPvlan:
 		return sublink.New(node, log)
 	default:

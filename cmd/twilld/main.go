@@ -76,6 +76,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.Var((*listFlag)(&c.IfaceRegex), "iface-regex", "regular expression matched against interface names and addresses (repeatable)")
 	fs.StringVar(&c.NodeName, "node-name", "", "this node's name (default: the hostname)")
 	fs.StringVar(&c.SubnetFile, "subnet-file", subnetfile.DefaultPath, "where to write the node's subnet file")
+	fs.StringVar(&c.StateDir, "state-dir", daemon.DefaultStateDir, "where twilld keeps what survives restarts and reboots (wireguard's private key)")
 	fs.DurationVar(&c.SubnetLeaseTTL, "subnet-lease-ttl", 24*time.Hour, "lifetime of the subnet lease in etcd")
 	fs.DurationVar(&c.RenewMargin, "subnet-lease-renew-margin", time.Hour, "renew the lease this long before it expires")
 	fs.BoolVar(&c.IPMasq, "ip-masq", false, "masquerade pod traffic that leaves the cluster network")

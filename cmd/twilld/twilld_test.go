@@ -364,7 +364,7 @@ func TestEtcdOutageKeepsLease(t *testing.T) {
 func TestRefusesBadNetworkConfigFile(t *testing.T) {
 	c := newCluster(t)
 	conf := filepath.Join(c.dir, "net.json")
-	os.WriteFile(conf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`), 0o644)
+	os.WriteFile(conf, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"geneve"}}`), 0o644)
 	n := c.start("n1", "127.0.0.41", "--net-config", conf)
 	select {
 	case err := <-n.exited:
@@ -372,7 +372,7 @@ func TestRefusesBadNetworkConfigFile(t *testing.T) {
 			t.Fatal("twilld accepted an unknown backend")
 		}
 		log := n.log.String()
-		if !strings.Contains(log, "Backend.Type") || !strings.Contains(log, "wireguard") {
+		if !strings.Contains(log, "Backend.Type") || !strings.Contains(log, "geneve") {
 			t.Errorf("error does not name the field and the value:\n%s", log)
 		}
 	case <-time.After(20 * time.Second):

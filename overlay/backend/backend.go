@@ -42,6 +42,9 @@ type Node struct {
 	// (/run/netns/NAME, /proc/PID/ns/net); empty for the namespace of the
 	// thread that creates the backend, which is twilld's.
 	NetNS string
+	// StateDir is where the backend keeps what must outlive twilld and
+	// survive reboots (wireguard's private key); twilld --state-dir.
+	StateDir string
 }
 
 // Prepared is what a backend publishes before its lease is acquired.

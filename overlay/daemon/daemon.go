@@ -59,7 +59,10 @@ type Config struct {
 	IfaceRegex []string
 	NodeName   string
 
-	SubnetFile     string
+	SubnetFile string
+	// StateDir is where backends keep what survives restarts and reboots
+	// (wireguard's private key); DefaultStateDir when empty.
+	StateDir       string
 	SubnetLeaseTTL time.Duration
 	RenewMargin    time.Duration
 	IPMasq         bool
@@ -74,6 +77,9 @@ type Config struct {
 	// noticed within this and a request timeout. Default 5 s.
 	ProbeInterval time.Duration
 }
+
+// DefaultStateDir is twilld's state directory unless --state-dir says.
+const DefaultStateDir = "/var/lib/twill"
 
 // Validate checks the configuration before anything is done.
 func (c *Config) Validate() error {
@@ -201,6 +207,10 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	node.Name = d.cfg.NodeName
 	node.Network = netcfg
 	node.IPMasq = d.cfg.IPMasq
+	node.StateDir = d.cfg.StateDir
+	if node.StateDir == "" {
+		node.StateDir = DefaultStateDir
+	}
 	be, err := d.cfg.NewBackend(node, d.log)
 	if err != nil {
 		return nil, backend.Node{}, nil, err

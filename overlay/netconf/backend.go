@@ -1,6 +1,7 @@
 package netconf
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -10,13 +11,14 @@ import (
 // The backend types twill knows. Each has its own package under
 // overlay/backend; this list is what a config may name.
 const (
-	TypeAlloc   = "alloc"
-	TypeUDP     = "udp"
-	TypeVXLAN   = "vxlan"
-	TypeHostGW  = "host-gw"
-	TypeIPIP    = "ipip"
-	TypeMacvlan = "macvlan"
-	TypeIPvlan  = "ipvlan"
+	TypeAlloc     = "alloc"
+	TypeUDP       = "udp"
+	TypeVXLAN     = "vxlan"
+	TypeHostGW    = "host-gw"
+	TypeIPIP      = "ipip"
+	TypeMacvlan   = "macvlan"
+	TypeIPvlan    = "ipvlan"
+	TypeWireGuard = "wireguard"
 
 	// DefaultBackend is the backend of a config that names none, as in flannel.
 	DefaultBackend = TypeUDP
@@ -27,28 +29,39 @@ const (
 	DefaultUDPPort   = 8285
 	DefaultVXLANPort = 8472
 	DefaultVNI       = 1
+
+	DefaultWireGuardPort   = 51820
+	DefaultWireGuardPortV6 = 51821
 )
 
 // backendOptions lists, per backend type, the option keys it takes besides Type.
 var backendOptions = map[string][]string{
-	TypeAlloc:   {},
-	TypeUDP:     {"Port", "Offload", "KernelPath"},
-	TypeVXLAN:   {"VNI", "Port", "GBP", "Learning", "DirectRouting", "MTU"},
-	TypeHostGW:  {},
-	TypeIPIP:    {"DirectRouting", "MTU"},
-	TypeMacvlan: {"Mode", "Master", "MTU"},
-	TypeIPvlan:  {"Mode", "Master", "MTU"},
-	TypeBGP:     bgpOptions,
+	TypeAlloc:     {},
+	TypeUDP:       {"Port", "Offload", "KernelPath"},
+	TypeVXLAN:     {"VNI", "Port", "GBP", "Learning", "DirectRouting", "MTU"},
+	TypeHostGW:    {},
+	TypeIPIP:      {"DirectRouting", "MTU"},
+	TypeMacvlan:   {"Mode", "Master", "MTU"},
+	TypeIPvlan:    {"Mode", "Master", "MTU"},
+	TypeBGP:       bgpOptions,
+	TypeWireGuard: {"PSK", "ListenPort", "ListenPortV6", "Mode", "PersistentKeepaliveInterval", "MTU", "Implementation"},
 }
 
 var modes = map[string][]string{
-	TypeMacvlan: {"bridge", "private", "vepa", "passthru"},
-	TypeIPvlan:  {"l2", "l3", "l3s"},
+	TypeMacvlan:   {"bridge", "private", "vepa", "passthru"},
+	TypeIPvlan:    {"l2", "l3", "l3s"},
+	TypeWireGuard: {"separate", "auto", "ipv4", "ipv6"},
 }
+
+// WireGuard implementations (Backend.Implementation).
+const (
+	WireGuardKernel    = "kernel"
+	WireGuardUserspace = "userspace"
+)
 
 // KnownBackends lists the backend types in a stable order.
 func KnownBackends() []string {
-	return []string{TypeUDP, TypeVXLAN, TypeHostGW, TypeIPIP, TypeBGP, TypeMacvlan, TypeIPvlan, TypeAlloc}
+	return []string{TypeUDP, TypeVXLAN, TypeHostGW, TypeIPIP, TypeBGP, TypeWireGuard, TypeMacvlan, TypeIPvlan, TypeAlloc}
 }
 
 // Backend is the backend section of a config: its type and options, with
@@ -76,11 +89,25 @@ type Backend struct {
 	// MTU overrides the MTU twill derives from the underlay.
 	MTU int
 	// Mode is the macvlan (bridge, private, vepa, passthru) or ipvlan (l2,
-	// l3, l3s) mode; Master the host interface pods attach to.
+	// l3, l3s) mode, or wireguard's address family mode (separate, auto,
+	// ipv4, ipv6; default separate); Master the host interface pods attach
+	// to.
 	Mode, Master string
 	// BGP holds the bgp backend's options; nil for the other types (a
 	// pointer keeps Backend comparable).
 	BGP *BGP
+
+	// PSK is wireguard's optional preshared key, base64 of 32 bytes.
+	PSK string
+	// ListenPort and ListenPortV6 are wireguard's UDP ports (default 51820
+	// and 51821).
+	ListenPort, ListenPortV6 int
+	// PersistentKeepaliveInterval is wireguard's keepalive in seconds (0:
+	// none), for nodes behind NAT.
+	PersistentKeepaliveInterval int
+	// Implementation forces wireguard's implementation, kernel or
+	// userspace; empty chooses kernel where the module exists.
+	Implementation string
 }
 
 // IsSublink reports whether b is a sublink backend (macvlan, ipvlan): pods
@@ -126,6 +153,8 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 		b.Mode = "l2"
 	case TypeBGP:
 		b.Port, b.BGP = DefaultBGPPort, defaultBGP()
+	case TypeWireGuard:
+		b.Mode, b.ListenPort, b.ListenPortV6 = "separate", DefaultWireGuardPort, DefaultWireGuardPortV6
 	}
 	bools := map[string]*bool{"Offload": &b.Offload, "KernelPath": &b.KernelPath, "GBP": &b.GBP,
 		"Learning": &b.Learning, "DirectRouting": &b.DirectRouting}
@@ -144,6 +173,27 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 		case "Port":
 			if intIn(v, &b.Port, 1, 65535) != nil {
 				err = fieldErr(field, v, "must be a port number 1..65535")
+			}
+		case "ListenPort":
+			if intIn(v, &b.ListenPort, 1, 65535) != nil {
+				err = fieldErr(field, v, "must be a port number 1..65535")
+			}
+		case "ListenPortV6":
+			if intIn(v, &b.ListenPortV6, 1, 65535) != nil {
+				err = fieldErr(field, v, "must be a port number 1..65535")
+			}
+		case "PersistentKeepaliveInterval":
+			if intIn(v, &b.PersistentKeepaliveInterval, 0, 65535) != nil {
+				err = fieldErr(field, v, "must be seconds 0..65535 (0: no keepalive)")
+			}
+		case "PSK":
+			if json.Unmarshal(v, &b.PSK) != nil || !isKey(b.PSK) {
+				err = fieldErr(field, v, "must be a WireGuard key: base64 of 32 bytes (wg genpsk)")
+			}
+		case "Implementation":
+			impls := []string{WireGuardKernel, WireGuardUserspace}
+			if json.Unmarshal(v, &b.Implementation) != nil || !slices.Contains(impls, b.Implementation) {
+				err = fieldErr(field, v, "must be %s", strings.Join(impls, " or "))
 			}
 		case "VNI":
 			if intIn(v, &b.VNI, 0, 1<<24-1) != nil {
@@ -182,6 +232,10 @@ func (b Backend) validateAgainst(c *Config) error {
 		return &FieldError{Field: "SubnetLen", Value: fmt.Sprint(c.SubnetLen),
 			Reason: fmt.Sprintf("too small for %s: each node's slice needs at least a /29", b.Type)}
 	}
+	if b.Type == TypeWireGuard && b.Mode == "ipv6" {
+		return &FieldError{Field: "Backend.Mode", Value: `"ipv6"`,
+			Reason: "twill carries IPv4 pod networks only; use separate, auto or ipv4"}
+	}
 	return nil
 }
 
@@ -215,6 +269,20 @@ func (b Backend) MarshalJSON() ([]byte, error) {
 			if b.Master != "" {
 				m[key] = b.Master
 			}
+		case "PSK":
+			if b.PSK != "" {
+				m[key] = b.PSK
+			}
+		case "ListenPort":
+			m[key] = b.ListenPort
+		case "ListenPortV6":
+			m[key] = b.ListenPortV6
+		case "PersistentKeepaliveInterval":
+			m[key] = b.PersistentKeepaliveInterval
+		case "Implementation":
+			if b.Implementation != "" {
+				m[key] = b.Implementation
+			}
 		}
 	}
 	return json.Marshal(m)
@@ -230,6 +298,12 @@ func intIn(v json.RawMessage, dst *int, lo, hi int) error {
 	}
 	*dst = n
 	return nil
+}
+
+// isKey reports whether s is a WireGuard key: standard base64 of 32 bytes.
+func isKey(s string) bool {
+	k, err := base64.StdEncoding.DecodeString(s)
+	return err == nil && len(k) == 32
 }
 
 func quoted(s string) json.RawMessage {

@@ -35,6 +35,11 @@ func TestParseDefaults(t *testing.T) {
 			Backend{Type: "macvlan", Mode: "bridge", Master: "eth1"}},
 		{"ipvlan l3", `{"Network":"192.168.56.128/25","SubnetLen":28,"Backend":{"Type":"ipvlan","Mode":"l3"}}`, 28, "192.168.56.144", "192.168.56.240", 7,
 			Backend{Type: "ipvlan", Mode: "l3"}},
+		{"wireguard defaults", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`, 24, "10.244.1.0", "10.244.255.0", 255,
+			Backend{Type: "wireguard", Mode: "separate", ListenPort: 51820, ListenPortV6: 51821}},
+		{"wireguard flannel options", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","ListenPort":51000,"ListenPortV6":51001,"Mode":"auto","PersistentKeepaliveInterval":25,"MTU":1400,"Implementation":"userspace"}}`,
+			24, "10.244.1.0", "10.244.255.0", 255, Backend{Type: "wireguard", Mode: "auto", PSK: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", ListenPort: 51000, ListenPortV6: 51001,
+				PersistentKeepaliveInterval: 25, MTU: 1400, Implementation: "userspace"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,7 +96,15 @@ func TestParseRefusesBadConfig(t *testing.T) {
 		{"SubnetMin unaligned", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.7"}`, "SubnetMin", `"10.244.1.7"`, "first address of a /24"},
 		{"SubnetMax invalid", `{"Network":"10.244.0.0/16","SubnetMax":"10.244.300.0"}`, "SubnetMax", `"10.244.300.0"`, "not a valid IPv4"},
 		{"reversed range", `{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0"}`, "SubnetMin", `10.244.9.0`, "after SubnetMax 10.244.2.0"},
-		{"unknown backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`, "Backend.Type", `"wireguard"`, "known types are udp, vxlan, host-gw, ipip, bgp, macvlan, ipvlan, alloc"},
+		{"unknown backend", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguards"}}`, "Backend.Type", `"wireguards"`, "known types are udp, vxlan, host-gw, ipip, bgp, wireguard, macvlan, ipvlan, alloc"},
+		{"wireguard PSK short", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"c2hvcnQ="}}`, "Backend.PSK", `"c2hvcnQ="`, "base64 of 32 bytes"},
+		{"wireguard PSK not base64", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"not base64!"}}`, "Backend.PSK", `"not base64!"`, "base64 of 32 bytes"},
+		{"wireguard port", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":65536}}`, "Backend.ListenPort", `65536`, "1..65535"},
+		{"wireguard port v6", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPortV6":0}}`, "Backend.ListenPortV6", `0`, "1..65535"},
+		{"wireguard mode", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"both"}}`, "Backend.Mode", `"both"`, "separate, auto, ipv4, ipv6"},
+		{"wireguard mode ipv6", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}`, "Backend.Mode", `"ipv6"`, "IPv4 pod networks only"},
+		{"wireguard keepalive", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PersistentKeepaliveInterval":-1}}`, "Backend.PersistentKeepaliveInterval", `-1`, "0..65535"},
+		{"wireguard implementation", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"go"}}`, "Backend.Implementation", `"go"`, "kernel or userspace"},
 		{"backend case", `{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}`, "Backend.Type", `"VXLAN"`, `did you mean "vxlan"`},
 		{"unknown top-level key", `{"Network":"10.244.0.0/16","Subnetlen":24}`, "Subnetlen", `24`, `did you mean "SubnetLen"`},
 		{"unknown key", `{"Network":"10.244.0.0/16","Foo":1}`, "Foo", `1`, "unknown key"},

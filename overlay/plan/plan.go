@@ -21,6 +21,11 @@
 //	bgp      blackhole ownSubnet; each learned route (Input.Learned) via its
 //	         next hop dev <underlay>, or dev twill.ipip onlink with IPIP
 //	         Always, or CrossSubnet and a next hop off the segment
+//	wireguard peerSubnet dev twill-wg; the peer (public key from the
+//	         lease's BackendData, endpoint peerPublicIP:ListenPort, allowed
+//	         IPs peerSubnet) lives in the WireGuard device, set by the backend
+//	         (flannel routes the whole network to flannel-wg instead; a
+//	         route per peer lets a peer that goes take its route along)
 //
 // With DirectRouting (vxlan, ipip), a peer on this node's L2 segment is routed
 // as host-gw does, without tunnel state.
@@ -36,6 +41,7 @@ package plan
 import (
 	"bytes"
 	"cmp"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,8 +56,9 @@ import (
 
 // Device names of the backends, as flannel names them with "flannel" replaced.
 const (
-	UDPDevice  = "twill0"
-	IPIPDevice = "twill.ipip"
+	UDPDevice       = "twill0"
+	IPIPDevice      = "twill.ipip"
+	WireGuardDevice = "twill-wg"
 )
 
 // VXLANDevice is the name of the VXLAN device for a VNI: twill.<VNI>.
@@ -67,6 +74,8 @@ func DeviceName(b netconf.Backend) string {
 		return VXLANDevice(b.VNI)
 	case netconf.TypeIPIP:
 		return IPIPDevice
+	case netconf.TypeWireGuard:
+		return WireGuardDevice
 	}
 	return ""
 }
@@ -189,6 +198,8 @@ type Peer struct {
 	Direct bool
 	// VtepMAC is the peer's VXLAN device MAC (vxlan only).
 	VtepMAC net.HardwareAddr
+	// PublicKey is the peer's WireGuard public key, base64 (wireguard only).
+	PublicKey string
 }
 
 func (p Peer) String() string {
@@ -200,6 +211,9 @@ func (p Peer) String() string {
 	}
 	if p.Node != "" && p.Node != p.PublicIP.String() {
 		s += " node " + p.Node
+	}
+	if p.PublicKey != "" {
+		s += " key " + p.PublicKey
 	}
 	return s
 }
@@ -282,6 +296,41 @@ func VXLANData(vni int, mac net.HardwareAddr) json.RawMessage {
 	return b
 }
 
+// wireGuardData is the BackendData a wireguard node publishes (flannel's
+// form).
+type wireGuardData struct {
+	PublicKey string `json:"PublicKey"`
+}
+
+// ParseWireGuardData reads a wireguard lease's BackendData: the peer's
+// public key, base64 of 32 bytes as WireGuard writes it.
+func ParseWireGuardData(data json.RawMessage) (string, error) {
+	var d wireGuardData
+	if len(bytes.TrimSpace(data)) == 0 {
+		return "", errors.New("no BackendData")
+	}
+	if err := json.Unmarshal(data, &d); err != nil {
+		return "", fmt.Errorf("BackendData %s: %w", data, err)
+	}
+	if d.PublicKey == "" {
+		return "", errors.New("BackendData has no PublicKey")
+	}
+	k, err := base64.StdEncoding.DecodeString(d.PublicKey)
+	if err != nil || len(k) != 32 {
+		return "", fmt.Errorf("PublicKey %q is not a WireGuard key (base64 of 32 bytes)", d.PublicKey)
+	}
+	if bytes.Equal(k, make([]byte, 32)) {
+		return "", fmt.Errorf("PublicKey %q is the zero key", d.PublicKey)
+	}
+	return d.PublicKey, nil
+}
+
+// WireGuardData is the BackendData this node publishes for wireguard.
+func WireGuardData(publicKey string) json.RawMessage {
+	b, _ := json.Marshal(wireGuardData{PublicKey: publicKey})
+	return b
+}
+
 // Build computes the plan for in. It fails only when the input as a whole
 // is unusable; a peer that cannot be routed becomes a Problem.
 func Build(in Input) (Plan, error) {
@@ -301,7 +350,7 @@ func Build(in Input) (Plan, error) {
 	hostGW := b.Type == netconf.TypeHostGW || RoutesPeerSlices(b)
 	switch {
 	case hostGW:
-	case b.Type == netconf.TypeUDP, b.Type == netconf.TypeVXLAN, b.Type == netconf.TypeIPIP:
+	case b.Type == netconf.TypeUDP, b.Type == netconf.TypeVXLAN, b.Type == netconf.TypeIPIP, b.Type == netconf.TypeWireGuard:
 	case b.Type == netconf.TypeBGP:
 		return buildBGP(in, p)
 	case b.Type == netconf.TypeMacvlan, b.Type == netconf.TypeIPvlan, b.Type == netconf.TypeAlloc:
@@ -358,6 +407,9 @@ func Build(in Input) (Plan, error) {
 			// The single cluster route carries it; twilld forwards by the peer table.
 		case netconf.TypeIPIP:
 			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: ip, Device: p.Device, OnLink: true})
+		case netconf.TypeWireGuard:
+			peer.PublicKey = c.key
+			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Device: p.Device})
 		case netconf.TypeVXLAN:
 			gw := l.Subnet.Masked().Addr()
 			peer.VtepMAC = c.mac
@@ -385,6 +437,7 @@ func RoutesPeerSlices(b netconf.Backend) bool {
 type candidate struct {
 	lease lease.Lease
 	mac   net.HardwareAddr // vxlan
+	key   string           // wireguard
 }
 
 // candidates filters the peer leases: the own lease, leases of another
@@ -459,6 +512,14 @@ func candidates(in Input, p *Plan) []candidate {
 				continue
 			}
 			c.mac = mac
+		}
+		if b.Type == netconf.TypeWireGuard {
+			key, err := ParseWireGuardData(l.Attrs.BackendData)
+			if err != nil {
+				problem("%v; skipped", err)
+				continue
+			}
+			c.key = key
 		}
 		out = append(out, c)
 	}

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +33,8 @@ func backend(typ string) netconf.Backend {
 		b.Port, b.VNI = netconf.DefaultVXLANPort, netconf.DefaultVNI
 	case netconf.TypeBGP:
 		b.Port, b.BGP = 179, &netconf.BGP{ASN: 64512, NodeMesh: true, IPIP: netconf.IPIPNever, HoldTime: 90, ConnectRetry: 5, RestartTime: 120}
+	case netconf.TypeWireGuard:
+		b.Mode, b.ListenPort, b.ListenPortV6 = "separate", netconf.DefaultWireGuardPort, netconf.DefaultWireGuardPortV6
 	}
 	return b
 }
@@ -72,7 +75,19 @@ func node(typ, subnet, publicIP string, n int) lease.Lease {
 	if typ == netconf.TypeVXLAN {
 		l.Attrs.BackendData = VXLANData(1, mac(n))
 	}
+	if typ == netconf.TypeWireGuard {
+		l.Attrs.BackendData = WireGuardData(wgKey(n))
+	}
 	return l
+}
+
+// wgKey is a WireGuard public key numbered n: 32 bytes of n+1.
+func wgKey(n int) string {
+	k := make([]byte, 32)
+	for i := range k {
+		k[i] = byte(n + 1)
+	}
+	return base64.StdEncoding.EncodeToString(k)
 }
 
 func withData(l lease.Lease, data string) lease.Lease {
@@ -152,7 +167,7 @@ type golden struct {
 
 func goldenCases() []golden {
 	var cases []golden
-	for _, typ := range []string{netconf.TypeUDP, netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP} {
+	for _, typ := range []string{netconf.TypeUDP, netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeIPIP, netconf.TypeWireGuard} {
 		p3 := peers3(typ)
 		cases = append(cases,
 			golden{typ + "-0-peers", "a node alone", []step{{in: input(typ, backend(typ))}}},
@@ -181,7 +196,7 @@ func goldenCases() []golden {
 				node(typ, "10.244.9.0/24", "192.168.56.19", 9))}}},
 		)
 	}
-	vx, udp, bg := netconf.TypeVXLAN, netconf.TypeUDP, netconf.TypeBGP
+	vx, udp, bg, wg := netconf.TypeVXLAN, netconf.TypeUDP, netconf.TypeBGP, netconf.TypeWireGuard
 	// flannelUDP is the lease flannel's udp backend writes: no BackendType,
 	// no BackendData ({"PublicIP":"192.168.56.12","PublicIPv6":null}).
 	flannelUDP := withType(node(udp, "10.244.1.0/24", "192.168.56.12", 1), "")
@@ -220,6 +235,20 @@ func goldenCases() []golden {
 			withData(node(vx, "10.244.6.0/24", "192.168.56.17", 6), `{"VNI":2,"VtepMAC":"0a:58:00:00:00:06"}`),
 			withData(node(vx, "10.244.7.0/24", "192.168.56.18", 7), `[1,2]`),
 			withData(node(vx, "10.244.8.0/24", "192.168.56.19", 8), `{"VtepMAC":"0a:58:00:00:00:08"}`))}}},
+		golden{"wireguard-bad-backend-data", "wireguard peers whose BackendData has no usable PublicKey are skipped, naming the value", []step{{in: input(wg, backend(wg),
+			node(wg, "10.244.1.0/24", "192.168.56.12", 1),
+			withData(node(wg, "10.244.2.0/24", "192.168.56.13", 2), ``),
+			withData(node(wg, "10.244.3.0/24", "192.168.56.14", 3), `{"VtepMAC":"0a:58:00:00:00:03"}`),
+			withData(node(wg, "10.244.4.0/24", "192.168.56.15", 4), `{"PublicKey":"not a key"}`),
+			withData(node(wg, "10.244.5.0/24", "192.168.56.16", 5), `{"PublicKey":"c2hvcnQ="}`),
+			withData(node(wg, "10.244.6.0/24", "192.168.56.17", 6), `{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`),
+			withData(node(wg, "10.244.7.0/24", "192.168.56.18", 7), `[1,2]`))}}},
+		golden{"wireguard-key-changes", "peer 10.244.2.0/24 regenerates its key: the plan carries the new key only", []step{
+			{label: "before", in: input(wg, backend(wg), node(wg, "10.244.1.0/24", "192.168.56.12", 1), node(wg, "10.244.2.0/24", "192.168.56.13", 2))},
+			{label: "after", in: input(wg, backend(wg), node(wg, "10.244.1.0/24", "192.168.56.12", 1), withRev(node(wg, "10.244.2.0/24", "192.168.56.13", 22), 300))},
+		}},
+		golden{"wireguard-flannel-lease", "flannel's wireguard lease (BackendType wireguard, BackendData {\"PublicKey\":...}) off the segment is tunnelled like any", []step{{in: input(wg, backend(wg),
+			withData(node(wg, "10.244.1.0/24", "10.0.9.12", 1), `{"PublicKey":"aGVsbG8gd2lyZWd1YXJkIGZsYW5uZWwgcGVlciBrZXk="}`))}}},
 		golden{"vxlan-vtep-conflict", "two nodes publish one VTEP MAC: the newer lease (10.244.2.0/24, revision 500) wins", []step{{in: input(vx, backend(vx),
 			node(vx, "10.244.1.0/24", "192.168.56.12", 1), withRev(node(vx, "10.244.2.0/24", "192.168.56.13", 1), 500))}}},
 		golden{"bgp-0-peers", "a bgp node alone: only the blackhole for its own subnet", []step{{in: input(bg, backend(bg))}}},
@@ -368,6 +397,7 @@ func TestMTU(t *testing.T) {
 		{netconf.TypeUDP, 0, 1500, 1472},
 		{netconf.TypeVXLAN, 0, 1500, 1450},
 		{netconf.TypeIPIP, 0, 1500, 1480},
+		{netconf.TypeWireGuard, 0, 1500, 1440},
 		{netconf.TypeHostGW, 0, 1500, 1500},
 		{netconf.TypeVXLAN, 0, 9000, 8950},
 		{netconf.TypeVXLAN, 1400, 1500, 1400},

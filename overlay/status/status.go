@@ -139,4 +139,7 @@ type Peer struct {
 	// spoofed-source, malformed, tun-write-error, ...).
 	Drops    map[string]uint64
 	LastSeen time.Time
+	// LastHandshake is when the WireGuard session with the peer was last
+	// set up (wireguard only; zero before the first handshake).
+	LastHandshake time.Time
 }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twillnet/twill/internal/binaries"
+	"github.com/twillnet/twill/overlay/backend/backendtest"
+	"github.com/twillnet/twill/overlay/subnetfile"
+)
+
+// TestWireGuardInNamespaces runs two twillds with the wireguard backend in
+// node namespaces (userspace WireGuard where the kernel has none): pods
+// talk, each node's key is kept in its --state-dir, a restarted twilld
+// comes back with the same key and pods talk again, and --cleanup removes
+// the device, the routes and the nftables table but keeps the key.
+func TestWireGuardInNamespaces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds twilld and twillctl and starts processes; skipped with -short")
+	}
+	backendtest.NeedRoot(t)
+	dir := t.TempDir()
+	bin := binaries.ForTest(t)
+	twilld, twillctl := filepath.Join(bin, "twilld"), filepath.Join(bin, "twillctl")
+	lab := backendtest.New(t, "twilld-wg", 2)
+	backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
+	url := "http://192.168.56.1:2379"
+	start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380")
+	netConfig := filepath.Join(dir, "wireguard.json")
+	if err := os.WriteFile(netConfig, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := func(n *backendtest.Node) []string {
+		sf := filepath.Join(dir, n.Name+".env")
+		return []string{"--etcd-endpoints", url, "--etcd-prefix", "/twill-test", "--net-config", netConfig,
+			"--iface", "eth0", "--subnet-file", sf, "--node-name", n.Name, "--state-dir", filepath.Join(dir, n.Name+"-state"), "--listen", "off"}
+	}
+	var procs []proc
+	for _, n := range lab.Nodes {
+		sf := filepath.Join(dir, n.Name+".env")
+		if err := subnetfile.Write(sf, subnetfile.File{Network: netip.MustParsePrefix("10.244.0.0/16"),
+			Subnet: netip.PrefixFrom(n.Subnet.Addr().Next(), 24), MTU: 1440}); err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, start(t, n.Name, n.Name, twilld, "msg=ready", args(n)...))
+	}
+	n1, n2 := lab.Nodes[0], lab.Nodes[1]
+	pings := func(what string) {
+		t.Helper()
+		// A node that handshook before its peer knew its key retries
+		// after WireGuard's 5 s rekey timeout.
+		backendtest.Eventually(t, 20*time.Second, func() string {
+			if got := n1.Ping(t, n2.PodIP, 1); got != 1 {
+				return fmt.Sprintf("%s: no reply from %s yet; node1 routes:\n%s", what, n2.PodIP, n1.IP(t, "route"))
+			}
+			return ""
+		})
+		if got := n2.Ping(t, n1.PodIP, 3); got != 3 {
+			t.Fatalf("%s: pod2 -> pod1: %d of 3 replies", what, got)
+		}
+	}
+	pings("first start")
+	keyFile := filepath.Join(dir, n1.Name+"-state", "wireguard.key")
+	key, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(keyFile); fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	if link := n1.IP(t, "-d", "link", "show", "twill-wg"); !strings.Contains(link, "mtu 1440") {
+		t.Errorf("twill-wg: %s", link)
+	}
+
+	// A restart keeps the key: the peer needs no new lease event.
+	if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	procs[0].wait(t)
+	procs[0] = start(t, n1.Name+"-again", n1.Name, twilld, "msg=ready", args(n1)...)
+	pings("after a restart")
+	if again, _ := os.ReadFile(keyFile); string(again) != string(key) {
+		t.Errorf("the key changed over a restart: %q, was %q", again, key)
+	}
+
+	if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	procs[0].wait(t)
+	backendtest.Run(t, "ip", "netns", "exec", n1.Name, twilld, "--cleanup", "--net-config", netConfig, "--iface", "eth0",
+		"--subnet-file", filepath.Join(dir, "unused.env"), "--state-dir", filepath.Join(dir, n1.Name+"-state"))
+	if got := n1.IP(t, "route", "show", "proto", "126"); strings.TrimSpace(got) != "" {
+		t.Errorf("routes left after --cleanup: %q", got)
+	}
+	if got := n1.IP(t, "-o", "link", "show"); strings.Contains(got, "twill-wg") {
+		t.Errorf("twill-wg left after --cleanup:\n%s", got)
+	}
+	if got := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "nft", "list", "tables"); strings.Contains(got, "twill") {
+		t.Errorf("nftables table left after --cleanup: %q", got)
+	}
+	if _, err := os.Stat(keyFile); err != nil {
+		t.Errorf("--cleanup removed the key: %v", err)
+	}
+}

@@ -1,0 +1,397 @@
+package wireguard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/backend/routing"
+	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
+)
+
+// StaleHandshake is the age past which a peer's last handshake says the
+// peer is not handshaking (WireGuard rekeys a session in use every 2
+// minutes).
+const StaleHandshake = 3 * time.Minute
+
+// Backend is the wireguard backend.
+type Backend struct {
+	node backend.Node
+	opts netconf.Backend
+	mtu  int
+	log  *slog.Logger
+	psk  *wgtypes.Key
+	// Router keeps the routes and nftables rules; it gives the backend
+	// SetLease, Handle, Resync and Plan.
+	*routing.Router
+
+	// mu guards what follows. The Router's lock may be held when it is
+	// taken (OnPlan), never the other way round.
+	mu  sync.Mutex
+	key wgtypes.Key
+	dev wgDevice
+	// impl is kernel or userspace; why says why userspace was chosen.
+	impl, why string
+	// want are the peers the leases name, by key; applied what was last
+	// configured of them (nil: configure them all on the next sync).
+	want    map[wgtypes.Key]wgtypes.PeerConfig
+	applied map[wgtypes.Key]string
+	// keys are the peers' public keys by subnet, for Status.
+	keys   map[netip.Prefix]wgtypes.Key
+	closed bool
+}
+
+// New returns the wireguard backend for node, working in node.NetNS. It
+// changes nothing yet.
+func New(node backend.Node, log *slog.Logger) (*Backend, error) {
+	if node.Network == nil {
+		return nil, errors.New("wireguard: the node has no network config")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := node.Network.Backend
+	opts.Type = netconf.TypeWireGuard
+	if opts.ListenPort == 0 {
+		opts.ListenPort = netconf.DefaultWireGuardPort
+	}
+	b := &Backend{node: node, opts: opts, mtu: routing.MTU(node, opts), log: log}
+	if opts.PSK != "" {
+		psk, err := wgtypes.ParseKey(opts.PSK)
+		if err != nil {
+			return nil, fmt.Errorf("wireguard: Backend.PSK: %w", err)
+		}
+		b.psk = &psk
+	}
+	r, err := routing.New(routing.Config{Node: node, Backend: opts, Device: plan.WireGuardDevice,
+		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	b.Router = r
+	return b, nil
+}
+
+// Type is "wireguard".
+func (b *Backend) Type() string { return netconf.TypeWireGuard }
+
+// Prepare reads (or makes) the private key, creates the device and
+// publishes the public key.
+func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
+	if !b.node.PublicIP.Is4() {
+		return backend.Prepared{}, fmt.Errorf("wireguard needs an IPv4 public IP, have %v", b.node.PublicIP)
+	}
+	key, created, err := LoadKey(b.node.StateDir)
+	if err != nil {
+		return backend.Prepared{}, fmt.Errorf("wireguard private key: %w", err)
+	}
+	pub := key.PublicKey()
+	path := filepath.Join(b.node.StateDir, KeyFile)
+	if created {
+		b.log.Info("private key made", "file", path, "public_key", pub.String())
+	} else {
+		b.log.Info("private key read", "file", path, "public_key", pub.String())
+	}
+	b.mu.Lock()
+	b.key = key
+	b.mu.Unlock()
+	if err := b.EnsureDevice(); err != nil {
+		return backend.Prepared{}, err
+	}
+	return backend.Prepared{BackendData: plan.WireGuardData(pub.String()), MTU: b.mtu}, nil
+}
+
+// PublicKey is the node's public key; zero before Prepare.
+func (b *Backend) PublicKey() wgtypes.Key {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.key == (wgtypes.Key{}) {
+		return wgtypes.Key{}
+	}
+	return b.key.PublicKey()
+}
+
+// Implementation says which WireGuard runs: "kernel", or "userspace (why)".
+func (b *Backend) Implementation() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.implLocked()
+}
+
+func (b *Backend) implLocked() string {
+	if b.impl == netconf.WireGuardUserspace {
+		return b.impl + " (" + b.why + ")"
+	}
+	return b.impl
+}
+
+// ensureDevice makes the device if it is missing (again, if it went),
+// configures it and its peers, and sets its MTU, address and state.
+func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.key == (wgtypes.Key{}) {
+		return errors.New("wireguard: no private key yet (Prepare first)")
+	}
+	name := plan.WireGuardDevice
+	link, err := nl.LinkByName(name)
+	if err != nil && !routing.IsNotFound(err) {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if b.dev != nil && err != nil {
+		b.log.Warn("device gone; making it again", "device", name, "implementation", b.impl)
+		b.dev.close()
+		b.dev = nil
+	}
+	if b.dev == nil {
+		if err := b.openLocked(nl); err != nil {
+			return err
+		}
+		if link, err = nl.LinkByName(name); err != nil {
+			return fmt.Errorf("look up %s after creating it: %w", name, err)
+		}
+	}
+	return errors.Join(b.syncLocked(), routing.SetUpDevice(nl, link, b.mtu, nil, own))
+}
+
+// openLocked creates the device, kernel or userspace as configured or as
+// the kernel allows, and gives it the private key and the port.
+func (b *Backend) openLocked(nl *netlink.Handle) error {
+	ns, name := b.Namespace(), plan.WireGuardDevice
+	var err error
+	switch b.opts.Implementation {
+	case netconf.WireGuardKernel:
+		b.dev, err = openKernel(ns, nl, name, b.mtu, b.log)
+		b.impl = netconf.WireGuardKernel
+	case netconf.WireGuardUserspace:
+		b.dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
+		b.impl, b.why = netconf.WireGuardUserspace, "Backend.Implementation says so"
+	default:
+		b.dev, err = openKernel(ns, nl, name, b.mtu, b.log)
+		b.impl = netconf.WireGuardKernel
+		if kerr := err; errors.Is(kerr, ErrNoKernelWireGuard) {
+			b.log.Info("no kernel WireGuard; running it in userspace", "reason", kerr)
+			b.dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
+			b.impl, b.why = netconf.WireGuardUserspace, kerr.Error()
+		}
+	}
+	if err != nil {
+		b.dev = nil
+		return err
+	}
+	port := b.opts.ListenPort
+	if err := b.dev.configure(wgtypes.Config{PrivateKey: &b.key, ListenPort: &port}); err != nil {
+		b.dev.close()
+		b.dev = nil
+		return fmt.Errorf("give %s its private key and port %d: %w", name, port, err)
+	}
+	b.applied = nil
+	return nil
+}
+
+// onPlan learns the peers from a new plan and configures them at once: a
+// peer whose lease went or whose key changed is removed in this call.
+func (b *Backend) onPlan(p routing.Planned) error {
+	want := map[wgtypes.Key]wgtypes.PeerConfig{}
+	keys := map[netip.Prefix]wgtypes.Key{}
+	keepalive := time.Duration(b.opts.PersistentKeepaliveInterval) * time.Second
+	for _, peer := range p.Plan.Peers {
+		key, err := wgtypes.ParseKey(peer.PublicKey)
+		if err != nil { // the plan checked it; a peer without one is not ours
+			continue
+		}
+		keys[peer.Subnet] = key
+		allowed := net.IPNet{IP: peer.Subnet.Addr().AsSlice(), Mask: net.CIDRMask(peer.Subnet.Bits(), 32)}
+		if pc, ok := want[key]; ok { // one node, two subnets
+			pc.AllowedIPs = append(pc.AllowedIPs, allowed)
+			want[key] = pc
+			continue
+		}
+		want[key] = wgtypes.PeerConfig{
+			PublicKey:                   key,
+			PresharedKey:                b.psk,
+			Endpoint:                    net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer.PublicIP, uint16(b.opts.ListenPort))),
+			PersistentKeepaliveInterval: &keepalive,
+			ReplaceAllowedIPs:           true,
+			AllowedIPs:                  []net.IPNet{allowed},
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.want, b.keys = want, keys
+	return b.syncLocked()
+}
+
+// syncLocked makes the device's peers those wanted: it removes every other
+// peer (stale keys, peers that left) and configures the wanted ones that
+// changed since they were last configured.
+func (b *Backend) syncLocked() error {
+	if b.dev == nil || b.want == nil {
+		// Before the first plan nothing is known of the peers: a kernel
+		// device kept over a restart keeps its peers until then.
+		return nil
+	}
+	have, err := b.dev.peers()
+	if err != nil {
+		return fmt.Errorf("read the peers of %s: %w", plan.WireGuardDevice, err)
+	}
+	var cfg wgtypes.Config
+	var removed []string
+	for _, p := range have {
+		if _, ok := b.want[p.PublicKey]; !ok {
+			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
+			removed = append(removed, p.PublicKey.String())
+		}
+	}
+	present := map[wgtypes.Key]bool{}
+	for _, p := range have {
+		present[p.PublicKey] = true
+	}
+	applied := map[wgtypes.Key]string{}
+	var added []string
+	for _, key := range slices.SortedFunc(maps.Keys(b.want), func(x, y wgtypes.Key) int { return bytes.Compare(x[:], y[:]) }) {
+		pc := b.want[key]
+		f := fingerprint(pc)
+		applied[key] = f
+		if present[key] && b.applied[key] == f {
+			continue
+		}
+		cfg.Peers = append(cfg.Peers, pc)
+		added = append(added, key.String())
+	}
+	if len(cfg.Peers) == 0 {
+		b.applied = applied
+		return nil
+	}
+	if err := b.dev.configure(cfg); err != nil {
+		b.applied = nil
+		return fmt.Errorf("configure the peers of %s: %w", plan.WireGuardDevice, err)
+	}
+	b.applied = applied
+	if len(removed) > 0 {
+		b.log.Info("peers removed", "device", plan.WireGuardDevice, "keys", removed)
+	}
+	if len(added) > 0 {
+		b.log.Info("peers configured", "device", plan.WireGuardDevice, "keys", added)
+	}
+	return nil
+}
+
+// Status is the Router's, with the implementation as the mode and the
+// device's per-peer counters (bytes and last handshake; WireGuard counts
+// no packets).
+func (b *Backend) Status() backend.Status {
+	st := b.Router.Status()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st.Mode = b.implLocked()
+	if b.dev == nil {
+		return st
+	}
+	have, err := b.dev.peers()
+	if err != nil {
+		st.Problems = append(st.Problems, fmt.Sprintf("read the peers of %s: %v", plan.WireGuardDevice, err))
+		return st
+	}
+	byKey := map[wgtypes.Key]wgtypes.Peer{}
+	for _, p := range have {
+		byKey[p.PublicKey] = p
+	}
+	for i := range st.Peers {
+		p, ok := byKey[b.keys[st.Peers[i].Subnet]]
+		if !ok {
+			continue
+		}
+		st.Peers[i].TxBytes, st.Peers[i].RxBytes = uint64(p.TransmitBytes), uint64(p.ReceiveBytes)
+		st.Peers[i].LastHandshake = p.LastHandshakeTime
+		if !p.LastHandshakeTime.IsZero() {
+			st.Peers[i].LastSeen = p.LastHandshakeTime
+			// A live session is rekeyed every 2 minutes; older than 3
+			// means the peer does not answer.
+			if age := time.Since(p.LastHandshakeTime); age > StaleHandshake {
+				st.Problems = append(st.Problems, fmt.Sprintf("peer %s (%s): last WireGuard handshake %v ago", st.Peers[i].Subnet, p.PublicKey, age.Round(time.Second)))
+			}
+		}
+	}
+	return st
+}
+
+// Peers are the device's peers as it reports them now.
+func (b *Backend) Peers() ([]wgtypes.Peer, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev == nil {
+		return nil, errors.New("no device")
+	}
+	return b.dev.peers()
+}
+
+// Run keeps the kernel state until ctx ends. Userspace WireGuard lives in
+// twilld: when Run ends, its device and sockets go (pods on this node are
+// cut off until the next twilld prepares); kernel WireGuard stays.
+func (b *Backend) Run(ctx context.Context) error {
+	err := b.Router.Run(ctx)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.impl == netconf.WireGuardUserspace && b.dev != nil {
+		b.dev.close()
+		b.dev = nil
+	}
+	return err
+}
+
+// Cleanup removes the device, the routes and the nftables rules. The
+// private key stays in the state directory.
+func (b *Backend) Cleanup(ctx context.Context) error {
+	b.mu.Lock()
+	if b.dev != nil {
+		b.dev.close()
+		b.dev = nil
+	}
+	b.mu.Unlock()
+	return b.Router.Cleanup(ctx)
+}
+
+// Close releases the device (a userspace one goes) and the Router; Run
+// must have ended. Calls after the first do nothing.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	var err error
+	if b.dev != nil {
+		err = b.dev.close()
+		b.dev = nil
+	}
+	return errors.Join(err, b.Router.Close())
+}
+
+func fingerprint(pc wgtypes.PeerConfig) string {
+	s := fmt.Sprintf("%v %v", pc.Endpoint, pc.AllowedIPs)
+	if pc.PresharedKey != nil {
+		s += " psk " + pc.PresharedKey.String()
+	}
+	if pc.PersistentKeepaliveInterval != nil {
+		s += " keepalive " + pc.PersistentKeepaliveInterval.String()
+	}
+	return s
+}
+
+var _ backend.Backend = (*Backend)(nil)

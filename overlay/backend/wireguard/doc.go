@@ -1,0 +1,23 @@
+// Package wireguard is the wireguard backend, in flannel's format: each
+// node publishes its WireGuard public key in its lease's BackendData
+// ({"PublicKey":"<base64>"}), listens on ListenPort (51820), and has one
+// WireGuard peer per peer node (that key, endpoint publicIP:ListenPort,
+// allowed IPs the peer's subnet). The device is twill-wg, with the own
+// subnet's network address as a /32; each peer's subnet is routed to it
+// (routing.Router keeps the routes). Pod traffic between nodes is therefore
+// encrypted on the underlay: UDP to ListenPort carrying WireGuard messages.
+//
+// WireGuard runs in the kernel (configured through wgctrl) where the
+// kernel can create wireguard links, and in userspace (wireguard-go in
+// twilld: a TUN device and its UDP sockets) where it cannot; the wire
+// format is the same either way. Backend.Implementation forces one.
+//
+// The private key is made on first start and kept, mode 0600, in the state
+// directory (StateDir/wireguard.key), so that restarts and reboots keep the
+// public key peers know. A peer whose lease goes, or whose key changes, is
+// removed from the device in the same lease event.
+//
+// It must not touch devices other than its own, nor keep peers the leases
+// no longer name. The package is Linux-only but for the key file and the
+// UAPI text.
+package wireguard
