@@ -363,18 +363,16 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 		if p.network.IsValid() {
 			want = []string{p.network.String()}
 		}
-	case "ipvlan":
-		// The routed modes route peers' slices as host-gw does; l2 routes
-		// nothing.
-		if p.mode != "l3" && p.mode != "l3s" {
+	case "ipvlan", "bgp", "vxlan", "host-gw", "ipip":
+		// ipvlan's routed modes route peers' slices as host-gw does; l2
+		// routes nothing.
+		if p.backend == "ipvlan" && p.mode != "l3" && p.mode != "l3s" {
 			break
 		}
-		fallthrough
-	case "bgp":
-		// The learned routes, and the blackhole for the own subnet.
-		want = append(want, own.String())
-		fallthrough
-	case "vxlan", "host-gw", "ipip":
+		if p.backend == "bgp" {
+			// The learned routes, and the blackhole for the own subnet.
+			want = append(want, own.String())
+		}
 		for _, l := range routableLeases(ls, p.network, own) {
 			want = append(want, l.Subnet.String())
 		}

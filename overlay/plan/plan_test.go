@@ -372,7 +372,7 @@ func TestBuildRefuses(t *testing.T) {
 		"direct routing without device":   {noDevice, ErrUnderlay},
 		"udp without network":             {noNetwork, nil},
 		"own subnet with host bits":       {noOwn, ErrOwnLease},
-		"unknown backend":                 {input("wireguard", backend("wireguard")), ErrBackend},
+		"unknown backend":                 {input("geneve", backend("geneve")), ErrBackend},
 		"bgp without underlay":            {func() Input { in := input("bgp", backend("bgp")); in.Underlay = Underlay{}; return in }(), ErrUnderlay},
 	} {
 		_, err := Build(tc.in)
