@@ -158,6 +158,19 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 	}
 	bools := map[string]*bool{"Offload": &b.Offload, "KernelPath": &b.KernelPath, "GBP": &b.GBP,
 		"Learning": &b.Learning, "DirectRouting": &b.DirectRouting}
+	type intOption struct {
+		dst        *int
+		lo, hi     int
+		what, note string
+	}
+	ints := map[string]intOption{
+		"Port":                        {&b.Port, 1, 65535, "a port number", ""},
+		"ListenPort":                  {&b.ListenPort, 1, 65535, "a port number", ""},
+		"ListenPortV6":                {&b.ListenPortV6, 1, 65535, "a port number", ""},
+		"PersistentKeepaliveInterval": {&b.PersistentKeepaliveInterval, 0, 65535, "seconds", " (0: no keepalive)"},
+		"VNI":                         {&b.VNI, 0, 1<<24 - 1, "a VXLAN network identifier", ""},
+		"MTU":                         {&b.MTU, 68, 65535, "an MTU", ""},
+	}
 	for _, key := range known {
 		v, ok := raw[key]
 		if !ok {
@@ -169,23 +182,14 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 			continue
 		}
 		var err error
+		if o, ok := ints[key]; ok {
+			if intIn(v, o.dst, o.lo, o.hi) != nil {
+				err = fieldErr(field, v, "must be %s %d..%d%s", o.what, o.lo, o.hi, o.note)
+			}
+			errs = appendErr(errs, err)
+			continue
+		}
 		switch key {
-		case "Port":
-			if intIn(v, &b.Port, 1, 65535) != nil {
-				err = fieldErr(field, v, "must be a port number 1..65535")
-			}
-		case "ListenPort":
-			if intIn(v, &b.ListenPort, 1, 65535) != nil {
-				err = fieldErr(field, v, "must be a port number 1..65535")
-			}
-		case "ListenPortV6":
-			if intIn(v, &b.ListenPortV6, 1, 65535) != nil {
-				err = fieldErr(field, v, "must be a port number 1..65535")
-			}
-		case "PersistentKeepaliveInterval":
-			if intIn(v, &b.PersistentKeepaliveInterval, 0, 65535) != nil {
-				err = fieldErr(field, v, "must be seconds 0..65535 (0: no keepalive)")
-			}
 		case "PSK":
 			if json.Unmarshal(v, &b.PSK) != nil || !isKey(b.PSK) {
 				err = fieldErr(field, v, "must be a WireGuard key: base64 of 32 bytes (wg genpsk)")
@@ -194,14 +198,6 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 			impls := []string{WireGuardKernel, WireGuardUserspace}
 			if json.Unmarshal(v, &b.Implementation) != nil || !slices.Contains(impls, b.Implementation) {
 				err = fieldErr(field, v, "must be %s", strings.Join(impls, " or "))
-			}
-		case "VNI":
-			if intIn(v, &b.VNI, 0, 1<<24-1) != nil {
-				err = fieldErr(field, v, "must be a VXLAN network identifier 0..16777215")
-			}
-		case "MTU":
-			if intIn(v, &b.MTU, 68, 65535) != nil {
-				err = fieldErr(field, v, "must be an MTU 68..65535")
 			}
 		case "Offload", "KernelPath", "GBP", "Learning", "DirectRouting":
 			if json.Unmarshal(v, bools[key]) != nil {
@@ -216,14 +212,19 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 				err = fieldErr(field, v, "must be a network interface name")
 			}
 		}
-		if err != nil {
-			errs = append(errs, err)
-		}
+		errs = appendErr(errs, err)
 	}
 	if len(errs) > 0 {
 		return Backend{}, errs
 	}
 	return b, nil
+}
+
+func appendErr(errs []error, err error) []error {
+	if err != nil {
+		return append(errs, err)
+	}
+	return errs
 }
 
 // validateAgainst checks what depends on the rest of the config.
