@@ -38,7 +38,7 @@ type Options struct {
 }
 
 // PathNames are the paths Run knows, in table order.
-var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
+var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
 
 var descriptions = map[string]string{
 	"underlay":               "node to node over the veth underlay, no tunnel",
@@ -46,6 +46,7 @@ var descriptions = map[string]string{
 	"kernel-vxlan":           "a vxlan device set up by hand (VNI 42, MTU 1450), no twilld in the path",
 	"twill-vxlan":            "twilld vxlan backend (the kernel's vxlan, MTU 1450)",
 	"twill-udp":              "twilld udp backend as configured by default: the eBPF kernel path (MTU 1472)",
+	"twill-udp-tc":           "twilld udp backend, kernel path attached as classic tc filters (as on kernels before 6.6; TWILL_UDP_ATTACH=tc)",
 	"twill-udp-userspace":    "twilld udp backend, KernelPath:false: userspace with offloads (TUN TSO/USO, UDP GSO/GRO, coalescing)",
 	"twill-udp-nooffload":    "twilld udp backend, Offload:false (one packet per TUN read/write, sendmmsg/recvmmsg)",
 	"twill-wireguard":        "twilld wireguard backend (kernel WireGuard where the kernel has it, else wireguard-go in twilld; MTU 1440)",
@@ -138,6 +139,12 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 		spec.Backend = "vxlan"
 	case "twill-udp":
 		spec.Backend = "udp"
+	case "twill-udp-tc":
+		// twilld takes TWILL_UDP_ATTACH from the environment it is started
+		// in, this process's.
+		spec.Backend = "udp"
+		defer os.Setenv("TWILL_UDP_ATTACH", os.Getenv("TWILL_UDP_ATTACH"))
+		os.Setenv("TWILL_UDP_ATTACH", "tc")
 	case "twill-udp-userspace":
 		spec.NetConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","KernelPath":false}}`
 	case "twill-udp-nooffload":
@@ -170,7 +177,7 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	case "one-packet-per-syscall":
 		l.self = true
 		l.ref, setupErr = startRefTunnel(ctx, nodes, pods)
-	case "twill-vxlan", "twill-udp", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
+	case "twill-vxlan", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
 		for _, n := range nodes {
 			l.cpuPIDs = append(l.cpuPIDs, n.PID)
 		}
