@@ -41,16 +41,9 @@ func TestKernelBackendsInNamespaces(t *testing.T) {
 		{"host-gw", ""},
 	} {
 		t.Run(tc.backend, func(t *testing.T) {
-			lab := backendtest.New(t, "twilld", 2)
-			backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
-			url := "http://192.168.56.1:2379"
-			start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, tc.backend+"-etcd"),
-				"--listen-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380")
-
-			netConfig := filepath.Join(dir, tc.backend+".json")
-			if err := os.WriteFile(netConfig, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+tc.backend+`"}}`), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			el := newEtcdLab(t, twillctl, dir, tc.backend)
+			lab, url := el.Lab, el.URL
+			netConfig := netConfigFile(t, dir, tc.backend)
 			var procs []proc
 			for _, n := range lab.Nodes {
 				// The subnet file makes each node ask for the subnet its cni0 holds.
@@ -111,6 +104,36 @@ type proc struct {
 
 // start runs bin in namespace ns and waits until its output shows ready.
 // It is stopped (by its PID) when the test ends.
+// etcdLab is a two-node backendtest lab with an etcd in its switch
+// namespace (192.168.56.1:2379), for twilld processes in the nodes.
+type etcdLab struct {
+	*backendtest.Lab
+	URL string
+}
+
+// newEtcdLab builds the lab and starts its etcd (data under dir, named
+// after tag) with twillctl.
+func newEtcdLab(t *testing.T, twillctl, dir, tag string) etcdLab {
+	t.Helper()
+	lab := backendtest.New(t, "twilld", 2)
+	backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
+	url := "http://192.168.56.1:2379"
+	start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, tag+"-etcd"),
+		"--listen-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380")
+	return etcdLab{Lab: lab, URL: url}
+}
+
+// netConfigFile writes the network config of a 10.244.0.0/16 network on
+// backend into dir and returns its path.
+func netConfigFile(t *testing.T, dir, backend string) string {
+	t.Helper()
+	f := filepath.Join(dir, backend+".json")
+	if err := os.WriteFile(f, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)

@@ -40,18 +40,9 @@ func TestUDPRestartInNamespaces(t *testing.T) {
 	dir := t.TempDir()
 	bin := binaries.ForTest(t)
 	twilld, twillctl := filepath.Join(bin, "twilld"), filepath.Join(bin, "twillctl")
-	lab := backendtest.New(t, "twilld", 2)
-	backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
-	url := "http://192.168.56.1:2379"
-	start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, "etcd"),
-		"--listen-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380")
-	config := func(backend string) string {
-		f := filepath.Join(dir, backend+".json")
-		if err := os.WriteFile(f, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	el := newEtcdLab(t, twillctl, dir, "udp")
+	lab, url := el.Lab, el.URL
+	config := func(backend string) string { return netConfigFile(t, dir, backend) }
 	udpConfig := config("udp")
 	n1, n2 := lab.Nodes[0], lab.Nodes[1]
 	twilldOn := func(n *backendtest.Node, netConfig string) proc {

@@ -28,15 +28,9 @@ func TestWireGuardInNamespaces(t *testing.T) {
 	dir := t.TempDir()
 	bin := binaries.ForTest(t)
 	twilld, twillctl := filepath.Join(bin, "twilld"), filepath.Join(bin, "twillctl")
-	lab := backendtest.New(t, "twilld-wg", 2)
-	backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
-	url := "http://192.168.56.1:2379"
-	start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, "etcd"),
-		"--listen-client-urls", url, "--listen-peer-urls", "http://127.0.0.1:2380")
-	netConfig := filepath.Join(dir, "wireguard.json")
-	if err := os.WriteFile(netConfig, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	el := newEtcdLab(t, twillctl, dir, "wireguard")
+	lab, url := el.Lab, el.URL
+	netConfig := netConfigFile(t, dir, "wireguard")
 	args := func(n *backendtest.Node) []string {
 		sf := filepath.Join(dir, n.Name+".env")
 		return []string{"--etcd-endpoints", url, "--etcd-prefix", "/twill-test", "--net-config", netConfig,
