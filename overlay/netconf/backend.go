@@ -156,20 +156,18 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 	case TypeWireGuard:
 		b.Mode, b.ListenPort, b.ListenPortV6 = "separate", DefaultWireGuardPort, DefaultWireGuardPortV6
 	}
-	bools := map[string]*bool{"Offload": &b.Offload, "KernelPath": &b.KernelPath, "GBP": &b.GBP,
-		"Learning": &b.Learning, "DirectRouting": &b.DirectRouting}
+	fields := b.fields()
 	type intOption struct {
-		dst        *int
 		lo, hi     int
 		what, note string
 	}
 	ints := map[string]intOption{
-		"Port":                        {&b.Port, 1, 65535, "a port number", ""},
-		"ListenPort":                  {&b.ListenPort, 1, 65535, "a port number", ""},
-		"ListenPortV6":                {&b.ListenPortV6, 1, 65535, "a port number", ""},
-		"PersistentKeepaliveInterval": {&b.PersistentKeepaliveInterval, 0, 65535, "seconds", " (0: no keepalive)"},
-		"VNI":                         {&b.VNI, 0, 1<<24 - 1, "a VXLAN network identifier", ""},
-		"MTU":                         {&b.MTU, 68, 65535, "an MTU", ""},
+		"Port":                        {1, 65535, "a port number", ""},
+		"ListenPort":                  {1, 65535, "a port number", ""},
+		"ListenPortV6":                {1, 65535, "a port number", ""},
+		"PersistentKeepaliveInterval": {0, 65535, "seconds", " (0: no keepalive)"},
+		"VNI":                         {0, 1<<24 - 1, "a VXLAN network identifier", ""},
+		"MTU":                         {68, 65535, "an MTU", ""},
 	}
 	for _, key := range known {
 		v, ok := raw[key]
@@ -183,7 +181,7 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 		}
 		var err error
 		if o, ok := ints[key]; ok {
-			if intIn(v, o.dst, o.lo, o.hi) != nil {
+			if intIn(v, fields[key].(*int), o.lo, o.hi) != nil {
 				err = fieldErr(field, v, "must be %s %d..%d%s", o.what, o.lo, o.hi, o.note)
 			}
 			errs = appendErr(errs, err)
@@ -200,7 +198,7 @@ func parseBackend(data json.RawMessage) (Backend, []error) {
 				err = fieldErr(field, v, "must be %s", strings.Join(impls, " or "))
 			}
 		case "Offload", "KernelPath", "GBP", "Learning", "DirectRouting":
-			if json.Unmarshal(v, bools[key]) != nil {
+			if json.Unmarshal(v, fields[key].(*bool)) != nil {
 				err = fieldErr(field, v, "must be true or false")
 			}
 		case "Mode":
@@ -240,49 +238,36 @@ func (b Backend) validateAgainst(c *Config) error {
 	return nil
 }
 
-// MarshalJSON writes the backend with the options its type takes.
+// fields maps each option key to the field of b that holds it (bgp's
+// options live in b.BGP and are not here): what parseBackend fills and
+// MarshalJSON writes, named once.
+func (b *Backend) fields() map[string]any {
+	return map[string]any{
+		"Port": &b.Port, "VNI": &b.VNI, "MTU": &b.MTU, "ListenPort": &b.ListenPort, "ListenPortV6": &b.ListenPortV6,
+		"PersistentKeepaliveInterval": &b.PersistentKeepaliveInterval,
+		"Offload":                     &b.Offload, "KernelPath": &b.KernelPath, "GBP": &b.GBP, "Learning": &b.Learning, "DirectRouting": &b.DirectRouting,
+		"Mode": &b.Mode, "Master": &b.Master, "PSK": &b.PSK, "Implementation": &b.Implementation,
+	}
+}
+
+// MarshalJSON writes the backend with the options its type takes; an
+// option that is unset (an MTU of 0, an empty string but the mode) is
+// left out.
 func (b Backend) MarshalJSON() ([]byte, error) {
 	m := map[string]any{"Type": b.Type}
 	b.BGP.marshal(m)
+	fields := b.fields()
 	for _, key := range backendOptions[b.Type] {
-		switch key {
-		case "Port":
-			m[key] = b.Port
-		case "VNI":
-			m[key] = b.VNI
-		case "MTU":
-			if b.MTU != 0 {
-				m[key] = b.MTU
+		switch f := fields[key].(type) {
+		case *int:
+			if key != "MTU" || *f != 0 {
+				m[key] = *f
 			}
-		case "Offload":
-			m[key] = b.Offload
-		case "KernelPath":
-			m[key] = b.KernelPath
-		case "GBP":
-			m[key] = b.GBP
-		case "Learning":
-			m[key] = b.Learning
-		case "DirectRouting":
-			m[key] = b.DirectRouting
-		case "Mode":
-			m[key] = b.Mode
-		case "Master":
-			if b.Master != "" {
-				m[key] = b.Master
-			}
-		case "PSK":
-			if b.PSK != "" {
-				m[key] = b.PSK
-			}
-		case "ListenPort":
-			m[key] = b.ListenPort
-		case "ListenPortV6":
-			m[key] = b.ListenPortV6
-		case "PersistentKeepaliveInterval":
-			m[key] = b.PersistentKeepaliveInterval
-		case "Implementation":
-			if b.Implementation != "" {
-				m[key] = b.Implementation
+		case *bool:
+			m[key] = *f
+		case *string:
+			if key == "Mode" || *f != "" {
+				m[key] = *f
 			}
 		}
 	}

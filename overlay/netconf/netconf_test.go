@@ -203,3 +203,21 @@ func TestLeasable(t *testing.T) {
 		t.Errorf("Gateway = %s", g)
 	}
 }
+
+// TestEveryOptionHasAField: each option a backend type takes (bgp's live
+// in Backend.BGP) is read into and written from a field, so none is
+// parsed and then dropped by MarshalJSON.
+func TestEveryOptionHasAField(t *testing.T) {
+	var b Backend
+	fields := b.fields()
+	for typ, keys := range backendOptions {
+		if typ == TypeBGP {
+			continue
+		}
+		for _, k := range keys {
+			if _, ok := fields[k]; !ok {
+				t.Errorf("%s option %s has no field in Backend.fields", typ, k)
+			}
+		}
+	}
+}
