@@ -139,14 +139,14 @@ func testRaceForSixteenSubnets(t *testing.T, reg Store) {
 func testCompareAndSwap(t *testing.T, reg Store) {
 	ctx := Context(t)
 	s := netip.MustParsePrefix("10.244.3.0/24")
-	a, err := reg.Create(ctx, s, Attrs("127.0.0.61"), time.Minute)
+	a, err := reg.Create(ctx, lease.Subnets{V4: s}, Attrs("127.0.0.61"), time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if a.Subnet != s || a.Reservation || a.Revision == 0 || time.Until(a.Expiration) <= 0 {
 		t.Errorf("created %+v", a)
 	}
-	if _, err := reg.Create(ctx, s, Attrs("127.0.0.62"), time.Minute); !errors.Is(err, lease.ErrExists) {
+	if _, err := reg.Create(ctx, lease.Subnets{V4: s}, Attrs("127.0.0.62"), time.Minute); !errors.Is(err, lease.ErrExists) {
 		t.Errorf("create of a taken subnet: %v, want ErrExists", err)
 	}
 	b, err := reg.Update(ctx, a, a.Attrs, time.Minute)
@@ -233,7 +233,7 @@ func testReservationNeverAllocated(t *testing.T, reg Store) {
 	ctx := Context(t)
 	cfg := MustConfig(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.4.0","Backend":{"Type":"alloc"}}`)
 	reserved := netip.MustParsePrefix("10.244.2.0/24")
-	if _, err := reg.Create(ctx, reserved, Attrs("127.0.0.50"), 0); err != nil {
+	if _, err := reg.Create(ctx, lease.Subnets{V4: reserved}, Attrs("127.0.0.50"), 0); err != nil {
 		t.Fatal(err)
 	}
 	// Three others fill the rest; the fourth finds the network full.
