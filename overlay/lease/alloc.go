@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/twillnet/twill/overlay/netconf"
@@ -94,6 +95,11 @@ func acquire(ctx context.Context, reg Registry, req Request) (Lease, bool, error
 					f.released = h
 				}
 			}
+		}
+		if len(stale) > 0 {
+			leases = slices.DeleteFunc(leases, func(l Lease) bool {
+				return slices.ContainsFunc(stale, func(s Lease) bool { return s.Subnets() == l.Subnets() })
+			})
 		}
 		if mine != nil {
 			ttl := req.TTL
