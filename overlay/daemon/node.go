@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 // underlay is the interface and address the node uses to reach its peers.
@@ -153,4 +154,51 @@ func (u underlay) backendNode(name string) backend.Node {
 		n.Iface, n.IfaceIndex, n.IfaceMTU = u.iface.Name, u.iface.Index, u.iface.MTU
 	}
 	return n
+}
+
+// publicIPv6 is the IPv6 address the node publishes: none unless the
+// network enables IPv6; --public-ipv6 if set; else the first global IPv6
+// address of the uplink interface. A dual-stack node without one carries
+// IPv6 pod traffic over its IPv4 underlay where its backend can; an
+// IPv6-only node must have one.
+func (d *Daemon) publicIPv6(node backend.Node, netcfg *netconf.Config) (netip.Addr, error) {
+	if !netcfg.EnableIPv6 {
+		return netip.Addr{}, nil
+	}
+	if d.cfg.PublicIPv6.IsValid() {
+		return d.cfg.PublicIPv6, nil
+	}
+	if node.Iface != "" {
+		if ifc, err := net.InterfaceByName(node.Iface); err == nil {
+			if a, ok := globalIPv6(ifc); ok {
+				d.log.Info("public IPv6 address from the uplink", "iface", node.Iface, "public_ipv6", a)
+				return a, nil
+			}
+		}
+	}
+	if !netcfg.EnableIPv4 {
+		return netip.Addr{}, fmt.Errorf("the network is IPv6-only, and the uplink %q has no global IPv6 address: set --public-ipv6", node.Iface)
+	}
+	d.log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none (set --public-ipv6)", "iface", node.Iface)
+	return netip.Addr{}, nil
+}
+
+// globalIPv6 is the first global unicast IPv6 address of ifc (unique local
+// addresses count: they are what a lab's underlay has).
+func globalIPv6(ifc *net.Interface) (netip.Addr, bool) {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if ok && ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
 }
