@@ -109,9 +109,13 @@ func TestIPv6OnlyNode(t *testing.T) {
 	v6uplink := func() (backend.Node, error) { return backend.Node{Iface: "twill-none0", IfaceMTU: 1500}, nil }
 	n := newNode(t, reg, func(c *daemon.Config) { c.FindUplink = v6uplink; c.PublicIPv6 = netip.MustParseAddr("fd00:56::11") })
 	n.start()
-	own := n.waitReady().Lease
+	snap := n.waitReady()
+	own := snap.Lease
 	if own.Subnet.IsValid() || !own.IPv6Subnet.IsValid() || own.Attrs.PublicIP.IsValid() {
 		t.Fatalf("own lease %s %+v", own.Subnets(), own.Attrs)
+	}
+	if c := snap.Checks[0]; c.Name != "lease-held" || !c.OK || !strings.HasPrefix(c.Detail, own.IPv6Subnet.String()+" until ") {
+		t.Errorf("check %+v, want the IPv6 lease held", c)
 	}
 	waitFor(t, "both peers handed to the backend", func() bool {
 		_, evs, _ := n.be.record()
