@@ -262,3 +262,44 @@ func testIPv6Only(t *testing.T, reg Store) {
 		t.Fatalf("second node: %s (%v)", other.Subnets(), err)
 	}
 }
+
+// testStaleLeaseBesideReservation: a node that holds an IPv4-only lease
+// from before the network gained IPv6, and a dual-stack reservation, gets
+// the reservation, and its old lease is released.
+func testStaleLeaseBesideReservation(t *testing.T, reg Store) {
+	ctx := Context(t)
+	cfg := MustConfig(t, dualStackConfig(8, 8))
+	a := DualStackAttrs("127.0.0.91", "fd00:56::91")
+	old, err := reg.Create(ctx, lease.Subnets{V4: netip.MustParsePrefix("10.244.1.0/24")}, Attrs("127.0.0.91"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved := lease.Subnets{V4: netip.MustParsePrefix("10.244.5.0/24"), V6: netip.MustParsePrefix("fd00:10:244:5::/64")}
+	if _, err := reg.Create(ctx, reserved, a, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Create(ctx, lease.Subnets{V4: netip.MustParsePrefix("10.244.7.0/24"), V6: netip.MustParsePrefix("fd00:10:244:7::/64")}, DualStackAttrs("127.0.0.92", "fd00:56::92"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	l, err := lease.Acquire(ctx, reg, lease.Request{Config: cfg, Attrs: a, TTL: time.Minute})
+	if err != nil || l.Subnets() != reserved || !l.Reservation {
+		t.Fatalf("got %s reservation %v (%v), want the reservation %s", l.Subnets(), l.Reservation, err, reserved)
+	}
+	for _, x := range mustList(t, reg) {
+		if x.Subnets() == old.Subnets() {
+			t.Errorf("the stale lease %s lingers", old.Subnets())
+		}
+		if x.Attrs.PublicIP.String() == "127.0.0.92" && x.Attrs.BackendType != "alloc" {
+			t.Errorf("another node's lease changed: %+v", x)
+		}
+	}
+}
+
+func mustList(t *testing.T, reg lease.Registry) []lease.Lease {
+	t.Helper()
+	ls, _, err := reg.List(Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
