@@ -208,6 +208,9 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	if err != nil {
 		return nil, backend.Node{}, nil, err
 	}
+	if netcfg.EnableIPv4 && !node.PublicIP.IsValid() {
+		return nil, backend.Node{}, nil, fmt.Errorf("the network %s is IPv4, and the uplink %q has no IPv4 address: set --public-ip or --iface", netcfg.Network, node.Iface)
+	}
 	node.Name = d.cfg.NodeName
 	node.Network = netcfg
 	node.IPMasq = d.cfg.IPMasq

@@ -133,3 +133,18 @@ func TestIPv6OnlyNode(t *testing.T) {
 		t.Errorf("an IPv6-only node without a public IPv6 address: %v, want an error naming --public-ipv6", err)
 	}
 }
+
+// TestIPv4NetworkNeedsAnIPv4Uplink: an uplink without an IPv4 address
+// (found on an IPv6-only host) does not do for an IPv4 network.
+func TestIPv4NetworkNeedsAnIPv4Uplink(t *testing.T) {
+	n := newNode(t, newRegistry(t), func(c *daemon.Config) {
+		c.FindUplink = func() (backend.Node, error) { return backend.Node{Iface: "v6up0", IfaceMTU: 1500}, nil }
+	})
+	n.start()
+	if err := n.result(); err == nil || !strings.Contains(err.Error(), `the uplink "v6up0" has no IPv4 address: set --public-ip or --iface`) {
+		t.Errorf("Run = %v, want it to say the uplink has no IPv4 address", err)
+	}
+	if ls := mustList(t, n.reg); len(ls) != 0 {
+		t.Errorf("leases %v after a refused start", ls)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/twillnet/twill/overlay/backend"
@@ -104,6 +105,11 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		if u, ok := ifaceHolding(all, ip, true); ok {
 			return u, nil
 		}
+		for i := range all {
+			if ip.Is6() && slices.Contains(ipv6Addrs(&all[i]), ip) {
+				return underlay{iface: &all[i]}, nil
+			}
+		}
 		return underlay{}, fmt.Errorf("--iface %s: no interface has that address", spec)
 	}
 	for i := range all {
@@ -112,7 +118,12 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		}
 		ps := ipv4Prefixes(&all[i])
 		if len(ps) == 0 {
-			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address", spec)
+			// An IPv6-only uplink: usable on an IPv6-only network, which
+			// configure checks once it has read the config.
+			if _, ok := globalIPv6(&all[i]); ok {
+				return underlay{iface: &all[i]}, nil
+			}
+			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address and no global IPv6 address", spec)
 		}
 		return underlay{iface: &all[i], addr: ps[0].Addr(), prefix: ps[0].Masked()}, nil
 	}
@@ -186,19 +197,29 @@ func (d *Daemon) publicIPv6(node backend.Node, netcfg *netconf.Config) (netip.Ad
 // globalIPv6 is the first global unicast IPv6 address of ifc (unique local
 // addresses count: they are what a lab's underlay has).
 func globalIPv6(ifc *net.Interface) (netip.Addr, bool) {
+	for _, ip := range ipv6Addrs(ifc) {
+		if ip.IsGlobalUnicast() {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// ipv6Addrs are the IPv6 addresses of ifc.
+func ipv6Addrs(ifc *net.Interface) []netip.Addr {
 	addrs, err := ifc.Addrs()
 	if err != nil {
-		return netip.Addr{}, false
+		return nil
 	}
+	var out []netip.Addr
 	for _, a := range addrs {
 		ipn, ok := a.(*net.IPNet)
 		if !ok {
 			continue
 		}
-		ip, ok := netip.AddrFromSlice(ipn.IP)
-		if ok && ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() {
-			return ip, true
+		if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Is6() && !ip.Is4In6() {
+			out = append(out, ip)
 		}
 	}
-	return netip.Addr{}, false
+	return out
 }
