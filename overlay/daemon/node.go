@@ -107,7 +107,7 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		}
 		for i := range all {
 			if ip.Is6() && slices.Contains(ipv6Addrs(&all[i]), ip) {
-				return underlay{iface: &all[i]}, nil
+				return ifaceBySpec(all, all[i].Name) // its IPv4 address, if it has one
 			}
 		}
 		return underlay{}, fmt.Errorf("--iface %s: no interface has that address", spec)

@@ -145,6 +145,14 @@ func TestIPv6OnlyUplink(t *testing.T) {
 				t.Errorf("%s: %+v, %v; want v6up0 without an IPv4 address", tt.what, u, err)
 			}
 		}
+		// A dual-stack interface found by its IPv6 address gives its IPv4 one.
+		v4, _ := netlink.ParseAddr("192.168.56.21/24")
+		if err := netlink.AddrAdd(l, v4); err != nil {
+			return err
+		}
+		if u, err := findUnderlay(netip.Addr{}, []string{"fd00:56::21"}, nil); err != nil || u.addr.String() != "192.168.56.21" {
+			t.Errorf("dual-stack --iface by IPv6 address: %+v, %v; want its IPv4 address", u, err)
+		}
 		if _, err := findUnderlay(netip.Addr{}, []string{"v6up0p"}, nil); err == nil || !strings.Contains(err.Error(), "no IPv4 address and no global IPv6 address") {
 			t.Errorf("an interface with a link-local address only: %v", err)
 		}
