@@ -345,7 +345,7 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		}
 		return p.lease(ctx, st.Node, false, limit)
 	case "data-path":
-		return p.dataPath(ctx, st.Path)
+		return p.dataPath(ctx, st.Path, st.Node)
 	case "reboot-node":
 		return p.rebootNode(ctx, st.Node)
 	case "partition":
@@ -372,6 +372,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.readyz(ctx, st.Node, st.Expect == "ok", within)
 	case "log":
 		return p.logLines(ctx, st.Node, st.Contains, st.Count, within)
+	case "underlay-encrypted":
+		return p.underlayEncrypted(ctx, st.From, st.To)
 	case "sleep":
 		select {
 		case <-ctx.Done():

@@ -117,8 +117,9 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
-	// udp: which path carried the bytes (the nodes' API).
-	"data-path": {"path"},
+	// udp: which path carried the bytes (the nodes' API); wireguard:
+	// which WireGuard runs. node: only that node.
+	"data-path": {"path", "node"},
 	// Faults that need a node with a kernel and a link of its own (the
 	// qemu driver); partition and heal work on every driver.
 	"reboot-node":   {"node"},
@@ -135,6 +136,9 @@ var stepKinds = map[string][]string{
 	"ping-watch-end":   {"from", "to", "max-lost"},
 	"readyz":           {"node", "expect", "within"},
 	"log":              {"node", "contains", "count", "within"},
+	// Marked datagrams pod to pod with the underlay captured: no plain
+	// text on the wire (and WireGuard messages on wireguard).
+	"underlay-encrypted": {"from", "to"},
 }
 
 // nodeTo lists the steps whose "to" names a node, not a pod.
@@ -318,7 +322,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {

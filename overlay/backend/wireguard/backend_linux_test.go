@@ -3,7 +3,6 @@ package wireguard_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,9 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/twillnet/twill/internal/capture"
+	"github.com/twillnet/twill/internal/packet"
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/backend/wireguard"
@@ -174,44 +174,6 @@ func TestTwoNodesUserspace(t *testing.T) {
 func checkWire(t *testing.T, lab *backendtest.Lab, rs []*backendtest.Running) {
 	t.Helper()
 	marker := []byte("twill-wireguard-marker-" + lab.Nodes[0].Name)
-	var fd int
-	if err := namespace.DoName(lab.Switch, func() error {
-		ifc, err := net.InterfaceByName("p1")
-		if err != nil {
-			return err
-		}
-		proto := int(htons(unix.ETH_P_ALL))
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, proto); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifc.Index})
-	}); err != nil {
-		t.Fatalf("capture on the switch port: %v", err)
-	}
-	defer unix.Close(fd)
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})
-	var mu sync.Mutex
-	var frames [][]byte
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil {
-				continue
-			}
-			mu.Lock()
-			frames = append(frames, bytes.Clone(buf[:n]))
-			mu.Unlock()
-		}
-	}()
 	to := rs[1].Node
 	var rc net.PacketConn
 	if err := namespace.DoName(to.Pod, func() (err error) {
@@ -231,17 +193,20 @@ func checkWire(t *testing.T, lab *backendtest.Lab, rs []*backendtest.Running) {
 	defer sc.Close()
 	const count = 20
 	received := 0
-	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 2048)
-	for range count {
-		sc.Write(marker)
-		if n, _, err := rc.ReadFrom(buf); err == nil && bytes.Equal(buf[:n], marker) {
-			received++
+	frames, err := capture.Frames(lab.Switch, "p1", func() error {
+		rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 2048)
+		for range count {
+			sc.Write(marker)
+			if n, _, err := rc.ReadFrom(buf); err == nil && bytes.Equal(buf[:n], marker) {
+				received++
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("capture on the switch port: %v", err)
 	}
-	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	<-done
 	if received != count {
 		t.Errorf("pod 2 received %d of %d marked datagrams", received, count)
 	}
@@ -250,16 +215,8 @@ func checkWire(t *testing.T, lab *backendtest.Lab, rs []*backendtest.Running) {
 		if bytes.Contains(f, marker) {
 			plain++
 		}
-		// Ethernet 14, IPv4 (IHL), UDP 8, then WireGuard's type (4: data)
-		// and 3 reserved zero bytes.
-		if len(f) < 14+20+8+16 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP || f[14+9] != unix.IPPROTO_UDP {
-			continue
-		}
-		ihl := int(f[14]&0x0f) * 4
-		udp := f[14+ihl:]
-		src, dst := binary.BigEndian.Uint16(udp[0:2]), binary.BigEndian.Uint16(udp[2:4])
-		from, _ := netip.AddrFromSlice(f[14+12 : 14+16])
-		if src == 51820 && dst == 51820 && from == rs[0].Node.PublicIP && bytes.Equal(udp[8:12], []byte{4, 0, 0, 0}) {
+		src, dst, payload, ok := packet.UDPOfFrame(f)
+		if ok && src.Port() == 51820 && dst.Port() == 51820 && src.Addr() == rs[0].Node.PublicIP && packet.IsWireGuardData(payload) {
 			data++
 		}
 	}
@@ -279,8 +236,6 @@ func podMTU(t *testing.T, lab *backendtest.Lab, mtu int) {
 		backendtest.Run(t, "ip", "-n", n.Pod, "link", "set", "eth0", "mtu", strconv.Itoa(mtu))
 	}
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestKeyKeptAndReplaced: a restart keeps the key (the state file), and a
 // regenerated key replaces the old peer on the other node within the one
