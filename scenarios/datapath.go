@@ -28,6 +28,9 @@ func (p *play) dataPath(ctx context.Context, path, only string) (string, map[str
 	if p.backend == netconf.TypeWireGuard {
 		return p.wireGuardImplementation(ctx, path, only)
 	}
+	if path == "auto" {
+		return "", nil, fmt.Errorf("data-path: path auto is for wireguard; the cluster runs %s", p.backend)
+	}
 	var detail strings.Builder
 	data := map[string]any{}
 	var failed []string
@@ -74,11 +77,18 @@ func (p *play) dataPath(ctx context.Context, path, only string) (string, map[str
 
 // wireGuardImplementation checks that the running nodes (or only the one
 // named) run kernel or userspace WireGuard, as their /api/v1/node says.
-func (p *play) wireGuardImplementation(ctx context.Context, want, only string) (string, map[string]any, error) {
+// auto wants kernel WireGuard on the qemu driver (its VMs' kernel has the
+// module) and, on other drivers, what the node's kernel allows: kernel if
+// it can make a wireguard link, else userspace.
+func (p *play) wireGuardImplementation(ctx context.Context, path, only string) (string, map[string]any, error) {
 	var detail strings.Builder
 	data := map[string]any{}
 	var failed []string
 	for _, n := range p.runningNodes(only) {
+		want := path
+		if want == "auto" {
+			want = p.wireGuardExpected(ctx, n)
+		}
 		var node api.NodeInfo
 		if err := p.getAPI(ctx, n, "/api/v1/node", &node); err != nil {
 			return detail.String(), data, err
@@ -93,6 +103,20 @@ func (p *play) wireGuardImplementation(ctx context.Context, want, only string) (
 		return detail.String(), data, fmt.Errorf("data path: %s", strings.Join(failed, "; "))
 	}
 	return detail.String(), data, nil
+}
+
+// wireGuardExpected is the WireGuard a node should run by default: kernel
+// on the qemu driver; elsewhere kernel if a wireguard link can be made in
+// the node's namespace (tried with a link that is deleted at once).
+func (p *play) wireGuardExpected(ctx context.Context, n vmtest.Node) string {
+	if p.r.Driver == "qemu" {
+		return "kernel"
+	}
+	if _, err := p.c.Exec(ctx, n.NetNS, "ip", "link", "add", "twill-wgprobe", "type", "wireguard"); err != nil {
+		return "userspace"
+	}
+	p.c.Exec(ctx, n.NetNS, "ip", "link", "del", "twill-wgprobe")
+	return "kernel"
 }
 
 // runningNodes are the nodes that are up, or only the one named if it is.

@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -47,6 +48,9 @@ type ClusterSpec struct {
 	Outside        bool     `yaml:"outside"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
+	// TwilldArgs are extra twilld flags for some nodes, by node name
+	// (a node on userspace WireGuard in a kernel cluster).
+	TwilldArgs map[string][]string `yaml:"twilldArgs"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -184,6 +188,11 @@ func Parse(data []byte) (*Scenario, error) {
 	case len(c.Backends) > 0 && (c.Backend != "" || c.NetConfig != ""):
 		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
 	}
+	for _, n := range slices.Sorted(maps.Keys(c.TwilldArgs)) {
+		if !validNode(n, c.Nodes) {
+			errs = append(errs, fmt.Errorf("scenario: cluster.twilldArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+		}
+	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))
 	}
@@ -261,8 +270,8 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			}
 		case "path":
 			err = v.Decode(&st.Path)
-			if err == nil && st.Path != "kernel" && st.Path != "userspace" {
-				err = fmt.Errorf("%q: want kernel or userspace", st.Path)
+			if err == nil && st.Path != "kernel" && st.Path != "userspace" && st.Path != "auto" {
+				err = fmt.Errorf("%q: want kernel, userspace or auto (wireguard)", st.Path)
 			}
 		case "holds":
 			var b bool

@@ -330,7 +330,7 @@ func (b *Backend) syncLocked() error {
 
 // greetDelay is how long the node with the greater public key waits before
 // it greets a new peer that has not handshaken yet.
-const greetDelay = time.Second
+const greetDelay = 300 * time.Millisecond
 
 // greet returns how to add pc to the device so that a handshake starts at
 // once rather than at the first pod packet, and the configuration that
@@ -343,9 +343,9 @@ const greetDelay = time.Second
 // restarted userspace node sends into it for 15 s). And if both nodes
 // initiated at once, each would answer the other's initiation and drop
 // the answer to its own (one handshake state per peer), also until the
-// retry. So one node greets at once and the other, a second later, only
+// retry. So one node greets at once and the other, greetDelay later, only
 // if no handshake happened by then: whichever of them learns the other
-// last, the handshake is done within a second.
+// last, the handshake is done within greetDelay.
 //
 // Kernel and wireguard-go both send a keepalive (which starts a handshake
 // when there is no session) when a peer's persistent keepalive goes from
