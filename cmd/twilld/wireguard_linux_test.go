@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -87,6 +89,37 @@ func TestWireGuardInNamespaces(t *testing.T) {
 		t.Errorf("the key changed over a restart: %q, was %q", again, key)
 	}
 
+	// A new key (the state file deleted, twilld restarted): node 2 swaps
+	// the old key for the new one in the one lease event that brings it,
+	// keeps no peer with the old key, and pods talk again.
+	if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	procs[0].wait(t)
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	seen := len(procs[1].log.String())
+	procs[0] = start(t, n1.Name+"-newkey", n1.Name, twilld, "msg=ready", args(n1)...)
+	pings("after a new key")
+	newKey, err := os.ReadFile(keyFile)
+	if err != nil || string(newKey) == string(key) {
+		t.Fatalf("after deleting the key file: %q, %v; want a new key", newKey, err)
+	}
+	oldPub, newPub := publicKey(t, key), publicKey(t, newKey)
+	var swaps []string
+	for line := range strings.Lines(procs[1].log.String()[seen:]) {
+		if strings.Contains(line, "msg=\"peers ") {
+			swaps = append(swaps, strings.TrimSpace(line))
+		}
+	}
+	// One sync: the old key removed, then the new one configured (the
+	// lease event that published it); nothing configures the old key.
+	if len(swaps) != 2 || !strings.Contains(swaps[0], "peers removed") || !strings.Contains(swaps[0], oldPub) ||
+		!strings.Contains(swaps[1], "peers configured") || !strings.Contains(swaps[1], newPub) || strings.Contains(swaps[1], oldPub) {
+		t.Errorf("node 2 on node 1's new key %s (old %s): want the old removed and the new configured in one sync; logged:\n%s", newPub, oldPub, strings.Join(swaps, "\n"))
+	}
+
 	if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -105,4 +138,14 @@ func TestWireGuardInNamespaces(t *testing.T) {
 	if _, err := os.Stat(keyFile); err != nil {
 		t.Errorf("--cleanup removed the key: %v", err)
 	}
+}
+
+// publicKey is the public key of the private key file's text, in base64.
+func publicKey(t *testing.T, file []byte) string {
+	t.Helper()
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey().String()
 }

@@ -32,7 +32,7 @@ import (
 const config = `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","PersistentKeepaliveInterval":25}}`
 
 // stateDirs gives each node of a test a state directory of its own.
-func stateDirs(t *testing.T) func(backend.Node, *slog.Logger) (backend.Backend, error) {
+func stateDirs(t testing.TB) func(backend.Node, *slog.Logger) (backend.Backend, error) {
 	dir := t.TempDir()
 	return func(n backend.Node, log *slog.Logger) (backend.Backend, error) {
 		n.StateDir = filepath.Join(dir, n.Name)
@@ -40,7 +40,7 @@ func stateDirs(t *testing.T) func(backend.Node, *slog.Logger) (backend.Backend, 
 	}
 }
 
-func parse(t *testing.T, s string) *netconf.Config {
+func parse(t testing.TB, s string) *netconf.Config {
 	t.Helper()
 	cfg, err := netconf.Parse([]byte(s))
 	if err != nil {
@@ -231,7 +231,7 @@ func checkWire(t *testing.T, lab *backendtest.Lab, rs []*backendtest.Running) {
 }
 
 // podMTU sets the pods' MTU, as the CNI plugin does from the subnet file.
-func podMTU(t *testing.T, lab *backendtest.Lab, mtu int) {
+func podMTU(t testing.TB, lab *backendtest.Lab, mtu int) {
 	for _, n := range lab.Nodes {
 		backendtest.Run(t, "ip", "-n", n.Pod, "link", "set", "eth0", "mtu", strconv.Itoa(mtu))
 	}
