@@ -82,7 +82,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		b.psk = &psk
 	}
 	r, err := routing.New(routing.Config{Node: node, Backend: opts, Device: plan.WireGuardDevice,
-		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log})
+		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log, WaitForPeers: true})
 	if err != nil {
 		return nil, err
 	}
