@@ -391,8 +391,8 @@ func (b *Backend) greetLater(dev wgDevice, greetings wgtypes.Config) {
 	for _, p := range have {
 		handshook[p.PublicKey] = !p.LastHandshakeTime.IsZero()
 	}
-	var on, off wgtypes.Config
-	var greeted []string
+	var on wgtypes.Config
+	var keys []wgtypes.Key
 	for _, g := range greetings.Peers {
 		pc, wanted := b.want[g.PublicKey]
 		if !wanted {
@@ -402,27 +402,48 @@ func (b *Backend) greetLater(dev wgDevice, greetings wgtypes.Config) {
 			on.Peers = append(on.Peers, g)
 			continue
 		}
-		if h, ok := handshook[g.PublicKey]; !ok || h {
-			continue
+		if h, ok := handshook[g.PublicKey]; ok && !h {
+			keys = append(keys, g.PublicKey)
 		}
-		zero := time.Duration(0)
-		on.Peers = append(on.Peers, g)
-		off.Peers = append(off.Peers, wgtypes.PeerConfig{PublicKey: g.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &zero})
-		greeted = append(greeted, g.PublicKey.String())
 	}
-	for _, c := range []wgtypes.Config{on, off} {
-		if len(c.Peers) == 0 {
-			continue
-		}
-		if err := dev.configure(c); err != nil {
+	if len(on.Peers) > 0 {
+		if err := dev.configure(on); err != nil {
 			b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
 			b.applied = nil
 			return
 		}
 	}
-	if len(greeted) > 0 {
-		b.log.Info("peers greeted: no handshake yet", "device", plan.WireGuardDevice, "keys", greeted)
+	if err := greetPeers(dev, keys); err != nil {
+		b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
+		b.applied = nil
+		return
 	}
+	if len(keys) > 0 {
+		b.log.Info("peers greeted: no handshake yet", "device", plan.WireGuardDevice, "keys", keyStrings(keys))
+	}
+}
+
+// greetPeers sends a keepalive to each peer of keys (whose configured
+// keepalive is off): keepalive 1 s, then off again.
+func greetPeers(dev wgDevice, keys []wgtypes.Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	on, off := time.Second, time.Duration(0)
+	var start, stop wgtypes.Config
+	for _, k := range keys {
+		start.Peers = append(start.Peers, wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &on})
+		stop.Peers = append(stop.Peers, wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &off})
+	}
+	return errors.Join(dev.configure(start), dev.configure(stop))
+}
+
+func keyStrings(keys []wgtypes.Key) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.String()
+	}
+	return out
 }
 
 // Status is the Router's, with the implementation as the mode and the
@@ -495,7 +516,13 @@ func (b *Backend) Peers() ([]wgtypes.Peer, error) {
 // twilld: when Run ends, its device and sockets go (pods on this node are
 // cut off until the next twilld prepares); kernel WireGuard stays.
 func (b *Backend) Run(ctx context.Context) error {
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		b.keepHandshakes(ctx)
+	}()
 	err := b.Router.Run(ctx)
+	<-kept
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.impl == netconf.WireGuardUserspace && b.dev != nil {
@@ -503,6 +530,69 @@ func (b *Backend) Run(ctx context.Context) error {
 		b.dev = nil
 	}
 	return err
+}
+
+// keepHandshakes greets, every staleAfter/6, the peers whose last handshake
+// (or whose becoming a peer, if they never handshook) is older than 5/6 of
+// staleAfter, until ctx ends. WireGuard handshakes only when there is
+// traffic: between idle nodes without a keepalive the last handshake would
+// age past 3 minutes and the peer count as not handshaking. The greeting
+// is a keepalive: past WireGuard's 2 minute rekey time it makes the node
+// that started the session handshake again (both nodes greet, so one of
+// them did), and a peer without a session gets an initiation, which a
+// live peer answers.
+func (b *Backend) keepHandshakes(ctx context.Context) {
+	b.mu.Lock()
+	every := b.staleAfter / 6
+	b.mu.Unlock()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.refreshHandshakes(time.Now())
+		}
+	}
+}
+
+// refreshHandshakes greets the peers whose handshake is getting old (see
+// keepHandshakes). Peers with a configured keepalive keep their sessions
+// fresh themselves.
+func (b *Backend) refreshHandshakes(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev == nil || b.want == nil {
+		return
+	}
+	have, err := b.dev.peers()
+	if err != nil {
+		b.log.Warn("read the peers to keep their handshakes fresh", "device", plan.WireGuardDevice, "err", err)
+		return
+	}
+	var keys []wgtypes.Key
+	for _, p := range have {
+		pc, ok := b.want[p.PublicKey]
+		if !ok || (pc.PersistentKeepaliveInterval != nil && *pc.PersistentKeepaliveInterval > 0) {
+			continue
+		}
+		last := p.LastHandshakeTime
+		if last.IsZero() {
+			last = b.since[p.PublicKey]
+		}
+		if now.Sub(last) > b.staleAfter*5/6 {
+			keys = append(keys, p.PublicKey)
+		}
+	}
+	if err := greetPeers(b.dev, keys); err != nil {
+		b.log.Warn("greet peers to keep their handshakes fresh", "device", plan.WireGuardDevice, "err", err)
+		b.applied = nil
+		return
+	}
+	if len(keys) > 0 {
+		b.log.Debug("peers greeted: handshakes getting old", "device", plan.WireGuardDevice, "keys", keyStrings(keys))
+	}
 }
 
 // Cleanup removes the device, the routes and the nftables rules. The

@@ -397,6 +397,28 @@ func TestHandshakeAtOnce(t *testing.T) {
 		t.Errorf("node 1's peers after the greeting: %v, %v; want one without keepalive", peers, err)
 	}
 
+	// Between idle nodes the handshake ages (WireGuard handshakes for
+	// traffic only); a handshake getting old is greeted: a keepalive goes
+	// out (32 bytes: header and tag), one that is fresh is left alone.
+	b1 := rs[0].Backend.(*wireguard.Backend)
+	txBytes := func() uint64 {
+		p, _ := rs[0].Peer(rs[1].Node.Subnet)
+		return p.TxBytes
+	}
+	before := txBytes()
+	b1.RefreshHandshakes(time.Now())
+	time.Sleep(200 * time.Millisecond)
+	if got := txBytes(); got != before {
+		t.Errorf("a fresh handshake was greeted: tx %d -> %d bytes", before, got)
+	}
+	b1.RefreshHandshakes(time.Now().Add(10 * time.Minute))
+	backendtest.Eventually(t, 2*time.Second, func() string {
+		if got := txBytes(); got < before+32 {
+			return fmt.Sprintf("no keepalive to a peer whose handshake is getting old: tx %d -> %d bytes", before, got)
+		}
+		return ""
+	})
+
 	// A peer at an address where nobody answers.
 	silentKey, err := wgtypes.GeneratePrivateKey()
 	if err != nil {

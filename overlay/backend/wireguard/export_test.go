@@ -9,3 +9,7 @@ func (b *Backend) SetStaleAfter(d time.Duration) {
 	defer b.mu.Unlock()
 	b.staleAfter = d
 }
+
+// RefreshHandshakes greets the peers whose handshake would be getting old
+// at now, as Run does every 30 s.
+func (b *Backend) RefreshHandshakes(now time.Time) { b.refreshHandshakes(now) }
