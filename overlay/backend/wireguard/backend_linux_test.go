@@ -123,11 +123,19 @@ func TestTwoNodesUserspace(t *testing.T) {
 	if got := n1.IP(t, "route", "show", "10.244.2.0/24"); !strings.Contains(got, "10.244.2.0/24 dev twill-wg proto 126") {
 		t.Errorf("route to the peer: %q", got)
 	}
-	peers, err := rs[0].Backend.(*wireguard.Backend).Peers()
-	if err != nil || len(peers) != 1 {
-		t.Fatalf("node1 peers %v, %v", peers, err)
-	}
-	p := peers[0]
+	// The node with the greater key turns the keepalive on with its
+	// greeting, 300 ms after it added the peer.
+	var p wgtypes.Peer
+	backendtest.Eventually(t, 2*time.Second, func() string {
+		peers, err := rs[0].Backend.(*wireguard.Backend).Peers()
+		if err != nil || len(peers) != 1 {
+			return fmt.Sprintf("node1 peers %v, %v", peers, err)
+		}
+		if p = peers[0]; p.PersistentKeepaliveInterval != 25*time.Second {
+			return fmt.Sprintf("node1's peer has keepalive %v, want 25s", p.PersistentKeepaliveInterval)
+		}
+		return ""
+	})
 	if p.PublicKey != rs[1].Backend.(*wireguard.Backend).PublicKey() || p.Endpoint.String() != "192.168.56.12:51820" ||
 		len(p.AllowedIPs) != 1 || p.AllowedIPs[0].String() != "10.244.2.0/24" || p.PersistentKeepaliveInterval != 25*time.Second ||
 		p.PresharedKey.String() != "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" {
