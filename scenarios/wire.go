@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/twillnet/twill/internal/packet"
@@ -47,22 +46,32 @@ func (p *play) underlayEncrypted(ctx context.Context, from, to string) (string, 
 	markerHex := hex.EncodeToString(marker)
 	// The receiver counts the datagrams (the pod's Udp counters would
 	// count one for datagrams that userspace WireGuard coalesced).
-	var wg sync.WaitGroup
 	var recvOut []byte
 	var recvErr error
-	wg.Go(func() {
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
 		recvOut, recvErr = p.c.Exec(ctx, dst.NetNS, p.twillctl(), "vm", "recv-udp", "--listen", target, "--hex", markerHex,
-			"--count", strconv.Itoa(wireMarkers), "--timeout", "5s")
-	})
-	time.Sleep(300 * time.Millisecond)
+			"--count", strconv.Itoa(wireMarkers), "--timeout", "20s")
+	}()
+	// The receiver may take a while to listen (a VM under TCG): the
+	// datagrams go again, every second, until it has counted them all.
+	sent := 0
 	frames, err := capt.CaptureUnderlay(ctx, func() error {
-		out, err := p.c.Exec(ctx, src.NetNS, p.twillctl(), "vm", "send-udp", "--to", target, "--hex", markerHex, "--count", strconv.Itoa(wireMarkers))
-		if err != nil {
-			return fmt.Errorf("send from %s: %v: %s", from, err, lastLine(string(out)))
+		for {
+			select {
+			case <-received:
+				return nil
+			case <-time.After(time.Second):
+			}
+			out, err := p.c.Exec(ctx, src.NetNS, p.twillctl(), "vm", "send-udp", "--to", target, "--hex", markerHex, "--count", strconv.Itoa(wireMarkers))
+			if err != nil {
+				return fmt.Errorf("send from %s: %v: %s", from, err, lastLine(string(out)))
+			}
+			sent += wireMarkers
 		}
-		return nil
 	})
-	wg.Wait()
+	<-received
 	if err != nil {
 		return "", nil, err
 	}
@@ -87,9 +96,9 @@ func (p *play) underlayEncrypted(ctx context.Context, from, to string) (string, 
 			wgData++
 		}
 	}
-	detail := fmt.Sprintf("%d marked datagrams %s -> %s:7777: %d reached the pod; %d frames captured on the underlay, %d with the marker in plain text, %d WireGuard data messages %s -> %s:%d",
-		wireMarkers, src.Addr, dst.Addr, reached, len(frames), plain, wgData, srcNode.UnderlayIP, dstNode.UnderlayIP, port)
-	data := map[string]any{"sent": wireMarkers, "reached_pod": reached, "frames": len(frames), "plaintext_frames": plain, "wireguard_data_messages": wgData}
+	detail := fmt.Sprintf("%d marked datagrams %s -> %s:7777: %d reached the pod (it counts %d); %d frames captured on the underlay, %d with the marker in plain text, %d WireGuard data messages %s -> %s:%d",
+		sent, src.Addr, dst.Addr, reached, wireMarkers, len(frames), plain, wgData, srcNode.UnderlayIP, dstNode.UnderlayIP, port)
+	data := map[string]any{"sent": sent, "reached_pod": reached, "frames": len(frames), "plaintext_frames": plain, "wireguard_data_messages": wgData}
 	var errs []error
 	if reached < wireMarkers {
 		errs = append(errs, fmt.Errorf("%d of %d marked datagrams reached %s", reached, wireMarkers, to))
