@@ -363,7 +363,7 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 		if p.network.IsValid() {
 			want = []string{p.network.String()}
 		}
-	case "ipvlan", "bgp", "vxlan", "host-gw", "ipip":
+	case "ipvlan", "bgp", "vxlan", "host-gw", "ipip", "wireguard":
 		// ipvlan's routed modes route peers' slices as host-gw does; l2
 		// routes nothing.
 		if p.backend == "ipvlan" && p.mode != "l3" && p.mode != "l3s" {

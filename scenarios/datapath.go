@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/vmtest"
 	"github.com/twillnet/twill/web/api"
 )
@@ -20,15 +21,20 @@ const userspaceShareMax = 0.01
 // "kernel path (tc)", or "userspace ..."), and /api/v1/tunnels how many of
 // the tunnel bytes the userspace loops carried: under 1% on the kernel
 // path (after a transfer, so that there are bytes to count), all of them
-// on the userspace path.
-func (p *play) dataPath(ctx context.Context, path string) (string, map[string]any, error) {
+// on the userspace path. On wireguard it checks the WireGuard that runs:
+// the mode is "kernel", or "userspace (why)". With node set, only that
+// node is checked.
+func (p *play) dataPath(ctx context.Context, path, only string) (string, map[string]any, error) {
+	if p.backend == netconf.TypeWireGuard {
+		return p.wireGuardImplementation(ctx, path, only)
+	}
+	if path == "auto" {
+		return "", nil, fmt.Errorf("data-path: path auto is for wireguard; the cluster runs %s", p.backend)
+	}
 	var detail strings.Builder
 	data := map[string]any{}
 	var failed []string
-	for _, n := range p.c.Nodes() {
-		if p.down[n.Name] {
-			continue
-		}
+	for _, n := range p.runningNodes(only) {
 		var node api.NodeInfo
 		var tunnels api.TunnelList
 		if err := p.getAPI(ctx, n, "/api/v1/node", &node); err != nil {
@@ -67,6 +73,67 @@ func (p *play) dataPath(ctx context.Context, path string) (string, map[string]an
 		return detail.String(), data, fmt.Errorf("data path: %s", strings.Join(failed, "; "))
 	}
 	return detail.String(), data, nil
+}
+
+// wireGuardImplementation checks that the running nodes (or only the one
+// named) run kernel or userspace WireGuard, as their /api/v1/node says.
+// auto wants kernel WireGuard on the qemu driver (its VMs' kernel has the
+// module) and, on other drivers, what the node's kernel allows: kernel if
+// it can make a wireguard link, else userspace.
+func (p *play) wireGuardImplementation(ctx context.Context, path, only string) (string, map[string]any, error) {
+	var detail strings.Builder
+	data := map[string]any{}
+	var failed []string
+	for _, n := range p.runningNodes(only) {
+		want := path
+		if want == "auto" {
+			want = p.wireGuardExpected(ctx, n)
+		}
+		var node api.NodeInfo
+		if err := p.getAPI(ctx, n, "/api/v1/node", &node); err != nil {
+			return detail.String(), data, err
+		}
+		fmt.Fprintf(&detail, "%s: %s WireGuard\n", n.Name, node.BackendMode)
+		data[n.Name] = map[string]any{"mode": node.BackendMode}
+		if got := firstWord(node.BackendMode); got != want {
+			failed = append(failed, fmt.Sprintf("%s runs %q WireGuard, not %s", n.Name, node.BackendMode, want))
+		}
+	}
+	if len(failed) > 0 {
+		return detail.String(), data, fmt.Errorf("data path: %s", strings.Join(failed, "; "))
+	}
+	return detail.String(), data, nil
+}
+
+// wireGuardExpected is the WireGuard a node should run by default: kernel
+// on the qemu driver; elsewhere kernel if a wireguard link can be made in
+// the node's namespace (tried with a link that is deleted at once).
+func (p *play) wireGuardExpected(ctx context.Context, n vmtest.Node) string {
+	if p.r.Driver == "qemu" {
+		return "kernel"
+	}
+	if _, err := p.c.Exec(ctx, n.NetNS, "ip", "link", "add", "twill-wgprobe", "type", "wireguard"); err != nil {
+		return "userspace"
+	}
+	p.c.Exec(ctx, n.NetNS, "ip", "link", "del", "twill-wgprobe")
+	return "kernel"
+}
+
+// runningNodes are the nodes that are up, or only the one named if it is.
+func (p *play) runningNodes(only string) []vmtest.Node {
+	var out []vmtest.Node
+	for _, n := range p.c.Nodes() {
+		if !p.down[n.Name] && (only == "" || n.Name == only) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// firstWord is s up to its first space.
+func firstWord(s string) string {
+	w, _, _ := strings.Cut(s, " ")
+	return w
 }
 
 // getAPI reads a node's JSON API (its dashboard on the underlay), from

@@ -128,7 +128,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
-		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, Bin: r.Bin,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, Bin: r.Bin, NodeTwilldArgs: s.Cluster.TwilldArgs,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
 	}
 	fmt.Fprintf(out, "== %s: %s, backend %s, %s per node (lab %s, driver %s)\n",
@@ -345,7 +345,7 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		}
 		return p.lease(ctx, st.Node, false, limit)
 	case "data-path":
-		return p.dataPath(ctx, st.Path)
+		return p.dataPath(ctx, st.Path, st.Node)
 	case "reboot-node":
 		return p.rebootNode(ctx, st.Node)
 	case "partition":
@@ -372,6 +372,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.readyz(ctx, st.Node, st.Expect == "ok", within)
 	case "log":
 		return p.logLines(ctx, st.Node, st.Contains, st.Count, within)
+	case "underlay-encrypted":
+		return p.underlayEncrypted(ctx, st.From, st.To)
 	case "sleep":
 		select {
 		case <-ctx.Done():

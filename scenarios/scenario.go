@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -47,6 +48,9 @@ type ClusterSpec struct {
 	Outside        bool     `yaml:"outside"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
+	// TwilldArgs are extra twilld flags for some nodes, by node name
+	// (a node on userspace WireGuard in a kernel cluster).
+	TwilldArgs map[string][]string `yaml:"twilldArgs"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -117,8 +121,9 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
-	// udp: which path carried the bytes (the nodes' API).
-	"data-path": {"path"},
+	// udp: which path carried the bytes (the nodes' API); wireguard:
+	// which WireGuard runs. node: only that node.
+	"data-path": {"path", "node"},
 	// Faults that need a node with a kernel and a link of its own (the
 	// qemu driver); partition and heal work on every driver.
 	"reboot-node":   {"node"},
@@ -135,6 +140,9 @@ var stepKinds = map[string][]string{
 	"ping-watch-end":   {"from", "to", "max-lost"},
 	"readyz":           {"node", "expect", "within"},
 	"log":              {"node", "contains", "count", "within"},
+	// Marked datagrams pod to pod with the underlay captured: no plain
+	// text on the wire (and WireGuard messages on wireguard).
+	"underlay-encrypted": {"from", "to"},
 }
 
 // nodeTo lists the steps whose "to" names a node, not a pod.
@@ -179,6 +187,11 @@ func Parse(data []byte) (*Scenario, error) {
 		errs = append(errs, errors.New("scenario: cluster.backend: missing (or give cluster.backends or cluster.netConfig)"))
 	case len(c.Backends) > 0 && (c.Backend != "" || c.NetConfig != ""):
 		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
+	}
+	for _, n := range slices.Sorted(maps.Keys(c.TwilldArgs)) {
+		if !validNode(n, c.Nodes) {
+			errs = append(errs, fmt.Errorf("scenario: cluster.twilldArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+		}
 	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))
@@ -257,8 +270,8 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			}
 		case "path":
 			err = v.Decode(&st.Path)
-			if err == nil && st.Path != "kernel" && st.Path != "userspace" {
-				err = fmt.Errorf("%q: want kernel or userspace", st.Path)
+			if err == nil && st.Path != "kernel" && st.Path != "userspace" && st.Path != "auto" {
+				err = fmt.Errorf("%q: want kernel, userspace or auto (wireguard)", st.Path)
 			}
 		case "holds":
 			var b bool
@@ -318,7 +331,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {

@@ -226,9 +226,11 @@ func (p *play) targetNodes(name string) ([]vmtest.Node, error) {
 }
 
 // device is the backend's own device on every node: twill0 (udp),
-// twill.<VNI> (vxlan), twill.ipip (ipip).
+// twill.<VNI> (vxlan), twill.ipip (ipip), twill-wg (wireguard).
 func (p *play) device() (string, error) {
 	switch p.backend {
+	case "wireguard":
+		return "twill-wg", nil
 	case "udp":
 		return "twill0", nil
 	case "vxlan":

@@ -67,3 +67,11 @@ type NodeRebooter interface {
 type UnderlayShaper interface {
 	SetUnderlayLoss(ctx context.Context, node string, lossPercent float64, delay time.Duration) error
 }
+
+// UnderlayCapturer is a cluster whose underlay this machine can watch:
+// CaptureUnderlay records every Ethernet frame that crosses the underlay
+// bridge's ports while during runs, and returns them (at most the first
+// 2048 bytes of each).
+type UnderlayCapturer interface {
+	CaptureUnderlay(ctx context.Context, during func() error) ([][]byte, error)
+}

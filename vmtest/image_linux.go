@@ -36,6 +36,9 @@ var vmModules = []string{
 	// netlink.NewHandleAt opens an XFRM socket too: without xfrm_user twilld
 	// fails with "protocol not supported".
 	"xfrm_user",
+	// Kernel WireGuard (modprobe adds udp_tunnel, ip6_udp_tunnel and the
+	// curve25519, chacha and poly1305 libraries it needs on 6.1).
+	"wireguard",
 }
 
 // vmTools are the host programs put into the initramfs, with the libraries

@@ -335,7 +335,8 @@ func twilldArgs(st *state, n nodeState) []string {
 	if spec.RenewMargin > 0 {
 		args = append(args, "--subnet-lease-renew-margin", spec.RenewMargin.String())
 	}
-	return append(args, spec.TwilldArgs...)
+	args = append(args, spec.TwilldArgs...)
+	return append(args, spec.NodeTwilldArgs[n.Name]...)
 }
 
 // Open attaches to a running lab by its state file.

@@ -76,6 +76,9 @@ type Spec struct {
 	Bin string `json:"bin,omitempty"`
 	// TwilldArgs are extra twilld flags for every node.
 	TwilldArgs []string `json:"twilld_args,omitempty"`
+	// NodeTwilldArgs are extra twilld flags for some nodes, by node name
+	// (n1, n2, ...), after TwilldArgs.
+	NodeTwilldArgs map[string][]string `json:"node_twilld_args,omitempty"`
 	// Accel is the qemu driver's accelerator: "tcg" (software emulation),
 	// "kvm", or "auto" (kvm if a plain guest boots with it, once tried and
 	// remembered in the image directory). Empty: $TWILL_VM_ACCEL, else tcg.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/status"
 	"github.com/twillnet/twill/web/api"
@@ -84,6 +85,9 @@ type pageData struct {
 	Drops   []countRow
 	// BGP are the bgp backend's sessions (nil for the other backends).
 	BGP []api.BGPSession
+	// WireGuard says the tunnels are WireGuard peers (a last handshake
+	// column).
+	WireGuard bool
 
 	Topology topology
 	Cluster  []clusterRow
@@ -159,6 +163,7 @@ func (s *Server) build(page string, snap status.Snapshot) pageData {
 		if snap.Backend.BGP != nil {
 			d.BGP = bgpSessions(snap).Sessions
 		}
+		d.WireGuard = snap.Node.BackendType == netconf.TypeWireGuard
 	}
 	return d
 }
@@ -460,7 +465,7 @@ func layoutTopology(c api.Cluster) topology {
 		from  []string
 	}
 	edges := map[[2]string]*edge{}
-	rank := map[string]int{api.StateIdle: 0, api.StateUp: 1, api.StateUnreachable: 2}
+	rank := map[string]int{api.StateIdle: 0, api.StateUp: 1, api.StateNotHandshaking: 2, api.StateUnreachable: 3}
 	for _, n := range nodes {
 		for _, tn := range n.Tunnels {
 			if _, ok := pos[tn.Peer]; !ok {
@@ -493,7 +498,7 @@ func layoutTopology(c api.Cluster) topology {
 		e := edges[k]
 		a, b := t.Nodes[pos[k[0]]], t.Nodes[pos[k[1]]]
 		label := e.state
-		if e.state != api.StateUnreachable {
+		if e.state != api.StateUnreachable && e.state != api.StateNotHandshaking {
 			label = humanRate(e.rate)
 		}
 		slices.Sort(e.from)

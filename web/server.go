@@ -103,6 +103,9 @@ func New(opts Options) (*Server, error) {
 	if err := s.metrics.Register(newBGPCollector(opts.Source)); err != nil {
 		return nil, fmt.Errorf("register bgp metrics: %w", err)
 	}
+	if err := s.metrics.Register(newWireGuardCollector(opts.Source)); err != nil {
+		return nil, fmt.Errorf("register wireguard metrics: %w", err)
+	}
 	if err := s.metrics.Register(newCollector(opts.Source, opts.Version)); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}

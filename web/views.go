@@ -287,14 +287,19 @@ func (s *Server) tunnel(p status.Peer, node string, withHistory bool) api.Tunnel
 		}
 	}
 	t.LastSeen = timeString(lastSeen)
+	t.LastHandshake, t.HandshakeProblem = timeString(p.LastHandshake), p.HandshakeProblem
 	t.State, t.StateDetail = s.tunnelState(p, r, ok)
 	return t
 }
 
 // tunnelState says whether a tunnel is up (packets flowed lately), idle (no
-// packets lately) or unreachable (the peer's dashboard does not answer, or
-// packets went out for a while and none came back).
+// packets lately), unreachable (the peer's dashboard does not answer, or
+// packets went out for a while and none came back) or, for WireGuard,
+// not-handshaking.
 func (s *Server) tunnelState(p status.Peer, r peerRates, ok bool) (string, string) {
+	if p.HandshakeProblem != "" {
+		return api.StateNotHandshaking, "WireGuard: " + p.HandshakeProblem
+	}
 	if pr, probed := s.peers.result(p.Subnet); probed && !pr.ok {
 		return api.StateUnreachable, "its dashboard does not answer: " + pr.err
 	}

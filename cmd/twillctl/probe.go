@@ -19,6 +19,59 @@ import (
 func init() {
 	register("vm send-udp", "(test harness) send raw UDP datagrams: --to ADDR:PORT --hex BYTES [--count N]", runSendUDP)
 	register("vm http-get", "(test harness) GET a URL and print \"HTTP <code>\" and the body, whatever the code", runHTTPGet)
+	register("vm recv-udp", "(test harness) count UDP datagrams: --listen ADDR:PORT --hex BYTES [--count N] [--timeout D]", runRecvUDP)
+}
+
+// runRecvUDP listens until count datagrams with the payload arrived or
+// the timeout passed, and prints how many did ("received N of M").
+func runRecvUDP(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("vm recv-udp")
+	listen := fs.String("listen", "", "address ADDR:PORT to listen on")
+	payload := fs.String("hex", "", "the payload to count, in hex")
+	count := fs.Int("count", 1, "how many datagrams to wait for")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var errs []error
+	addr, err := netip.ParseAddrPort(*listen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: want ADDR:PORT", *listen))
+	}
+	want, err := hex.DecodeString(strings.TrimSpace(*payload))
+	if err != nil || len(want) == 0 {
+		errs = append(errs, fmt.Errorf("--hex %q: want the payload as hex digits", *payload))
+	}
+	if *count < 1 {
+		errs = append(errs, fmt.Errorf("--count %d: want 1 or more", *count))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	defer c.Close()
+	fmt.Fprintf(out, "listening %s\n", c.LocalAddr())
+	deadline := time.Now().Add(*timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetReadDeadline(deadline)
+	got := 0
+	buf := make([]byte, 65536)
+	for got < *count {
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break
+		}
+		if string(buf[:n]) == string(want) {
+			got++
+		}
+	}
+	fmt.Fprintf(out, "received %d of %d\n", got, *count)
+	return nil
 }
 
 func runSendUDP(ctx context.Context, args []string, out io.Writer) error {

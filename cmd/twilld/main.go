@@ -49,6 +49,8 @@ type args struct {
 	apiToken string
 	// bgp are the bgp backend's per-node settings.
 	bgp nodeBGP
+	// wireguard is the wireguard backend's per-node setting.
+	wireguard nodeWireGuard
 }
 
 // listFlag is a repeatable string flag.
@@ -90,6 +92,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&a.version, "version", false, "print the version and exit")
 	addBGPFlags(fs, &a.bgp)
+	addWireGuardFlags(fs, &a.wireguard)
 	return fs
 }
 
@@ -129,7 +132,7 @@ func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*ar
 			}
 		}
 	})
-	errs = append(errs, a.bgp.parse())
+	errs = append(errs, a.bgp.parse(), a.wireguard.parse())
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -212,7 +215,7 @@ func run(a *args) error {
 	defer reg.Close()
 	a.cfg.Registry = reg
 	a.cfg.NewBackend = func(node backend.Node, log *slog.Logger) (backend.Backend, error) {
-		return newBackend(node, log, a.bgp)
+		return newBackend(a.wireguard.apply(node), log, a.bgp)
 	}
 	d, err := daemon.New(a.cfg, log)
 	if err != nil {

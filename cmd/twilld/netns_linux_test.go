@@ -100,6 +100,8 @@ func TestKernelBackendsInNamespaces(t *testing.T) {
 type proc struct {
 	pid  int
 	done chan struct{}
+	// log is what the process printed so far.
+	log *syncBuffer
 }
 
 // start runs bin in namespace ns and waits until its output shows ready.
@@ -148,7 +150,7 @@ func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
 		pw.Close()
 		close(done)
 	}()
-	var log syncBuffer
+	log := &syncBuffer{}
 	found := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -180,7 +182,7 @@ func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("%s not ready after 20s:\n%s", name, log.String())
 	}
-	return proc{cmd.Process.Pid, done}
+	return proc{cmd.Process.Pid, done, log}
 }
 
 func (p proc) wait(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -48,14 +50,17 @@ func TestWireGuardInNamespaces(t *testing.T) {
 	n1, n2 := lab.Nodes[0], lab.Nodes[1]
 	pings := func(what string) {
 		t.Helper()
-		// A node that handshook before its peer knew its key retries
-		// after WireGuard's 5 s rekey timeout.
-		backendtest.Eventually(t, 20*time.Second, func() string {
+		// Each node greets the peers it learns, so the node that learned
+		// last handshakes at once: within WireGuard's 5 s rekey timeout,
+		// which a node waiting for a retry would take.
+		start := time.Now()
+		backendtest.Eventually(t, 4*time.Second, func() string {
 			if got := n1.Ping(t, n2.PodIP, 1); got != 1 {
 				return fmt.Sprintf("%s: no reply from %s yet; node1 routes:\n%s", what, n2.PodIP, n1.IP(t, "route"))
 			}
 			return ""
 		})
+		t.Logf("%s: first reply after %v", what, time.Since(start).Round(time.Millisecond))
 		if got := n2.Ping(t, n1.PodIP, 3); got != 3 {
 			t.Fatalf("%s: pod2 -> pod1: %d of 3 replies", what, got)
 		}
@@ -84,6 +89,37 @@ func TestWireGuardInNamespaces(t *testing.T) {
 		t.Errorf("the key changed over a restart: %q, was %q", again, key)
 	}
 
+	// A new key (the state file deleted, twilld restarted): node 2 swaps
+	// the old key for the new one in the one lease event that brings it,
+	// keeps no peer with the old key, and pods talk again.
+	if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	procs[0].wait(t)
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	seen := len(procs[1].log.String())
+	procs[0] = start(t, n1.Name+"-newkey", n1.Name, twilld, "msg=ready", args(n1)...)
+	pings("after a new key")
+	newKey, err := os.ReadFile(keyFile)
+	if err != nil || string(newKey) == string(key) {
+		t.Fatalf("after deleting the key file: %q, %v; want a new key", newKey, err)
+	}
+	oldPub, newPub := publicKey(t, key), publicKey(t, newKey)
+	var swaps []string
+	for line := range strings.Lines(procs[1].log.String()[seen:]) {
+		if strings.Contains(line, "msg=\"peers ") {
+			swaps = append(swaps, strings.TrimSpace(line))
+		}
+	}
+	// One sync: the old key removed, then the new one configured (the
+	// lease event that published it); nothing configures the old key.
+	if len(swaps) != 2 || !strings.Contains(swaps[0], "peers removed") || !strings.Contains(swaps[0], oldPub) ||
+		!strings.Contains(swaps[1], "peers configured") || !strings.Contains(swaps[1], newPub) || strings.Contains(swaps[1], oldPub) {
+		t.Errorf("node 2 on node 1's new key %s (old %s): want the old removed and the new configured in one sync; logged:\n%s", newPub, oldPub, strings.Join(swaps, "\n"))
+	}
+
 	if err := syscall.Kill(procs[0].pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -102,4 +138,14 @@ func TestWireGuardInNamespaces(t *testing.T) {
 	if _, err := os.Stat(keyFile); err != nil {
 		t.Errorf("--cleanup removed the key: %v", err)
 	}
+}
+
+// publicKey is the public key of the private key file's text, in base64.
+func publicKey(t *testing.T, file []byte) string {
+	t.Helper()
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(file)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey().String()
 }

@@ -1,8 +1,10 @@
-// Package packet builds raw packets that tests send at a node: a VXLAN
+// Package packet builds raw packets that tests send at a node (a VXLAN
 // datagram's payload as a peer's kernel would send it, or as anyone who can
-// reach the port could forge it.
+// reach the port could forge it) and reads the frames tests capture (an
+// Ethernet frame's UDP datagram, a WireGuard data message).
 //
-// It only builds bytes; it must not open sockets or touch the network.
+// It only builds and reads bytes; it must not open sockets or touch the
+// network.
 package packet
 
 import (
@@ -38,4 +40,31 @@ func VXLAN(vni int, dstMAC net.HardwareAddr, src, dst netip.AddrPort, msg []byte
 	b = binary.BigEndian.AppendUint16(b, uint16(8+len(msg)))
 	b = append(b, 0, 0) // no UDP checksum (allowed over IPv4)
 	return append(b, msg...)
+}
+
+// UDPOfFrame reads an Ethernet frame carrying an IPv4 UDP datagram: its
+// addresses and payload (as much of it as the frame holds); ok is false
+// for any other frame.
+func UDPOfFrame(f []byte) (src, dst netip.AddrPort, payload []byte, ok bool) {
+	const eth = 14
+	if len(f) < eth+20 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 || f[eth+9] != 17 {
+		return src, dst, nil, false
+	}
+	ihl := int(f[eth]&0x0f) * 4
+	if ihl < 20 || len(f) < eth+ihl+8 {
+		return src, dst, nil, false
+	}
+	s, _ := netip.AddrFromSlice(f[eth+12 : eth+16])
+	d, _ := netip.AddrFromSlice(f[eth+16 : eth+20])
+	udp := f[eth+ihl:]
+	src = netip.AddrPortFrom(s, binary.BigEndian.Uint16(udp[0:2]))
+	dst = netip.AddrPortFrom(d, binary.BigEndian.Uint16(udp[2:4]))
+	return src, dst, udp[8:], true
+}
+
+// IsWireGuardData reports whether a UDP payload is a WireGuard transport
+// data message: type 4, three reserved zero bytes, receiver index and
+// counter (16 bytes), then the encrypted packet.
+func IsWireGuardData(payload []byte) bool {
+	return len(payload) >= 16 && payload[0] == 4 && payload[1] == 0 && payload[2] == 0 && payload[3] == 0
 }

@@ -37,3 +37,24 @@ func TestVXLAN(t *testing.T) {
 		t.Errorf("inner UDP % x", b[42:])
 	}
 }
+
+func TestUDPOfFrame(t *testing.T) {
+	payload := []byte{4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
+	f := make([]byte, 14+20+8)
+	f[12], f[13] = 0x08, 0x00
+	f[14], f[14+9] = 0x45, 17
+	copy(f[14+12:], []byte{192, 168, 56, 11, 192, 168, 56, 12})
+	f[34], f[35], f[36], f[37] = 0xca, 0x6c, 0xca, 0x6c // 51820 both ways
+	f = append(f, payload...)
+	src, dst, got, ok := UDPOfFrame(f)
+	if !ok || src.String() != "192.168.56.11:51820" || dst.String() != "192.168.56.12:51820" || !IsWireGuardData(got) {
+		t.Errorf("UDPOfFrame: %v %v %x %v", src, dst, got, ok)
+	}
+	f[14+9] = 6 // TCP
+	if _, _, _, ok := UDPOfFrame(f); ok {
+		t.Error("a TCP frame read as UDP")
+	}
+	if IsWireGuardData([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) {
+		t.Error("a handshake initiation (type 1) read as data")
+	}
+}

@@ -40,6 +40,7 @@ type fakeBackend struct {
 	events       []lease.Event
 	cleanups     int
 	peerProblems []plan.Problem
+	peers        []status.Peer
 }
 
 func newFakeBackend() *fakeBackend { return &fakeBackend{stop: make(chan error, 1)} }
@@ -76,7 +77,13 @@ func (b *fakeBackend) Run(ctx context.Context) error {
 func (b *fakeBackend) Status() backend.Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return backend.Status{InSync: true, PeerProblems: slices.Clone(b.peerProblems)}
+	return backend.Status{InSync: true, PeerProblems: slices.Clone(b.peerProblems), Peers: slices.Clone(b.peers)}
+}
+
+func (b *fakeBackend) setPeers(ps ...status.Peer) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.peers = ps
 }
 
 func (b *fakeBackend) setPeerProblems(ps ...plan.Problem) {
@@ -668,5 +675,52 @@ func TestPeersRoutable(t *testing.T) {
 	n.be.setPeerProblems()
 	if c := check(); !c.OK {
 		t.Errorf("peers-routable still failing after the problems went: %s", c.Detail)
+	}
+}
+
+// TestPeersHandshaking: on a wireguard network, a peer the backend reports
+// as not handshaking fails readiness, named with the reason; the check is
+// absent on other backends.
+func TestPeersHandshaking(t *testing.T) {
+	reg := newRegistry(t)
+	if err := reg.PutNetworkConfig(context.Background(), []byte(`{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.8.0","Backend":{"Type":"wireguard"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t, reg, nil)
+	n.start()
+	n.waitReady()
+	check := func() status.Check {
+		t.Helper()
+		for _, c := range n.d.Snapshot().Checks {
+			if c.Name == "peers-handshaking" {
+				return c
+			}
+		}
+		t.Fatal("no peers-handshaking check on a wireguard node")
+		return status.Check{}
+	}
+	ok := status.Peer{Subnet: netip.MustParsePrefix("10.244.2.0/24"), PublicIP: netip.MustParseAddr("192.168.56.12"), LastHandshake: time.Now()}
+	n.be.setPeers(ok)
+	if c := check(); !c.OK {
+		t.Errorf("peers-handshaking failed with every peer handshaking: %s", c.Detail)
+	}
+	stale := status.Peer{Subnet: netip.MustParsePrefix("10.244.3.0/24"), PublicIP: netip.MustParseAddr("192.168.56.13"), HandshakeProblem: "last handshake 3m12s ago"}
+	n.be.setPeers(ok, stale)
+	if c := check(); c.OK || c.Detail != "WireGuard peers not handshaking: 10.244.3.0/24 (192.168.56.13): last handshake 3m12s ago" {
+		t.Errorf("peers-handshaking with a stale peer: ok %v, %q", c.OK, c.Detail)
+	}
+	n.be.setPeers(ok)
+	if c := check(); !c.OK {
+		t.Errorf("peers-handshaking still failing after the peer handshook: %s", c.Detail)
+	}
+}
+
+func TestNoHandshakeCheckOffWireGuard(t *testing.T) {
+	n := newNode(t, newRegistry(t), nil)
+	n.start()
+	for _, c := range n.waitReady().Checks {
+		if c.Name == "peers-handshaking" {
+			t.Errorf("an alloc node has a peers-handshaking check: %+v", c)
+		}
 	}
 }

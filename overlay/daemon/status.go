@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/status"
 )
 
@@ -88,7 +89,28 @@ func (d *Daemon) Snapshot() status.Snapshot {
 	if s.Backend.BGP != nil {
 		s.Checks = append(s.Checks, bgpCheck(s.Backend.BGP))
 	}
+	if s.Node.BackendType == netconf.TypeWireGuard {
+		s.Checks = append(s.Checks, handshakeCheck(s.Backend.Peers))
+	}
 	return s
+}
+
+// handshakeCheck fails while a WireGuard peer is not handshaking, naming
+// the peers and why.
+func handshakeCheck(peers []status.Peer) status.Check {
+	c := status.Check{Name: "peers-handshaking", OK: true}
+	var stale []string
+	for _, p := range peers {
+		if p.HandshakeProblem != "" {
+			stale = append(stale, fmt.Sprintf("%s (%s): %s", p.Subnet, p.PublicIP, p.HandshakeProblem))
+		}
+	}
+	if len(stale) > 0 {
+		c.OK, c.Detail = false, "WireGuard peers not handshaking: "+strings.Join(stale, "; ")
+		return c
+	}
+	c.Detail = fmt.Sprintf("every WireGuard peer (%d) handshook in the last 3 minutes or is newer", len(peers))
+	return c
 }
 
 // bgpCheck fails while a BGP session is down with an error (a peer that

@@ -142,4 +142,9 @@ type Peer struct {
 	// LastHandshake is when the WireGuard session with the peer was last
 	// set up (wireguard only; zero before the first handshake).
 	LastHandshake time.Time
+	// HandshakeProblem says why the WireGuard peer is not handshaking (its
+	// last handshake is older than 3 minutes, or it has had none in the 3
+	// minutes since it became a peer); "" when it is, and for the other
+	// backends. Such a peer fails the daemon's readiness.
+	HandshakeProblem string
 }

@@ -141,6 +141,11 @@ type Tunnel struct {
 
 	Drops    map[string]uint64 `json:"drops"`
 	LastSeen string            `json:"last_seen,omitempty"`
+	// LastHandshake is when the WireGuard session was last set up (the
+	// wireguard backend; "" before the first); HandshakeProblem says why
+	// the peer is not handshaking (then State is not-handshaking).
+	LastHandshake    string `json:"last_handshake,omitempty"`
+	HandshakeProblem string `json:"handshake_problem,omitempty"`
 	// History is the rate over the last minutes, oldest first (only with
 	// ?history=1).
 	History []RatePoint `json:"history,omitempty"`
@@ -151,6 +156,9 @@ const (
 	StateUp          = "up"
 	StateIdle        = "idle"
 	StateUnreachable = "unreachable"
+	// StateNotHandshaking is a WireGuard peer without a handshake for 3
+	// minutes (or none in the 3 minutes since it became a peer).
+	StateNotHandshaking = "not-handshaking"
 )
 
 // RatePoint is one sample interval's rates.

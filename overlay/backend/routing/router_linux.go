@@ -55,7 +55,18 @@ type Config struct {
 	// Resync is how often the kernel state is checked without a netlink
 	// event saying it changed (the reconciler's default when 0).
 	Resync time.Duration
+	// WaitForPeers holds the plans back (from OnPlan and the reconciler)
+	// until the peers' leases were handed in once (the first Handle), or
+	// Run has waited PeersGrace for them: the daemon sets the own lease
+	// before its watcher has listed the peers, and a plan of the own lease
+	// alone would take the peers' routes (and a kernel device's peers)
+	// off a node that restarts, until the list comes.
+	WaitForPeers bool
 }
+
+// PeersGrace is how long Run waits for the first Handle with
+// Config.WaitForPeers before it plans without peers (a node alone).
+const PeersGrace = time.Second
 
 // Planned is what one replan produced, for Config.OnPlan.
 type Planned struct {
@@ -92,6 +103,10 @@ type Router struct {
 	plan     *plan.Plan
 	rules    *nft.Rules
 	problems []string
+	// handled says the peers were handed in once (Config.WaitForPeers);
+	// handedIn is closed then.
+	handled  bool
+	handedIn chan struct{}
 }
 
 // New opens the namespace named by cfg.Node.NetNS (the calling thread's
@@ -116,7 +131,7 @@ func New(cfg Config) (*Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %q: %w", cfg.Node.NetNS, err)
 	}
-	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[netip.Prefix]lease.Lease{}}
+	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[netip.Prefix]lease.Lease{}, handedIn: make(chan struct{})}
 	if r.nl, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("netlink handle in network namespace %q: %w", cfg.Node.NetNS, err)
@@ -191,6 +206,7 @@ func (r *Router) SetLease(_ context.Context, own lease.Lease) error {
 func (r *Router) Handle(_ context.Context, evs []lease.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.markHandled()
 	for _, e := range evs {
 		if r.hasOwn && e.Lease.Subnet == r.own.Subnet {
 			continue
@@ -218,6 +234,15 @@ func (r *Router) SetLearned(routes []plan.Learned) error {
 		return nil
 	}
 	return r.replan()
+}
+
+// markHandled notes that the peers were handed in (or Run stopped waiting
+// for them). r.mu is held.
+func (r *Router) markHandled() {
+	if !r.handled {
+		r.handled = true
+		close(r.handedIn)
+	}
 }
 
 // replan builds the plan and the nftables rules from the own lease and the
@@ -254,6 +279,9 @@ func (r *Router) replan() error {
 	}
 	r.plan, r.rules = &p, &rules
 	r.logProblems(p.Problems)
+	if r.cfg.WaitForPeers && !r.handled {
+		return nil // handed on once the peers are known
+	}
 	if r.cfg.OnPlan != nil {
 		err = r.cfg.OnPlan(Planned{Own: r.own, Plan: p, Peers: maps.Clone(r.peers)})
 	}
@@ -306,6 +334,24 @@ func (r *Router) Resync() { r.rec.Kick() }
 // Run keeps the kernel equal to the plan until ctx ends; it returns nil
 // then (the reconciler retries what fails, so it has no error of its own).
 func (r *Router) Run(ctx context.Context) error {
+	if r.cfg.WaitForPeers {
+		select {
+		case <-r.handedIn:
+		case <-time.After(PeersGrace):
+		case <-ctx.Done():
+			return nil
+		}
+		r.mu.Lock()
+		if !r.handled {
+			r.markHandled()
+			if r.hasOwn {
+				if err := r.replan(); err != nil {
+					r.log.Warn("plan without peers", "err", err)
+				}
+			}
+		}
+		r.mu.Unlock()
+	}
 	// No routing event tells of a deleted nftables table or rule: the
 	// nftables monitor does, and a pass repairs it at once.
 	wctx, stop := context.WithCancel(ctx)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,5 +270,75 @@ func TestPeerProblemsByType(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWaitForPeers: with WaitForPeers the own lease alone plans nothing
+// for the hook (a restarted node would drop its peers until the list
+// came); the first Handle plans with the peers, and a Router never handed
+// any plans without them after PeersGrace.
+func TestWaitForPeers(t *testing.T) {
+	lab := backendtest.New(t, "routing", 1)
+	n := lab.Nodes[0]
+	node := n.BackendNode(network(t, netconf.TypeHostGW))
+	var mu sync.Mutex
+	var got []routing.Planned
+	newRouter := func() *routing.Router {
+		r, err := routing.New(routing.Config{Node: node, Backend: node.Network.Backend, WaitForPeers: true, OnPlan: func(p routing.Planned) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, p)
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	plans := func() []routing.Planned {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+	ctx := context.Background()
+	own := n.Lease(netconf.TypeHostGW, nil)
+	peer := lease.Lease{Subnet: netip.MustParsePrefix("10.244.2.0/24"),
+		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.56.12"), BackendType: netconf.TypeHostGW}}
+
+	r := newRouter()
+	run(t, r)
+	if err := r.SetLease(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	if p := plans(); len(p) != 0 {
+		t.Fatalf("the own lease alone gave %d plans to the hook, want none before the peers", len(p))
+	}
+	if err := r.Handle(ctx, []lease.Event{{Type: lease.Added, Lease: peer}}); err != nil {
+		t.Fatal(err)
+	}
+	if p := plans(); len(p) != 1 || len(p[0].Plan.Peers) != 1 {
+		t.Fatalf("after the first Handle: %d plans (%v), want one with the peer", len(p), p)
+	}
+
+	mu.Lock()
+	got = nil
+	mu.Unlock()
+	alone := newRouter()
+	start := time.Now()
+	run(t, alone)
+	if err := alone.SetLease(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	backendtest.Eventually(t, 5*time.Second, func() string {
+		if len(plans()) == 0 {
+			return "no plan without peers after the grace"
+		}
+		return ""
+	})
+	if took := time.Since(start); took < routing.PeersGrace/2 {
+		t.Errorf("planned without peers after %v, before the grace", took)
+	}
+	if p := plans(); len(p) != 1 || len(p[0].Plan.Peers) != 0 {
+		t.Errorf("a Router never handed peers: %d plans %v, want one without peers", len(p), p)
 	}
 }

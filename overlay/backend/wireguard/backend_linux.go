@@ -25,7 +25,7 @@ import (
 
 // StaleHandshake is the age past which a peer's last handshake says the
 // peer is not handshaking (WireGuard rekeys a session in use every 2
-// minutes).
+// minutes), and how long a peer may be known without any handshake.
 const StaleHandshake = 3 * time.Minute
 
 // Backend is the wireguard backend.
@@ -50,9 +50,13 @@ type Backend struct {
 	// configured of them (nil: configure them all on the next sync).
 	want    map[wgtypes.Key]wgtypes.PeerConfig
 	applied map[wgtypes.Key]string
-	// keys are the peers' public keys by subnet, for Status.
-	keys   map[netip.Prefix]wgtypes.Key
-	closed bool
+	// keys are the peers' public keys by subnet, for Status; since is
+	// when each key was first wanted (a peer never handshaken with is
+	// not handshaking once it has been known for staleAfter).
+	keys       map[netip.Prefix]wgtypes.Key
+	since      map[wgtypes.Key]time.Time
+	staleAfter time.Duration
+	closed     bool
 }
 
 // New returns the wireguard backend for node, working in node.NetNS. It
@@ -69,7 +73,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if opts.ListenPort == 0 {
 		opts.ListenPort = netconf.DefaultWireGuardPort
 	}
-	b := &Backend{node: node, opts: opts, mtu: routing.MTU(node, opts), log: log}
+	b := &Backend{node: node, opts: opts, mtu: routing.MTU(node, opts), log: log, staleAfter: StaleHandshake}
 	if opts.PSK != "" {
 		psk, err := wgtypes.ParseKey(opts.PSK)
 		if err != nil {
@@ -78,7 +82,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		b.psk = &psk
 	}
 	r, err := routing.New(routing.Config{Node: node, Backend: opts, Device: plan.WireGuardDevice,
-		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log})
+		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log, WaitForPeers: true})
 	if err != nil {
 		return nil, err
 	}
@@ -232,13 +236,23 @@ func (b *Backend) onPlan(p routing.Planned) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.want, b.keys = want, keys
+	since := map[wgtypes.Key]time.Time{}
+	now := time.Now()
+	for key := range want {
+		if t, ok := b.since[key]; ok {
+			since[key] = t
+		} else {
+			since[key] = now
+		}
+	}
+	b.want, b.keys, b.since = want, keys, since
 	return b.syncLocked()
 }
 
 // syncLocked makes the device's peers those wanted: it removes every other
 // peer (stale keys, peers that left) and configures the wanted ones that
-// changed since they were last configured.
+// changed since they were last configured. Peers new to the device are
+// greeted (see greet).
 func (b *Backend) syncLocked() error {
 	if b.dev == nil || b.want == nil {
 		// Before the first plan nothing is known of the peers: a kernel
@@ -263,12 +277,25 @@ func (b *Backend) syncLocked() error {
 	}
 	applied := map[wgtypes.Key]string{}
 	var added []string
+	var now, later wgtypes.Config
+	own := b.key.PublicKey()
 	for _, key := range slices.SortedFunc(maps.Keys(b.want), func(x, y wgtypes.Key) int { return bytes.Compare(x[:], y[:]) }) {
 		pc := b.want[key]
 		f := fingerprint(pc)
 		applied[key] = f
 		if present[key] && b.applied[key] == f {
 			continue
+		}
+		if !present[key] {
+			first := bytes.Compare(own[:], key[:]) < 0
+			var next *wgtypes.PeerConfig
+			pc, next = greet(pc, first)
+			switch {
+			case next != nil && first:
+				now.Peers = append(now.Peers, *next)
+			case next != nil:
+				later.Peers = append(later.Peers, *next)
+			}
 		}
 		cfg.Peers = append(cfg.Peers, pc)
 		added = append(added, key.String())
@@ -281,7 +308,17 @@ func (b *Backend) syncLocked() error {
 		b.applied = nil
 		return fmt.Errorf("configure the peers of %s: %w", plan.WireGuardDevice, err)
 	}
+	if len(now.Peers) > 0 {
+		if err := b.dev.configure(now); err != nil {
+			b.applied = nil
+			return fmt.Errorf("turn the greeting keepalive of new peers of %s off: %w", plan.WireGuardDevice, err)
+		}
+	}
 	b.applied = applied
+	if len(later.Peers) > 0 {
+		dev := b.dev
+		time.AfterFunc(greetDelay, func() { b.greetLater(dev, later) })
+	}
 	if len(removed) > 0 {
 		b.log.Info("peers removed", "device", plan.WireGuardDevice, "keys", removed)
 	}
@@ -289,6 +326,124 @@ func (b *Backend) syncLocked() error {
 		b.log.Info("peers configured", "device", plan.WireGuardDevice, "keys", added)
 	}
 	return nil
+}
+
+// greetDelay is how long the node with the greater public key waits before
+// it greets a new peer that has not handshaken yet.
+const greetDelay = 300 * time.Millisecond
+
+// greet returns how to add pc to the device so that a handshake starts at
+// once rather than at the first pod packet, and the configuration that
+// follows the greeting: for the node with the smaller public key (first)
+// at once, for the other greetDelay later.
+//
+// Why: a node that joins publishes its lease before it knows its peers, so
+// a peer's first initiation to it is dropped, and WireGuard tries again
+// only after its 5 s rekey timeout (a peer keeping a session with a
+// restarted userspace node sends into it for 15 s). And if both nodes
+// initiated at once, each would answer the other's initiation and drop
+// the answer to its own (one handshake state per peer), also until the
+// retry. So one node greets at once and the other, greetDelay later, only
+// if no handshake happened by then: whichever of them learns the other
+// last, the handshake is done within greetDelay.
+//
+// Kernel and wireguard-go both send a keepalive (which starts a handshake
+// when there is no session) when a peer's persistent keepalive goes from
+// off to on. The first node adds the peer with keepalive on (1 s if the
+// config has none) and, if the config has none, the greeting turns it off
+// again; the other adds it with keepalive off, and the greeting turns it
+// on (to the configured interval, or 1 s and then off).
+func greet(pc wgtypes.PeerConfig, first bool) (wgtypes.PeerConfig, *wgtypes.PeerConfig) {
+	configured := time.Duration(0)
+	if pc.PersistentKeepaliveInterval != nil {
+		configured = *pc.PersistentKeepaliveInterval
+	}
+	on, off := time.Second, time.Duration(0)
+	if first {
+		if configured > 0 {
+			return pc, nil
+		}
+		pc.PersistentKeepaliveInterval = &on
+		return pc, &wgtypes.PeerConfig{PublicKey: pc.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &off}
+	}
+	pc.PersistentKeepaliveInterval = &off
+	if configured > 0 {
+		return pc, &wgtypes.PeerConfig{PublicKey: pc.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &configured}
+	}
+	return pc, &wgtypes.PeerConfig{PublicKey: pc.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &on}
+}
+
+// greetLater sends the second node's greetings (see greet) on dev, if it
+// is still the device: a configured keepalive is turned on; a peer without
+// one that has no handshake yet gets keepalive 1 s and then off.
+func (b *Backend) greetLater(dev wgDevice, greetings wgtypes.Config) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev != dev || b.closed {
+		return
+	}
+	have, err := dev.peers()
+	if err != nil {
+		b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
+		return
+	}
+	handshook := map[wgtypes.Key]bool{}
+	for _, p := range have {
+		handshook[p.PublicKey] = !p.LastHandshakeTime.IsZero()
+	}
+	var on wgtypes.Config
+	var keys []wgtypes.Key
+	for _, g := range greetings.Peers {
+		pc, wanted := b.want[g.PublicKey]
+		if !wanted {
+			continue
+		}
+		if pc.PersistentKeepaliveInterval != nil && *pc.PersistentKeepaliveInterval > 0 {
+			on.Peers = append(on.Peers, g)
+			continue
+		}
+		if h, ok := handshook[g.PublicKey]; ok && !h {
+			keys = append(keys, g.PublicKey)
+		}
+	}
+	if len(on.Peers) > 0 {
+		if err := dev.configure(on); err != nil {
+			b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
+			b.applied = nil
+			return
+		}
+	}
+	if err := greetPeers(dev, keys); err != nil {
+		b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
+		b.applied = nil
+		return
+	}
+	if len(keys) > 0 {
+		b.log.Info("peers greeted: no handshake yet", "device", plan.WireGuardDevice, "keys", keyStrings(keys))
+	}
+}
+
+// greetPeers sends a keepalive to each peer of keys (whose configured
+// keepalive is off): keepalive 1 s, then off again.
+func greetPeers(dev wgDevice, keys []wgtypes.Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	on, off := time.Second, time.Duration(0)
+	var start, stop wgtypes.Config
+	for _, k := range keys {
+		start.Peers = append(start.Peers, wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &on})
+		stop.Peers = append(stop.Peers, wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &off})
+	}
+	return errors.Join(dev.configure(start), dev.configure(stop))
+}
+
+func keyStrings(keys []wgtypes.Key) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.String()
+	}
+	return out
 }
 
 // Status is the Router's, with the implementation as the mode and the
@@ -307,6 +462,7 @@ func (b *Backend) Status() backend.Status {
 		st.Problems = append(st.Problems, fmt.Sprintf("read the peers of %s: %v", plan.WireGuardDevice, err))
 		return st
 	}
+	now := time.Now()
 	byKey := map[wgtypes.Key]wgtypes.Peer{}
 	for _, p := range have {
 		byKey[p.PublicKey] = p
@@ -320,14 +476,30 @@ func (b *Backend) Status() backend.Status {
 		st.Peers[i].LastHandshake = p.LastHandshakeTime
 		if !p.LastHandshakeTime.IsZero() {
 			st.Peers[i].LastSeen = p.LastHandshakeTime
-			// A live session is rekeyed every 2 minutes; older than 3
-			// means the peer does not answer.
-			if age := time.Since(p.LastHandshakeTime); age > StaleHandshake {
-				st.Problems = append(st.Problems, fmt.Sprintf("peer %s (%s): last WireGuard handshake %v ago", st.Peers[i].Subnet, p.PublicKey, age.Round(time.Second)))
-			}
+		}
+		if why := b.handshakeProblem(p, now); why != "" {
+			st.Peers[i].HandshakeProblem = why
+			st.Problems = append(st.Problems, fmt.Sprintf("peer %s (%s) is not handshaking: %s", st.Peers[i].Subnet, p.PublicKey, why))
 		}
 	}
 	return st
+}
+
+// handshakeProblem says why peer p is not handshaking at now, or "". A
+// live session is rekeyed every 2 minutes (and every node greets its new
+// peers), so a last handshake older than staleAfter, or none in the
+// staleAfter since the peer was learned, means the peer does not answer.
+func (b *Backend) handshakeProblem(p wgtypes.Peer, now time.Time) string {
+	if !p.LastHandshakeTime.IsZero() {
+		if age := now.Sub(p.LastHandshakeTime); age > b.staleAfter {
+			return fmt.Sprintf("last handshake %v ago", age.Round(time.Second))
+		}
+		return ""
+	}
+	if since, ok := b.since[p.PublicKey]; ok && now.Sub(since) > b.staleAfter {
+		return fmt.Sprintf("no handshake in the %v since it became a peer", now.Sub(since).Round(time.Second))
+	}
+	return ""
 }
 
 // Peers are the device's peers as it reports them now.
@@ -344,7 +516,13 @@ func (b *Backend) Peers() ([]wgtypes.Peer, error) {
 // twilld: when Run ends, its device and sockets go (pods on this node are
 // cut off until the next twilld prepares); kernel WireGuard stays.
 func (b *Backend) Run(ctx context.Context) error {
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		b.keepHandshakes(ctx)
+	}()
 	err := b.Router.Run(ctx)
+	<-kept
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.impl == netconf.WireGuardUserspace && b.dev != nil {
@@ -352,6 +530,69 @@ func (b *Backend) Run(ctx context.Context) error {
 		b.dev = nil
 	}
 	return err
+}
+
+// keepHandshakes greets, every staleAfter/6, the peers whose last handshake
+// (or whose becoming a peer, if they never handshook) is older than 5/6 of
+// staleAfter, until ctx ends. WireGuard handshakes only when there is
+// traffic: between idle nodes without a keepalive the last handshake would
+// age past 3 minutes and the peer count as not handshaking. The greeting
+// is a keepalive: past WireGuard's 2 minute rekey time it makes the node
+// that started the session handshake again (both nodes greet, so one of
+// them did), and a peer without a session gets an initiation, which a
+// live peer answers.
+func (b *Backend) keepHandshakes(ctx context.Context) {
+	b.mu.Lock()
+	every := b.staleAfter / 6
+	b.mu.Unlock()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.refreshHandshakes(time.Now())
+		}
+	}
+}
+
+// refreshHandshakes greets the peers whose handshake is getting old (see
+// keepHandshakes). Peers with a configured keepalive keep their sessions
+// fresh themselves.
+func (b *Backend) refreshHandshakes(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dev == nil || b.want == nil {
+		return
+	}
+	have, err := b.dev.peers()
+	if err != nil {
+		b.log.Warn("read the peers to keep their handshakes fresh", "device", plan.WireGuardDevice, "err", err)
+		return
+	}
+	var keys []wgtypes.Key
+	for _, p := range have {
+		pc, ok := b.want[p.PublicKey]
+		if !ok || (pc.PersistentKeepaliveInterval != nil && *pc.PersistentKeepaliveInterval > 0) {
+			continue
+		}
+		last := p.LastHandshakeTime
+		if last.IsZero() {
+			last = b.since[p.PublicKey]
+		}
+		if now.Sub(last) > b.staleAfter*5/6 {
+			keys = append(keys, p.PublicKey)
+		}
+	}
+	if err := greetPeers(b.dev, keys); err != nil {
+		b.log.Warn("greet peers to keep their handshakes fresh", "device", plan.WireGuardDevice, "err", err)
+		b.applied = nil
+		return
+	}
+	if len(keys) > 0 {
+		b.log.Debug("peers greeted: handshakes getting old", "device", plan.WireGuardDevice, "keys", keyStrings(keys))
+	}
 }
 
 // Cleanup removes the device, the routes and the nftables rules. The

@@ -17,6 +17,12 @@
 // public key peers know. A peer whose lease goes, or whose key changes, is
 // removed from the device in the same lease event.
 //
+// A peer new to the device is greeted (a keepalive, which starts a
+// handshake) rather than left until pod traffic or WireGuard's retry; idle
+// peers are greeted again before their handshake is 3 minutes old, and a
+// peer past that (or never handshaken 3 minutes after it was learned) is
+// reported as not handshaking.
+//
 // It must not touch devices other than its own, nor keep peers the leases
 // no longer name. The package is Linux-only but for the key file and the
 // UAPI text.
