@@ -236,6 +236,11 @@ type Plan struct {
 	// Device is the backend's device ("" for host-gw). Everything permanent
 	// in its neighbour and FDB tables belongs to twill.
 	Device string
+	// Device6 is the backend's IPv6 device when it has a second one: vxlan's
+	// twill-v6.<VNI>, whose VTEP is the node's IPv6 underlay address
+	// (flannel's flannel-v6.<VNI>). "" otherwise. Twill owns its permanent
+	// neighbours and FDB as it owns Device's.
+	Device6 string
 	// MTU is the MTU of the overlay (backend device and pods); 0 if the
 	// underlay MTU was not given and the backend sets none.
 	MTU int
