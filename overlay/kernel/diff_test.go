@@ -36,7 +36,9 @@ func vxlanPlan(peers ...int) plan.Plan {
 }
 
 // peerSubnet6 and peerIP6 are peer i's IPv6 subnet and underlay address.
-func peerSubnet6(i int) netip.Prefix { return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", i)) }
+func peerSubnet6(i int) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", i))
+}
 
 func peerIP6(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00:56::%d", 11+i)) }
 
