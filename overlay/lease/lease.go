@@ -27,6 +27,10 @@ type Attrs struct {
 	PublicIP    netip.Addr      `json:"PublicIP"`
 	BackendType string          `json:"BackendType"`
 	BackendData json.RawMessage `json:"BackendData"`
+	// PublicIPv6 and BackendV6Data: placeholders of the model branch's
+	// fields (i17-model), for the data path to build on until it merges.
+	PublicIPv6    netip.Addr      `json:"PublicIPv6,omitzero"`
+	BackendV6Data json.RawMessage `json:"BackendV6Data,omitempty"`
 	// Twill carries what only twill nodes publish; flannel ignores it.
 	Twill *NodeInfo `json:"Twill,omitempty"`
 }
@@ -87,6 +91,8 @@ func jsonEqual(a, b json.RawMessage) bool {
 // Lease is one subnet held by one node.
 type Lease struct {
 	Subnet netip.Prefix
+	// IPv6Subnet: placeholder of the model branch's field (i17-model).
+	IPv6Subnet netip.Prefix
 	Attrs  Attrs
 	// Expiration is when the lease ends unless renewed; zero for a reservation.
 	Expiration time.Time
