@@ -21,6 +21,11 @@ import (
 
 // Config is a validated network configuration with its defaults applied.
 type Config struct {
+	// EnableIPv6, IPv6Network, IPv6SubnetLen: placeholders of the model
+	// branch's fields (i17-model), for the data path until it merges.
+	EnableIPv6    bool
+	IPv6Network   netip.Prefix
+	IPv6SubnetLen int
 	// Network is the cluster network that every node subnet is carved from.
 	Network netip.Prefix
 	// SubnetLen is the prefix length of each node's subnet.
