@@ -54,7 +54,11 @@ type Config struct {
 	// NetConfigFile, if set, is read instead of the config in the registry.
 	NetConfigFile string
 
-	PublicIP   netip.Addr
+	PublicIP netip.Addr
+	// PublicIPv6 is the node's IPv6 underlay address (flannel's
+	// --public-ipv6); by default the first global IPv6 address of the
+	// underlay interface. Used only with EnableIPv6.
+	PublicIPv6 netip.Addr
 	Ifaces     []string
 	IfaceRegex []string
 	NodeName   string
@@ -206,6 +210,9 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	}
 	node.Name = d.cfg.NodeName
 	node.Network = netcfg
+	if err := ipv6Underlay(&node, netcfg, d.cfg.PublicIPv6); err != nil {
+		return nil, backend.Node{}, nil, err
+	}
 	node.IPMasq = d.cfg.IPMasq
 	node.StateDir = d.cfg.StateDir
 	if node.StateDir == "" {
@@ -308,6 +315,7 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 		Request: lease.Request{
 			Config: netcfg,
 			Attrs: lease.Attrs{PublicIP: node.PublicIP, BackendType: be.Type(), BackendData: prep.BackendData,
+				PublicIPv6: node.PublicIPv6, BackendV6Data: prep.BackendV6Data,
 				Twill: &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
 			TTL:      d.cfg.SubnetLeaseTTL,
 			Previous: previous,

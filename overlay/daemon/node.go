@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 )
 
 // underlay is the interface and address the node uses to reach its peers.
@@ -153,4 +155,64 @@ func (u underlay) backendNode(name string) backend.Node {
 		n.Iface, n.IfaceIndex, n.IfaceMTU = u.iface.Name, u.iface.Index, u.iface.MTU
 	}
 	return n
+}
+
+// ipv6Underlay checks that the backend can carry the config's IPv6 pod
+// network and gives the node its IPv6 underlay address: publicIPv6 if set
+// (it must be on the node's underlay interface, if the node has one), else
+// the first global IPv6 address of the underlay interface. Without
+// EnableIPv6 the node has none. host-gw needs the address; vxlan without
+// one carries IPv6 over the IPv4 underlay.
+func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr) error {
+	if !cfg.EnableIPv6 {
+		n.PublicIPv6, n.IfacePrefix6 = netip.Addr{}, netip.Prefix{}
+		return nil
+	}
+	if !plan.CarriesIPv6(cfg.Backend) {
+		return &netconf.FieldError{Field: "EnableIPv6", Value: "true",
+			Reason: fmt.Sprintf("the %s backend carries IPv4 only in twill (IPv6 pod networks run on vxlan or host-gw)", cfg.Backend.Type)}
+	}
+	if !n.PublicIPv6.IsValid() && n.Iface != "" { // a FindUplink may have set it
+		if ifc, err := net.InterfaceByName(n.Iface); err == nil {
+			for _, p := range ipv6Prefixes(ifc) {
+				if !publicIPv6.IsValid() || p.Addr() == publicIPv6 {
+					n.PublicIPv6, n.IfacePrefix6 = p.Addr(), p.Masked()
+					break
+				}
+			}
+		}
+	}
+	if publicIPv6.IsValid() && n.PublicIPv6 != publicIPv6 {
+		if n.Iface != "" {
+			return fmt.Errorf("--public-ipv6 %s: not an address of the underlay interface %s", publicIPv6, n.Iface)
+		}
+		n.PublicIPv6 = publicIPv6
+	}
+	if cfg.Backend.Type == netconf.TypeHostGW && !n.PublicIPv6.IsValid() {
+		return fmt.Errorf("host-gw with EnableIPv6 routes via the peers' IPv6 underlay addresses: the underlay interface %q has no global IPv6 address (set --public-ipv6)", n.Iface)
+	}
+	return nil
+}
+
+// ipv6Prefixes are an interface's global unicast IPv6 addresses with their
+// prefixes (link-local ones left out).
+func ipv6Prefixes(ifc *net.Interface) []netip.Prefix {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok || ip.Is4() || ip.Is4In6() || !ip.IsGlobalUnicast() {
+			continue
+		}
+		ones, _ := ipn.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, ones))
+	}
+	return out
 }
