@@ -93,7 +93,7 @@ type Lease struct {
 	Subnet netip.Prefix
 	// IPv6Subnet: placeholder of the model branch's field (i17-model).
 	IPv6Subnet netip.Prefix
-	Attrs  Attrs
+	Attrs      Attrs
 	// Expiration is when the lease ends unless renewed; zero for a reservation.
 	Expiration time.Time
 	// Reservation marks a subnet an operator set aside for a public IP: it has

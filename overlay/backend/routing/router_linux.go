@@ -399,7 +399,9 @@ func (r *Router) Status() backend.Status {
 	for _, peer := range p.Peers {
 		c := counters[peer.Subnet]
 		rx := c.Rx
-		if in, ok := tunnel.Sources[peer.PublicIP]; ok && !peer.Direct {
+		// (Not for IPv6 over an IPv4 underlay: that source carries both
+		// families, and the IPv4 row has it.)
+		if in, ok := tunnel.Sources[peer.PublicIP]; ok && !peer.Direct && peer.PublicIP.Is4() == peer.Subnet.Addr().Is4() {
 			// What came through the tunnel, by its outer source: a host
 			// that sends inner packets with this peer's pod addresses is
 			// not counted as the peer (nor let in). Bytes are inner
