@@ -35,15 +35,14 @@ var version = "dev"
 
 // args are the parsed flags.
 type args struct {
-	cfg        daemon.Config
-	etcd       etcd.Config
-	publicIPv6 string
-	publicIP   string
-	endpoints  string
-	cleanup    bool
-	logLevel   string
-	logFormat  string
-	version    bool
+	cfg       daemon.Config
+	etcd      etcd.Config
+	publicIP  string
+	endpoints string
+	cleanup   bool
+	logLevel  string
+	logFormat string
+	version   bool
 	// listen is where the dashboard, API and metrics are served ("" or
 	// "off" for nowhere); apiToken enables the endpoints that change state.
 	listen   string
@@ -73,7 +72,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.StringVar(&e.Password, "etcd-password", "", "etcd password")
 	fs.StringVar(&c.NetConfigFile, "net-config", "", "read the network config from this file instead of <prefix>/config in etcd")
 	fs.StringVar(&a.publicIP, "public-ip", "", "address peers reach this node at (default: the address of --iface)")
-	fs.StringVar(&a.publicIPv6, "public-ipv6", "", "IPv6 address peers reach this node at, with EnableIPv6 (default: the first global IPv6 address of --iface)")
+	fs.TextVar(&c.PublicIPv6, "public-ipv6", netip.Addr{}, "IPv6 address peers reach this node at, when the network enables IPv6 (default: the first global IPv6 address of the uplink)")
 	fs.Var((*listFlag)(&c.Ifaces), "iface", "underlay interface, by name or address (repeatable; the first that exists wins)")
 	fs.Var((*listFlag)(&c.IfaceRegex), "iface-regex", "regular expression matched against interface names and addresses (repeatable)")
 	fs.StringVar(&c.NodeName, "node-name", "", "this node's name (default: the hostname)")
@@ -154,12 +153,8 @@ func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*ar
 		}
 		a.cfg.PublicIP = ip
 	}
-	if a.publicIPv6 != "" {
-		ip, err := netip.ParseAddr(a.publicIPv6)
-		if err != nil || !ip.Is6() || ip.Is4In6() {
-			return nil, fmt.Errorf("--public-ipv6 %q: not an IPv6 address", a.publicIPv6)
-		}
-		a.cfg.PublicIPv6 = ip
+	if ip := a.cfg.PublicIPv6; ip.IsValid() && (!ip.Is6() || ip.Is4In6() || ip.Zone() != "" || !ip.IsGlobalUnicast()) {
+		return nil, fmt.Errorf("--public-ipv6 %q: not a global IPv6 address", ip)
 	}
 	return a, nil
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"regexp"
@@ -159,11 +160,14 @@ func (u underlay) backendNode(name string) backend.Node {
 
 // ipv6Underlay checks that the backend can carry the config's IPv6 pod
 // network and gives the node its IPv6 underlay address: publicIPv6 if set
-// (it must be on the node's underlay interface, if the node has one), else
-// the first global IPv6 address of the underlay interface. Without
+// (with its prefix if the underlay interface holds it), else the first
+// global IPv6 address of the underlay interface. Without
 // EnableIPv6 the node has none. host-gw needs the address; vxlan without
 // one carries IPv6 over the IPv4 underlay.
-func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr) error {
+//
+// This is the model branch's publicIPv6 (i17-model) folded in: the data
+// path needs the address's prefix too, to tell peers on the IPv6 segment.
+func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr, log *slog.Logger) error {
 	if !cfg.EnableIPv6 {
 		n.PublicIPv6, n.IfacePrefix6 = netip.Addr{}, netip.Prefix{}
 		return nil
@@ -183,13 +187,19 @@ func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr) e
 		}
 	}
 	if publicIPv6.IsValid() && n.PublicIPv6 != publicIPv6 {
-		if n.Iface != "" {
-			return fmt.Errorf("--public-ipv6 %s: not an address of the underlay interface %s", publicIPv6, n.Iface)
-		}
-		n.PublicIPv6 = publicIPv6
+		// Not an address of the interface (one NATed to it, say): no
+		// segment known, so no IPv6 peer is direct.
+		n.PublicIPv6, n.IfacePrefix6 = publicIPv6, netip.Prefix{}
 	}
-	if cfg.Backend.Type == netconf.TypeHostGW && !n.PublicIPv6.IsValid() {
+	switch {
+	case n.PublicIPv6.IsValid():
+		log.Info("public IPv6 address", "iface", n.Iface, "public_ipv6", n.PublicIPv6, "prefix", n.IfacePrefix6)
+	case !cfg.EnableIPv4:
+		return fmt.Errorf("the network is IPv6-only, and the uplink %q has no global IPv6 address: set --public-ipv6", n.Iface)
+	case cfg.Backend.Type == netconf.TypeHostGW:
 		return fmt.Errorf("host-gw with EnableIPv6 routes via the peers' IPv6 underlay addresses: the underlay interface %q has no global IPv6 address (set --public-ipv6)", n.Iface)
+	default:
+		log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none and carrying IPv6 over IPv4 (set --public-ipv6)", "iface", n.Iface)
 	}
 	return nil
 }
