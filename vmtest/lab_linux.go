@@ -443,7 +443,7 @@ func (l *Lab) node(n nodeState) Node {
 // readSubnet sets node's subnet from the subnet file at path.
 func readSubnet(path string, node *Node) {
 	if f, err := subnetfile.Read(path); err == nil {
-		node.Subnet = f.NodeSubnet()
+		node.Subnet, node.Subnet6 = f.NodeSubnet(), f.IPv6NodeSubnet()
 	}
 }
 

@@ -325,6 +325,8 @@ type Node struct {
 	// Subnet is the node's pod subnet from its subnet file (invalid while
 	// there is none).
 	Subnet       netip.Prefix `json:"subnet"`
+	// Subnet6 is its IPv6 pod subnet, from the same file (a lab with IPv6).
+	Subnet6      netip.Prefix `json:"subnet6,omitzero"`
 	DashboardURL string       `json:"dashboard"`
 	// PID of the node's twilld (0 when it was stopped) and whether it runs.
 	PID        int    `json:"pid"`
