@@ -40,11 +40,11 @@ type ClusterSpec struct {
 	Backend string `yaml:"backend"`
 	// Backends plays the scenario once per backend listed (instead of
 	// Backend); each play is named <name>-<backend>.
-	Backends       []string `yaml:"backends"`
-	NetConfig      string   `yaml:"netConfig"`
-	PodsPerNode    int      `yaml:"podsPerNode"`
-	IPMasq         bool     `yaml:"ipMasq"`
-	Outside        bool     `yaml:"outside"`
+	Backends    []string `yaml:"backends"`
+	NetConfig   string   `yaml:"netConfig"`
+	PodsPerNode int      `yaml:"podsPerNode"`
+	IPMasq      bool     `yaml:"ipMasq"`
+	Outside     bool     `yaml:"outside"`
 	// IPFamily is the pods' address families: ipv4 (the default), dual or
 	// ipv6 (vmtest.Spec.IPFamily).
 	IPFamily       string   `yaml:"ipFamily"`

@@ -324,7 +324,7 @@ type Node struct {
 	UnderlayIP6 netip.Addr `json:"underlay6,omitzero"`
 	// Subnet is the node's pod subnet from its subnet file (invalid while
 	// there is none).
-	Subnet       netip.Prefix `json:"subnet"`
+	Subnet netip.Prefix `json:"subnet"`
 	// Subnet6 is its IPv6 pod subnet, from the same file (a lab with IPv6).
 	Subnet6      netip.Prefix `json:"subnet6,omitzero"`
 	DashboardURL string       `json:"dashboard"`
