@@ -321,7 +321,7 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 			Config: netcfg,
 			Attrs: lease.Attrs{PublicIP: node.PublicIP, PublicIPv6: node.PublicIPv6, BackendType: be.Type(), BackendData: prep.BackendData,
 				BackendV6Data: prep.BackendV6Data,
-				Twill: &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
+				Twill:         &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
 			TTL:          d.cfg.SubnetLeaseTTL,
 			Previous:     previous,
 			PreviousIPv6: previous6,

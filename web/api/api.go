@@ -183,10 +183,10 @@ type ClusterNode struct {
 	Subnet string `json:"subnet"`
 	// IPv6Subnet is the node's IPv6 subnet beside Subnet (dual stack).
 	IPv6Subnet string `json:"ipv6_subnet,omitempty"`
-	Name      string `json:"name"`
-	PublicIP  string `json:"public_ip"`
-	Dashboard string `json:"dashboard,omitempty"`
-	Self      bool   `json:"self"`
+	Name       string `json:"name"`
+	PublicIP   string `json:"public_ip"`
+	Dashboard  string `json:"dashboard,omitempty"`
+	Self       bool   `json:"self"`
 	// Reachability is "self", "answers", "no-answer", or "unknown" (the
 	// lease publishes no dashboard).
 	Reachability string `json:"reachability"`
