@@ -169,7 +169,7 @@ func (d *qemuDriver) makeNode(ctx context.Context, i int, bits int) error {
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-serial", "file:" + vm.Console,
 		"-kernel", st.Image.Kernel, "-initrd", st.Image.Initrd,
-		"-append", fmt.Sprintf("console=ttyS0 quiet twill.name=%s-%s twill.ip=%s/%d", st.Spec.Name, n.Name, n.IP, bits),
+		"-append", fmt.Sprintf("console=ttyS0 quiet twill.name=%s-%s twill.ip=%s/%d%s", st.Spec.Name, n.Name, n.IP, bits, ip6Arg(n)),
 		"-netdev", "tap,id=u0,ifname=" + n.HubLink + ",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=u0,mac=" + vm.MAC + ",romfile=",
 		"-device", "virtio-serial-pci",
@@ -569,4 +569,13 @@ func (d *qemuDriver) close() error {
 		delete(d.agents, name)
 	}
 	return errors.Join(errs...)
+}
+
+// ip6Arg is the kernel command line's twill.ip6 for a node of a lab with
+// IPv6 (the VM's rc.boot adds the address); "" without.
+func ip6Arg(n nodeState) string {
+	if !n.IP6.IsValid() {
+		return ""
+	}
+	return fmt.Sprintf(" twill.ip6=%s/64", n.IP6)
 }
