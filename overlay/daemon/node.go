@@ -126,6 +126,18 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 }
 
 func ipv4Prefixes(ifc *net.Interface) []netip.Prefix {
+	return ifacePrefixes(ifc, netip.Addr.Is4)
+}
+
+// ipv6Prefixes are an interface's global unicast IPv6 addresses with their
+// prefixes (link-local ones left out).
+func ipv6Prefixes(ifc *net.Interface) []netip.Prefix {
+	return ifacePrefixes(ifc, func(a netip.Addr) bool { return a.Is6() && a.IsGlobalUnicast() })
+}
+
+// ifacePrefixes are an interface's addresses that keep, with their
+// prefixes (IPv4 ones unmapped).
+func ifacePrefixes(ifc *net.Interface, keep func(netip.Addr) bool) []netip.Prefix {
 	addrs, err := ifc.Addrs()
 	if err != nil {
 		return nil
@@ -137,11 +149,11 @@ func ipv4Prefixes(ifc *net.Interface) []netip.Prefix {
 			continue
 		}
 		ip, ok := netip.AddrFromSlice(ipn.IP)
-		if !ok || !ip.Unmap().Is4() {
+		if !ok || !keep(ip.Unmap()) {
 			continue
 		}
-		ones, _ := ipn.Mask.Size()
-		if ones > 32 {
+		ones, bits := ipn.Mask.Size()
+		if ip.Unmap().Is4() && bits == 128 {
 			ones -= 96
 		}
 		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
@@ -204,25 +216,3 @@ func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr, l
 	return nil
 }
 
-// ipv6Prefixes are an interface's global unicast IPv6 addresses with their
-// prefixes (link-local ones left out).
-func ipv6Prefixes(ifc *net.Interface) []netip.Prefix {
-	addrs, err := ifc.Addrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Prefix
-	for _, a := range addrs {
-		ipn, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(ipn.IP)
-		if !ok || ip.Is4() || ip.Is4In6() || !ip.IsGlobalUnicast() {
-			continue
-		}
-		ones, _ := ipn.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip, ones))
-	}
-	return out
-}

@@ -48,15 +48,23 @@ func (n *testNS) underlay(t testing.TB, addr string) {
 	must(t, err)
 	must(t, n.nl.AddrAdd(eth, a))
 	must(t, n.nl.LinkSetUp(eth))
+	n.vxlan(t, "twill.1", 1450, net.HardwareAddr{0x0a, 0x58, 0, 0, 0, 0}, eth, a.IP)
+}
+
+// vxlan adds a VXLAN device (VNI 1, port 8472) on eth with the VTEP
+// address local, up.
+func (n *testNS) vxlan(t testing.TB, name string, mtu int, mac net.HardwareAddr, eth netlink.Link, local net.IP) *netlink.Vxlan {
+	t.Helper()
 	vx := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: "twill.1", MTU: 1450, HardwareAddr: net.HardwareAddr{0x0a, 0x58, 0, 0, 0, 0}},
+		LinkAttrs:    netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: mac},
 		VxlanId:      1,
 		VtepDevIndex: eth.Attrs().Index,
-		SrcAddr:      a.IP,
+		SrcAddr:      local,
 		Port:         8472,
 	}
 	must(t, n.nl.LinkAdd(vx))
 	must(t, n.nl.LinkSetUp(vx))
+	return vx
 }
 
 func (n *testNS) open(t testing.TB) *Handle {
@@ -640,15 +648,7 @@ func TestApplyDualStack(t *testing.T) {
 	must(t, err)
 	a6.Flags = unix.IFA_F_NODAD
 	must(t, n.nl.AddrAdd(eth, a6))
-	vx6 := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: "twill-v6.1", MTU: 1430, HardwareAddr: net.HardwareAddr{0x0a, 0x58, 0, 0, 1, 0}},
-		VxlanId:      1,
-		VtepDevIndex: eth.Attrs().Index,
-		SrcAddr:      a6.IP,
-		Port:         8472,
-	}
-	must(t, n.nl.LinkAdd(vx6))
-	must(t, n.nl.LinkSetUp(vx6))
+	vx6 := n.vxlan(t, "twill-v6.1", 1430, net.HardwareAddr{0x0a, 0x58, 0, 0, 1, 0}, eth, a6.IP)
 	h := n.open(t)
 
 	p := dualVXLANPlan(1, 2, 3)
