@@ -196,6 +196,12 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	find := d.cfg.FindUplink
 	if find == nil {
 		find = func() (backend.Node, error) {
+			if len(d.cfg.Ifaces) == 0 && len(d.cfg.IfaceRegex) == 0 && !d.cfg.PublicIP.IsValid() && d.cfg.PublicIPv6.IsValid() {
+				// Only --public-ipv6: the interface that holds it, if one does.
+				if u, err := findUnderlay(netip.Addr{}, []string{d.cfg.PublicIPv6.String()}, nil); err == nil {
+					return u.backendNode(d.cfg.NodeName), nil
+				}
+			}
 			u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
 			return u.backendNode(d.cfg.NodeName), err
 		}
@@ -207,6 +213,9 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	netcfg, err := d.networkConfig(ctx)
 	if err != nil {
 		return nil, backend.Node{}, nil, err
+	}
+	if netcfg.EnableIPv4 && !node.PublicIP.IsValid() {
+		return nil, backend.Node{}, nil, fmt.Errorf("the network %s is IPv4, and the uplink %q has no IPv4 address: set --public-ip or --iface", netcfg.Network, node.Iface)
 	}
 	node.Name = d.cfg.NodeName
 	node.Network = netcfg

@@ -109,9 +109,13 @@ func TestIPv6OnlyNode(t *testing.T) {
 	v6uplink := func() (backend.Node, error) { return backend.Node{Iface: "twill-none0", IfaceMTU: 1500}, nil }
 	n := newNode(t, reg, func(c *daemon.Config) { c.FindUplink = v6uplink; c.PublicIPv6 = netip.MustParseAddr("fd00:56::11") })
 	n.start()
-	own := n.waitReady().Lease
+	snap := n.waitReady()
+	own := snap.Lease
 	if own.Subnet.IsValid() || !own.IPv6Subnet.IsValid() || own.Attrs.PublicIP.IsValid() {
 		t.Fatalf("own lease %s %+v", own.Subnets(), own.Attrs)
+	}
+	if c := snap.Checks[0]; c.Name != "lease-held" || !c.OK || !strings.HasPrefix(c.Detail, own.IPv6Subnet.String()+" until ") {
+		t.Errorf("check %+v, want the IPv6 lease held", c)
 	}
 	waitFor(t, "both peers handed to the backend", func() bool {
 		_, evs, _ := n.be.record()
@@ -127,5 +131,20 @@ func TestIPv6OnlyNode(t *testing.T) {
 	bare.start()
 	if err := bare.result(); err == nil || !strings.Contains(err.Error(), "--public-ipv6") {
 		t.Errorf("an IPv6-only node without a public IPv6 address: %v, want an error naming --public-ipv6", err)
+	}
+}
+
+// TestIPv4NetworkNeedsAnIPv4Uplink: an uplink without an IPv4 address
+// (found on an IPv6-only host) does not do for an IPv4 network.
+func TestIPv4NetworkNeedsAnIPv4Uplink(t *testing.T) {
+	n := newNode(t, newRegistry(t), func(c *daemon.Config) {
+		c.FindUplink = func() (backend.Node, error) { return backend.Node{Iface: "v6up0", IfaceMTU: 1500}, nil }
+	})
+	n.start()
+	if err := n.result(); err == nil || !strings.Contains(err.Error(), `the uplink "v6up0" has no IPv4 address: set --public-ip or --iface`) {
+		t.Errorf("Run = %v, want it to say the uplink has no IPv4 address", err)
+	}
+	if ls := mustList(t, n.reg); len(ls) != 0 {
+		t.Errorf("leases %v after a refused start", ls)
 	}
 }

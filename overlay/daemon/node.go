@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/twillnet/twill/overlay/backend"
@@ -106,6 +107,11 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		if u, ok := ifaceHolding(all, ip, true); ok {
 			return u, nil
 		}
+		for i := range all {
+			if ip.Is6() && slices.Contains(ipv6Addrs(&all[i]), ip) {
+				return ifaceBySpec(all, all[i].Name) // its IPv4 address, if it has one
+			}
+		}
 		return underlay{}, fmt.Errorf("--iface %s: no interface has that address", spec)
 	}
 	for i := range all {
@@ -114,7 +120,12 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		}
 		ps := ipv4Prefixes(&all[i])
 		if len(ps) == 0 {
-			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address", spec)
+			// An IPv6-only uplink: usable on an IPv6-only network, which
+			// configure checks once it has read the config.
+			if _, ok := globalIPv6(&all[i]); ok {
+				return underlay{iface: &all[i]}, nil
+			}
+			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address and no global IPv6 address", spec)
 		}
 		return underlay{iface: &all[i], addr: ps[0].Addr(), prefix: ps[0].Masked()}, nil
 	}
@@ -216,3 +227,32 @@ func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr, l
 	return nil
 }
 
+// globalIPv6 is the first global unicast IPv6 address of ifc (unique local
+// addresses count: they are what a lab's underlay has).
+func globalIPv6(ifc *net.Interface) (netip.Addr, bool) {
+	for _, ip := range ipv6Addrs(ifc) {
+		if ip.IsGlobalUnicast() {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// ipv6Addrs are the IPv6 addresses of ifc.
+func ipv6Addrs(ifc *net.Interface) []netip.Addr {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Is6() && !ip.Is4In6() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
