@@ -493,7 +493,11 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 				return "", err
 			}
 			want := p.wantRoutes(n.Subnet, ls)
-			fmt.Fprintf(&b, "%s (%s): %s", n.Name, n.Subnet, plural.Count(len(have), "route"))
+			subnet := "no IPv4 subnet"
+			if n.Subnet.IsValid() {
+				subnet = n.Subnet.String()
+			}
+			fmt.Fprintf(&b, "%s (%s): %s", n.Name, subnet, plural.Count(len(have), "route"))
 			if !slices.Equal(have, want) {
 				bad = append(bad, fmt.Sprintf("%s has %v, want %v", n.Name, have, want))
 			}

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -67,8 +68,9 @@ type Planned struct {
 	// Plan is the new plan: the peers that can be routed, the kernel
 	// state, the problems.
 	Plan plan.Plan
-	// Peers are the peers' leases as handed in, by subnet, those the plan
-	// refused included: a copy the hook may keep.
+	// Peers are the peers' leases as handed in, by subnet (an IPv6-only
+	// lease by its IPv6 subnet), those the plan refused included: a copy
+	// the hook may keep.
 	Peers map[netip.Prefix]lease.Lease
 }
 
@@ -90,10 +92,12 @@ type Router struct {
 	// ensureMu serialises device repair (Prepare against reconcile passes).
 	ensureMu sync.Mutex
 
-	mu       sync.Mutex
-	own      lease.Lease
-	hasOwn   bool
-	peers    map[netip.Prefix]lease.Lease
+	mu     sync.Mutex
+	own    lease.Lease
+	hasOwn bool
+	// peers are the peers' leases by their subnets (both halves: an
+	// IPv6-only lease has no IPv4 subnet to be known by).
+	peers    map[lease.Subnets]lease.Lease
 	learned  []plan.Learned
 	plan     *plan.Plan
 	rules    *nft.Rules
@@ -123,7 +127,7 @@ func New(cfg Config) (*Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %q: %w", cfg.Node.NetNS, err)
 	}
-	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[netip.Prefix]lease.Lease{}}
+	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[lease.Subnets]lease.Lease{}}
 	if r.nl, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("netlink handle in network namespace %q: %w", cfg.Node.NetNS, err)
@@ -198,7 +202,7 @@ func (r *Router) SetLease(_ context.Context, own lease.Lease) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.own, r.hasOwn = own, true
-	delete(r.peers, own.Subnet)
+	delete(r.peers, own.Subnets())
 	return r.replan()
 }
 
@@ -207,14 +211,14 @@ func (r *Router) Handle(_ context.Context, evs []lease.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range evs {
-		if r.hasOwn && e.Lease.Subnet == r.own.Subnet {
+		if r.hasOwn && e.Lease.Subnets() == r.own.Subnets() {
 			continue
 		}
 		if e.Type == lease.Expired {
-			delete(r.peers, e.Lease.Subnet)
+			delete(r.peers, e.Lease.Subnets())
 			continue
 		}
-		r.peers[e.Lease.Subnet] = e.Lease
+		r.peers[e.Lease.Subnets()] = e.Lease
 	}
 	if !r.hasOwn {
 		return nil // planned once the own lease is known
@@ -273,7 +277,11 @@ func (r *Router) replan() error {
 	}
 	r.logProblems(p.Problems)
 	if r.cfg.OnPlan != nil {
-		err = r.cfg.OnPlan(Planned{Own: r.own, Plan: p, Peers: maps.Clone(r.peers)})
+		byKey := make(map[netip.Prefix]lease.Lease, len(r.peers))
+		for k, l := range r.peers {
+			byKey[cmp.Or(k.V4, k.V6)] = l
+		}
+		err = r.cfg.OnPlan(Planned{Own: r.own, Plan: p, Peers: byKey})
 	}
 	r.rec.Set(p)
 	return err
