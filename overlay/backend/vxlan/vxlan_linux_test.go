@@ -347,3 +347,29 @@ func TestIPv6OverIPv4(t *testing.T) {
 	backendtest.CheckPodToPod(t, rs)
 	backendtest.CheckPodToPod6(t, rs)
 }
+
+// TestIPv6Only: an IPv6-only pod network (EnableIPv4 false): each node has
+// twill-v6.1 and no twill.1, its leases no IPv4 subnet, and the peers (told
+// apart by their IPv6 subnets alone) reach each other's pods.
+func TestIPv6Only(t *testing.T) {
+	lab := backendtest.New(t, "vx6only", 3)
+	lab.AddIPv6(t, true)
+	for _, n := range lab.Nodes {
+		n.Subnet = netip.Prefix{}
+	}
+	cfg := dualStack(config(t, `{"Type":"vxlan"}`))
+	cfg.EnableIPv4, cfg.Network, cfg.SubnetLen = false, netip.Prefix{}, 0
+	rs := lab.Start(t, cfg, newVXLAN)
+	for _, r := range rs {
+		if links := r.Node.IP(t, "link", "show"); strings.Contains(links, "twill.1:") || !strings.Contains(links, "twill-v6.1:") {
+			t.Errorf("%s devices, want twill-v6.1 and no twill.1:\n%s", r.Node.Name, links)
+		}
+		if len(r.Prepared.BackendData) != 0 {
+			t.Errorf("%s BackendData %s, want none", r.Node.Name, r.Prepared.BackendData)
+		}
+		if got := len(r.Backend.Status().Peers); got != 2 {
+			t.Errorf("%s routes %d peers, want 2", r.Node.Name, got)
+		}
+	}
+	backendtest.CheckPodToPod6(t, rs)
+}
