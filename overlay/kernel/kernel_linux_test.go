@@ -635,12 +635,10 @@ func TestBlackhole(t *testing.T) {
 	}
 }
 
-// TestApplyDualStack: a dual-stack vxlan plan (IPv4 on twill.1, IPv6 on
-// twill-v6.1 over the IPv6 underlay) and IPv6 host-gw routes land in the
-// kernel, read back equal, a second Apply changes nothing, and a deleted
-// IPv6 neighbour and route come back.
-func TestApplyDualStack(t *testing.T) {
-	n := newNS(t)
+// dualUnderlay is underlay with fd00:56::11/64 on eth0 too and the IPv6
+// VXLAN device twill-v6.1 on it.
+func (n *testNS) dualUnderlay(t testing.TB) (eth netlink.Link, vx6 *netlink.Vxlan) {
+	t.Helper()
 	n.underlay(t, "192.168.56.11/24")
 	eth, err := n.nl.LinkByName("eth0")
 	must(t, err)
@@ -648,7 +646,53 @@ func TestApplyDualStack(t *testing.T) {
 	must(t, err)
 	a6.Flags = unix.IFA_F_NODAD
 	must(t, n.nl.AddrAdd(eth, a6))
-	vx6 := n.vxlan(t, "twill-v6.1", 1430, net.HardwareAddr{0x0a, 0x58, 0, 0, 1, 0}, eth, a6.IP)
+	return eth, n.vxlan(t, "twill-v6.1", 1430, net.HardwareAddr{0x0a, 0x58, 0, 0, 1, 0}, eth, a6.IP)
+}
+
+// TestReconcilerRepairsIPv6: the reconciler hears of a deleted IPv6 route,
+// IPv6 neighbour and IPv6 FDB remote by netlink events and puts them back.
+func TestReconcilerRepairsIPv6(t *testing.T) {
+	n := newNS(t)
+	_, vx6 := n.dualUnderlay(t)
+	h := n.open(t)
+	r := NewReconciler(h, ReconcilerOptions{Resync: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	p := dualVXLANPlan(1, 2)
+	r.Set(p)
+	waitFor(t, 3*time.Second, "first pass in sync", func() bool { return r.Status().InSync })
+	var route6 plan.Route
+	for _, rt := range p.Routes {
+		if rt.Dst.Addr().Is6() {
+			route6 = rt
+		}
+	}
+	must(t, n.nl.RouteDel(toRoute(route6, vx6)))
+	took := waitFor(t, 3*time.Second, "IPv6 route restored", func() bool {
+		s, err := h.Read()
+		return err == nil && len(Compare(p, s).MissingRoutes) == 0
+	})
+	t.Logf("IPv6 route restored after %s", took)
+	must(t, n.nl.NeighDel(&netlink.Neigh{LinkIndex: vx6.Attrs().Index, Family: netlink.FAMILY_V6, IP: route6.Gateway.AsSlice()}))
+	f := p.FDB[len(p.FDB)-1]
+	must(t, n.nl.NeighDel(&netlink.Neigh{LinkIndex: vx6.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(), HardwareAddr: f.MAC}))
+	took = waitFor(t, 3*time.Second, "IPv6 neighbour and fdb restored", func() bool {
+		s, err := h.Read(OwnedDevices(p)...)
+		return err == nil && Compare(p, s).InSync()
+	})
+	t.Logf("IPv6 neighbour and fdb remote restored after %s", took)
+}
+
+// TestApplyDualStack: a dual-stack vxlan plan (IPv4 on twill.1, IPv6 on
+// twill-v6.1 over the IPv6 underlay) and IPv6 host-gw routes land in the
+// kernel, read back equal, a second Apply changes nothing, and a deleted
+// IPv6 neighbour and route come back.
+func TestApplyDualStack(t *testing.T) {
+	n := newNS(t)
+	eth, vx6 := n.dualUnderlay(t)
 	h := n.open(t)
 
 	p := dualVXLANPlan(1, 2, 3)
