@@ -97,7 +97,7 @@ unit:
 # Software emulation unless TWILL_VM_ACCEL=kvm or auto. It fails (never
 # skips) when QEMU or the kernel cannot be had.
 vmtest: deps
-	TWILL_QEMU=1 TWILL_VM_DIR=$(TWILL_VM_DIR) $(GO) test -count=1 -p 1 -timeout 15m -v -run '^(TestQEMUNode|TestScenariosQEMU)$$' ./vmtest ./scenarios
+	TWILL_QEMU=1 TWILL_VM_DIR=$(TWILL_VM_DIR) $(GO) test -count=1 -p 1 -timeout 20m -v -run '^(TestQEMUNode|TestScenariosQEMU)$$' ./vmtest ./scenarios
 
 # lint also builds and vets for darwin, so that the CLI builds on a Mac
 # (labs are Linux's; the vagrant driver and twillctl's API commands are not).
