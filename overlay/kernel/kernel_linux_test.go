@@ -362,11 +362,7 @@ func TestReconcilerRepairs(t *testing.T) {
 	n := newNS(t)
 	n.underlay(t, "192.168.56.11/24")
 	h := n.open(t)
-	r := NewReconciler(h, ReconcilerOptions{Resync: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r := runReconciler(t, h, time.Hour)
 
 	p := buildPlan(t, vxlanBackend, vxlanPeers(3)...)
 	r.Set(p)
@@ -649,17 +645,23 @@ func (n *testNS) dualUnderlay(t testing.TB) (eth netlink.Link, vx6 *netlink.Vxla
 	return eth, n.vxlan(t, "twill-v6.1", 1430, net.HardwareAddr{0x0a, 0x58, 0, 0, 1, 0}, eth, a6.IP)
 }
 
+// runReconciler runs a reconciler on h until the test ends.
+func runReconciler(t *testing.T, h *Handle, resync time.Duration) *Reconciler {
+	r := NewReconciler(h, ReconcilerOptions{Resync: resync})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
 // TestReconcilerRepairsIPv6: the reconciler hears of a deleted IPv6 route,
 // IPv6 neighbour and IPv6 FDB remote by netlink events and puts them back.
 func TestReconcilerRepairsIPv6(t *testing.T) {
 	n := newNS(t)
 	_, vx6 := n.dualUnderlay(t)
 	h := n.open(t)
-	r := NewReconciler(h, ReconcilerOptions{Resync: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r := runReconciler(t, h, time.Hour)
 
 	p := dualVXLANPlan(1, 2)
 	r.Set(p)
