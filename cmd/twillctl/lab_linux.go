@@ -291,10 +291,10 @@ func printStatus(out io.Writer, c *vmtest.Lab) error {
 	fmt.Fprintln(tw, "NODE\tNETNS\tUNDERLAY\tSUBNET\tDASHBOARD\tTWILLD PID\tRUNNING")
 	for _, n := range s.Nodes {
 		subnet := "-"
-		if n.Subnet.IsValid() {
-			subnet = n.Subnet.String()
+		if n.Subnet.IsValid() || n.Subnet6.IsValid() {
+			subnet = addrs(n.Subnet, n.Subnet6)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.NetNS, n.UnderlayIP, subnet, n.DashboardURL, n.PID, yesNo(n.Running))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.NetNS, addrs(n.UnderlayIP, n.UnderlayIP6), subnet, n.DashboardURL, n.PID, yesNo(n.Running))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -307,11 +307,26 @@ func printStatus(out io.Writer, c *vmtest.Lab) error {
 	return printPods(out, s.Pods)
 }
 
+// addrs writes an IPv4 and an IPv6 value side by side, leaving out one
+// that is not set (a lab without IPv6, or an IPv6-only pod).
+func addrs[T interface {
+	IsValid() bool
+	String() string
+}](v4, v6 T) string {
+	switch {
+	case !v6.IsValid():
+		return v4.String()
+	case !v4.IsValid():
+		return v6.String()
+	}
+	return v4.String() + " " + v6.String()
+}
+
 func printPods(out io.Writer, pods []vmtest.Pod) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "POD\tNODE\tNETNS\tADDRESS")
 	for _, p := range pods {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.NetNSPath, p.Addr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.NetNSPath, addrs(p.Addr, p.Addr6))
 	}
 	return tw.Flush()
 }
