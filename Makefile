@@ -93,11 +93,11 @@ unit:
 	$(GO) test -count=1 -timeout 20m ./...
 
 # vmtest is the qemu tier: a 1-VM check of the driver, then 3-VM clusters
-# playing 11 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, basic-wireguard, wireguard-mixed, restart-under-traffic-wireguard, each timed.
+# playing 12 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, basic-wireguard, wireguard-mixed, restart-under-traffic-wireguard, dual-stack-vxlan, each timed.
 # Software emulation unless TWILL_VM_ACCEL=kvm or auto. It fails (never
 # skips) when QEMU or the kernel cannot be had.
 vmtest: deps
-	TWILL_QEMU=1 TWILL_VM_DIR=$(TWILL_VM_DIR) $(GO) test -count=1 -p 1 -timeout 15m -v -run '^(TestQEMUNode|TestScenariosQEMU)$$' ./vmtest ./scenarios
+	TWILL_QEMU=1 TWILL_VM_DIR=$(TWILL_VM_DIR) $(GO) test -count=1 -p 1 -timeout 30m -v -run '^(TestQEMUNode|TestScenariosQEMU)$$' ./vmtest ./scenarios
 
 # lint also builds and vets for darwin, so that the CLI builds on a Mac
 # (labs are Linux's; the vagrant driver and twillctl's API commands are not).

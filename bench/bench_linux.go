@@ -38,11 +38,13 @@ type Options struct {
 }
 
 // PathNames are the paths Run knows, in table order.
-var PathNames = []string{"underlay", "host-gw", "kernel-vxlan", "twill-vxlan", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
+var PathNames = []string{"underlay", "host-gw", "host-gw-ipv6", "kernel-vxlan", "twill-vxlan", "twill-vxlan-ipv6", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
 
 var descriptions = map[string]string{
 	"underlay":               "node to node over the veth underlay, no tunnel",
 	"host-gw":                "twilld host-gw: plain routes between pods",
+	"host-gw-ipv6":           "twilld host-gw on a dual-stack lab, pod to pod over IPv6 (routes via the peer's IPv6 underlay address)",
+	"twill-vxlan-ipv6":       "twilld vxlan on a dual-stack lab, pod to pod over IPv6: twill-v6.1 over the IPv6 underlay (MTU 1430)",
 	"kernel-vxlan":           "a vxlan device set up by hand (VNI 42, MTU 1450), no twilld in the path",
 	"twill-vxlan":            "twilld vxlan backend (the kernel's vxlan, MTU 1450)",
 	"twill-udp":              "twilld udp backend as configured by default: the eBPF kernel path (MTU 1472)",
@@ -135,8 +137,12 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	switch path {
 	case "host-gw":
 		spec.Backend = "host-gw"
+	case "host-gw-ipv6":
+		spec.Backend, spec.IPFamily = "host-gw", "dual"
 	case "twill-vxlan":
 		spec.Backend = "vxlan"
+	case "twill-vxlan-ipv6":
+		spec.Backend, spec.IPFamily = "vxlan", "dual"
 	case "twill-udp":
 		spec.Backend = "udp"
 	case "twill-udp-tc":
@@ -170,6 +176,12 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	} else {
 		l.from, l.to, l.dst = pods[0].NetNS, pods[1].NetNS, pods[1].Addr.String()
 	}
+	if spec.IPv6() {
+		if !pods[1].Addr6.IsValid() {
+			return l, fmt.Errorf("path %s: pod %s has no IPv6 address", path, pods[1].Name)
+		}
+		l.dst = pods[1].Addr6.String()
+	}
 	var setupErr error
 	switch path {
 	case "kernel-vxlan":
@@ -177,7 +189,7 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	case "one-packet-per-syscall":
 		l.self = true
 		l.ref, setupErr = startRefTunnel(ctx, nodes, pods)
-	case "twill-vxlan", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
+	case "twill-vxlan", "twill-vxlan-ipv6", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
 		for _, n := range nodes {
 			l.cpuPIDs = append(l.cpuPIDs, n.PID)
 		}

@@ -29,13 +29,37 @@ func (p *play) pingOnce(ctx context.Context, netns string, dst netip.Addr, extra
 	return string(out), err
 }
 
-// pingAll checks that every live pod reaches every other live pod, and
-// reports the matrix.
-func (p *play) pingAll(ctx context.Context, within time.Duration) (string, map[string]any, error) {
+// pingAll checks that every live pod reaches every other live pod in each
+// of the families, and reports the matrices.
+func (p *play) pingAll(ctx context.Context, within time.Duration, families []string) (string, map[string]any, error) {
 	pods := p.livePods()
 	if len(pods) < 2 {
 		return "", nil, fmt.Errorf("ping-all needs at least 2 pods on running nodes, have %d", len(pods))
 	}
+	var details []string
+	data := map[string]any{}
+	var errs []error
+	for _, f := range families {
+		detail, d, err := p.pingMatrix(ctx, within, pods, f)
+		if len(families) > 1 {
+			detail = f + ":\n" + detail
+		}
+		details = append(details, detail)
+		for k, v := range d {
+			if len(families) > 1 {
+				k = f + "_" + k
+			}
+			data[k] = v
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f, err))
+		}
+	}
+	return strings.Join(details, ""), data, errors.Join(errs...)
+}
+
+// pingMatrix pings from every pod to every other in one family.
+func (p *play) pingMatrix(ctx context.Context, within time.Duration, pods []vmtest.Pod, family string) (string, map[string]any, error) {
 	n := len(pods)
 	ok := make([][]bool, n)
 	lastOut := make([][]string, n)
@@ -50,7 +74,7 @@ func (p *play) pingAll(ctx context.Context, within time.Duration) (string, map[s
 			return
 		}
 		out, err := retry(ctx, within, func() (string, error) {
-			return p.pingOnce(ctx, pods[i].NetNS, pods[j].Addr)
+			return p.pingOnce(ctx, pods[i].NetNS, addrIn(pods[j], family))
 		})
 		mu.Lock()
 		ok[i][j], lastOut[i][j] = err == nil, out
@@ -72,7 +96,7 @@ func (p *play) pingAll(ctx context.Context, within time.Duration) (string, map[s
 				cell = "-"
 			case !ok[i][j]:
 				cell = "FAIL"
-				failed = append(failed, fmt.Sprintf("%s (%s) -> %s (%s): %s", pods[i].Name, pods[i].Addr, pods[j].Name, pods[j].Addr, lastLine(lastOut[i][j])))
+				failed = append(failed, fmt.Sprintf("%s (%s) -> %s (%s): %s", pods[i].Name, addrIn(pods[i], family), pods[j].Name, addrIn(pods[j], family), lastLine(lastOut[i][j])))
 			}
 			fmt.Fprintf(&b, " %-7s", cell)
 		}
@@ -107,13 +131,13 @@ func lastLine(s string) string {
 	return "(no output)"
 }
 
-func (p *play) ping(ctx context.Context, from, to string, wantOK bool, within time.Duration) (string, map[string]any, error) {
+func (p *play) ping(ctx context.Context, from, to string, wantOK bool, within time.Duration, family string) (string, map[string]any, error) {
 	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
 	}
 	out, err := retry(ctx, within, func() (string, error) {
-		out, err := p.pingOnce(ctx, src.NetNS, dst.Addr)
+		out, err := p.pingOnce(ctx, src.NetNS, addrIn(dst, family))
 		if (err == nil) != wantOK {
 			if wantOK {
 				return out, fmt.Errorf("%s cannot reach %s: %s", from, to, lastLine(out))
@@ -186,12 +210,12 @@ func (p *play) transfer(ctx context.Context, fromNS, toNS string, to netip.Addr,
 	return sent, got, nil
 }
 
-func (p *play) tcp(ctx context.Context, from, to string, size int64, within time.Duration) (string, map[string]any, error) {
+func (p *play) tcp(ctx context.Context, from, to string, size int64, within time.Duration, family string) (string, map[string]any, error) {
 	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
 	}
-	sent, got, err := p.transfer(ctx, src.NetNS, dst.NetNS, dst.Addr, size, within)
+	sent, got, err := p.transfer(ctx, src.NetNS, dst.NetNS, addrIn(dst, family), size, within)
 	if err != nil {
 		return "", nil, err
 	}
@@ -203,15 +227,15 @@ func (p *play) tcp(ctx context.Context, from, to string, size int64, within time
 			from, to, sent.Bytes, sent.SHA256, got.Bytes, got.SHA256)
 	}
 	// Inside the cluster network nothing is masqueraded.
-	if got.Peer != src.Addr.String() {
-		return detail, data, fmt.Errorf("%s saw the transfer come from %s, not from %s's own address %s", to, got.Peer, from, src.Addr)
+	if got.Peer != addrIn(src, family).String() {
+		return detail, data, fmt.Errorf("%s saw the transfer come from %s, not from %s's own address %s", to, got.Peer, from, addrIn(src, family))
 	}
 	return detail, data, nil
 }
 
 // mtu checks that a DF packet of exactly the pod MTU passes and one byte
 // more is refused.
-func (p *play) mtu(ctx context.Context, from, to string, within time.Duration) (string, map[string]any, error) {
+func (p *play) mtu(ctx context.Context, from, to string, within time.Duration, family string) (string, map[string]any, error) {
 	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
@@ -224,9 +248,10 @@ func (p *play) mtu(ctx context.Context, from, to string, within time.Duration) (
 	if err != nil {
 		return "", nil, err
 	}
-	payload := f.MTU - 28 // IPv4 and ICMP headers
+	payload := f.MTU - ipHeader(family)
+	dstAddr := addrIn(dst, family)
 	out, err := retry(ctx, within, func() (string, error) {
-		out, err := p.pingOnce(ctx, src.NetNS, dst.Addr, "-M", "do", "-s", fmt.Sprint(payload))
+		out, err := p.pingOnce(ctx, src.NetNS, dstAddr, "-M", "do", "-s", fmt.Sprint(payload))
 		if err != nil {
 			return out, fmt.Errorf("a %d-byte packet (the pod MTU) with DF set from %s to %s did not pass: %s", f.MTU, from, to, lastLine(out))
 		}
@@ -235,9 +260,9 @@ func (p *play) mtu(ctx context.Context, from, to string, within time.Duration) (
 	if err != nil {
 		return lastLine(out), nil, err
 	}
-	big, err := p.pingOnce(ctx, src.NetNS, dst.Addr, "-M", "do", "-s", fmt.Sprint(payload+1))
+	big, err := p.pingOnce(ctx, src.NetNS, dstAddr, "-M", "do", "-s", fmt.Sprint(payload+1))
 	detail := fmt.Sprintf("%d bytes with DF: passed; %d bytes: %s", f.MTU, f.MTU+1, refusal(big))
-	data := map[string]any{"mtu": f.MTU}
+	data := map[string]any{"mtu": f.MTU, "family": family}
 	if err == nil {
 		return detail, data, fmt.Errorf("a %d-byte packet with DF set passed, but the pod MTU is %d", f.MTU+1, f.MTU)
 	}
@@ -250,7 +275,7 @@ func (p *play) mtu(ctx context.Context, from, to string, within time.Duration) (
 
 // outside checks that a pod reaches a host outside the cluster, masqueraded
 // to its node's address.
-func (p *play) outside(ctx context.Context, from string, within time.Duration) (string, map[string]any, error) {
+func (p *play) outside(ctx context.Context, from string, within time.Duration, family string) (string, map[string]any, error) {
 	src, err := p.pod(from)
 	if err != nil {
 		return "", nil, err
@@ -258,6 +283,15 @@ func (p *play) outside(ctx context.Context, from string, within time.Duration) (
 	ns, addr, ok := p.c.Outside()
 	if !ok {
 		return "", nil, p.noOutside()
+	}
+	if family == ipv6 {
+		o, can := p.c.(outside6)
+		if !can {
+			return "", nil, fmt.Errorf("outside over IPv6: %w by this cluster", errors.ErrUnsupported)
+		}
+		if addr, ok = o.Outside6(); !ok {
+			return "", nil, errors.New("the cluster's outside host has no IPv6 address")
+		}
 	}
 	node, err := p.c.Node(src.Node)
 	if err != nil {
@@ -272,9 +306,9 @@ func (p *play) outside(ctx context.Context, from string, within time.Duration) (
 	if err != nil {
 		return "", nil, fmt.Errorf("%s cannot reach the outside host %s: %w", from, addr, err)
 	}
-	detail := fmt.Sprintf("%s (%s) reached %s; the outside host saw the source %s", from, src.Addr, addr, got.Peer)
+	detail := fmt.Sprintf("%s (%s) reached %s; the outside host saw the source %s", from, addrIn(src, family), addr, got.Peer)
 	data := map[string]any{"source": got.Peer}
-	want := node.UnderlayIP.String()
+	want := nodeAddrIn(node, family).String()
 	if p.s.Cluster.IPMasq && got.Peer != want {
 		return detail, data, fmt.Errorf("traffic from %s was not masqueraded: the outside saw %s, want the node's address %s", from, got.Peer, want)
 	}
@@ -331,9 +365,20 @@ func describeLeases(ls []lease.Lease) string {
 	return strings.Join(parts, ", ")
 }
 
-// kernelRoutes lists twill's routes (protocol 126) in a node's namespace.
+// kernelRoutes lists twill's IPv4 routes (protocol 126) in a node's
+// namespace.
 func (p *play) kernelRoutes(ctx context.Context, netns string) ([]string, error) {
-	out, err := p.c.Exec(ctx, netns, "ip", "-j", "route", "show", "proto", "126")
+	return p.kernelRoutesIn(ctx, netns, ipv4)
+}
+
+// kernelRoutesIn lists twill's routes of a family in a node's namespace.
+func (p *play) kernelRoutesIn(ctx context.Context, netns, family string) ([]string, error) {
+	argv := []string{"ip", "-j", "route", "show", "proto", "126"}
+	host := "/32"
+	if family == ipv6 {
+		argv, host = append([]string{"ip", "-6"}, argv[1:]...), "/128"
+	}
+	out, err := p.c.Exec(ctx, netns, argv...)
 	if err != nil {
 		return nil, fmt.Errorf("ip route in %s: %v: %s", netns, err, lastLine(string(out)))
 	}
@@ -347,12 +392,27 @@ func (p *play) kernelRoutes(ctx context.Context, netns string) ([]string, error)
 	for _, r := range routes {
 		dst := r.Dst
 		if !strings.Contains(dst, "/") {
-			dst += "/32"
+			dst += host
 		}
 		dsts = append(dsts, dst)
 	}
 	slices.Sort(dsts)
 	return dsts, nil
+}
+
+// wantRoutes6 is the set of twill's IPv6 routes a node with the IPv6
+// subnet own should hold, given the leases (vxlan, host-gw: one per peer's
+// IPv6 subnet).
+func (p *play) wantRoutes6(own netip.Prefix, ls []lease.Lease) []string {
+	var want []string
+	if p.conf == nil || !own.IsValid() {
+		return nil
+	}
+	for _, l := range routableLeasesOf(ls, p.conf.IPv6Network, own, func(l lease.Lease) netip.Prefix { return l.IPv6Subnet }) {
+		want = append(want, l.IPv6Subnet.String())
+	}
+	slices.Sort(want)
+	return want
 }
 
 // wantRoutes is the set of twill routes a node should hold, given the leases.
@@ -389,6 +449,12 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 // and of overlapping leases the oldest (lowest etcd create revision) is
 // kept.
 func routableLeases(ls []lease.Lease, network, own netip.Prefix) []lease.Lease {
+	return routableLeasesOf(ls, network, own, func(l lease.Lease) netip.Prefix { return l.Subnet })
+}
+
+// routableLeasesOf is routableLeases for the subnets of one family: those
+// subnet gives of each lease (a lease without one is no peer in it).
+func routableLeasesOf(ls []lease.Lease, network, own netip.Prefix, subnet func(lease.Lease) netip.Prefix) []lease.Lease {
 	age := func(l lease.Lease) int64 { return cmp.Or(l.Created, l.Revision) }
 	sorted := slices.Clone(ls)
 	slices.SortStableFunc(sorted, func(a, b lease.Lease) int {
@@ -397,11 +463,11 @@ func routableLeases(ls []lease.Lease, network, own netip.Prefix) []lease.Lease {
 	var kept []lease.Lease
 	for _, l := range sorted {
 		switch {
-		case l.Subnet == own:
-		case own.IsValid() && l.Subnet.Bits() != own.Bits():
-		case network.IsValid() && !(network.Contains(l.Subnet.Addr()) && l.Subnet.Bits() >= network.Bits()):
-		case l.Subnet.Overlaps(own):
-		case slices.ContainsFunc(kept, func(k lease.Lease) bool { return k.Subnet.Overlaps(l.Subnet) }):
+		case subnet(l) == own, !subnet(l).IsValid():
+		case own.IsValid() && subnet(l).Bits() != own.Bits():
+		case network.IsValid() && !(network.Contains(subnet(l).Addr()) && subnet(l).Bits() >= network.Bits()):
+		case subnet(l).Overlaps(own):
+		case slices.ContainsFunc(kept, func(k lease.Lease) bool { return subnet(k).Overlaps(subnet(l)) }):
 		default:
 			kept = append(kept, l)
 		}
@@ -427,10 +493,23 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 				return "", err
 			}
 			want := p.wantRoutes(n.Subnet, ls)
-			fmt.Fprintf(&b, "%s (%s): %s\n", n.Name, n.Subnet, plural.Count(len(have), "route"))
+			subnet := "no IPv4 subnet"
+			if n.Subnet.IsValid() {
+				subnet = n.Subnet.String()
+			}
+			fmt.Fprintf(&b, "%s (%s): %s", n.Name, subnet, plural.Count(len(have), "route"))
 			if !slices.Equal(have, want) {
 				bad = append(bad, fmt.Sprintf("%s has %v, want %v", n.Name, have, want))
 			}
+			if slices.Contains(p.s.Cluster.families(), ipv6) {
+				d, problems, err := p.routes6(ctx, n, ls)
+				if err != nil {
+					return "", err
+				}
+				b.WriteString("; " + d)
+				bad = append(bad, problems...)
+			}
+			b.WriteString("\n")
 		}
 		if len(bad) > 0 {
 			return b.String(), fmt.Errorf("kernel routes do not match the leases: %s", strings.Join(bad, "; "))
@@ -438,6 +517,49 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 		return b.String(), nil
 	})
 	return detail, nil, err
+}
+
+// routes6 checks a node's IPv6 routes against the leases and, on vxlan
+// with an IPv6 underlay, its permanent IPv6 neighbours on twill-v6.1: one
+// per peer's IPv6 subnet, at the subnet's address. It says what it saw and
+// what does not match.
+func (p *play) routes6(ctx context.Context, n vmtest.Node, ls []lease.Lease) (string, []string, error) {
+	have, err := p.kernelRoutesIn(ctx, n.NetNS, ipv6)
+	if err != nil {
+		return "", nil, err
+	}
+	want := p.wantRoutes6(n.Subnet6, ls)
+	var bad []string
+	if !slices.Equal(have, want) {
+		bad = append(bad, fmt.Sprintf("%s has IPv6 routes %v, want %v", n.Name, have, want))
+	}
+	detail := fmt.Sprintf("%s: %s", n.Subnet6, plural.Count(len(have), "IPv6 route"))
+	if p.backend != "vxlan" || !n.UnderlayIP6.IsValid() {
+		return detail, bad, nil
+	}
+	out, err := p.c.Exec(ctx, n.NetNS, "ip", "-6", "-j", "neigh", "show", "nud", "permanent", "dev", "twill-v6.1")
+	if err != nil {
+		return "", nil, fmt.Errorf("ip -6 neigh in %s: %v: %s", n.NetNS, err, lastLine(string(out)))
+	}
+	var neighs []struct {
+		Dst string `json:"dst"`
+	}
+	if err := json.Unmarshal(out, &neighs); err != nil {
+		return "", nil, fmt.Errorf("read ip -j neigh output in %s: %w", n.NetNS, err)
+	}
+	var haveN, wantN []string
+	for _, ne := range neighs {
+		haveN = append(haveN, ne.Dst)
+	}
+	for _, w := range want {
+		wantN = append(wantN, netip.MustParsePrefix(w).Addr().String())
+	}
+	slices.Sort(haveN)
+	slices.Sort(wantN)
+	if !slices.Equal(haveN, wantN) {
+		bad = append(bad, fmt.Sprintf("%s has permanent IPv6 neighbours %v on twill-v6.1, want %v", n.Name, haveN, wantN))
+	}
+	return detail + ", " + plural.Count(len(haveN), "IPv6 neighbour"), bad, nil
 }
 
 // hostToPods checks that every running node reaches each of its own pods

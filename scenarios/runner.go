@@ -128,7 +128,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
-		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, Bin: r.Bin, NodeTwilldArgs: s.Cluster.TwilldArgs,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, NodeTwilldArgs: s.Cluster.TwilldArgs,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
 	}
 	fmt.Fprintf(out, "== %s: %s, backend %s, %s per node (lab %s, driver %s)\n",
@@ -235,7 +235,14 @@ func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir
 	}
 	conf := s.Cluster.NetConfig
 	if conf == "" {
-		b, _ := json.Marshal(map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": p.backend}})
+		nc := map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": p.backend}}
+		switch s.Cluster.IPFamily { // as vmtest's default config
+		case "dual":
+			nc["EnableIPv6"], nc["IPv6Network"] = true, vmtest.PodNetwork6.String()
+		case "ipv6":
+			nc = map[string]any{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": vmtest.PodNetwork6.String(), "Backend": nc["Backend"]}
+		}
+		b, _ := json.Marshal(nc)
 		conf = string(b)
 	}
 	p.conf, _ = netconf.Parse([]byte(conf))
@@ -285,6 +292,9 @@ func describeParams(st Step) string {
 	if st.Kind == "underlay-loss" {
 		parts = append(parts, fmt.Sprintf("loss=%g%% delay=%v", st.Loss, time.Duration(st.Delay)))
 	}
+	if st.Family != "" {
+		parts = append(parts, "family="+st.Family)
+	}
 	if st.Kind == "ping" && st.Expect != "ok" {
 		parts = append(parts, "expect="+st.Expect)
 	}
@@ -301,15 +311,15 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	}
 	switch st.Kind {
 	case "ping-all":
-		return p.pingAll(ctx, within)
+		return p.pingAll(ctx, within, p.stepFamilies(st))
 	case "ping":
-		return p.ping(ctx, st.From, st.To, st.Expect == "ok", within)
+		return p.ping(ctx, st.From, st.To, st.Expect == "ok", within, p.stepFamilies(st)[0])
 	case "tcp":
-		return p.tcp(ctx, st.From, st.To, st.Size, within)
+		return p.tcp(ctx, st.From, st.To, st.Size, within, p.stepFamilies(st)[0])
 	case "mtu":
-		return p.mtu(ctx, st.From, st.To, within)
+		return p.mtu(ctx, st.From, st.To, within, p.stepFamilies(st)[0])
 	case "outside":
-		return p.outside(ctx, st.From, within)
+		return p.outside(ctx, st.From, within, p.stepFamilies(st)[0])
 	case "host-to-pods":
 		return p.hostToPods(ctx, within)
 	case "outside-to-pod":

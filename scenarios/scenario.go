@@ -41,11 +41,14 @@ type ClusterSpec struct {
 	Backend string `yaml:"backend"`
 	// Backends plays the scenario once per backend listed (instead of
 	// Backend); each play is named <name>-<backend>.
-	Backends       []string `yaml:"backends"`
-	NetConfig      string   `yaml:"netConfig"`
-	PodsPerNode    int      `yaml:"podsPerNode"`
-	IPMasq         bool     `yaml:"ipMasq"`
-	Outside        bool     `yaml:"outside"`
+	Backends    []string `yaml:"backends"`
+	NetConfig   string   `yaml:"netConfig"`
+	PodsPerNode int      `yaml:"podsPerNode"`
+	IPMasq      bool     `yaml:"ipMasq"`
+	Outside     bool     `yaml:"outside"`
+	// IPFamily is the pods' address families: ipv4 (the default), dual or
+	// ipv6 (vmtest.Spec.IPFamily).
+	IPFamily       string   `yaml:"ipFamily"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
 	// TwilldArgs are extra twilld flags for some nodes, by node name
@@ -96,15 +99,20 @@ type Step struct {
 
 	value *template.Template // Value, parsed
 	Path  string             // data-path: "kernel" or "userspace"
+	// Family is the address family of ping-all, ping, tcp, mtu and
+	// outside: ipv4 or ipv6, one the cluster's pods have. Empty: ping-all
+	// runs in each of the cluster's families, the others in its first
+	// (IPv4 where the pods have it).
+	Family string
 }
 
 // stepKinds lists the step kinds and the parameters each takes.
 var stepKinds = map[string][]string{
-	"ping-all":          {"within"},
-	"ping":              {"from", "to", "expect", "within"},
-	"tcp":               {"from", "to", "size", "within"},
-	"mtu":               {"from", "to", "within"},
-	"outside":           {"from", "within"},
+	"ping-all":          {"within", "family"},
+	"ping":              {"from", "to", "expect", "within", "family"},
+	"tcp":               {"from", "to", "size", "within", "family"},
+	"mtu":               {"from", "to", "within", "family"},
+	"outside":           {"from", "within", "family"},
 	"host-to-pods":      {"within"},
 	"outside-to-pod":    {"to", "within"},
 	"lease":             {"node", "holds", "within"},
@@ -193,6 +201,11 @@ func Parse(data []byte) (*Scenario, error) {
 			errs = append(errs, fmt.Errorf("scenario: cluster.twilldArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
 		}
 	}
+	switch c.IPFamily {
+	case "", "ipv4", "dual", "ipv6":
+	default:
+		errs = append(errs, fmt.Errorf("scenario: cluster.ipFamily = %q: want ipv4, dual or ipv6", c.IPFamily))
+	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))
 	}
@@ -267,6 +280,11 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			err = v.Decode(&st.Expect)
 			if err == nil && st.Expect != "ok" && st.Expect != "fail" {
 				err = fmt.Errorf("%q: want ok or fail", st.Expect)
+			}
+		case "family":
+			err = v.Decode(&st.Family)
+			if err == nil && !slices.Contains(c.families(), st.Family) {
+				err = fmt.Errorf("%q: want one of the cluster's families %v (cluster.ipFamily %q)", st.Family, c.families(), c.IPFamily)
 			}
 		case "path":
 			err = v.Decode(&st.Path)

@@ -3,7 +3,6 @@ package vmtest
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"syscall"
 	"time"
 )
@@ -39,7 +38,7 @@ type driver interface {
 	exec(ctx context.Context, target string, argv []string) ([]byte, error)
 	// attachPod makes pod p's namespace on node n and attaches it with the
 	// CNI plugin; detachPod undoes it.
-	attachPod(ctx context.Context, n nodeState, p Pod) (netip.Addr, error)
+	attachPod(ctx context.Context, n nodeState, p Pod) (podAddrs, error)
 	detachPod(ctx context.Context, n nodeState, p Pod) error
 	// view fills in what only the driver knows of node n now: its subnet
 	// and whether its twilld runs.

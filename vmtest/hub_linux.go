@@ -77,6 +77,10 @@ func (l *Lab) makeHub(ctx context.Context, lay layout, bits int) error {
 		{"ip", "-n", hub, "addr", "add", lay.Hub.String() + "/" + strconv.Itoa(bits), "dev", st.Bridge},
 		{"ip", "-n", hub, "link", "set", st.Bridge, "up"},
 	}
+	if st.Spec.IPv6() {
+		st.HubAddr6 = lay.addr6(lay.Hub)
+		steps = append(steps, []string{"ip", "-n", hub, "addr", "add", netip.PrefixFrom(st.HubAddr6, 64).String(), "dev", st.Bridge, "nodad"})
+	}
 	if err := runAll(ctx, steps); err != nil {
 		return fmt.Errorf("make the underlay: %w", err)
 	}
@@ -101,18 +105,21 @@ func (l *Lab) makeHub(ctx context.Context, lay layout, bits int) error {
 	return nil
 }
 
-// attach makes namespace ns with eth0 at addr/bits on the hub's bridge;
-// the veth's other end is hubLink in the hub.
-func (l *Lab) attach(ctx context.Context, hubLink, ns string, addr netip.Addr, bits int) error {
+// attach makes namespace ns with eth0 at addr/bits (and addr6/64, if
+// valid) on the hub's bridge; the veth's other end is hubLink in the hub.
+func (l *Lab) attach(ctx context.Context, hubLink, ns string, addr, addr6 netip.Addr, bits int) error {
 	hub, bridge := l.st.HubNetNS, l.st.Bridge
-	return runAll(ctx, [][]string{
+	steps := [][]string{
 		{"ip", "netns", "add", ns},
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
 		{"ip", "-n", hub, "link", "add", hubLink, "type", "veth", "peer", "name", "eth0", "netns", ns},
 		{"ip", "-n", hub, "link", "set", hubLink, "master", bridge, "up"},
 		{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(addr, bits).String(), "dev", "eth0"},
-		{"ip", "-n", ns, "link", "set", "eth0", "up"},
-	})
+	}
+	if addr6.IsValid() {
+		steps = append(steps, []string{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(addr6, 64).String(), "dev", "eth0", "nodad"})
+	}
+	return runAll(ctx, append(steps, []string{"ip", "-n", ns, "link", "set", "eth0", "up"}))
 }
 
 // makeOutside makes the namespace that plays the world outside the
@@ -120,10 +127,13 @@ func (l *Lab) attach(ctx context.Context, hubLink, ns string, addr netip.Addr, b
 func (l *Lab) makeOutside(ctx context.Context, lay layout, bits int) error {
 	st := l.st
 	st.OutsideNS, st.OutsideIP = st.Spec.Name+"-out", lay.Outside
+	if st.Spec.IPv6() {
+		st.OutsideIP6 = lay.addr6(lay.Outside)
+	}
 	if err := writeState(st); err != nil {
 		return err
 	}
-	if err := l.attach(ctx, "out", st.OutsideNS, st.OutsideIP, bits); err != nil {
+	if err := l.attach(ctx, "out", st.OutsideNS, st.OutsideIP, st.OutsideIP6, bits); err != nil {
 		return fmt.Errorf("make the outside: %w", err)
 	}
 	return nil
@@ -239,6 +249,13 @@ func (l *Lab) HostAddr() (netip.Addr, bool) {
 func (l *Lab) Outside() (netns string, addr netip.Addr, ok bool) {
 	st := l.snapshot()
 	return st.OutsideNS, st.OutsideIP, st.OutsideNS != ""
+}
+
+// Outside6 is the outside host's IPv6 address, if the lab has one (an
+// outside host and IPv6).
+func (l *Lab) Outside6() (netip.Addr, bool) {
+	st := l.snapshot()
+	return st.OutsideIP6, st.OutsideIP6.IsValid()
 }
 
 // SetUnderlay takes a node's underlay link down or up. The bridge's end of

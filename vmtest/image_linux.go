@@ -298,7 +298,8 @@ const inittab = `::sysinit:/etc/rc.boot
 `
 
 // rcBoot brings a VM up: filesystems, modules, its underlay address from
-// the kernel command line (twill.name, twill.ip), the state disk, and
+// the kernel command line (twill.name, twill.ip, and twill.ip6 in a lab
+// with IPv6, which turns IPv6 forwarding on too), the state disk, and
 // twilld's log mirrored to the console. busybox sh prefers its own ip
 // applet, so iproute2 is called by its path.
 const rcBoot = `#!/bin/sh
@@ -316,6 +317,11 @@ hostname "$(arg twill.name)"
 /sbin/ip addr add "$(arg twill.ip)" dev eth0
 /sbin/ip link set eth0 up
 echo 1 > /proc/sys/net/ipv4/ip_forward
+ip6="$(arg twill.ip6)"
+if [ -n "$ip6" ]; then
+	/sbin/ip addr add "$ip6" dev eth0 nodad
+	echo 1 > /proc/sys/net/ipv6/conf/all/forwarding
+fi
 if [ -b /dev/vda ]; then mount -t ext4 /dev/vda /var/lib/twill || echo "twill-vm: the state disk did not mount"; fi
 touch /var/log/twilld.log
 tail -F /var/log/twilld.log > /dev/console 2>&1 &

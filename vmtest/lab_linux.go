@@ -31,6 +31,7 @@ type state struct {
 	HubNetNS   string      `json:"hub_netns"`
 	Bridge     string      `json:"bridge"`
 	HubAddr    netip.Addr  `json:"hub_addr"`
+	HubAddr6   netip.Addr  `json:"hub_addr6,omitzero"`
 	HostLink   string      `json:"host_link,omitempty"`
 	HostAddr   netip.Addr  `json:"host_addr,omitzero"`
 	Etcd       proc        `json:"etcd"`
@@ -40,6 +41,7 @@ type state struct {
 	Pods       []Pod       `json:"pods"`
 	OutsideNS  string      `json:"outside_netns,omitempty"`
 	OutsideIP  netip.Addr  `json:"outside_addr,omitzero"`
+	OutsideIP6 netip.Addr  `json:"outside_addr6,omitzero"`
 	// The qemu driver's: what the VMs boot and how.
 	Image Image  `json:"image,omitzero"`
 	Accel string `json:"accel,omitempty"`
@@ -50,6 +52,7 @@ type nodeState struct {
 	NetNS      string     `json:"netns"`
 	HubLink    string     `json:"hub_link"` // the underlay veth's (or tap's) end on the bridge
 	IP         netip.Addr `json:"ip"`
+	IP6        netip.Addr `json:"ip6,omitzero"`
 	Daemon     proc       `json:"daemon"`
 	SubnetFile string     `json:"subnet_file"`
 	LogPath    string     `json:"log"`
@@ -221,6 +224,9 @@ func (l *Lab) build(ctx context.Context) error {
 		st.Nodes = append(st.Nodes, nodeState{Name: name, NetNS: st.Spec.Name + "-" + name, HubLink: name,
 			IP: lay.nodeAddr(i + 1), Dir: dir, SubnetFile: filepath.Join(dir, "subnet.env"), LogPath: filepath.Join(dir, "twilld.log"),
 			StateDir: filepath.Join(dir, "state")})
+		if st.Spec.IPv6() {
+			st.Nodes[i].IP6 = lay.addr6(st.Nodes[i].IP)
+		}
 		if err := writeState(st); err != nil {
 			return err
 		}
@@ -424,6 +430,7 @@ func (l *Lab) node(n nodeState) Node {
 		DaemonName:   l.name + "-" + n.Name,
 		NetNS:        n.NetNS,
 		UnderlayIP:   n.IP,
+		UnderlayIP6:  n.IP6,
 		DashboardURL: fmt.Sprintf("http://%s", net.JoinHostPort(n.IP.String(), strconv.Itoa(DashboardPort))),
 		PID:          n.Daemon.PID,
 		Running:      n.Daemon.alive(),
@@ -437,7 +444,7 @@ func (l *Lab) node(n nodeState) Node {
 // readSubnet sets node's subnet from the subnet file at path.
 func readSubnet(path string, node *Node) {
 	if f, err := subnetfile.Read(path); err == nil {
-		node.Subnet = f.NodeSubnet()
+		node.Subnet, node.Subnet6 = f.NodeSubnet(), f.IPv6NodeSubnet()
 	}
 }
 
@@ -478,18 +485,18 @@ func (l *Lab) AddPod(ctx context.Context, node, pod string) (Pod, error) {
 		n := st.Nodes[i]
 		p = Pod{Name: pod, Node: n.Name, NetNS: n.NetNS + "-" + pod}
 		p.NetNSPath = filepath.Join("/run/netns", p.NetNS)
-		addr, err := l.drv.attachPod(ctx, n, p)
+		addrs, err := l.drv.attachPod(ctx, n, p)
 		if err != nil {
 			return fmt.Errorf("add pod %s on %s: %w", pod, n.Name, err)
 		}
-		p.Addr = addr
+		addrs.set(&p)
 		st.Pods = append(st.Pods, p)
 		return nil
 	})
 	if err != nil {
 		return Pod{}, err
 	}
-	l.log.Info("pod added", "pod", p.Name, "node", p.Node, "addr", p.Addr)
+	l.log.Info("pod added", "pod", p.Name, "node", p.Node, "addr", p.Addr, "addr6", p.Addr6)
 	return p, nil
 }
 

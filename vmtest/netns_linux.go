@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,11 +45,15 @@ func (d *netnsDriver) prepare(context.Context) error {
 func (d *netnsDriver) makeNode(ctx context.Context, i int, bits int) error {
 	st := d.l.st
 	n := st.Nodes[i]
-	if err := d.l.attach(ctx, n.HubLink, n.NetNS, n.IP, bits); err != nil {
+	if err := d.l.attach(ctx, n.HubLink, n.NetNS, n.IP, n.IP6, bits); err != nil {
 		return err
 	}
 	// Nodes route pods' packets; the host's own namespace is left as it is.
-	if err := run(ctx, "ip", "netns", "exec", n.NetNS, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
+	forward := "echo 1 > /proc/sys/net/ipv4/ip_forward"
+	if n.IP6.IsValid() {
+		forward += " && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"
+	}
+	if err := run(ctx, "ip", "netns", "exec", n.NetNS, "sh", "-c", forward); err != nil {
 		return err
 	}
 	// Underlay pods take the node's default gateway as theirs: the hub
@@ -135,15 +138,15 @@ func (d *netnsDriver) netns(name string) string {
 	return name
 }
 
-func (d *netnsDriver) attachPod(ctx context.Context, n nodeState, p Pod) (netip.Addr, error) {
+func (d *netnsDriver) attachPod(ctx context.Context, n nodeState, p Pod) (podAddrs, error) {
 	if err := run(ctx, "ip", "netns", "add", p.NetNS); err != nil {
-		return netip.Addr{}, err
+		return podAddrs{}, err
 	}
-	addr, err := d.cniAdd(ctx, n, p)
+	addrs, err := d.cniAdd(ctx, n, p)
 	if err != nil {
-		return netip.Addr{}, errors.Join(err, run(context.WithoutCancel(ctx), "ip", "netns", "del", p.NetNS))
+		return podAddrs{}, errors.Join(err, run(context.WithoutCancel(ctx), "ip", "netns", "del", p.NetNS))
 	}
-	return addr, nil
+	return addrs, nil
 }
 
 func (d *netnsDriver) detachPod(ctx context.Context, n nodeState, p Pod) error {
@@ -234,18 +237,18 @@ func podRuntime(p Pod) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: p.Name, NetNS: p.NetNSPath, IfName: "eth0"}
 }
 
-func (d *netnsDriver) cniAdd(ctx context.Context, n nodeState, p Pod) (addr netip.Addr, err error) {
+func (d *netnsDriver) cniAdd(ctx context.Context, n nodeState, p Pod) (podAddrs, error) {
 	rt, list, err := d.cni(n)
 	if err != nil {
-		return addr, err
+		return podAddrs{}, err
 	}
 	res, err := rt.AddNetworkList(ctx, list, podRuntime(p))
 	if err != nil {
-		return addr, err
+		return podAddrs{}, err
 	}
 	r, err := types100.NewResultFromResult(res)
 	if err != nil {
-		return addr, fmt.Errorf("CNI result: %w", err)
+		return podAddrs{}, fmt.Errorf("CNI result: %w", err)
 	}
-	return firstIPv4(r)
+	return addrsOf(r)
 }

@@ -169,7 +169,7 @@ func (d *qemuDriver) makeNode(ctx context.Context, i int, bits int) error {
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-serial", "file:" + vm.Console,
 		"-kernel", st.Image.Kernel, "-initrd", st.Image.Initrd,
-		"-append", fmt.Sprintf("console=ttyS0 quiet twill.name=%s-%s twill.ip=%s/%d", st.Spec.Name, n.Name, n.IP, bits),
+		"-append", fmt.Sprintf("console=ttyS0 quiet twill.name=%s-%s twill.ip=%s/%d%s", st.Spec.Name, n.Name, n.IP, bits, ip6Arg(n)),
 		"-netdev", "tap,id=u0,ifname=" + n.HubLink + ",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=u0,mac=" + vm.MAC + ",romfile=",
 		"-device", "virtio-serial-pci",
@@ -408,24 +408,24 @@ func (d *qemuDriver) vmCNI(ctx context.Context, n nodeState, command string, p P
 }
 
 // attachPod makes pod p's namespace in node n's VM and attaches it.
-func (d *qemuDriver) attachPod(ctx context.Context, n nodeState, p Pod) (netip.Addr, error) {
+func (d *qemuDriver) attachPod(ctx context.Context, n nodeState, p Pod) (podAddrs, error) {
 	if out, err := d.vmExec(ctx, n, nil, nil, "/sbin/ip", "netns", "add", p.NetNS); err != nil {
-		return netip.Addr{}, fmt.Errorf("%w: %s", err, out)
+		return podAddrs{}, fmt.Errorf("%w: %s", err, out)
 	}
 	out, err := d.vmCNI(ctx, n, "ADD", p)
 	if err != nil {
 		_, derr := d.vmExec(context.WithoutCancel(ctx), n, nil, nil, "/sbin/ip", "netns", "del", p.NetNS)
-		return netip.Addr{}, errors.Join(err, derr)
+		return podAddrs{}, errors.Join(err, derr)
 	}
 	res, err := types100.NewResult(out)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI result: %w", err)
+		return podAddrs{}, fmt.Errorf("CNI result: %w", err)
 	}
 	r, err := types100.NewResultFromResult(res)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI result: %w", err)
+		return podAddrs{}, fmt.Errorf("CNI result: %w", err)
 	}
-	return firstIPv4(r)
+	return addrsOf(r)
 }
 
 // detachPod detaches pod p (CNI DEL) and deletes its namespace.
@@ -516,11 +516,11 @@ func (d *qemuDriver) rebootNode(ctx context.Context, node string) error {
 			if p.Node != n.Name {
 				continue
 			}
-			addr, err := d.attachPod(ctx, st.Nodes[i], p)
+			addrs, err := d.attachPod(ctx, st.Nodes[i], p)
 			if err != nil {
 				return fmt.Errorf("attach pod %s again after the reboot: %w", p.Name, err)
 			}
-			st.Pods[k].Addr = addr
+			addrs.set(&st.Pods[k])
 		}
 		return nil
 	})
@@ -569,4 +569,13 @@ func (d *qemuDriver) close() error {
 		delete(d.agents, name)
 	}
 	return errors.Join(errs...)
+}
+
+// ip6Arg is the kernel command line's twill.ip6 for a node of a lab with
+// IPv6 (the VM's rc.boot adds the address); "" without.
+func ip6Arg(n nodeState) string {
+	if !n.IP6.IsValid() {
+		return ""
+	}
+	return fmt.Sprintf(" twill.ip6=%s/64", n.IP6)
 }

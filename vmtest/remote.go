@@ -342,9 +342,11 @@ func (r *Remote) AddPod(ctx context.Context, node, pod string) (Pod, error) {
 		return Pod{}, fmt.Errorf("CNI result of pod %s: %w", pod, err)
 	}
 	p := Pod{Name: pod, Node: node, NetNS: pod, NetNSPath: "/run/netns/" + pod}
-	if p.Addr, err = firstIPv4(cur); err != nil {
+	a, err := addrsOf(cur)
+	if err != nil {
 		return Pod{}, fmt.Errorf("pod %s: %w", pod, err)
 	}
+	a.set(&p)
 	r.mu.Lock()
 	r.pods = slices.DeleteFunc(r.pods, func(q Pod) bool { return q.Name == pod })
 	r.pods = append(r.pods, p)
@@ -573,12 +575,30 @@ func (r *Remote) Leases(ctx context.Context) ([]lease.Lease, error) {
 	return nil, errors.Join(errs...)
 }
 
-// firstIPv4 is the first IPv4 address of a CNI result.
-func firstIPv4(r *types100.Result) (netip.Addr, error) {
+// podAddrs are a pod's addresses: the first of each family a CNI result
+// gives it (an IPv6-only pod has no IPv4 one).
+type podAddrs struct{ v4, v6 netip.Addr }
+
+// set gives p the addresses.
+func (a podAddrs) set(p *Pod) { p.Addr, p.Addr6 = a.v4, a.v6 }
+
+// addrsOf reads a CNI result's addresses; it fails if there is none.
+func addrsOf(r *types100.Result) (podAddrs, error) {
+	var a podAddrs
 	for _, ip := range r.IPs {
-		if a, ok := netip.AddrFromSlice(ip.Address.IP.To4()); ok {
-			return a, nil
+		ad, ok := netip.AddrFromSlice(ip.Address.IP)
+		if !ok {
+			continue
+		}
+		ad = ad.Unmap()
+		if ad.Is4() && !a.v4.IsValid() {
+			a.v4 = ad
+		} else if ad.Is6() && !a.v6.IsValid() {
+			a.v6 = ad
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("CNI result has no IPv4 address: %v", r.IPs)
+	if !a.v4.IsValid() && !a.v6.IsValid() {
+		return a, fmt.Errorf("CNI result has no address: %v", r.IPs)
+	}
+	return a, nil
 }

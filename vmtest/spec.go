@@ -62,6 +62,13 @@ type Spec struct {
 	// Outside adds a namespace on the underlay that plays the world
 	// outside the cluster.
 	Outside bool `json:"outside,omitempty"`
+	// IPFamily is the pods' address families: "" or "ipv4" (IPv4 only),
+	// "dual" (IPv4 and IPv6), "ipv6" (IPv6 only). With IPv6 the underlay
+	// gets IPv6 too (fd00:56:0:<slot>::/64 beside the slot's IPv4 /26;
+	// etcd stays on IPv4), the default network config enables it
+	// (IPv6Network fd00:10:244::/56 in /64s) and the outside host has an
+	// IPv6 address.
+	IPFamily string `json:"ip_family,omitempty"`
 	// HostAccess joins the host's own namespace to the underlay with one
 	// veth (<name>-host) and an address of the lab's slice, so that a
 	// browser or twillctl on the host reaches the nodes. Tests leave it
@@ -190,6 +197,14 @@ func (s Spec) withDefaults() (Spec, error) {
 	if s.Nodes < 1 || s.Nodes > MaxNodes {
 		errs = append(errs, fmt.Errorf("%d nodes: want 1 to %d", s.Nodes, MaxNodes))
 	}
+	switch s.IPFamily {
+	case "", "ipv4", "dual", "ipv6":
+	default:
+		errs = append(errs, fmt.Errorf("ip family %q: want ipv4, dual or ipv6", s.IPFamily))
+	}
+	if s.IPv6() && s.underlayLab() {
+		errs = append(errs, fmt.Errorf("ip family %s: the underlay backends carry IPv4 only", s.IPFamily))
+	}
 	if s.PodsPerNode < 0 {
 		errs = append(errs, fmt.Errorf("%d pods per node: want 0 or more", s.PodsPerNode))
 	}
@@ -200,7 +215,15 @@ func (s Spec) withDefaults() (Spec, error) {
 		if s.Backend == "" {
 			errs = append(errs, errors.New("neither a backend nor a network config"))
 		}
-		b, err := json.Marshal(map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": s.Backend}})
+		nc := map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": s.Backend}}
+		if s.IPv6() {
+			nc["EnableIPv6"], nc["IPv6Network"] = true, PodNetwork6.String()
+		}
+		if s.IPFamily == "ipv6" {
+			nc["EnableIPv4"] = false
+			delete(nc, "Network")
+		}
+		b, err := json.Marshal(nc)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -211,8 +234,19 @@ func (s Spec) withDefaults() (Spec, error) {
 	return s, errors.Join(errs...)
 }
 
-// layout is the addressing of one lab's underlay: a /26 of 192.168.56.0/24.
+// IPv6 reports whether the lab's pods have IPv6 (IPFamily dual or ipv6).
+func (s Spec) IPv6() bool { return s.IPFamily == "dual" || s.IPFamily == "ipv6" }
+
+// PodNetwork6 is the IPv6 pod network of the default network config.
+var PodNetwork6 = netip.MustParsePrefix("fd00:10:244::/56")
+
+// layout is the addressing of one lab's underlay: a /26 of 192.168.56.0/24,
+// and with IPv6 the slot's /64 of fd00:56::/48.
 type layout struct {
+	// Prefix6 is the slot's IPv6 underlay, fd00:56:0:<slot>::/64; the hub,
+	// the outside and the nodes take the same last number as in IPv4
+	// (::1, ::50, ::11, ...).
+	Prefix6 netip.Prefix
 	Prefix  netip.Prefix // the slice, e.g. 192.168.56.0/26
 	Hub     netip.Addr   // the bridge's address in the hub; etcd listens here
 	Host    netip.Addr   // the host's address with HostAccess
@@ -258,12 +292,19 @@ func slotLayout(slot int) layout {
 	base := byte(slot * 64)
 	a := func(n byte) netip.Addr { return netip.AddrFrom4([4]byte{192, 168, 56, base + n}) }
 	return layout{
+		Prefix6: netip.MustParsePrefix(fmt.Sprintf("fd00:56:0:%x::/64", slot)),
 		Prefix:  netip.PrefixFrom(a(0), 26),
 		Hub:     a(1),
 		Host:    a(2),
 		Outside: a(50),
 		Pods:    netip.MustParsePrefix([]string{"192.168.56.128/25", "192.168.56.0/25"}[slot/2%2]),
 	}
+}
+
+// addr6 is the IPv6 underlay address of the host whose IPv4 underlay
+// address is a: the same last number, written as decimal digits.
+func (l layout) addr6(a netip.Addr) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("%s%d", l.Prefix6.Addr(), a.As4()[3]))
 }
 
 // nodeAddr is node i's (1-based) underlay address.
@@ -282,9 +323,13 @@ type Node struct {
 	// NetNS is the node's network namespace, <lab>-<Name>.
 	NetNS      string     `json:"netns"`
 	UnderlayIP netip.Addr `json:"underlay"`
+	// UnderlayIP6 is the node's IPv6 underlay address (a lab with IPv6).
+	UnderlayIP6 netip.Addr `json:"underlay6,omitzero"`
 	// Subnet is the node's pod subnet from its subnet file (invalid while
 	// there is none).
-	Subnet       netip.Prefix `json:"subnet"`
+	Subnet netip.Prefix `json:"subnet"`
+	// Subnet6 is its IPv6 pod subnet, from the same file (a lab with IPv6).
+	Subnet6      netip.Prefix `json:"subnet6,omitzero"`
 	DashboardURL string       `json:"dashboard"`
 	// PID of the node's twilld (0 when it was stopped) and whether it runs.
 	PID        int    `json:"pid"`
@@ -299,9 +344,12 @@ type Pod struct {
 	Node string `json:"node"`
 	// NetNS is the pod's namespace name, <lab>-<node>-<pod>; NetNSPath its
 	// path under /run/netns.
-	NetNS     string     `json:"netns"`
-	NetNSPath string     `json:"netns_path"`
-	Addr      netip.Addr `json:"addr"`
+	NetNS     string `json:"netns"`
+	NetNSPath string `json:"netns_path"`
+	// Addr and Addr6 are the pod's IPv4 and IPv6 addresses; the one of a
+	// family the lab's pods do not have is zero.
+	Addr  netip.Addr `json:"addr"`
+	Addr6 netip.Addr `json:"addr6,omitzero"`
 }
 
 // ImageDir is where kernels and initramfs images are cached: $TWILL_VM_DIR,

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,8 +132,8 @@ func (d *systemDriver) stopDaemon(context.Context, string, syscall.Signal) error
 	return errSystemImage
 }
 
-func (d *systemDriver) attachPod(context.Context, nodeState, Pod) (netip.Addr, error) {
-	return netip.Addr{}, errSystemImage
+func (d *systemDriver) attachPod(context.Context, nodeState, Pod) (podAddrs, error) {
+	return podAddrs{}, errSystemImage
 }
 
 func (d *systemDriver) detachPod(context.Context, nodeState, Pod) error { return errSystemImage }

@@ -69,11 +69,11 @@ func (p *prober) run(ctx context.Context, every time.Duration, snapshot func() s
 func (p *prober) probeAll(ctx context.Context, snap status.Snapshot) {
 	targets := map[netip.Prefix]string{}
 	for _, l := range snap.Leases {
-		if l.Subnet == snap.Lease.Subnet || l.Attrs.Twill == nil {
+		if leaseKey(l) == leaseKey(snap.Lease) || l.Attrs.Twill == nil {
 			continue
 		}
 		if u, err := dashboardURL(l.Attrs.Twill.Dashboard); err == nil {
-			targets[l.Subnet] = u
+			targets[leaseKey(l)] = u
 		}
 	}
 	sem := make(chan struct{}, probeConcurrency)
@@ -165,7 +165,7 @@ func (s *Server) cluster(snap status.Snapshot) api.Cluster {
 	tl := s.tunnelList(snap, false)
 	self := s.nodeInfo(snap)
 	for _, l := range ll.Leases {
-		n := api.ClusterNode{Subnet: l.Subnet, Name: l.Node, PublicIP: l.PublicIP, Dashboard: l.Dashboard, Reachability: "unknown", NotRouted: l.NotRouted}
+		n := api.ClusterNode{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, Name: l.Node, PublicIP: l.PublicIP, Dashboard: l.Dashboard, Reachability: "unknown", NotRouted: l.NotRouted}
 		if l.Own {
 			n.Self, n.Reachability, n.Node, n.Tunnels = true, "self", &self, tl.Tunnels
 			n.Name = self.Name

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"cmp"
 	"embed"
 	"encoding/json"
 	"fmt"
@@ -417,6 +418,7 @@ func layoutTopology(c api.Cluster) topology {
 		nodes = kept
 	}
 	pos := map[string]int{}
+	key := map[string]string{} // a node's IPv6 subnet -> its Subnet
 	cx, cy := t.W/2, t.H/2
 	rx, ry := float64(t.W)/2-110, float64(t.H)/2-50
 	for i, n := range nodes {
@@ -457,6 +459,9 @@ func layoutTopology(c api.Cluster) topology {
 			w = 176
 		}
 		pos[n.Subnet] = len(t.Nodes)
+		if n.IPv6Subnet != "" && n.IPv6Subnet != n.Subnet {
+			key[n.IPv6Subnet] = n.Subnet // its IPv6 tunnels join the same link
+		}
 		t.Nodes = append(t.Nodes, topoNode{X: x, Y: y, BoxX: x - w/2, BoxY: y - h/2, BoxW: w, BoxH: h, Name: name, Subnet: n.Subnet, Class: class, Note: note, Why: n.NotRouted})
 	}
 	type edge struct {
@@ -468,10 +473,11 @@ func layoutTopology(c api.Cluster) topology {
 	rank := map[string]int{api.StateIdle: 0, api.StateUp: 1, api.StateNotHandshaking: 2, api.StateUnreachable: 3}
 	for _, n := range nodes {
 		for _, tn := range n.Tunnels {
-			if _, ok := pos[tn.Peer]; !ok {
+			peer := cmp.Or(key[tn.Peer], tn.Peer)
+			if _, ok := pos[peer]; !ok {
 				continue
 			}
-			k := [2]string{n.Subnet, tn.Peer}
+			k := [2]string{n.Subnet, peer}
 			if cmpSubnet(k[0], k[1]) > 0 {
 				k[0], k[1] = k[1], k[0]
 			}

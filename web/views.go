@@ -46,8 +46,17 @@ func (s *Server) nodeInfo(snap status.Snapshot) api.NodeInfo {
 	if snap.Node.Network.IsValid() {
 		n.Network = snap.Node.Network.String()
 	}
-	if snap.Lease.Subnet.IsValid() {
-		n.Subnet = snap.Lease.Subnet.String()
+	if snap.Node.PublicIPv6.IsValid() {
+		n.PublicIPv6 = snap.Node.PublicIPv6.String()
+	}
+	if snap.Node.IPv6Network.IsValid() {
+		n.IPv6Network = snap.Node.IPv6Network.String()
+	}
+	if snap.Lease.IPv6Subnet.IsValid() {
+		n.IPv6Subnet = snap.Lease.IPv6Subnet.String()
+	}
+	if key := leaseKey(snap.Lease); key.IsValid() {
+		n.Subnet = key.String()
 		n.Reservation = snap.Lease.Reservation
 		if !snap.Lease.Reservation {
 			n.LeaseExpiresAt = timeString(snap.Lease.Expiration)
@@ -74,13 +83,32 @@ func health(snap status.Snapshot) api.Health {
 	return h
 }
 
+// leaseKey is the subnet a lease is known by on the dashboard: its IPv4
+// subnet, or an IPv6-only lease's IPv6 subnet.
+func leaseKey(l lease.Lease) netip.Prefix {
+	if l.Subnet.IsValid() {
+		return l.Subnet
+	}
+	return l.IPv6Subnet
+}
+
+// nodeNames maps both subnets of every lease to the node's name.
+func nodeNames(ls []lease.Lease) map[netip.Prefix]string {
+	names := map[netip.Prefix]string{}
+	for _, l := range ls {
+		for _, s := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+			if s.IsValid() {
+				names[s] = l.Attrs.NodeName()
+			}
+		}
+	}
+	return names
+}
+
 // peerProblems are the peers' leases the backend does not route to, with
 // the node each lease names.
 func peerProblems(snap status.Snapshot) []api.PeerProblem {
-	names := map[netip.Prefix]string{}
-	for _, l := range snap.Leases {
-		names[l.Subnet] = l.Attrs.NodeName()
-	}
+	names := nodeNames(snap.Leases)
 	out := make([]api.PeerProblem, 0, len(snap.Backend.PeerProblems))
 	for _, p := range snap.Backend.PeerProblems {
 		v := api.PeerProblem{Subnet: p.Subnet.String(), Node: names[p.Subnet], Reason: p.Reason}
@@ -109,14 +137,14 @@ func leaseList(snap status.Snapshot, now time.Time) api.LeaseList {
 	skipped := notRouted(snap)
 	for _, l := range snap.Leases {
 		v := leaseView(l, now)
-		if l.Subnet == snap.Lease.Subnet {
+		if leaseKey(l) == leaseKey(snap.Lease) {
 			v.Own, own = true, true
 		} else {
-			v.NotRouted = skipped[l.Subnet]
+			v.NotRouted = cmp.Or(skipped[l.Subnet], skipped[l.IPv6Subnet])
 		}
 		ls = append(ls, v)
 	}
-	if !own && snap.Lease.Subnet.IsValid() {
+	if !own && leaseKey(snap.Lease).IsValid() {
 		v := leaseView(snap.Lease, now)
 		v.Own = true
 		ls = append(ls, v)
@@ -136,17 +164,27 @@ func cmpSubnet(a, b string) int {
 
 func leaseView(l lease.Lease, now time.Time) api.Lease {
 	v := api.Lease{
-		Subnet:      l.Subnet.String(),
-		Node:        l.Attrs.NodeName(),
-		Backend:     l.Attrs.Backend(),
-		BackendData: l.Attrs.BackendData,
-		Reservation: l.Reservation,
+		Subnet:        leaseKey(l).String(),
+		Node:          l.Attrs.NodeName(),
+		Backend:       l.Attrs.Backend(),
+		BackendData:   l.Attrs.BackendData,
+		BackendV6Data: l.Attrs.BackendV6Data,
+		Reservation:   l.Reservation,
 	}
 	if l.Attrs.PublicIP.IsValid() {
 		v.PublicIP = l.Attrs.PublicIP.String()
 	}
+	if l.IPv6Subnet.IsValid() {
+		v.IPv6Subnet = l.IPv6Subnet.String()
+	}
+	if l.Attrs.PublicIPv6.IsValid() {
+		v.PublicIPv6 = l.Attrs.PublicIPv6.String()
+	}
 	if len(v.BackendData) == 0 || string(v.BackendData) == "null" {
 		v.BackendData = nil
+	}
+	if len(v.BackendV6Data) == 0 || string(v.BackendV6Data) == "null" {
+		v.BackendV6Data = nil
 	}
 	if !l.Reservation && !l.Expiration.IsZero() {
 		v.ExpiresAt = timeString(l.Expiration)
@@ -243,18 +281,20 @@ func (s *Server) tunnelList(snap status.Snapshot, withHistory bool) api.TunnelLi
 	if tl.Drops == nil {
 		tl.Drops = map[string]uint64{}
 	}
-	names := map[netip.Prefix]string{}
+	names := nodeNames(snap.Leases)
+	// A peer's IPv6 tunnel is probed as its node: by the lease's key.
+	keys := map[netip.Prefix]netip.Prefix{}
 	for _, l := range snap.Leases {
-		names[l.Subnet] = l.Attrs.NodeName()
+		keys[l.IPv6Subnet] = leaseKey(l)
 	}
 	for _, p := range snap.Backend.Peers {
-		tl.Tunnels = append(tl.Tunnels, s.tunnel(p, names[p.Subnet], withHistory))
+		tl.Tunnels = append(tl.Tunnels, s.tunnel(p, names[p.Subnet], cmp.Or(keys[p.Subnet], p.Subnet), withHistory))
 	}
 	slices.SortFunc(tl.Tunnels, func(a, b api.Tunnel) int { return cmpSubnet(a.Peer, b.Peer) })
 	return tl
 }
 
-func (s *Server) tunnel(p status.Peer, node string, withHistory bool) api.Tunnel {
+func (s *Server) tunnel(p status.Peer, node string, probeKey netip.Prefix, withHistory bool) api.Tunnel {
 	t := api.Tunnel{
 		Peer: p.Subnet.String(), Node: node,
 		TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes,
@@ -288,7 +328,7 @@ func (s *Server) tunnel(p status.Peer, node string, withHistory bool) api.Tunnel
 	}
 	t.LastSeen = timeString(lastSeen)
 	t.LastHandshake, t.HandshakeProblem = timeString(p.LastHandshake), p.HandshakeProblem
-	t.State, t.StateDetail = s.tunnelState(p, r, ok)
+	t.State, t.StateDetail = s.tunnelState(p, probeKey, r, ok)
 	return t
 }
 
@@ -296,11 +336,11 @@ func (s *Server) tunnel(p status.Peer, node string, withHistory bool) api.Tunnel
 // packets lately), unreachable (the peer's dashboard does not answer, or
 // packets went out for a while and none came back) or, for WireGuard,
 // not-handshaking.
-func (s *Server) tunnelState(p status.Peer, r peerRates, ok bool) (string, string) {
+func (s *Server) tunnelState(p status.Peer, probeKey netip.Prefix, r peerRates, ok bool) (string, string) {
 	if p.HandshakeProblem != "" {
 		return api.StateNotHandshaking, "WireGuard: " + p.HandshakeProblem
 	}
-	if pr, probed := s.peers.result(p.Subnet); probed && !pr.ok {
+	if pr, probed := s.peers.result(probeKey); probed && !pr.ok {
 		return api.StateUnreachable, "its dashboard does not answer: " + pr.err
 	}
 	if !ok {

@@ -658,3 +658,65 @@ func BenchmarkPageTunnels1000(b *testing.B) {
 }
 func BenchmarkPageOverview1000(b *testing.B) { benchmarkGet(b, "/") }
 func BenchmarkMetrics1000(b *testing.B)      { benchmarkGet(b, "/metrics") }
+
+// TestDualStack: the dashboard and the API show both families: the node's
+// IPv6 subnet and address, each lease's IPv6 half (and an IPv6-only lease
+// by its IPv6 subnet), IPv6 routes, and a peer's IPv6 tunnel named after
+// its node and joined to its IPv4 link in the topology.
+func TestDualStack(t *testing.T) {
+	snap := testSnapshot()
+	own6, peer6 := netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244:2::/64")
+	only6 := lease.Lease{IPv6Subnet: netip.MustParsePrefix("fd00:10:244:3::/64"), Expiration: expiry, Attrs: lease.Attrs{
+		PublicIPv6: netip.MustParseAddr("fd00:56::13"), BackendType: "vxlan", BackendV6Data: json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:03"}`),
+		Twill: &lease.NodeInfo{Node: "n3"}}}
+	snap.Lease.IPv6Subnet, snap.Lease.Attrs.PublicIPv6 = own6, netip.MustParseAddr("fd00:56::11")
+	snap.Leases[0] = snap.Lease
+	snap.Leases[1].IPv6Subnet, snap.Leases[1].Attrs.PublicIPv6 = peer6, netip.MustParseAddr("fd00:56::12")
+	snap.Leases[1].Attrs.BackendV6Data = json.RawMessage(`{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}`)
+	snap.Leases = append(snap.Leases, only6)
+	snap.Node.PublicIPv6, snap.Node.IPv6Network = netip.MustParseAddr("fd00:56::11"), netip.MustParsePrefix("fd00:10:244::/56")
+	snap.Backend.Peers = append(snap.Backend.Peers, status.Peer{Subnet: peer6, PublicIP: netip.MustParseAddr("fd00:56::12"), TxPackets: 5, TxBytes: 520})
+	route6 := plan.Route{Dst: peer6, Gateway: peer6.Addr(), Device: "twill-v6.1", OnLink: true}
+	snap.Backend.Kernel.Desired.Routes = append(snap.Backend.Kernel.Desired.Routes, route6)
+	snap.Backend.Kernel.Actual.Routes = append(snap.Backend.Kernel.Actual.Routes, route6)
+	src := &fakeSource{snap: snap}
+	s := newTestServer(t, src)
+	s.Sample()
+	h := s.Handler()
+	for _, tc := range []struct {
+		path string
+		want []string
+	}{
+		{"/", []string{"fd00:10:244:1::/64", "fd00:10:244::/56", "fd00:56::11"}},
+		{"/leases", []string{"fd00:10:244:2::/64", "fd00:56::12", "aa:bb:cc:dd:ee:02", `data-subnet="fd00:10:244:3::/64"`}},
+		{"/routes", []string{"fd00:10:244:2::/64 via fd00:10:244:2:: dev twill-v6.1 onlink"}},
+		{"/tunnels", []string{`data-peer="fd00:10:244:2::/64"`, "fd00:56::12"}},
+		{"/api/v1/node", []string{`"ipv6_subnet": "fd00:10:244:1::/64"`, `"public_ipv6": "fd00:56::11"`, `"ipv6_network": "fd00:10:244::/56"`}},
+		{"/api/v1/leases", []string{`"ipv6_subnet": "fd00:10:244:2::/64"`, `"public_ipv6": "fd00:56::12"`, `"backend_v6_data"`, `"subnet": "fd00:10:244:3::/64"`}},
+		{"/api/v1/cluster", []string{`"ipv6_subnet": "fd00:10:244:2::/64"`}},
+	} {
+		if body := get(t, h, "GET", tc.path).Body.String(); !containsAll(body, tc.want) {
+			t.Errorf("GET %s lacks one of %q:\n%s", tc.path, tc.want, body)
+		}
+	}
+	var tl api.TunnelList
+	if err := json.Unmarshal(get(t, h, "GET", "/api/v1/tunnels").Body.Bytes(), &tl); err != nil {
+		t.Fatal(err)
+	}
+	if len(tl.Tunnels) != 2 || tl.Tunnels[1].Peer != peer6.String() || tl.Tunnels[1].Node != "n2" {
+		t.Errorf("tunnels %+v, want the IPv6 one of n2 after the IPv4 one", tl.Tunnels)
+	}
+	// One link between n1 and n2 in the topology, whatever the family.
+	if got := strings.Count(get(t, h, "GET", "/").Body.String(), `<g class="link`); got != 1 {
+		t.Errorf("topology has %d links, want 1 (both families' tunnels to n2 on one)", got)
+	}
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}

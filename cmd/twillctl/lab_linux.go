@@ -95,6 +95,8 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods to add to every node (n1p1, n1p2 on n1, ...)")
 	fs.BoolVar(&spec.IPMasq, "ip-masq", false, "run twilld with --ip-masq")
 	fs.BoolVar(&spec.Outside, "outside", false, "add a namespace on the underlay that plays the outside world")
+	dual := fs.Bool("dual-stack", false, "pods get IPv4 and IPv6 addresses; the underlay and the outside host get IPv6 too (fd00:56:0:<slot>::/64)")
+	ipv6 := fs.Bool("ipv6", false, "pods get IPv6 addresses only (IPv6Network fd00:10:244::/56); the underlay keeps IPv4 beside IPv6")
 	fs.BoolVar(&spec.HostAccess, "host-access", true, "join this host to the lab's underlay (one veth <name>-host), so a browser here reaches the dashboards")
 	fs.DurationVar(&spec.SubnetLeaseTTL, "subnet-lease-ttl", 0, "twilld --subnet-lease-ttl (0: twilld's default)")
 	fs.DurationVar(&spec.RenewMargin, "subnet-lease-renew-margin", 0, "twilld --subnet-lease-renew-margin (0: twilld's default)")
@@ -108,6 +110,14 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	spec.Name = *name
+	switch {
+	case *dual && *ipv6:
+		return errors.New("--dual-stack and --ipv6: give one (dual stack has IPv4 too)")
+	case *dual:
+		spec.IPFamily = "dual"
+	case *ipv6:
+		spec.IPFamily = "ipv6"
+	}
 	if *netConfig != "" {
 		b, err := os.ReadFile(*netConfig)
 		if err != nil {
@@ -208,6 +218,7 @@ type labStatus struct {
 	EtcdRunning  bool          `json:"etcd_running"`
 	HostAddr     netip.Addr    `json:"host_addr,omitzero"`
 	Outside      netip.Addr    `json:"outside_addr,omitzero"`
+	Outside6     netip.Addr    `json:"outside_addr6,omitzero"`
 	OutsideNetNS string        `json:"outside_netns,omitempty"`
 	Nodes        []vmtest.Node `json:"nodes"`
 	Pods         []vmtest.Pod  `json:"pods"`
@@ -218,6 +229,7 @@ func status(c *vmtest.Lab) labStatus {
 	s.EtcdPID, s.EtcdRunning = c.EtcdPID()
 	s.HostAddr, _ = c.HostAddr()
 	s.OutsideNetNS, s.Outside, _ = c.Outside()
+	s.Outside6, _ = c.Outside6()
 	if s.Pods == nil {
 		s.Pods = []vmtest.Pod{}
 	}
@@ -270,16 +282,19 @@ func printStatus(out io.Writer, c *vmtest.Lab) error {
 	}
 	if s.OutsideNetNS != "" {
 		fmt.Fprintf(out, "outside: %s in namespace %s\n", s.Outside, s.OutsideNetNS)
+		if s.Outside6.IsValid() {
+			fmt.Fprintf(out, "outside (IPv6): %s\n", s.Outside6)
+		}
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNETNS\tUNDERLAY\tSUBNET\tDASHBOARD\tTWILLD PID\tRUNNING")
 	for _, n := range s.Nodes {
 		subnet := "-"
-		if n.Subnet.IsValid() {
-			subnet = n.Subnet.String()
+		if n.Subnet.IsValid() || n.Subnet6.IsValid() {
+			subnet = addrs(n.Subnet, n.Subnet6)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.NetNS, n.UnderlayIP, subnet, n.DashboardURL, n.PID, yesNo(n.Running))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.NetNS, addrs(n.UnderlayIP, n.UnderlayIP6), subnet, n.DashboardURL, n.PID, yesNo(n.Running))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -292,11 +307,26 @@ func printStatus(out io.Writer, c *vmtest.Lab) error {
 	return printPods(out, s.Pods)
 }
 
+// addrs writes an IPv4 and an IPv6 value side by side, leaving out one
+// that is not set (a lab without IPv6, or an IPv6-only pod).
+func addrs[T interface {
+	IsValid() bool
+	String() string
+}](v4, v6 T) string {
+	switch {
+	case !v6.IsValid():
+		return v4.String()
+	case !v4.IsValid():
+		return v6.String()
+	}
+	return v4.String() + " " + v6.String()
+}
+
 func printPods(out io.Writer, pods []vmtest.Pod) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "POD\tNODE\tNETNS\tADDRESS")
 	for _, p := range pods {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.NetNSPath, p.Addr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.NetNSPath, addrs(p.Addr, p.Addr6))
 	}
 	return tw.Flush()
 }

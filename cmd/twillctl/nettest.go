@@ -40,7 +40,7 @@ func runNettestServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	l, err := (&net.ListenConfig{}).Listen(ctx, "tcp4", *listen)
+	l, err := (&net.ListenConfig{}).Listen(ctx, "tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", *listen, err)
 	}
@@ -83,7 +83,7 @@ func runNettestSend(ctx context.Context, args []string, out io.Writer) error {
 	var err error
 	// The server may still be starting: retry the connection briefly.
 	for attempt := 0; ; attempt++ {
-		conn, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, "tcp4", *to)
+		conn, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, "tcp", *to)
 		if err == nil || attempt >= 20 || ctx.Err() != nil {
 			break
 		}

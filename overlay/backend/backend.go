@@ -33,6 +33,11 @@ type Node struct {
 	// IfacePrefix is the underlay subnet on Iface that holds PublicIP, which
 	// decides whether a peer shares the node's L2 segment.
 	IfacePrefix netip.Prefix
+	// PublicIPv6 is the node's IPv6 underlay address on Iface (peers reach
+	// its IPv6 VTEP or host-gw routes there), and IfacePrefix6 the IPv6
+	// subnet on Iface that holds it; zero when the node has none.
+	PublicIPv6   netip.Addr
+	IfacePrefix6 netip.Prefix
 	// Network is the cluster network config.
 	Network *netconf.Config
 	// IPMasq asks the backend to masquerade pod traffic that leaves the
@@ -51,6 +56,9 @@ type Node struct {
 type Prepared struct {
 	// BackendData goes into the lease for peers to read (flannel's format).
 	BackendData json.RawMessage
+	// BackendV6Data goes into the lease beside it for the IPv6 half
+	// (flannel's BackendV6Data: vxlan's IPv6 VTEP); nil for none.
+	BackendV6Data json.RawMessage
 	// MTU is the MTU pods on this node must use.
 	MTU int
 	// Sublink is set by the sublink backends (macvlan, ipvlan): pods

@@ -55,9 +55,9 @@ type Config struct {
 	NetConfigFile string
 
 	PublicIP netip.Addr
-	// PublicIPv6 is the address peers reach the node at over IPv6, published
-	// in its lease when the network enables IPv6; when unset, the first
-	// global IPv6 address of the uplink interface.
+	// PublicIPv6 is the node's IPv6 underlay address (flannel's
+	// --public-ipv6); by default the first global IPv6 address of the
+	// underlay interface. Used only with EnableIPv6.
 	PublicIPv6 netip.Addr
 	Ifaces     []string
 	IfaceRegex []string
@@ -219,6 +219,9 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	}
 	node.Name = d.cfg.NodeName
 	node.Network = netcfg
+	if err := ipv6Underlay(&node, netcfg, d.cfg.PublicIPv6, d.log); err != nil {
+		return nil, backend.Node{}, nil, err
+	}
 	node.IPMasq = d.cfg.IPMasq
 	node.StateDir = d.cfg.StateDir
 	if node.StateDir == "" {
@@ -320,17 +323,14 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 			previous6 = f.IPv6NodeSubnet()
 		}
 	}
-	publicIPv6, err := d.publicIPv6(node, netcfg)
-	if err != nil {
-		return nil, err
-	}
 	r := &running{netcfg: netcfg, node: node, be: be, prep: prep}
 	r.keeper = &lease.Keeper{
 		Registry: d.cfg.Registry,
 		Request: lease.Request{
 			Config: netcfg,
-			Attrs: lease.Attrs{PublicIP: node.PublicIP, PublicIPv6: publicIPv6, BackendType: be.Type(), BackendData: prep.BackendData,
-				Twill: &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
+			Attrs: lease.Attrs{PublicIP: node.PublicIP, PublicIPv6: node.PublicIPv6, BackendType: be.Type(), BackendData: prep.BackendData,
+				BackendV6Data: prep.BackendV6Data,
+				Twill:         &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
 			TTL:          d.cfg.SubnetLeaseTTL,
 			Previous:     previous,
 			PreviousIPv6: previous6,

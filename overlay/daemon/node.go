@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 )
 
 // underlay is the interface and address the node uses to reach its peers.
@@ -135,6 +137,18 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 }
 
 func ipv4Prefixes(ifc *net.Interface) []netip.Prefix {
+	return ifacePrefixes(ifc, netip.Addr.Is4)
+}
+
+// ipv6Prefixes are an interface's global unicast IPv6 addresses with their
+// prefixes (link-local ones left out).
+func ipv6Prefixes(ifc *net.Interface) []netip.Prefix {
+	return ifacePrefixes(ifc, func(a netip.Addr) bool { return a.Is6() && a.IsGlobalUnicast() })
+}
+
+// ifacePrefixes are an interface's addresses that keep, with their
+// prefixes (IPv4 ones unmapped).
+func ifacePrefixes(ifc *net.Interface, keep func(netip.Addr) bool) []netip.Prefix {
 	addrs, err := ifc.Addrs()
 	if err != nil {
 		return nil
@@ -146,11 +160,11 @@ func ipv4Prefixes(ifc *net.Interface) []netip.Prefix {
 			continue
 		}
 		ip, ok := netip.AddrFromSlice(ipn.IP)
-		if !ok || !ip.Unmap().Is4() {
+		if !ok || !keep(ip.Unmap()) {
 			continue
 		}
-		ones, _ := ipn.Mask.Size()
-		if ones > 32 {
+		ones, bits := ipn.Mask.Size()
+		if ip.Unmap().Is4() && bits == 128 {
 			ones -= 96
 		}
 		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
@@ -167,31 +181,50 @@ func (u underlay) backendNode(name string) backend.Node {
 	return n
 }
 
-// publicIPv6 is the IPv6 address the node publishes: none unless the
-// network enables IPv6; --public-ipv6 if set; else the first global IPv6
-// address of the uplink interface. A dual-stack node without one carries
-// IPv6 pod traffic over its IPv4 underlay where its backend can; an
-// IPv6-only node must have one.
-func (d *Daemon) publicIPv6(node backend.Node, netcfg *netconf.Config) (netip.Addr, error) {
-	if !netcfg.EnableIPv6 {
-		return netip.Addr{}, nil
+// ipv6Underlay checks that the backend can carry the config's IPv6 pod
+// network and gives the node its IPv6 underlay address: publicIPv6 if set
+// (with its prefix if the underlay interface holds it), else the first
+// global IPv6 address of the underlay interface. Without
+// EnableIPv6 the node has none. host-gw needs the address; vxlan without
+// one carries IPv6 over the IPv4 underlay.
+//
+// This is the model branch's publicIPv6 (i17-model) folded in: the data
+// path needs the address's prefix too, to tell peers on the IPv6 segment.
+func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr, log *slog.Logger) error {
+	if !cfg.EnableIPv6 {
+		n.PublicIPv6, n.IfacePrefix6 = netip.Addr{}, netip.Prefix{}
+		return nil
 	}
-	if d.cfg.PublicIPv6.IsValid() {
-		return d.cfg.PublicIPv6, nil
+	if !plan.CarriesIPv6(cfg.Backend) {
+		return &netconf.FieldError{Field: "EnableIPv6", Value: "true",
+			Reason: fmt.Sprintf("the %s backend carries IPv4 only in twill (IPv6 pod networks run on vxlan or host-gw)", cfg.Backend.Type)}
 	}
-	if node.Iface != "" {
-		if ifc, err := net.InterfaceByName(node.Iface); err == nil {
-			if a, ok := globalIPv6(ifc); ok {
-				d.log.Info("public IPv6 address from the uplink", "iface", node.Iface, "public_ipv6", a)
-				return a, nil
+	if !n.PublicIPv6.IsValid() && n.Iface != "" { // a FindUplink may have set it
+		if ifc, err := net.InterfaceByName(n.Iface); err == nil {
+			for _, p := range ipv6Prefixes(ifc) {
+				if !publicIPv6.IsValid() || p.Addr() == publicIPv6 {
+					n.PublicIPv6, n.IfacePrefix6 = p.Addr(), p.Masked()
+					break
+				}
 			}
 		}
 	}
-	if !netcfg.EnableIPv4 {
-		return netip.Addr{}, fmt.Errorf("the network is IPv6-only, and the uplink %q has no global IPv6 address: set --public-ipv6", node.Iface)
+	if publicIPv6.IsValid() && n.PublicIPv6 != publicIPv6 {
+		// Not an address of the interface (one NATed to it, say): no
+		// segment known, so no IPv6 peer is direct.
+		n.PublicIPv6, n.IfacePrefix6 = publicIPv6, netip.Prefix{}
 	}
-	d.log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none (set --public-ipv6)", "iface", node.Iface)
-	return netip.Addr{}, nil
+	switch {
+	case n.PublicIPv6.IsValid():
+		log.Info("public IPv6 address", "iface", n.Iface, "public_ipv6", n.PublicIPv6, "prefix", n.IfacePrefix6)
+	case !cfg.EnableIPv4:
+		return fmt.Errorf("the network is IPv6-only, and the uplink %q has no global IPv6 address: set --public-ipv6", n.Iface)
+	case cfg.Backend.Type == netconf.TypeHostGW:
+		return fmt.Errorf("host-gw with EnableIPv6 routes via the peers' IPv6 underlay addresses: the underlay interface %q has no global IPv6 address (set --public-ipv6)", n.Iface)
+	default:
+		log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none and carrying IPv6 over IPv4 (set --public-ipv6)", "iface", n.Iface)
+	}
+	return nil
 }
 
 // globalIPv6 is the first global unicast IPv6 address of ifc (unique local

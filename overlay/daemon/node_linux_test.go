@@ -49,7 +49,7 @@ func TestPublicIPv6FromTheUplink(t *testing.T) {
 				return err
 			}
 		}
-		d := &Daemon{log: slog.New(slog.DiscardHandler)}
+		log := slog.New(slog.DiscardHandler)
 		for _, tt := range []struct {
 			iface string
 			cfg   *netconf.Config
@@ -64,11 +64,13 @@ func TestPublicIPv6FromTheUplink(t *testing.T) {
 			{"bare0", dual, "", "invalid IP", ""},
 			{"bare0", v6only, "", "", "has no global IPv6 address: set --public-ipv6"},
 		} {
-			d.cfg.PublicIPv6 = netip.Addr{}
+			var flag netip.Addr
 			if tt.flag != "" {
-				d.cfg.PublicIPv6 = netip.MustParseAddr(tt.flag)
+				flag = netip.MustParseAddr(tt.flag)
 			}
-			got, err := d.publicIPv6(backend.Node{Iface: tt.iface}, tt.cfg)
+			n := backend.Node{Iface: tt.iface}
+			err := ipv6Underlay(&n, tt.cfg, flag, log)
+			got := n.PublicIPv6
 			switch {
 			case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
 				t.Errorf("%s: %v, want an error saying %q", tt.iface, err, tt.err)

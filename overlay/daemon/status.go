@@ -33,6 +33,7 @@ func (d *Daemon) Snapshot() status.Snapshot {
 		be = r.be
 		s.Node.PublicIP, s.Node.Iface, s.Node.MTU = r.node.PublicIP, r.node.Iface, r.prep.MTU
 		s.Node.Network = r.netcfg.Network
+		s.Node.PublicIPv6, s.Node.IPv6Network = r.node.PublicIPv6, r.netcfg.IPv6Network
 		s.Node.BackendType = r.netcfg.Backend.Type
 		s.Node.BackendMode = r.netcfg.Backend.Mode
 		s.Lease = r.keeper.Current()

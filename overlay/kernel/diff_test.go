@@ -35,6 +35,28 @@ func vxlanPlan(peers ...int) plan.Plan {
 	return p
 }
 
+// peerSubnet6 and peerIP6 are peer i's IPv6 subnet and underlay address.
+func peerSubnet6(i int) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", i))
+}
+
+func peerIP6(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00:56::%d", 11+i)) }
+
+// dualVXLANPlan is the dual-stack vxlan plan for the peers given: the IPv4
+// state on twill.1 and the IPv6 state on twill-v6.1, flannel's way.
+func dualVXLANPlan(peers ...int) plan.Plan {
+	p := vxlanPlan(peers...)
+	p.Device6 = "twill-v6.1"
+	for _, i := range peers {
+		gw := peerSubnet6(i).Addr()
+		mac := vtepMAC(100 + i)
+		p.Routes = append(p.Routes, plan.Route{Dst: peerSubnet6(i), Gateway: gw, Device: p.Device6, OnLink: true})
+		p.Neighbors = append(p.Neighbors, plan.Neighbor{IP: gw, MAC: mac, Device: p.Device6})
+		p.FDB = append(p.FDB, plan.FDBEntry{MAC: mac, Dst: peerIP6(i), Device: p.Device6})
+	}
+	return p
+}
+
 // hostGWPlan is the host-gw plan for the peers given.
 func hostGWPlan(peers ...int) plan.Plan {
 	p := plan.Plan{Backend: "host-gw", MTU: 1500}
@@ -57,6 +79,18 @@ func holding(p plan.Plan) Tables {
 	for _, r := range p.Routes {
 		t.Routes = append(t.Routes, Route{Route: r, Protocol: RouteProtocol})
 	}
+	return t
+}
+
+// dualDevices are goldenDevices and vxlan's IPv6 device.
+func dualDevices() map[string]string {
+	d := goldenDevices()
+	d["twill-v6.1"] = "vxlan"
+	return d
+}
+
+func (t Tables) on(devices map[string]string) Tables {
+	t.Devices = devices
 	return t
 }
 
@@ -149,7 +183,25 @@ func diffCases() []diffCase {
 	fdbOnBridge := vxlanPlan(1)
 	fdbOnBridge.FDB = append(fdbOnBridge.FDB, plan.FDBEntry{MAC: vtepMAC(5), Dst: peerIP(5), Device: "twill0"})
 
+	dual := dualVXLANPlan(1, 2, 3)
+	dualMoved := dualVXLANPlan(1, 2)
+	dualMoved.FDB[len(dualMoved.FDB)-1].Dst = netip.MustParseAddr("fd00:56::99")
+	dualHostGW := hostGWPlan(1, 2)
+	for _, i := range []int{1, 2} {
+		dualHostGW.Routes = append(dualHostGW.Routes, plan.Route{Dst: peerSubnet6(i), Gateway: peerIP6(i), Device: "eth0"})
+	}
+
 	return []diffCase{
+		{"dual-stack-vxlan", "both families: IPv4 on twill.1, IPv6 on twill-v6.1 (v6 neighbours and FDB to the peers' IPv6 underlay addresses); peer 2's v6 VTEP moves, peer 3 leaves", []diffStep{
+			{label: "fresh node", plan: dual, tables: Tables{Devices: dualDevices()}},
+			{label: "in sync", plan: dual, tables: holding(dual).on(dualDevices())},
+			{label: "peer 2 moves, peer 3 leaves", plan: dualMoved, tables: holding(dual).on(dualDevices())},
+		}},
+		{"dual-stack-host-gw", "IPv6 routes via the peers' IPv6 underlay addresses beside the IPv4 ones; a stale IPv6 twill route goes, a foreign one stays", []diffStep{
+			{plan: dualHostGW, tables: holding(hostGWPlan(1)).plus(
+				kroute(RouteProtocol, "fd00:10:244:9::/64", "fd00:56::20", "eth0", 0),
+				kroute(protoStatic, "fd00:10:244:200::/64", "fd00:56::200", "eth0", 0))},
+		}},
 		{"vxlan-empty-to-plan", "a fresh node: every route, neighbour and FDB entry of three peers is added", []diffStep{
 			{plan: three, tables: Tables{Devices: goldenDevices()}}}},
 		{"vxlan-in-sync", "the kernel holds the plan: nothing to do", []diffStep{

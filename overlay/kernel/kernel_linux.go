@@ -156,15 +156,21 @@ func (h *Handle) tables(links linkTable, devices []string) (t Tables, have []net
 	}
 	have, rerr.routes = h.ownedRoutes()
 	for _, r := range have {
-		t.Routes = append(t.Routes, Route{Route: fromRoute(r, links), Protocol: int(r.Protocol), Metric: r.Priority, TOS: r.Tos})
+		t.Routes = append(t.Routes, Route{Route: fromRoute(r, links), Protocol: int(r.Protocol), Metric: metric(r), TOS: r.Tos})
 	}
 	for _, dev := range devices {
 		link, ok := links.byName[dev]
 		if !ok {
 			continue
 		}
-		neighs, err := h.ownedNeighbors(link, unix.AF_INET)
-		if err != nil {
+		var neighs []netlink.Neigh
+		var nerrs []error
+		for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+			ns, err := h.ownedNeighbors(link, family)
+			neighs = append(neighs, ns...)
+			nerrs = append(nerrs, err)
+		}
+		if err := errors.Join(nerrs...); err != nil {
 			rerr.neighbors[dev] = err
 		}
 		for _, n := range neighs {
@@ -227,8 +233,21 @@ func retryDump[T any](what string, dump func() (T, error)) (T, error) {
 func (h *Handle) ownedRoutes() ([]netlink.Route, error) {
 	filter := &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN}
 	return retryDump("list twill routes", func() ([]netlink.Route, error) {
-		return h.nl.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		return h.nl.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	})
+}
+
+// ipv6DefaultMetric is the metric the kernel gives an IPv6 route added
+// with none (IP6_RT_PRIO_USER): an IPv6 route cannot have metric 0.
+const ipv6DefaultMetric = 1024
+
+// metric is a route's metric as Diff sees it: an IPv6 route's default
+// (1024) counts as the 0 of twill's routes.
+func metric(r netlink.Route) int {
+	if r.Family == netlink.FAMILY_V6 && r.Priority == ipv6DefaultMetric {
+		return 0
+	}
+	return r.Priority
 }
 
 func fromRoute(r netlink.Route, links linkTable) plan.Route {
@@ -237,6 +256,8 @@ func fromRoute(r netlink.Route, links linkTable) plan.Route {
 		ip, _ := netip.AddrFromSlice(r.Dst.IP)
 		ones, _ := r.Dst.Mask.Size()
 		pr.Dst = netip.PrefixFrom(ip.Unmap(), ones)
+	} else if r.Family == netlink.FAMILY_V6 {
+		pr.Dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 	} else {
 		pr.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	}
@@ -256,14 +277,14 @@ func fromRoute(r netlink.Route, links linkTable) plan.Route {
 func toRoute(r plan.Route, link netlink.Link) *netlink.Route {
 	if r.Blackhole {
 		return &netlink.Route{
-			Dst:      &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), 32)},
+			Dst:      &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
 			Protocol: Protocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_UNIVERSE, Type: unix.RTN_BLACKHOLE,
 			Priority: plan.BlackholeMetric,
 		}
 	}
 	nr := &netlink.Route{
 		LinkIndex: link.Attrs().Index,
-		Dst:       &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), 32)},
+		Dst:       &net.IPNet{IP: r.Dst.Masked().Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
 		Protocol:  Protocol,
 		Table:     unix.RT_TABLE_MAIN,
 		Scope:     netlink.SCOPE_UNIVERSE,
@@ -304,8 +325,16 @@ func (h *Handle) writeRoutes(e Edits, have []netlink.Route, links linkTable, ch 
 	return errors.Join(append(errs, e.RouteProblems...)...)
 }
 
+// addrFamily is the netlink family of an address: FAMILY_V4 or FAMILY_V6.
+func addrFamily(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
 // ownedNeighbors lists the permanent entries of link's neighbour table
-// (AF_INET) or FDB (AF_BRIDGE).
+// (AF_INET, AF_INET6) or FDB (AF_BRIDGE).
 func (h *Handle) ownedNeighbors(link netlink.Link, family int) ([]netlink.Neigh, error) {
 	what := "list neighbours of " + link.Attrs().Name
 	if family == unix.AF_BRIDGE {
@@ -339,7 +368,7 @@ func (h *Handle) writeNeighbors(d DeviceEdits, link netlink.Link, ch *Changes) e
 	var errs []error
 	for _, s := range d.NeighborSets {
 		err := h.nl.NeighSet(&netlink.Neigh{
-			LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			LinkIndex: link.Attrs().Index, Family: addrFamily(s.Neighbor.IP), State: netlink.NUD_PERMANENT,
 			Type: unix.RTN_UNICAST, IP: s.Neighbor.IP.AsSlice(), HardwareAddr: s.Neighbor.MAC,
 		})
 		if err != nil {
@@ -353,7 +382,7 @@ func (h *Handle) writeNeighbors(d DeviceEdits, link netlink.Link, ch *Changes) e
 		}
 	}
 	for _, n := range d.NeighborDeletes {
-		err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, IP: n.IP.AsSlice()})
+		err := h.nl.NeighDel(&netlink.Neigh{LinkIndex: link.Attrs().Index, Family: addrFamily(n.IP), IP: n.IP.AsSlice()})
 		if err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete %s: %w", n, err))
 			continue

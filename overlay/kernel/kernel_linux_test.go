@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,15 +48,23 @@ func (n *testNS) underlay(t testing.TB, addr string) {
 	must(t, err)
 	must(t, n.nl.AddrAdd(eth, a))
 	must(t, n.nl.LinkSetUp(eth))
+	n.vxlan(t, "twill.1", 1450, net.HardwareAddr{0x0a, 0x58, 0, 0, 0, 0}, eth, a.IP)
+}
+
+// vxlan adds a VXLAN device (VNI 1, port 8472) on eth with the VTEP
+// address local, up.
+func (n *testNS) vxlan(t testing.TB, name string, mtu int, mac net.HardwareAddr, eth netlink.Link, local net.IP) *netlink.Vxlan {
+	t.Helper()
 	vx := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: "twill.1", MTU: 1450, HardwareAddr: net.HardwareAddr{0x0a, 0x58, 0, 0, 0, 0}},
+		LinkAttrs:    netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: mac},
 		VxlanId:      1,
 		VtepDevIndex: eth.Attrs().Index,
-		SrcAddr:      a.IP,
+		SrcAddr:      local,
 		Port:         8472,
 	}
 	must(t, n.nl.LinkAdd(vx))
 	must(t, n.nl.LinkSetUp(vx))
+	return vx
 }
 
 func (n *testNS) open(t testing.TB) *Handle {
@@ -353,11 +362,7 @@ func TestReconcilerRepairs(t *testing.T) {
 	n := newNS(t)
 	n.underlay(t, "192.168.56.11/24")
 	h := n.open(t)
-	r := NewReconciler(h, ReconcilerOptions{Resync: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r := runReconciler(t, h, time.Hour)
 
 	p := buildPlan(t, vxlanBackend, vxlanPeers(3)...)
 	r.Set(p)
@@ -624,4 +629,129 @@ func TestBlackhole(t *testing.T) {
 	if ch.RoutesRemoved != 2 {
 		t.Errorf("empty plan: %v, want 2 routes removed", ch)
 	}
+}
+
+// dualUnderlay is underlay with fd00:56::11/64 on eth0 too and the IPv6
+// VXLAN device twill-v6.1 on it.
+func (n *testNS) dualUnderlay(t testing.TB) (eth netlink.Link, vx6 *netlink.Vxlan) {
+	t.Helper()
+	n.underlay(t, "192.168.56.11/24")
+	eth, err := n.nl.LinkByName("eth0")
+	must(t, err)
+	a6, err := netlink.ParseAddr("fd00:56::11/64")
+	must(t, err)
+	a6.Flags = unix.IFA_F_NODAD
+	must(t, n.nl.AddrAdd(eth, a6))
+	return eth, n.vxlan(t, "twill-v6.1", 1430, net.HardwareAddr{0x0a, 0x58, 0, 0, 1, 0}, eth, a6.IP)
+}
+
+// runReconciler runs a reconciler on h until the test ends.
+func runReconciler(t *testing.T, h *Handle, resync time.Duration) *Reconciler {
+	r := NewReconciler(h, ReconcilerOptions{Resync: resync})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+// TestReconcilerRepairsIPv6: the reconciler hears of a deleted IPv6 route,
+// IPv6 neighbour and IPv6 FDB remote by netlink events and puts them back.
+func TestReconcilerRepairsIPv6(t *testing.T) {
+	n := newNS(t)
+	_, vx6 := n.dualUnderlay(t)
+	h := n.open(t)
+	r := runReconciler(t, h, time.Hour)
+
+	p := dualVXLANPlan(1, 2)
+	r.Set(p)
+	waitFor(t, 3*time.Second, "first pass in sync", func() bool { return r.Status().InSync })
+	var route6 plan.Route
+	for _, rt := range p.Routes {
+		if rt.Dst.Addr().Is6() {
+			route6 = rt
+		}
+	}
+	must(t, n.nl.RouteDel(toRoute(route6, vx6)))
+	took := waitFor(t, 3*time.Second, "IPv6 route restored", func() bool {
+		s, err := h.Read()
+		return err == nil && len(Compare(p, s).MissingRoutes) == 0
+	})
+	t.Logf("IPv6 route restored after %s", took)
+	must(t, n.nl.NeighDel(&netlink.Neigh{LinkIndex: vx6.Attrs().Index, Family: netlink.FAMILY_V6, IP: route6.Gateway.AsSlice()}))
+	f := p.FDB[len(p.FDB)-1]
+	must(t, n.nl.NeighDel(&netlink.Neigh{LinkIndex: vx6.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: f.Dst.AsSlice(), HardwareAddr: f.MAC}))
+	took = waitFor(t, 3*time.Second, "IPv6 neighbour and fdb restored", func() bool {
+		s, err := h.Read(OwnedDevices(p)...)
+		return err == nil && Compare(p, s).InSync()
+	})
+	t.Logf("IPv6 neighbour and fdb remote restored after %s", took)
+}
+
+// TestApplyDualStack: a dual-stack vxlan plan (IPv4 on twill.1, IPv6 on
+// twill-v6.1 over the IPv6 underlay) and IPv6 host-gw routes land in the
+// kernel, read back equal, a second Apply changes nothing, and a deleted
+// IPv6 neighbour and route come back.
+func TestApplyDualStack(t *testing.T) {
+	n := newNS(t)
+	eth, vx6 := n.dualUnderlay(t)
+	h := n.open(t)
+
+	p := dualVXLANPlan(1, 2, 3)
+	p.Routes = append(p.Routes, plan.Route{Dst: netip.MustParsePrefix("fd00:10:244:20::/64"), Gateway: netip.MustParseAddr("fd00:56::20"), Device: "eth0"})
+	ch, err := h.Apply(p)
+	must(t, err)
+	if want := (Changes{RoutesAdded: 7, NeighborsAdded: 6, FDBAdded: 6}); ch != want {
+		t.Errorf("first Apply: %v, want %v", ch, want)
+	}
+	assertState(t, h, p)
+
+	// The kernel's own view of the IPv6 half.
+	routes, err := n.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{LinkIndex: vx6.Attrs().Index}, netlink.RT_FILTER_OIF)
+	must(t, err)
+	var found []string
+	for _, r := range routes {
+		if r.Protocol == Protocol {
+			found = append(found, r.Dst.String()+" via "+r.Gw.String())
+		}
+	}
+	if want := "fd00:10:244:2::/64 via fd00:10:244:2::"; !slices.Contains(found, want) || len(found) != 3 {
+		t.Errorf("twill's IPv6 routes on twill-v6.1 = %v, want 3 with %q", found, want)
+	}
+	neighs, err := n.nl.NeighList(vx6.Attrs().Index, unix.AF_INET6)
+	must(t, err)
+	var permanent []string
+	for _, ne := range neighs {
+		if ne.State&netlink.NUD_PERMANENT != 0 {
+			permanent = append(permanent, ne.IP.String()+" "+ne.HardwareAddr.String())
+		}
+	}
+	if want := "fd00:10:244:2:: 0a:58:00:00:00:66"; !slices.Contains(permanent, want) {
+		t.Errorf("permanent IPv6 neighbours of twill-v6.1 = %v, want %q", permanent, want)
+	}
+	fdb, err := n.nl.NeighList(vx6.Attrs().Index, unix.AF_BRIDGE)
+	must(t, err)
+	var remotes []string
+	for _, f := range fdb {
+		remotes = append(remotes, f.HardwareAddr.String()+" "+f.IP.String())
+	}
+	if want := "0a:58:00:00:00:66 fd00:56::13"; !slices.Contains(remotes, want) {
+		t.Errorf("fdb of twill-v6.1 = %v, want %q", remotes, want)
+	}
+
+	ch, err = h.Apply(p)
+	must(t, err)
+	if ch.Total() != 0 {
+		t.Errorf("second Apply changed %v, want nothing", ch)
+	}
+
+	must(t, n.nl.NeighDel(&netlink.Neigh{LinkIndex: vx6.Attrs().Index, Family: netlink.FAMILY_V6, IP: net.ParseIP("fd00:10:244:2::")}))
+	_, dst, _ := net.ParseCIDR("fd00:10:244:20::/64")
+	must(t, n.nl.RouteDel(&netlink.Route{Dst: dst, Gw: net.ParseIP("fd00:56::20"), LinkIndex: eth.Attrs().Index, Protocol: Protocol}))
+	ch, err = h.Apply(p)
+	must(t, err)
+	if want := (Changes{RoutesAdded: 1, NeighborsAdded: 1}); ch != want {
+		t.Errorf("repair: %v, want %v", ch, want)
+	}
+	assertState(t, h, p)
 }

@@ -67,10 +67,11 @@ func (s *State) sort() {
 	})
 }
 
-// routeKey orders routes as the plan does: by address, then length.
+// routeKey orders routes as the plan does: IPv4 before IPv6, then by
+// address, then length.
 func routeKey(r plan.Route) string {
-	a := r.Dst.Addr().As4()
-	return fmt.Sprintf("%02x%02x%02x%02x/%02d %s", a[0], a[1], a[2], a[3], r.Dst.Bits(), r.Device)
+	a := r.Dst.Addr().As16()
+	return fmt.Sprintf("%03d %x/%03d %s", r.Dst.Addr().BitLen(), a, r.Dst.Bits(), r.Device)
 }
 
 // OwnedDevices are the devices whose permanent neighbour and FDB entries
@@ -78,8 +79,10 @@ func routeKey(r plan.Route) string {
 // FDB entries, sorted.
 func OwnedDevices(p plan.Plan) []string {
 	var devs []string
-	if p.Device != "" {
-		devs = append(devs, p.Device)
+	for _, d := range []string{p.Device, p.Device6} {
+		if d != "" {
+			devs = append(devs, d)
+		}
 	}
 	for _, n := range p.Neighbors {
 		devs = append(devs, n.Device)

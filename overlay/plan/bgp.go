@@ -68,7 +68,7 @@ func buildBGP(in Input, p Plan) (Plan, error) {
 	}
 	p.Routes = append(p.Routes, Route{Dst: own, Blackhole: true})
 	nodes := map[netip.Prefix]lease.Lease{}
-	for _, c := range candidates(in, &p) {
+	for _, c := range candidates(in, ipv4Family(in, p.Device), &p) {
 		nodes[c.lease.Subnet] = c.lease
 	}
 	learned := slices.Clone(in.Learned)

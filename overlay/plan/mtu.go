@@ -41,3 +41,21 @@ func MTU(b netconf.Backend, underlayMTU int) int {
 	}
 	return underlayMTU - Overhead(b.Type)
 }
+
+// IPv6UnderlayExtra is what an IPv6 outer header adds to a tunnel's
+// overhead over an IPv4 one: 40 bytes instead of 20 (vxlan over an IPv6
+// underlay: 70).
+const IPv6UnderlayExtra = 20
+
+// OverlayMTU is MTU for a node whose tunnel rides an IPv6 underlay when
+// ipv6Tunnel is set (vxlan's twill-v6 device): the overlay MTU is then
+// IPv6UnderlayExtra smaller, for both families, as the pods have one MTU
+// for both (1500 gives vxlan 1430). A configured Backend.MTU stands as it
+// is.
+func OverlayMTU(b netconf.Backend, underlayMTU int, ipv6Tunnel bool) int {
+	m := MTU(b, underlayMTU)
+	if ipv6Tunnel && b.MTU == 0 && m > 0 && Overhead(b.Type) > 0 {
+		m -= IPv6UnderlayExtra
+	}
+	return m
+}

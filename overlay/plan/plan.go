@@ -95,6 +95,11 @@ type Input struct {
 	// SubnetLen is the network's SubnetLen: a peer lease of another prefix
 	// length is refused. 0 accepts any length inside Network.
 	SubnetLen int
+	// Network6 and SubnetLen6 are the same for the IPv6 pod network
+	// (IPv6Network, IPv6SubnetLen), used when the own lease has an IPv6
+	// subnet.
+	Network6   netip.Prefix
+	SubnetLen6 int
 	// Underlay is this node's underlay interface.
 	Underlay Underlay
 	// Device overrides the backend device's name (DeviceName by default).
@@ -116,6 +121,13 @@ type Underlay struct {
 	// Prefix is the interface's connected prefix (192.168.56.0/24): a peer
 	// whose public IP is in it is on the same L2 segment.
 	Prefix netip.Prefix
+	// PublicIPv6 and Prefix6 are the same for the interface's IPv6 address
+	// (the own lease's PublicIPv6 when zero): IPv6 routes of host-gw and
+	// DirectRouting go via peers' PublicIPv6 in Prefix6, and vxlan's IPv6
+	// device has it as its VTEP address. Without one, vxlan carries IPv6
+	// over the IPv4 underlay and host-gw cannot carry IPv6.
+	PublicIPv6 netip.Addr
+	Prefix6    netip.Prefix
 	// MTU is the interface's MTU; 0 when not known (the plan's MTU is then 0
 	// unless the backend sets one).
 	MTU int
@@ -236,6 +248,11 @@ type Plan struct {
 	// Device is the backend's device ("" for host-gw). Everything permanent
 	// in its neighbour and FDB tables belongs to twill.
 	Device string
+	// Device6 is the backend's IPv6 device when it has a second one: vxlan's
+	// twill-v6.<VNI>, whose VTEP is the node's IPv6 underlay address
+	// (flannel's flannel-v6.<VNI>). "" otherwise. Twill owns its permanent
+	// neighbours and FDB as it owns Device's.
+	Device6 string
 	// MTU is the MTU of the overlay (backend device and pods); 0 if the
 	// underlay MTU was not given and the backend sets none.
 	MTU int
@@ -254,7 +271,7 @@ type Plan struct {
 // Errors of Build; the input cannot give a plan at all.
 var (
 	ErrBackend  = errors.New("plan: unsupported backend")
-	ErrOwnLease = errors.New("plan: own lease has no valid IPv4 subnet")
+	ErrOwnLease = errors.New("plan: own lease has no valid subnet")
 	ErrUnderlay = errors.New("plan: underlay not described")
 )
 
@@ -333,18 +350,39 @@ func WireGuardData(publicKey string) json.RawMessage {
 
 // Build computes the plan for in. It fails only when the input as a whole
 // is unusable; a peer that cannot be routed becomes a Problem.
+//
+// A lease holds an IPv4 subnet, an IPv6 subnet, or both; each family of
+// the own lease is planned on its own (family), with the peers' subnets of
+// that family, and the two halves make one plan. A peer without a subnet
+// of a family is simply not routed in it.
 func Build(in Input) (Plan, error) {
 	b := in.Backend
 	p := Plan{Backend: b.Type, Device: in.Device}
 	if p.Device == "" {
 		p.Device = DeviceName(b)
 	}
-	own := in.Own.Subnet
-	if !own.IsValid() || !own.Addr().Is4() || own.Masked() != own {
+	own, own6 := in.Own.Subnet, in.Own.IPv6Subnet
+	has4, has6 := own.IsValid(), own6.IsValid()
+	switch {
+	case !has4 && !has6:
+		return Plan{}, fmt.Errorf("%w: the lease has neither an IPv4 nor an IPv6 subnet", ErrOwnLease)
+	case has4 && (!own.Addr().Is4() || own.Masked() != own):
 		return Plan{}, fmt.Errorf("%w: %v", ErrOwnLease, own)
+	case has6 && (!own6.Addr().Is6() || own6.Addr().Is4In6() || own6.Masked() != own6):
+		return Plan{}, fmt.Errorf("%w: IPv6 subnet %v", ErrOwnLease, own6)
+	}
+	if has6 && !CarriesIPv6(b) {
+		return Plan{}, fmt.Errorf("%w: the %s backend carries IPv4 only, the lease has the IPv6 subnet %s", ErrIPv6, b.Type, own6)
+	}
+	ownIP6 := in.Underlay.PublicIPv6
+	if !ownIP6.IsValid() {
+		ownIP6 = in.Own.Attrs.PublicIPv6
+	}
+	if has6 && b.Type == netconf.TypeVXLAN && ownIP6.IsValid() {
+		p.Device6 = VXLANDevice6(b.VNI)
 	}
 	if in.Underlay.MTU > 0 || b.MTU > 0 {
-		p.MTU = MTU(b, in.Underlay.MTU)
+		p.MTU = OverlayMTU(b, in.Underlay.MTU, p.Device6 != "")
 	}
 	// hostGW: every peer is routed via its public IP on the shared segment.
 	hostGW := b.Type == netconf.TypeHostGW || RoutesPeerSlices(b)
@@ -362,39 +400,153 @@ func Build(in Input) (Plan, error) {
 	if b.Type == netconf.TypeUDP && (!in.Network.IsValid() || !in.Network.Contains(own.Addr())) {
 		return Plan{}, fmt.Errorf("plan: udp needs the cluster network containing %s, got %v", own, in.Network)
 	}
-	segment := in.Underlay.Prefix.Masked()
-	direct := hostGW || (b.DirectRouting && (b.Type == netconf.TypeVXLAN || b.Type == netconf.TypeIPIP))
-	if hostGW && !segment.IsValid() {
-		return Plan{}, fmt.Errorf("%w: %s needs the underlay interface's prefix", ErrUnderlay, b.Type)
+	if has4 {
+		if err := p.addFamily(in, ipv4Family(in, p.Device)); err != nil {
+			return Plan{}, err
+		}
 	}
-	if direct && segment.IsValid() && in.Underlay.Device == "" {
-		return Plan{}, fmt.Errorf("%w: routes over the underlay need its device name", ErrUnderlay)
+	if has6 {
+		f := ipv6Family(in, p, ownIP6)
+		if hostGW && !f.ownIP.Is6() {
+			return Plan{}, fmt.Errorf("%w: %s routes IPv6 via the peers' IPv6 underlay addresses and needs this node's (PublicIPv6)", ErrUnderlay, b.Type)
+		}
+		if err := p.addFamily(in, f); err != nil {
+			return Plan{}, err
+		}
 	}
+	if b.Type == netconf.TypeUDP {
+		p.Routes = append(p.Routes, Route{Dst: in.Network.Masked(), Device: p.Device})
+	}
+	p.sort()
+	return p, nil
+}
+
+// ErrIPv6 is Build's error for an IPv6 subnet on a backend that cannot carry it.
+var ErrIPv6 = errors.New("plan: no IPv6 on this backend")
+
+// CarriesIPv6 reports whether a backend can carry an IPv6 pod network:
+// vxlan (a second VXLAN device over the IPv6 underlay, as flannel's
+// flannel-v6.<VNI>, or IPv6 neighbours on the IPv4 device when the node
+// has no IPv6 underlay address), host-gw (routes via the peers'
+// PublicIPv6), and alloc, which carries nothing. udp is IPv4-only as
+// flannel's is; ipip, bgp, wireguard and the sublink backends are IPv4-only
+// in twill for now.
+func CarriesIPv6(b netconf.Backend) bool {
+	switch b.Type {
+	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeAlloc:
+		return true
+	}
+	return false
+}
+
+// VXLANDevice6 is the name of the IPv6 VXLAN device for a VNI:
+// twill-v6.<VNI>, flannel's flannel-v6.<VNI>.
+func VXLANDevice6(vni int) string { return "twill-v6." + strconv.Itoa(vni) }
+
+// family is one address family's view of the input: which of a lease's
+// subnets and addresses the family plans with, and where its routes go.
+type family struct {
+	name      string // "IPv4" or "IPv6", for problems
+	network   netip.Prefix
+	subnetLen int
+	own       netip.Prefix
+	// ownIP is this node's address on the underlay the family's packets
+	// ride (for IPv6 over an IPv4 underlay, the IPv4 one).
+	ownIP netip.Addr
+	// segment is the node's connected prefix of that address's family: a
+	// peer whose address is in it is on the L2 segment. direct says routes
+	// over the segment (host-gw, DirectRouting) are possible at all.
+	segment netip.Prefix
+	direct  bool
+	// device carries the family's tunnel state (vxlan: twill.<VNI>, or
+	// twill-v6.<VNI> over an IPv6 underlay).
+	device string
+	subnet func(lease.Lease) netip.Prefix
+	// publicIP is the peer's address the family's routes and tunnel lead to.
+	publicIP func(lease.Lease) netip.Addr
+	// addrName names publicIP's field in problems.
+	addrName string
+	isAddr   func(netip.Addr) bool
+	// data is the peer's backend data for the family.
+	data func(lease.Lease) json.RawMessage
+}
+
+func is4(a netip.Addr) bool { return a.Is4() }
+func is6(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }
+
+func ipv4Family(in Input, device string) family {
 	ownIP := in.Underlay.PublicIP
 	if !ownIP.IsValid() {
 		ownIP = in.Own.Attrs.PublicIP
 	}
+	return family{
+		name: "IPv4", network: in.Network, subnetLen: in.SubnetLen, own: in.Own.Subnet,
+		ownIP: ownIP, segment: in.Underlay.Prefix.Masked(), direct: true, device: device,
+		subnet:   func(l lease.Lease) netip.Prefix { return l.Subnet },
+		publicIP: func(l lease.Lease) netip.Addr { return l.Attrs.PublicIP },
+		addrName: "public IP", isAddr: is4,
+		data: func(l lease.Lease) json.RawMessage { return l.Attrs.BackendData },
+	}
+}
 
-	peers := candidates(in, &p)
+// ipv6Family: over an IPv6 underlay (this node has ownIP6) the peers'
+// PublicIPv6 and BackendV6Data, on Device6 for vxlan; without one (vxlan
+// only) the IPv6 routes and neighbours go on the IPv4 device, to the peers'
+// IPv4 VTEPs, with the MAC their BackendV6Data publishes.
+func ipv6Family(in Input, p Plan, ownIP6 netip.Addr) family {
+	f := family{
+		name: "IPv6", network: in.Network6, subnetLen: in.SubnetLen6, own: in.Own.IPv6Subnet,
+		ownIP: ownIP6, segment: in.Underlay.Prefix6.Masked(), direct: true, device: p.Device,
+		subnet:   func(l lease.Lease) netip.Prefix { return l.IPv6Subnet },
+		publicIP: func(l lease.Lease) netip.Addr { return l.Attrs.PublicIPv6 },
+		addrName: "PublicIPv6", isAddr: is6,
+		data: func(l lease.Lease) json.RawMessage { return l.Attrs.BackendV6Data },
+	}
+	if p.Device6 != "" {
+		f.device = p.Device6
+	}
+	if !ownIP6.IsValid() && in.Backend.Type == netconf.TypeVXLAN {
+		v4 := ipv4Family(in, p.Device)
+		f.ownIP, f.segment, f.direct = v4.ownIP, netip.Prefix{}, false
+		f.publicIP, f.addrName, f.isAddr = v4.publicIP, "public IP (IPv6 over the IPv4 underlay)", is4
+	}
+	return f
+}
+
+// addFamily adds the routes, neighbours, FDB entries, peers and problems
+// of one family's peers to p.
+func (p *Plan) addFamily(in Input, f family) error {
+	b := in.Backend
+	hostGW := b.Type == netconf.TypeHostGW || RoutesPeerSlices(b)
+	segment := f.segment
+	direct := hostGW || (f.direct && b.DirectRouting && (b.Type == netconf.TypeVXLAN || b.Type == netconf.TypeIPIP))
+	if hostGW && !segment.IsValid() {
+		return fmt.Errorf("%w: %s needs the underlay interface's %s prefix", ErrUnderlay, b.Type, f.name)
+	}
+	if direct && segment.IsValid() && in.Underlay.Device == "" {
+		return fmt.Errorf("%w: routes over the underlay need its device name", ErrUnderlay)
+	}
+
+	peers := candidates(in, f, p)
 	if b.Type == netconf.TypeVXLAN {
-		peers = vtepConflicts(peers, &p)
+		peers = vtepConflicts(peers, f, p)
 	}
 
 	for _, c := range peers {
 		l := c.lease
-		ip := l.Attrs.PublicIP
+		sub, ip := f.subnet(l), f.publicIP(l)
 		problem := func(format string, args ...any) {
-			p.Problems = append(p.Problems, Problem{Subnet: l.Subnet, PublicIP: ip, Reason: fmt.Sprintf(format, args...)})
+			p.Problems = append(p.Problems, Problem{Subnet: sub, PublicIP: ip, Reason: fmt.Sprintf(format, args...)})
 		}
-		if ownIP.IsValid() && ip == ownIP {
-			problem("publishes this node's own public IP (a stale lease of this node?); not routed")
+		if f.ownIP.IsValid() && ip == f.ownIP {
+			problem("publishes this node's own %s (a stale lease of this node?); not routed", f.addrName)
 			continue
 		}
-		peer := Peer{Subnet: l.Subnet, PublicIP: ip, Node: l.Attrs.NodeName()}
+		peer := Peer{Subnet: sub, PublicIP: ip, Node: l.Attrs.NodeName()}
 		onSegment := segment.IsValid() && segment.Contains(ip)
 		if direct && onSegment {
 			peer.Direct = true
-			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: ip, Device: in.Underlay.Device})
+			p.Routes = append(p.Routes, Route{Dst: sub, Gateway: ip, Device: in.Underlay.Device})
 			p.Peers = append(p.Peers, peer)
 			continue
 		}
@@ -406,24 +558,20 @@ func Build(in Input) (Plan, error) {
 		case netconf.TypeUDP:
 			// The single cluster route carries it; twilld forwards by the peer table.
 		case netconf.TypeIPIP:
-			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: ip, Device: p.Device, OnLink: true})
+			p.Routes = append(p.Routes, Route{Dst: sub, Gateway: ip, Device: f.device, OnLink: true})
 		case netconf.TypeWireGuard:
 			peer.PublicKey = c.key
-			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Device: p.Device})
+			p.Routes = append(p.Routes, Route{Dst: sub, Device: f.device})
 		case netconf.TypeVXLAN:
-			gw := l.Subnet.Masked().Addr()
+			gw := sub.Masked().Addr()
 			peer.VtepMAC = c.mac
-			p.Routes = append(p.Routes, Route{Dst: l.Subnet, Gateway: gw, Device: p.Device, OnLink: true})
-			p.Neighbors = append(p.Neighbors, Neighbor{IP: gw, MAC: c.mac, Device: p.Device})
-			p.FDB = append(p.FDB, FDBEntry{MAC: c.mac, Dst: ip, Device: p.Device})
+			p.Routes = append(p.Routes, Route{Dst: sub, Gateway: gw, Device: f.device, OnLink: true})
+			p.Neighbors = append(p.Neighbors, Neighbor{IP: gw, MAC: c.mac, Device: f.device})
+			p.FDB = append(p.FDB, FDBEntry{MAC: c.mac, Dst: ip, Device: f.device})
 		}
 		p.Peers = append(p.Peers, peer)
 	}
-	if b.Type == netconf.TypeUDP {
-		p.Routes = append(p.Routes, Route{Dst: in.Network.Masked(), Device: p.Device})
-	}
-	p.sort()
-	return p, nil
+	return nil
 }
 
 // RoutesPeerSlices reports whether a backend whose pods sit on the underlay
@@ -440,43 +588,51 @@ type candidate struct {
 	key   string           // wireguard
 }
 
-// candidates filters the peer leases: the own lease, leases of another
-// prefix length than the network's SubnetLen, leases outside the network,
-// leases overlapping an older one, foreign backends and malformed leases are
-// dropped (all but the own lease with a Problem).
+// candidates filters the peer leases of family f: the own lease, leases
+// without a subnet of the family (silently), leases of another prefix
+// length than the network's SubnetLen, leases outside the network, leases
+// overlapping an older one, foreign backends and malformed leases are
+// dropped (all but the first two with a Problem).
 //
 // Between overlapping leases the oldest wins (lowest create revision, then
 // lowest revision): a lease written later, such as a supernet key that
 // covers established peers (10.244.96.0-19 over 10.244.97.0-24), cannot
 // take their traffic.
-func candidates(in Input, p *Plan) []candidate {
+func candidates(in Input, f family, p *Plan) []candidate {
 	b := in.Backend
-	own := in.Own.Subnet
+	own := f.own
 	leases := slices.Clone(in.Peers)
 	slices.SortStableFunc(leases, func(x, y lease.Lease) int {
 		return cmp.Or(cmp.Compare(age(x), age(y)), cmp.Compare(x.Revision, y.Revision),
-			comparePrefix(x.Subnet, y.Subnet), x.Attrs.PublicIP.Compare(y.Attrs.PublicIP)) // oldest first
+			comparePrefix(f.subnet(x), f.subnet(y)), f.publicIP(x).Compare(f.publicIP(y))) // oldest first
 	})
 	var claims claimSet
 	var out []candidate
 	for _, l := range leases {
+		s := f.subnet(l)
 		problem := func(format string, args ...any) {
-			p.Problems = append(p.Problems, Problem{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Reason: fmt.Sprintf(format, args...)})
+			p.Problems = append(p.Problems, Problem{Subnet: s, PublicIP: f.publicIP(l), Reason: fmt.Sprintf(format, args...)})
 		}
-		s := l.Subnet
-		if s == own {
-			continue // our own lease
+		if s == own || (!s.IsValid() && f.name == "IPv6") {
+			continue // our own lease, or a peer without IPv6
 		}
-		if !s.IsValid() || !s.Addr().Is4() || s.Masked() != s {
+		if !s.IsValid() && !l.IPv6Subnet.IsValid() {
 			problem("subnet is not an IPv4 network address")
 			continue
 		}
-		if in.Network.IsValid() && !(in.Network.Contains(s.Addr()) && s.Bits() >= in.Network.Bits()) {
-			problem("outside the cluster network %s", in.Network)
+		if !s.IsValid() {
+			continue // an IPv6-only peer: the IPv6 half routes it
+		}
+		if s.Addr().BitLen() != own.Addr().BitLen() || s.Addr().Is4In6() || s.Masked() != s {
+			problem("subnet is not an %s network address", f.name)
 			continue
 		}
-		if in.SubnetLen > 0 && s.Bits() != in.SubnetLen {
-			problem("prefix length /%d, the network's SubnetLen is %d; refused", s.Bits(), in.SubnetLen)
+		if f.network.IsValid() && !(f.network.Contains(s.Addr()) && s.Bits() >= f.network.Bits()) {
+			problem("outside the cluster network %s", f.network)
+			continue
+		}
+		if f.subnetLen > 0 && s.Bits() != f.subnetLen {
+			problem("prefix length /%d, the network's %s is %d; refused", s.Bits(), subnetLenField(f), f.subnetLen)
 			continue
 		}
 		if s.Overlaps(own) {
@@ -484,26 +640,36 @@ func candidates(in Input, p *Plan) []candidate {
 			continue
 		}
 		if o, ok := claims.overlapping(s); ok {
-			if o.Subnet == s {
+			if f.subnet(o) == s {
 				problem("duplicate lease for the subnet (created at revision %d); the older lease (revision %d) is used", age(l), age(o))
 			} else {
-				problem("overlaps the older lease %s (created at revision %d); refused", o.Subnet, age(o))
+				problem("overlaps the older lease %s (created at revision %d); refused", f.subnet(o), age(o))
 			}
 			continue
 		}
-		claims.add(l)
+		claims.add(s, l)
 		if t := l.Attrs.Backend(); t != b.Type {
 			problem("backend type %q, this node runs %q; skipped", t, b.Type)
 			continue
 		}
-		if ip := l.Attrs.PublicIP; !ip.IsValid() || !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() {
-			problem("public IP %v is not a unicast IPv4 address", ip)
+		if ip := f.publicIP(l); !ip.IsValid() {
+			problem("publishes no %s", f.addrName)
+			continue
+		} else if !f.isAddr(ip) || ip.IsUnspecified() || ip.IsMulticast() {
+			problem("%s %v is not a unicast %s address", f.addrName, ip, addrFamilyName(f))
+			continue
+		}
+		if f.name == "IPv6" && b.Type == netconf.TypeVXLAN && !is6(f.ownIP) && l.Attrs.PublicIPv6.IsValid() {
+			problem("publishes PublicIPv6 %s: its IPv6 VTEP is on the IPv6 underlay, and this node has no IPv6 underlay address", l.Attrs.PublicIPv6)
 			continue
 		}
 		c := candidate{lease: l}
 		if b.Type == netconf.TypeVXLAN {
-			vni, mac, err := ParseVXLANData(l.Attrs.BackendData)
+			vni, mac, err := ParseVXLANData(f.data(l))
 			if err != nil {
+				if f.name == "IPv6" {
+					err = fmt.Errorf("BackendV6Data: %w", err)
+				}
 				problem("%v", err)
 				continue
 			}
@@ -514,7 +680,7 @@ func candidates(in Input, p *Plan) []candidate {
 			c.mac = mac
 		}
 		if b.Type == netconf.TypeWireGuard {
-			key, err := ParseWireGuardData(l.Attrs.BackendData)
+			key, err := ParseWireGuardData(f.data(l))
 			if err != nil {
 				problem("%v; skipped", err)
 				continue
@@ -523,8 +689,22 @@ func candidates(in Input, p *Plan) []candidate {
 		}
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(x, y candidate) int { return comparePrefix(x.lease.Subnet, y.lease.Subnet) })
+	slices.SortFunc(out, func(x, y candidate) int { return comparePrefix(f.subnet(x.lease), f.subnet(y.lease)) })
 	return out
+}
+
+func subnetLenField(f family) string {
+	if f.name == "IPv6" {
+		return "IPv6SubnetLen"
+	}
+	return "SubnetLen"
+}
+
+func addrFamilyName(f family) string {
+	if f.isAddr(netip.IPv4Unspecified()) {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // age orders leases by when they were created: the create revision, or
@@ -536,8 +716,9 @@ func age(l lease.Lease) int64 {
 	return l.Revision
 }
 
-// claimSet holds the subnets of accepted leases and answers, in at most 33
-// lookups, whether a subnet overlaps one of them.
+// claimSet holds the subnets of accepted leases (of one family) and
+// answers, in at most 33 (IPv6: 129) lookups, whether a subnet overlaps one
+// of them.
 type claimSet struct {
 	// exact maps an accepted subnet to its lease; covered holds every
 	// prefix that contains an accepted subnet (the subnet itself too).
@@ -545,13 +726,13 @@ type claimSet struct {
 	covered map[netip.Prefix]lease.Lease
 }
 
-func (c *claimSet) add(l lease.Lease) {
+func (c *claimSet) add(s netip.Prefix, l lease.Lease) {
 	if c.exact == nil {
 		c.exact, c.covered = map[netip.Prefix]lease.Lease{}, map[netip.Prefix]lease.Lease{}
 	}
-	c.exact[l.Subnet] = l
-	for bits := l.Subnet.Bits(); bits >= 0; bits-- {
-		p := netip.PrefixFrom(l.Subnet.Addr(), bits).Masked()
+	c.exact[s] = l
+	for bits := s.Bits(); bits >= 0; bits-- {
+		p := netip.PrefixFrom(s.Addr(), bits).Masked()
 		if _, ok := c.covered[p]; !ok {
 			c.covered[p] = l
 		}
@@ -577,7 +758,7 @@ func (c *claimSet) overlapping(s netip.Prefix) (lease.Lease, bool) {
 // The lease with the highest revision (the newest) wins; on a tie, the
 // lowest subnet. Leases sharing MAC and public IP (one node, two subnets)
 // are not a conflict.
-func vtepConflicts(peers []candidate, p *Plan) []candidate {
+func vtepConflicts(peers []candidate, f family, p *Plan) []candidate {
 	owner := map[string]lease.Lease{}
 	for _, c := range peers {
 		k := c.mac.String()
@@ -589,9 +770,9 @@ func vtepConflicts(peers []candidate, p *Plan) []candidate {
 	out := peers[:0:0]
 	for _, c := range peers {
 		o := owner[c.mac.String()]
-		if o.Attrs.PublicIP != c.lease.Attrs.PublicIP {
-			p.Problems = append(p.Problems, Problem{Subnet: c.lease.Subnet, PublicIP: c.lease.Attrs.PublicIP,
-				Reason: fmt.Sprintf("VtepMAC %s is also published by %s at %s (newer lease); skipped", c.mac, o.Subnet, o.Attrs.PublicIP)})
+		if f.publicIP(o) != f.publicIP(c.lease) {
+			p.Problems = append(p.Problems, Problem{Subnet: f.subnet(c.lease), PublicIP: f.publicIP(c.lease),
+				Reason: fmt.Sprintf("VtepMAC %s is also published by %s at %s (newer lease); skipped", c.mac, f.subnet(o), f.publicIP(o))})
 			continue
 		}
 		out = append(out, c)

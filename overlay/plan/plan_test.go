@@ -22,7 +22,61 @@ var (
 	bigNetwork = netip.MustParsePrefix("10.128.0.0/9")
 	segment    = netip.MustParsePrefix("192.168.56.0/24")
 	bigSegment = netip.MustParsePrefix("172.16.0.0/16")
+	network6   = netip.MustParsePrefix("fd00:10:244::/48")
+	segment6   = netip.MustParsePrefix("fd00:56::/64")
 )
+
+// withV6 gives a lease its IPv6 half as a dual-stack node publishes it: the
+// IPv6 subnet, the PublicIPv6 (none if ""), and for vxlan the IPv6 VTEP's
+// data (MAC numbered 0x100+n, on the IPv6 device; over an IPv4 underlay,
+// publicIPv6 "", the IPv4 device's MAC n).
+func withV6(l lease.Lease, subnet6, publicIPv6 string, n int) lease.Lease {
+	l.IPv6Subnet = netip.MustParsePrefix(subnet6)
+	if publicIPv6 != "" {
+		l.Attrs.PublicIPv6 = netip.MustParseAddr(publicIPv6)
+	}
+	if l.Attrs.BackendType == netconf.TypeVXLAN {
+		m := mac(0x100 + n)
+		if publicIPv6 == "" {
+			m = mac(n)
+		}
+		l.Attrs.BackendV6Data = VXLANData(1, m)
+	}
+	return l
+}
+
+// v6Only drops a lease's IPv4 half, as an IPv6-only node publishes it.
+func v6Only(l lease.Lease) lease.Lease {
+	l.Subnet, l.Attrs.PublicIP, l.Attrs.BackendData = netip.Prefix{}, netip.Addr{}, nil
+	return l
+}
+
+// dualNode is node(typ, 10.244.n.0/24, 192.168.56.(11+n)) with the IPv6
+// subnet fd00:10:244:n::/64 at fd00:56::(11+n).
+func dualNode(typ string, n int) lease.Lease {
+	return withV6(node(typ, fmt.Sprintf("10.244.%d.0/24", n), fmt.Sprintf("192.168.56.%d", 11+n), n),
+		fmt.Sprintf("fd00:10:244:%x::/64", n), fmt.Sprintf("fd00:56::%d", 11+n), n)
+}
+
+// input6 is input with the own lease dual-stack (or IPv6-only with
+// v6only), the IPv6 network and the IPv6 underlay prefix.
+func input6(typ string, b netconf.Backend, v6only bool, peers ...lease.Lease) Input {
+	in := input(typ, b, peers...)
+	in.Own = dualNode(typ, 0)
+	if v6only {
+		in.Own = v6Only(in.Own)
+	}
+	in.Network6, in.SubnetLen6, in.Underlay.Prefix6 = network6, 64, segment6
+	return in
+}
+
+// overIPv4 is in without an IPv6 underlay: the own lease publishes no
+// PublicIPv6 and its IPv6 VTEP is the IPv4 device.
+func overIPv4(in Input) Input {
+	in.Own = withV6(node(in.Backend.Type, "10.244.0.0/24", "192.168.56.11", 0), "fd00:10:244::/64", "", 0)
+	in.Underlay.Prefix6 = netip.Prefix{}
+	return in
+}
 
 func backend(typ string) netconf.Backend {
 	b := netconf.Backend{Type: typ}
@@ -267,6 +321,36 @@ func goldenCases() []golden {
 			learned("10.244.1.0/24", "192.168.56.12"), learned("10.244.2.0/24", "10.0.9.13", "192.168.56.1"))}}},
 		golden{"bgp-ipip-always", "IPIP Always: every learned route goes through twill.ipip", []step{{in: withLearned(input(bg, withIPIP(backend(bg), netconf.IPIPAlways)),
 			learned("10.244.1.0/24", "192.168.56.12"), learned("10.244.2.0/24", "10.0.9.13", "192.168.56.1"))}}},
+		golden{"vxlan-dual-stack", "dual stack, flannel's way: IPv4 on twill.1, IPv6 on twill-v6.1 to the peers' PublicIPv6 with their BackendV6Data MACs; MTU 1430 (IPv6 outer header); a v4-only peer, an IPv6-only peer, a peer with bad BackendV6Data, one outside the IPv6 network and one of another IPv6SubnetLen", []step{{in: input6(vx, backend(vx), false,
+			dualNode(vx, 3), dualNode(vx, 1), dualNode(vx, 2),
+			node(vx, "10.244.4.0/24", "192.168.56.15", 4),
+			v6Only(dualNode(vx, 5)),
+			func() lease.Lease {
+				l := dualNode(vx, 6)
+				l.Attrs.BackendV6Data = json.RawMessage(`{"VNI":1}`)
+				return l
+			}(),
+			withV6(node(vx, "10.244.7.0/24", "192.168.56.18", 7), "fd00:99::/64", "fd00:56::18", 7),
+			withV6(node(vx, "10.244.8.0/24", "192.168.56.19", 8), "fd00:10:244:8::/80", "fd00:56::19", 8))}}},
+		golden{"vxlan-dual-stack-peer-leaves", "a dual-stack peer leaves: both halves go", []step{
+			{label: "before", in: input6(vx, backend(vx), false, dualNode(vx, 1), dualNode(vx, 2))},
+			{label: "after", in: input6(vx, backend(vx), false, dualNode(vx, 1))},
+		}},
+		golden{"vxlan-ipv6-only", "an IPv6-only cluster: no IPv4 state at all; a peer without PublicIPv6 is a problem", []step{{in: input6(vx, backend(vx), true,
+			v6Only(dualNode(vx, 1)), v6Only(dualNode(vx, 2)),
+			v6Only(withV6(node(vx, "10.244.3.0/24", "192.168.56.14", 3), "fd00:10:244:3::/64", "", 3)))}}},
+		golden{"vxlan-ipv6-over-ipv4", "no IPv6 underlay: IPv6 pod routes and neighbours go on twill.1, to the peers' IPv4 VTEPs (one FDB entry per peer serves both families); MTU 1450; a peer that publishes PublicIPv6 (its VTEP is on the IPv6 underlay) is a problem", []step{{in: overIPv4(input6(vx, backend(vx), false,
+			withV6(node(vx, "10.244.1.0/24", "192.168.56.12", 1), "fd00:10:244:1::/64", "", 1),
+			withV6(node(vx, "10.244.2.0/24", "192.168.56.13", 2), "fd00:10:244:2::/64", "", 2),
+			dualNode(vx, 3)))}}},
+		golden{"vxlan-dual-stack-direct-routing", "DirectRouting in both families: peers on 192.168.56.0/24 and fd00:56::/64 are routed via eth0, the one behind routers is tunnelled in both", []step{{in: input6(vx, directRouting(backend(vx)), false,
+			dualNode(vx, 1),
+			withV6(node(vx, "10.244.3.0/24", "10.0.9.14", 3), "fd00:10:244:3::/64", "fd00:9::14", 3))}}},
+		golden{"host-gw-dual-stack", "host-gw in both families: IPv6 routes via the peers' PublicIPv6 on eth0; a peer off the IPv6 segment is a problem in IPv6 only", []step{{in: input6(netconf.TypeHostGW, backend(netconf.TypeHostGW), false,
+			dualNode(netconf.TypeHostGW, 2), dualNode(netconf.TypeHostGW, 1),
+			withV6(node(netconf.TypeHostGW, "10.244.3.0/24", "192.168.56.14", 3), "fd00:10:244:3::/64", "fd00:9::14", 3))}}},
+		golden{"host-gw-ipv6-only", "host-gw in an IPv6-only cluster", []step{{in: input6(netconf.TypeHostGW, backend(netconf.TypeHostGW), true,
+			v6Only(dualNode(netconf.TypeHostGW, 1)), v6Only(dualNode(netconf.TypeHostGW, 2)))}}},
 		golden{"vxlan-mtu-override", "Backend.MTU overrides the underlay arithmetic; the device is named by Input.Device", []step{{in: func() Input {
 			b := backend(vx)
 			b.MTU = 1400
@@ -282,7 +366,14 @@ func renderInput(sb *strings.Builder, s step) {
 	in := s.in
 	bj, _ := json.Marshal(in.Backend)
 	fmt.Fprintf(sb, "backend %s\nnetwork %s subnet-len %d\n", bj, in.Network, in.SubnetLen)
-	fmt.Fprintf(sb, "underlay dev %s prefix %s mtu %d\n", in.Underlay.Device, in.Underlay.Prefix, in.Underlay.MTU)
+	if in.Network6.IsValid() {
+		fmt.Fprintf(sb, "network6 %s subnet-len6 %d\n", in.Network6, in.SubnetLen6)
+	}
+	fmt.Fprintf(sb, "underlay dev %s prefix %s mtu %d", in.Underlay.Device, in.Underlay.Prefix, in.Underlay.MTU)
+	if in.Underlay.Prefix6.IsValid() {
+		fmt.Fprintf(sb, " prefix6 %s", in.Underlay.Prefix6)
+	}
+	sb.WriteString("\n")
 	lines := func(kind string, l lease.Lease) {
 		fmt.Fprintf(sb, "%s %s public %s type %q rev %d", kind, l.Subnet, l.Attrs.PublicIP, l.Attrs.BackendType, l.Revision)
 		if l.Created != 0 {
@@ -290,6 +381,12 @@ func renderInput(sb *strings.Builder, s step) {
 		}
 		if len(l.Attrs.BackendData) > 0 {
 			fmt.Fprintf(sb, " data %s", l.Attrs.BackendData)
+		}
+		if l.IPv6Subnet.IsValid() {
+			fmt.Fprintf(sb, " subnet6 %s public6 %s", l.IPv6Subnet, l.Attrs.PublicIPv6)
+		}
+		if len(l.Attrs.BackendV6Data) > 0 {
+			fmt.Fprintf(sb, " data6 %s", l.Attrs.BackendV6Data)
 		}
 		sb.WriteString("\n")
 	}
@@ -356,6 +453,7 @@ func TestDeterministic(t *testing.T) {
 }
 
 func TestBuildRefuses(t *testing.T) {
+	vx := netconf.TypeVXLAN
 	noUnderlay := input(netconf.TypeHostGW, backend(netconf.TypeHostGW))
 	noUnderlay.Underlay = Underlay{}
 	noDevice := input(netconf.TypeVXLAN, directRouting(backend(netconf.TypeVXLAN)))
@@ -368,12 +466,24 @@ func TestBuildRefuses(t *testing.T) {
 		in   Input
 		want error
 	}{
-		"host-gw without underlay prefix": {noUnderlay, ErrUnderlay},
-		"direct routing without device":   {noDevice, ErrUnderlay},
-		"udp without network":             {noNetwork, nil},
-		"own subnet with host bits":       {noOwn, ErrOwnLease},
-		"unknown backend":                 {input("geneve", backend("geneve")), ErrBackend},
-		"bgp without underlay":            {func() Input { in := input("bgp", backend("bgp")); in.Underlay = Underlay{}; return in }(), ErrUnderlay},
+		"host-gw without underlay prefix":       {noUnderlay, ErrUnderlay},
+		"direct routing without device":         {noDevice, ErrUnderlay},
+		"udp without network":                   {noNetwork, nil},
+		"own subnet with host bits":             {noOwn, ErrOwnLease},
+		"unknown backend":                       {input("geneve", backend("geneve")), ErrBackend},
+		"bgp without underlay":                  {func() Input { in := input("bgp", backend("bgp")); in.Underlay = Underlay{}; return in }(), ErrUnderlay},
+		"udp with IPv6":                         {input6(netconf.TypeUDP, backend(netconf.TypeUDP), false), ErrIPv6},
+		"ipip with IPv6":                        {input6(netconf.TypeIPIP, backend(netconf.TypeIPIP), false), ErrIPv6},
+		"wireguard with IPv6":                   {input6(netconf.TypeWireGuard, backend(netconf.TypeWireGuard), false), ErrIPv6},
+		"bgp with IPv6":                         {input6(netconf.TypeBGP, backend(netconf.TypeBGP), false), ErrIPv6},
+		"macvlan with IPv6":                     {input6(netconf.TypeMacvlan, backend(netconf.TypeMacvlan), false), ErrIPv6},
+		"host-gw IPv6 without an IPv6 underlay": {overIPv4(input6(netconf.TypeHostGW, backend(netconf.TypeHostGW), false)), ErrUnderlay},
+		"no subnet at all":                      {func() Input { in := input(vx, backend(vx)); in.Own.Subnet = netip.Prefix{}; return in }(), ErrOwnLease},
+		"IPv6 subnet with host bits": {func() Input {
+			in := input6(vx, backend(vx), false)
+			in.Own.IPv6Subnet = netip.MustParsePrefix("fd00:10:244::1/64")
+			return in
+		}(), ErrOwnLease},
 	} {
 		_, err := Build(tc.in)
 		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {

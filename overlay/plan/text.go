@@ -23,6 +23,9 @@ func (p Plan) WriteText(w io.Writer) error {
 	if p.Device != "" {
 		sb.WriteString(" device " + p.Device)
 	}
+	if p.Device6 != "" {
+		sb.WriteString(" device6 " + p.Device6)
+	}
 	if p.MTU != 0 {
 		sb.WriteString(" mtu " + strconv.Itoa(p.MTU))
 	}

@@ -31,10 +31,14 @@ type Snapshot struct {
 
 // Node describes this node.
 type Node struct {
-	Name        string
-	PublicIP    netip.Addr
-	Iface       string
-	Network     netip.Prefix
+	Name     string
+	PublicIP netip.Addr
+	Iface    string
+	Network  netip.Prefix
+	// PublicIPv6 and IPv6Network: the IPv6 half, when the network
+	// enables IPv6.
+	PublicIPv6  netip.Addr
+	IPv6Network netip.Prefix
 	BackendType string
 	// BackendMode is the macvlan or ipvlan mode (bridge, l2, l3, ...);
 	// empty for backends without modes.

@@ -16,7 +16,12 @@ type NodeInfo struct {
 	Iface    string `json:"iface"`
 	Network  string `json:"network"`
 	Subnet   string `json:"subnet"`
-	Backend  string `json:"backend"`
+	// PublicIPv6, IPv6Network and IPv6Subnet: the IPv6 half, when the
+	// network enables IPv6.
+	PublicIPv6  string `json:"public_ipv6,omitempty"`
+	IPv6Network string `json:"ipv6_network,omitempty"`
+	IPv6Subnet  string `json:"ipv6_subnet,omitempty"`
+	Backend     string `json:"backend"`
 	// BackendMode is the backend's mode where it has one: macvlan's or
 	// ipvlan's mode, udp's data path ("kernel path", or "userspace" and
 	// why).
@@ -71,11 +76,18 @@ type LeaseList struct {
 
 // Lease is one subnet lease of the cluster.
 type Lease struct {
+	// Subnet is the IPv4 subnet, or for an IPv6-only lease the IPv6 one:
+	// the lease's key on the dashboard.
 	Subnet      string          `json:"subnet"`
 	Node        string          `json:"node"`
 	PublicIP    string          `json:"public_ip"`
 	Backend     string          `json:"backend"`
 	BackendData json.RawMessage `json:"backend_data,omitempty"`
+	// IPv6Subnet, PublicIPv6 and BackendV6Data are the lease's IPv6 half
+	// (dual stack, or IPv6-only); empty without one.
+	IPv6Subnet    string          `json:"ipv6_subnet,omitempty"`
+	PublicIPv6    string          `json:"public_ipv6,omitempty"`
+	BackendV6Data json.RawMessage `json:"backend_v6_data,omitempty"`
 	// ExpiresAt is empty for a reservation.
 	ExpiresAt        string  `json:"expires_at,omitempty"`
 	ExpiresInSeconds float64 `json:"expires_in_seconds,omitempty"`
@@ -176,11 +188,13 @@ type Cluster struct {
 
 // ClusterNode is one node of the cluster.
 type ClusterNode struct {
-	Subnet    string `json:"subnet"`
-	Name      string `json:"name"`
-	PublicIP  string `json:"public_ip"`
-	Dashboard string `json:"dashboard,omitempty"`
-	Self      bool   `json:"self"`
+	Subnet string `json:"subnet"`
+	// IPv6Subnet is the node's IPv6 subnet beside Subnet (dual stack).
+	IPv6Subnet string `json:"ipv6_subnet,omitempty"`
+	Name       string `json:"name"`
+	PublicIP   string `json:"public_ip"`
+	Dashboard  string `json:"dashboard,omitempty"`
+	Self       bool   `json:"self"`
 	// Reachability is "self", "answers", "no-answer", or "unknown" (the
 	// lease publishes no dashboard).
 	Reachability string `json:"reachability"`

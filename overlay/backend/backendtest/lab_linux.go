@@ -54,6 +54,36 @@ type Node struct {
 	// Pod is the pod's namespace, PodIP its address (.2 of Subnet).
 	Pod   string
 	PodIP netip.Addr
+	// PublicIPv6, Subnet6 and PodIP6 are the same for IPv6 (AddIPv6);
+	// zero without. PublicIPv6 stays zero with AddIPv6(tb, false): IPv6
+	// pods over an IPv4-only underlay.
+	PublicIPv6 netip.Addr
+	Subnet6    netip.Prefix
+	PodIP6     netip.Addr
+}
+
+// Underlay6 is the IPv6 underlay of AddIPv6.
+var Underlay6 = netip.MustParsePrefix("fd00:56::/64")
+
+// AddIPv6 gives every node's pod network IPv6 beside IPv4: node i's pods
+// get fd00:10:244:i::/64 (its ::1 on cni0, the pod ::2 with a default
+// route to it) and, with underlay, eth0 gets fd00:56::(10+i)/64. IPv6
+// forwarding is turned on in the nodes.
+func (l *Lab) AddIPv6(tb testing.TB, underlay bool) {
+	tb.Helper()
+	for i, n := range l.Nodes {
+		n.Subnet6 = netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", i+1))
+		n.PodIP6 = n.Subnet6.Addr().Next().Next()
+		gw := n.Subnet6.Addr().Next()
+		if underlay {
+			n.PublicIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:56::%d", 11+i))
+			Run(tb, "ip", "-n", n.Name, "addr", "add", netip.PrefixFrom(n.PublicIPv6, 64).String(), "dev", "eth0", "nodad")
+		}
+		Run(tb, "ip", "-n", n.Name, "addr", "add", netip.PrefixFrom(gw, 64).String(), "dev", "cni0", "nodad")
+		Run(tb, "ip", "-n", n.Pod, "addr", "add", netip.PrefixFrom(n.PodIP6, 64).String(), "dev", "eth0", "nodad")
+		Run(tb, "ip", "-n", n.Pod, "-6", "route", "add", "default", "via", gw.String())
+		Run(tb, "ip", "netns", "exec", n.Name, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
+	}
 }
 
 // NeedRoot skips the test unless it runs as root with the ip command.
@@ -126,7 +156,7 @@ func (n *Node) IP(tb testing.TB, args ...string) string {
 
 // BackendNode describes the node to a backend working in its namespace.
 func (n *Node) BackendNode(cfg *netconf.Config) backend.Node {
-	return backend.Node{
+	b := backend.Node{
 		Name:        strings.TrimPrefix(n.Name, "twt-"),
 		PublicIP:    n.PublicIP,
 		Iface:       "eth0",
@@ -135,13 +165,18 @@ func (n *Node) BackendNode(cfg *netconf.Config) backend.Node {
 		Network:     cfg,
 		NetNS:       n.NetNS,
 	}
+	if n.PublicIPv6.IsValid() {
+		b.PublicIPv6, b.IfacePrefix6 = n.PublicIPv6, Underlay6
+	}
+	return b
 }
 
 // Lease is the node's lease as its backend would publish it.
 func (n *Node) Lease(backendType string, data json.RawMessage) lease.Lease {
 	return lease.Lease{
 		Subnet:     n.Subnet,
-		Attrs:      lease.Attrs{PublicIP: n.PublicIP, BackendType: backendType, BackendData: data},
+		IPv6Subnet: n.Subnet6,
+		Attrs:      lease.Attrs{PublicIP: n.PublicIP, PublicIPv6: n.PublicIPv6, BackendType: backendType, BackendData: data},
 		Expiration: time.Now().Add(time.Hour),
 	}
 }
@@ -221,6 +256,7 @@ func (l *Lab) Start(tb testing.TB, cfg *netconf.Config, newBackend func(backend.
 			tb.Fatalf("prepare %s backend on %s: %v", b.Type(), n.Name, err)
 		}
 		r := &Running{Node: n, Backend: b, Prepared: p, Lease: n.Lease(b.Type(), p.BackendData), logs: logs}
+		r.Lease.Attrs.BackendV6Data = p.BackendV6Data
 		if err := b.SetLease(ctx, r.Lease); err != nil {
 			tb.Fatalf("set lease on %s: %v", n.Name, err)
 		}
@@ -303,37 +339,53 @@ const pingCount = 5
 // counted the requests and the replies (84-byte IP packets).
 func CheckPodToPod(tb testing.TB, rs []*Running) {
 	tb.Helper()
+	checkPodToPod(tb, rs, false)
+}
+
+// CheckPodToPod6 is CheckPodToPod over IPv6 (AddIPv6): the pods' IPv6
+// addresses, the peers' IPv6 subnets' counters, 104-byte IPv6 packets.
+func CheckPodToPod6(tb testing.TB, rs []*Running) {
+	tb.Helper()
+	checkPodToPod(tb, rs, true)
+}
+
+func checkPodToPod(tb testing.TB, rs []*Running, ipv6 bool) {
+	tb.Helper()
+	subnet, podIP, size := func(n *Node) netip.Prefix { return n.Subnet }, func(n *Node) netip.Addr { return n.PodIP }, uint64(84)
+	if ipv6 {
+		subnet, podIP, size = func(n *Node) netip.Prefix { return n.Subnet6 }, func(n *Node) netip.Addr { return n.PodIP6 }, 104
+	}
 	for _, from := range rs {
 		for _, to := range rs {
 			if from == to {
 				continue
 			}
-			fromBefore, _ := from.Peer(to.Node.Subnet)
-			toBefore, _ := to.Peer(from.Node.Subnet)
-			if got := from.Node.Ping(tb, to.Node.PodIP, pingCount); got != pingCount {
-				tb.Fatalf("%s backend: ping %s -> %s: %d of %d replies\n%s routes:\n%s", from.Backend.Type(),
-					from.Node.PodIP, to.Node.PodIP, got, pingCount, from.Node.Name, from.Node.IP(tb, "route"))
+			fromBefore, _ := from.Peer(subnet(to.Node))
+			toBefore, _ := to.Peer(subnet(from.Node))
+			if got := from.Node.Ping(tb, podIP(to.Node), pingCount); got != pingCount {
+				tb.Fatalf("%s backend: ping %s -> %s: %d of %d replies\n%s routes:\n%s%s", from.Backend.Type(),
+					podIP(from.Node), podIP(to.Node), got, pingCount, from.Node.Name, from.Node.IP(tb, "route"), from.Node.IP(tb, "-6", "route"))
 			}
-			fromAfter, ok1 := from.Peer(to.Node.Subnet)
-			toAfter, ok2 := to.Peer(from.Node.Subnet)
+			fromAfter, ok1 := from.Peer(subnet(to.Node))
+			toAfter, ok2 := to.Peer(subnet(from.Node))
 			if !ok1 || !ok2 {
-				tb.Fatalf("peers missing from status: %s lists %s: %t; %s lists %s: %t", from.Node.Name, to.Node.Subnet, ok1, to.Node.Name, from.Node.Subnet, ok2)
+				tb.Fatalf("peers missing from status: %s lists %s: %t; %s lists %s: %t", from.Node.Name, subnet(to.Node), ok1, to.Node.Name, subnet(from.Node), ok2)
 			}
-			checkCounted(tb, from.Node.Name+" tx to "+to.Node.Subnet.String(), fromBefore.TxPackets, fromAfter.TxPackets, fromBefore.TxBytes, fromAfter.TxBytes)
-			checkCounted(tb, from.Node.Name+" rx from "+to.Node.Subnet.String(), fromBefore.RxPackets, fromAfter.RxPackets, fromBefore.RxBytes, fromAfter.RxBytes)
-			checkCounted(tb, to.Node.Name+" rx from "+from.Node.Subnet.String(), toBefore.RxPackets, toAfter.RxPackets, toBefore.RxBytes, toAfter.RxBytes)
-			checkCounted(tb, to.Node.Name+" tx to "+from.Node.Subnet.String(), toBefore.TxPackets, toAfter.TxPackets, toBefore.TxBytes, toAfter.TxBytes)
-			tb.Logf("%s -> %s: %d/%d replies; %s counters tx %d pkts %d B, rx %d pkts %d B", from.Node.PodIP, to.Node.PodIP,
+			checkCounted(tb, from.Node.Name+" tx to "+subnet(to.Node).String(), size, fromBefore.TxPackets, fromAfter.TxPackets, fromBefore.TxBytes, fromAfter.TxBytes)
+			checkCounted(tb, from.Node.Name+" rx from "+subnet(to.Node).String(), size, fromBefore.RxPackets, fromAfter.RxPackets, fromBefore.RxBytes, fromAfter.RxBytes)
+			checkCounted(tb, to.Node.Name+" rx from "+subnet(from.Node).String(), size, toBefore.RxPackets, toAfter.RxPackets, toBefore.RxBytes, toAfter.RxBytes)
+			checkCounted(tb, to.Node.Name+" tx to "+subnet(from.Node).String(), size, toBefore.TxPackets, toAfter.TxPackets, toBefore.TxBytes, toAfter.TxBytes)
+			tb.Logf("%s -> %s: %d/%d replies; %s counters tx %d pkts %d B, rx %d pkts %d B", podIP(from.Node), podIP(to.Node),
 				pingCount, pingCount, from.Node.Name, fromAfter.TxPackets, fromAfter.TxBytes, fromAfter.RxPackets, fromAfter.RxBytes)
 		}
 	}
 }
 
-func checkCounted(tb testing.TB, what string, p0, p1, b0, b1 uint64) {
+func checkCounted(tb testing.TB, what string, size, p0, p1, b0, b1 uint64) {
 	tb.Helper()
 	// Exactly the pings: nothing else crosses between the pods.
-	if p1-p0 != pingCount || b1-b0 != pingCount*84 {
-		tb.Errorf("counter %s: +%d packets +%d bytes, want +%d packets +%d bytes", what, p1-p0, b1-b0, pingCount, pingCount*84)
+	if p1-p0 != pingCount || b1-b0 != pingCount*size {
+		tb.Errorf("counter %s: +%d packets +%d bytes, want +%d packets +%d bytes", what, p1-p0, b1-b0, pingCount, pingCount*size)
 	}
 }
 

@@ -2,6 +2,7 @@ package hostgw_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -95,4 +96,42 @@ func TestTwoNodesPodToPod(t *testing.T) {
 	if got := n1.IP(t, "route", "show", "192.168.56.0/24"); !strings.Contains(got, "dev eth0") {
 		t.Errorf("Cleanup removed the connected route: %q", got)
 	}
+}
+
+// TestDualStack: host-gw routes each peer's IPv6 subnet via its PublicIPv6
+// on eth0 beside the IPv4 route; pods reach each other over both families,
+// counted in both nftables tables; a peer off the IPv6 segment is a problem.
+func TestDualStack(t *testing.T) {
+	lab := backendtest.New(t, "hostgw6", 2)
+	lab.AddIPv6(t, true)
+	cfg, err := netconf.Parse([]byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.EnableIPv6, cfg.IPv6Network, cfg.IPv6SubnetLen = true, netip.MustParsePrefix("fd00:10:244::/48"), 64
+	rs := lab.Start(t, cfg, newHostGW)
+	n1, n2 := lab.Nodes[0], lab.Nodes[1]
+	if got := n1.IP(t, "-6", "route", "show", n2.Subnet6.String()); !strings.Contains(got, "via "+n2.PublicIPv6.String()+" dev eth0 proto 126") {
+		t.Errorf("IPv6 route to the peer: %q", got)
+	}
+	backendtest.CheckPodToPod(t, rs)
+	backendtest.CheckPodToPod6(t, rs)
+
+	far := n2.Lease(netconf.TypeHostGW, nil)
+	far.Subnet, far.IPv6Subnet = netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:10:244:3::/64")
+	far.Attrs.PublicIP, far.Attrs.PublicIPv6 = netip.MustParseAddr("192.168.56.13"), netip.MustParseAddr("fd00:9::13")
+	if err := rs[0].Backend.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: far}}); err != nil {
+		t.Fatal(err)
+	}
+	rs[0].WaitInSync(t)
+	st := rs[0].Backend.Status()
+	if len(st.PeerProblems) != 1 || st.PeerProblems[0].Subnet != far.IPv6Subnet {
+		t.Errorf("peer problems %q, want the one for %s (off the IPv6 segment)", st.PeerProblems, far.IPv6Subnet)
+	}
+	backendtest.Eventually(t, 5*time.Second, func() string {
+		if got := n1.IP(t, "route", "show", "10.244.3.0/24"); !strings.Contains(got, "via 192.168.56.13") {
+			return fmt.Sprintf("the IPv4 half of the off-IPv6-segment peer is not routed: %q", got)
+		}
+		return ""
+	})
 }

@@ -17,12 +17,23 @@ import (
 // MTU is the MTU of the backend's device and of the node's pods: the
 // configured one, else the underlay's minus the backend's overhead, the
 // underlay taken as 1500 when its MTU is not known.
+//
+// A vxlan node with an IPv6 pod network and an IPv6 underlay address has a
+// second device whose VTEP is IPv6 (40-byte outer header): the MTU of both
+// devices and the pods is then plan.IPv6UnderlayExtra smaller.
 func MTU(node backend.Node, b netconf.Backend) int {
 	u := node.IfaceMTU
 	if u <= 0 {
 		u = 1500
 	}
-	return min(plan.MTU(b, u), 65535)
+	return min(plan.OverlayMTU(b, u, IPv6Tunnel(node, b)), 65535)
+}
+
+// IPv6Tunnel reports whether the backend tunnels the node's IPv6 pod
+// network over its IPv6 underlay: vxlan with EnableIPv6 and an IPv6
+// underlay address (flannel's flannel-v6.<VNI>).
+func IPv6Tunnel(node backend.Node, b netconf.Backend) bool {
+	return b.Type == netconf.TypeVXLAN && node.Network != nil && node.Network.EnableIPv6 && node.PublicIPv6.IsValid()
 }
 
 // UnderlayIndex is the index of the node's underlay interface in the
@@ -44,8 +55,10 @@ func IsNotFound(err error) bool {
 }
 
 // SetUpDevice brings link to the given MTU and MAC (nil: leave it), up, and
-// with the own subnet's network address as its only IPv4 address (a /32, as
-// flannel gives its devices; own invalid: leave the addresses alone).
+// with the own subnet's network address as its only address of the
+// subnet's family (a /32, or a /128 for an IPv6 subnet, as flannel gives
+// its devices; IPv6 link-local addresses stay; own invalid: leave the
+// addresses alone).
 func SetUpDevice(nl *netlink.Handle, link netlink.Link, mtu int, mac net.HardwareAddr, own netip.Prefix) error {
 	name := link.Attrs().Name
 	var errs []error
@@ -60,7 +73,7 @@ func SetUpDevice(nl *netlink.Handle, link netlink.Link, mtu int, mac net.Hardwar
 		}
 	}
 	if own.IsValid() {
-		errs = append(errs, setAddress(nl, link, netip.PrefixFrom(own.Masked().Addr(), 32)))
+		errs = append(errs, setAddress(nl, link, netip.PrefixFrom(own.Masked().Addr(), own.Addr().BitLen())))
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := nl.LinkSetUp(link); err != nil {
@@ -72,7 +85,11 @@ func SetUpDevice(nl *netlink.Handle, link netlink.Link, mtu int, mac net.Hardwar
 
 func setAddress(nl *netlink.Handle, link netlink.Link, want netip.Prefix) error {
 	name := link.Attrs().Name
-	addrs, err := nl.AddrList(link, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if !want.Addr().Is4() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := nl.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", name, err)
 	}
@@ -85,12 +102,18 @@ func setAddress(nl *netlink.Handle, link netlink.Link, want netip.Prefix) error 
 			have = true
 			continue
 		}
+		if ip.IsLinkLocalUnicast() {
+			continue // the kernel's own IPv6 link-local address
+		}
 		if err := nl.AddrDel(link, &a); err != nil {
 			errs = append(errs, fmt.Errorf("delete address %s from %s: %w", a.IPNet, name, err))
 		}
 	}
 	if !have {
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: want.Addr().AsSlice(), Mask: net.CIDRMask(want.Bits(), 32)}}
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: want.Addr().AsSlice(), Mask: net.CIDRMask(want.Bits(), want.Addr().BitLen())}}
+		if family == netlink.FAMILY_V6 {
+			a.Flags = unix.IFA_F_NODAD // a /128 nobody else holds; no wait for DAD
+		}
 		if err := nl.AddrAdd(link, a); err != nil {
 			errs = append(errs, fmt.Errorf("add address %s to %s: %w", want, name, err))
 		}

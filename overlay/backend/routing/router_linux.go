@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,9 @@ type Config struct {
 	Backend netconf.Backend
 	// Device is the backend's device ("" for none, as host-gw).
 	Device string
+	// Device6 is the backend's IPv6 device, if it has a second one
+	// (vxlan's twill-v6.<VNI>); Status and Cleanup cover it too.
+	Device6 string
 	// EnsureDevice, if set, creates or repairs the device. It is called by
 	// Prepare-time code through Router.EnsureDevice and before every
 	// reconcile pass, with the own lease's subnet (invalid before the
@@ -75,8 +79,9 @@ type Planned struct {
 	// Plan is the new plan: the peers that can be routed, the kernel
 	// state, the problems.
 	Plan plan.Plan
-	// Peers are the peers' leases as handed in, by subnet, those the plan
-	// refused included: a copy the hook may keep.
+	// Peers are the peers' leases as handed in, by subnet (an IPv6-only
+	// lease by its IPv6 subnet), those the plan refused included: a copy
+	// the hook may keep.
 	Peers map[netip.Prefix]lease.Lease
 }
 
@@ -91,17 +96,23 @@ type Router struct {
 	kh  *kernel.Handle
 	rec *kernel.Reconciler
 	nft *nft.Table
+	// nft6 is the ip6 twill table, for the IPv6 pod network; nil when the
+	// network has none.
+	nft6 *nft.Table
 
 	// ensureMu serialises device repair (Prepare against reconcile passes).
 	ensureMu sync.Mutex
 
-	mu       sync.Mutex
-	own      lease.Lease
-	hasOwn   bool
-	peers    map[netip.Prefix]lease.Lease
+	mu     sync.Mutex
+	own    lease.Lease
+	hasOwn bool
+	// peers are the peers' leases by their subnets (both halves: an
+	// IPv6-only lease has no IPv4 subnet to be known by).
+	peers    map[lease.Subnets]lease.Lease
 	learned  []plan.Learned
 	plan     *plan.Plan
 	rules    *nft.Rules
+	rules6   *nft.Rules
 	problems []string
 	// handled says the peers were handed in once (Config.WaitForPeers);
 	// handedIn is closed then.
@@ -131,7 +142,7 @@ func New(cfg Config) (*Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %q: %w", cfg.Node.NetNS, err)
 	}
-	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[netip.Prefix]lease.Lease{}, handedIn: make(chan struct{})}
+	r := &Router{cfg: cfg, log: log, ns: ns, peers: map[lease.Subnets]lease.Lease{}, handedIn: make(chan struct{})}
 	if r.nl, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE); err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("netlink handle in network namespace %q: %w", cfg.Node.NetNS, err)
@@ -142,6 +153,9 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	r.nft = nft.New(log, nft.InNetNS(int(ns)))
+	if cfg.Node.Network.EnableIPv6 {
+		r.nft6 = nft.New(log, nft.InNetNS(int(ns)), nft.IPv6())
+	}
 	r.rec = kernel.NewReconciler(r.kh, kernel.ReconcilerOptions{Log: recLog, Resync: cfg.Resync, BeforePass: r.beforePass})
 	return r, nil
 }
@@ -183,11 +197,16 @@ func (r *Router) EnsureDevice() error {
 func (r *Router) beforePass() error {
 	err := r.EnsureDevice()
 	r.mu.Lock()
-	rules := r.rules
+	rules, rules6 := r.rules, r.rules6
 	r.mu.Unlock()
 	if rules != nil {
 		if nerr := r.nft.Apply(*rules); nerr != nil {
 			err = errors.Join(err, fmt.Errorf("nftables: %w", nerr))
+		}
+	}
+	if rules6 != nil && r.nft6 != nil {
+		if nerr := r.nft6.Apply(*rules6); nerr != nil {
+			err = errors.Join(err, fmt.Errorf("nftables ip6: %w", nerr))
 		}
 	}
 	return err
@@ -198,7 +217,7 @@ func (r *Router) SetLease(_ context.Context, own lease.Lease) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.own, r.hasOwn = own, true
-	delete(r.peers, own.Subnet)
+	delete(r.peers, own.Subnets())
 	return r.replan()
 }
 
@@ -208,14 +227,14 @@ func (r *Router) Handle(_ context.Context, evs []lease.Event) error {
 	defer r.mu.Unlock()
 	r.markHandled()
 	for _, e := range evs {
-		if r.hasOwn && e.Lease.Subnet == r.own.Subnet {
+		if r.hasOwn && e.Lease.Subnets() == r.own.Subnets() {
 			continue
 		}
 		if e.Type == lease.Expired {
-			delete(r.peers, e.Lease.Subnet)
+			delete(r.peers, e.Lease.Subnets())
 			continue
 		}
-		r.peers[e.Lease.Subnet] = e.Lease
+		r.peers[e.Lease.Subnets()] = e.Lease
 	}
 	if !r.hasOwn {
 		return nil // planned once the own lease is known
@@ -258,11 +277,15 @@ func (r *Router) replan() error {
 			PublicIP: n.PublicIP,
 			Prefix:   n.IfacePrefix,
 			MTU:      n.IfaceMTU,
+			// IPv6: the node's IPv6 underlay address and prefix.
+			PublicIPv6: n.PublicIPv6,
+			Prefix6:    n.IfacePrefix6,
 		},
 		Device:  r.cfg.Device,
 		Learned: r.learned,
 	}
 	in.Network, in.SubnetLen = n.Network.Network, n.Network.SubnetLen
+	in.Network6, in.SubnetLen6 = n.Network.IPv6Network, n.Network.IPv6SubnetLen
 	for _, l := range r.peers {
 		in.Peers = append(in.Peers, l)
 	}
@@ -270,23 +293,44 @@ func (r *Router) replan() error {
 	if err != nil {
 		return fmt.Errorf("plan routes for %s: %w", r.own.Subnet, err)
 	}
-	rules := nft.Rules{ClusterNetwork: in.Network, NodeSubnet: r.own.Subnet, Masquerade: n.IPMasq, Tunnel: tunnelGuard(r.cfg.Backend)}
-	for _, peer := range p.Peers {
-		rules.Peers = append(rules.Peers, peer.Subnet)
-		if rules.Tunnel != nil {
-			rules.Tunnel.Sources = append(rules.Tunnel.Sources, peer.PublicIP)
-		}
+	r.plan, r.rules, r.rules6 = &p, nil, nil
+	if r.own.Subnet.IsValid() {
+		r.rules = nftRules(r.cfg.Backend, n, in.Network, r.own.Subnet, p.Peers, netip.Addr.Is4)
 	}
-	r.plan, r.rules = &p, &rules
+	if r.own.IPv6Subnet.IsValid() && r.nft6 != nil {
+		r.rules6 = nftRules(r.cfg.Backend, n, in.Network6, r.own.IPv6Subnet, p.Peers, func(a netip.Addr) bool { return !a.Is4() })
+	}
 	r.logProblems(p.Problems)
 	if r.cfg.WaitForPeers && !r.handled {
 		return nil // handed on once the peers are known
 	}
 	if r.cfg.OnPlan != nil {
-		err = r.cfg.OnPlan(Planned{Own: r.own, Plan: p, Peers: maps.Clone(r.peers)})
+		byKey := make(map[netip.Prefix]lease.Lease, len(r.peers))
+		for k, l := range r.peers {
+			byKey[cmp.Or(k.V4, k.V6)] = l
+		}
+		err = r.cfg.OnPlan(Planned{Own: r.own, Plan: p, Peers: byKey})
 	}
 	r.rec.Set(p)
 	return err
+}
+
+// nftRules are the nftables rules of one family: the family's cluster
+// network and own subnet, the peers whose subnets are of the family
+// (inFamily says which addresses are), and the tunnel guard's sources:
+// the peers' tunnel endpoints of the family (IPv6 over an IPv4 underlay
+// has IPv4 endpoints, which the ip table's guard admits).
+func nftRules(b netconf.Backend, n backend.Node, network, own netip.Prefix, peers []plan.Peer, inFamily func(netip.Addr) bool) *nft.Rules {
+	rules := &nft.Rules{ClusterNetwork: network, NodeSubnet: own, Masquerade: n.IPMasq, Tunnel: tunnelGuard(b)}
+	for _, peer := range peers {
+		if inFamily(peer.Subnet.Addr()) {
+			rules.Peers = append(rules.Peers, peer.Subnet)
+		}
+		if rules.Tunnel != nil && inFamily(peer.PublicIP) {
+			rules.Tunnel.Sources = append(rules.Tunnel.Sources, peer.PublicIP)
+		}
+	}
+	return rules
 }
 
 // tunnelGuard is the nftables guard of a backend whose kernel decapsulates
@@ -355,14 +399,18 @@ func (r *Router) Run(ctx context.Context) error {
 	// No routing event tells of a deleted nftables table or rule: the
 	// nftables monitor does, and a pass repairs it at once.
 	wctx, stop := context.WithCancel(ctx)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		if err := r.nft.Watch(wctx, r.rec.Kick); err != nil && wctx.Err() == nil {
-			r.log.Warn("nftables monitor stopped; a deleted twill table is repaired at the next resync", "err", err)
+	var watched sync.WaitGroup
+	for _, t := range []*nft.Table{r.nft, r.nft6} {
+		if t == nil {
+			continue
 		}
-	}()
-	defer func() { stop(); <-watched }()
+		watched.Go(func() {
+			if err := t.Watch(wctx, r.rec.Kick); err != nil && wctx.Err() == nil {
+				r.log.Warn("nftables monitor stopped; a deleted twill table is repaired at the next resync", "err", err)
+			}
+		})
+	}
+	defer func() { stop(); watched.Wait() }()
 	err := r.rec.Run(ctx)
 	if ctx.Err() != nil {
 		return nil
@@ -384,6 +432,11 @@ func (r *Router) Status() backend.Status {
 			st.DeviceUp = l.Attrs().Flags&net.FlagUp != 0
 		}
 	}
+	if r.cfg.Device6 != "" && p != nil && p.Device6 != "" {
+		if l, err := r.nl.LinkByName(r.cfg.Device6); err != nil || l.Attrs().Flags&net.FlagUp == 0 {
+			st.Problems = append(st.Problems, "IPv6 device "+r.cfg.Device6+" is missing or down")
+		}
+	}
 	if p == nil {
 		st.Problems = []string{"no lease yet: nothing planned"}
 		return st
@@ -392,24 +445,27 @@ func (r *Router) Status() backend.Status {
 	var tunnel nft.TunnelCounters
 	var cerr error
 	if !r.cfg.OwnCounters {
-		counters, cerr = r.nft.Counters()
+		counters, tunnel, cerr = r.readCounters()
 		if tunnelGuard(r.cfg.Backend) != nil {
-			var terr error
-			tunnel, terr = r.nft.Tunnel()
-			cerr = errors.Join(cerr, terr)
 			st.Drops = map[string]uint64{"unknown-peer": tunnel.Dropped.Packets}
 		}
 	}
 	for _, peer := range p.Peers {
 		c := counters[peer.Subnet]
 		rx := c.Rx
-		if in, ok := tunnel.Sources[peer.PublicIP]; ok && !peer.Direct {
+		// (Not for IPv6 over an IPv4 underlay: that source carries both
+		// families, and the IPv4 row has it.)
+		if in, ok := tunnel.Sources[peer.PublicIP]; ok && !peer.Direct && peer.PublicIP.Is4() == peer.Subnet.Addr().Is4() {
 			// What came through the tunnel, by its outer source: a host
 			// that sends inner packets with this peer's pod addresses is
 			// not counted as the peer (nor let in). Bytes are inner
 			// lengths, as tx's: the encapsulation's fixed overhead off each.
 			rx = in
-			rx.Bytes -= min(rx.Bytes, rx.Packets*uint64(plan.Overhead(r.cfg.Backend.Type)))
+			overhead := plan.Overhead(r.cfg.Backend.Type)
+			if peer.PublicIP.Is6() {
+				overhead += plan.IPv6UnderlayExtra
+			}
+			rx.Bytes -= min(rx.Bytes, rx.Packets*uint64(overhead))
 		}
 		st.Peers = append(st.Peers, backend.PeerStatus{
 			Subnet: peer.Subnet, PublicIP: peer.PublicIP,
@@ -433,6 +489,31 @@ func (r *Router) Status() backend.Status {
 	return st
 }
 
+// readCounters reads the per-peer and tunnel counters of the ip table and,
+// with IPv6, of the ip6 table, merged: subnets and sources of the two
+// families never collide.
+func (r *Router) readCounters() (map[netip.Prefix]nft.PeerCounters, nft.TunnelCounters, error) {
+	counters := map[netip.Prefix]nft.PeerCounters{}
+	tunnel := nft.TunnelCounters{Sources: map[netip.Addr]nft.Counter{}}
+	var errs []error
+	for _, t := range []*nft.Table{r.nft, r.nft6} {
+		if t == nil {
+			continue
+		}
+		c, err := t.Counters()
+		errs = append(errs, err)
+		maps.Copy(counters, c)
+		if tunnelGuard(r.cfg.Backend) != nil {
+			tc, err := t.Tunnel()
+			errs = append(errs, err)
+			maps.Copy(tunnel.Sources, tc.Sources)
+			tunnel.Dropped.Packets += tc.Dropped.Packets
+			tunnel.Dropped.Bytes += tc.Dropped.Bytes
+		}
+	}
+	return counters, tunnel, errors.Join(errs...)
+}
+
 // kernelState copies a reconciler's status for backend.Status.
 func kernelState(ks kernel.Status) *backend.KernelState {
 	desired, actual := ks.Tables()
@@ -445,6 +526,14 @@ func kernelState(ks kernel.Status) *backend.KernelState {
 		k.LastError = ks.LastError.Error()
 	}
 	return k
+}
+
+// OwnLease returns the node's own lease; false before it is known. (A
+// device's EnsureDevice may call it: it is called without the lock.)
+func (r *Router) OwnLease() (lease.Lease, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.own, r.hasOwn
 }
 
 // Plan returns the current plan; false before the own lease is known.
@@ -462,25 +551,31 @@ func (r *Router) Plan() (plan.Plan, bool) {
 // ended (else its reconciler puts them back).
 func (r *Router) Cleanup(context.Context) error {
 	var errs []error
-	if _, err := r.kh.Apply(plan.Plan{Backend: r.cfg.Backend.Type, Device: r.cfg.Device}); err != nil {
+	if _, err := r.kh.Apply(plan.Plan{Backend: r.cfg.Backend.Type, Device: r.cfg.Device, Device6: r.cfg.Device6}); err != nil {
 		errs = append(errs, fmt.Errorf("remove twill's routes and neighbours: %w", err))
 	}
-	if r.cfg.Device != "" {
+	for _, dev := range []string{r.cfg.Device, r.cfg.Device6} {
+		if dev == "" {
+			continue
+		}
 		r.ensureMu.Lock()
-		link, err := r.nl.LinkByName(r.cfg.Device)
+		link, err := r.nl.LinkByName(dev)
 		if err == nil {
 			if err := r.nl.LinkDel(link); err != nil {
-				errs = append(errs, fmt.Errorf("delete device %s: %w", r.cfg.Device, err))
+				errs = append(errs, fmt.Errorf("delete device %s: %w", dev, err))
 			} else {
-				r.log.Info("device deleted", "device", r.cfg.Device)
+				r.log.Info("device deleted", "device", dev)
 			}
 		} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
-			errs = append(errs, fmt.Errorf("look up device %s: %w", r.cfg.Device, err))
+			errs = append(errs, fmt.Errorf("look up device %s: %w", dev, err))
 		}
 		r.ensureMu.Unlock()
 	}
-	if err := r.nft.Cleanup(); err != nil {
-		errs = append(errs, err)
+	// The ip6 table goes even if this node no longer has IPv6 on.
+	for _, t := range []*nft.Table{r.nft, nft.New(r.log, nft.InNetNS(int(r.ns)), nft.IPv6())} {
+		if err := t.Cleanup(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

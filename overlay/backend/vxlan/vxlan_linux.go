@@ -11,6 +11,16 @@
 // reboots: an existing device's MAC is reused, a new device gets one derived
 // from the public IP and the VNI.
 //
+// With an IPv6 pod network (EnableIPv6) the node does what flannel does: a
+// second VXLAN device, twill-v6.<VNI>, with the same VNI and port and the
+// node's IPv6 underlay address as its VTEP, publishes its MAC in the
+// lease's BackendV6Data and holds per peer the IPv6 route, neighbour and
+// FDB entry (to the peer's PublicIPv6) on it. A node without an IPv6
+// underlay address carries IPv6 on twill.<VNI> instead, over IPv4, and
+// publishes that device's MAC as its BackendV6Data (twill's extension;
+// flannel requires the IPv6 underlay). An IPv6-only node without an IPv4
+// underlay address has no twill.<VNI>.
+//
 // It must not touch devices other than its own nor run outside the node's
 // namespace. The package is Linux-only.
 package vxlan
@@ -43,8 +53,14 @@ type Backend struct {
 	// the backend SetLease, Handle, Run, Status, Resync, Cleanup and Close.
 	*routing.Router
 
-	// mac is the VTEP MAC, fixed by Prepare.
-	mac net.HardwareAddr
+	// mac is the VTEP MAC, fixed by Prepare; mac6 the IPv6 device's (nil
+	// without one).
+	mac  net.HardwareAddr
+	mac6 net.HardwareAddr
+	// dev4 and dev6 say which devices the node has: twill.<VNI> (IPv4
+	// underlay), twill-v6.<VNI> (IPv6 pod network over the IPv6 underlay).
+	dev4, dev6 bool
+	device6    string
 }
 
 // New returns the vxlan backend for node, working in node.NetNS. It changes
@@ -62,7 +78,17 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		opts.Port = netconf.DefaultVXLANPort
 	}
 	b := &Backend{node: node, opts: opts, device: plan.VXLANDevice(opts.VNI), mtu: routing.MTU(node, opts), log: log}
-	r, err := routing.New(routing.Config{Node: node, Backend: opts, Device: b.device, EnsureDevice: b.ensureDevice, Log: log})
+	b.dev6 = routing.IPv6Tunnel(node, opts)
+	b.dev4 = node.Network.Network.IsValid() || (node.Network.EnableIPv6 && !b.dev6)
+	cfg := routing.Config{Node: node, Backend: opts, EnsureDevice: b.ensureDevices, Log: log}
+	if b.dev4 {
+		cfg.Device = b.device
+	}
+	if b.dev6 {
+		b.device6 = plan.VXLANDevice6(opts.VNI)
+		cfg.Device6 = b.device6
+	}
+	r, err := routing.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -84,34 +110,78 @@ func DerivedMAC(publicIP netip.Addr, vni int) net.HardwareAddr {
 	return mac
 }
 
-// Prepare creates the device (or adopts the existing one and its MAC) and
-// publishes the VNI and VTEP MAC.
+// Prepare creates the devices (or adopts the existing ones and their MACs)
+// and publishes the VNI and VTEP MACs: BackendData for twill.<VNI>,
+// BackendV6Data for the IPv6 half.
 func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
-	if !b.node.PublicIP.Is4() {
+	if b.dev4 && !b.node.PublicIP.Is4() {
 		return backend.Prepared{}, fmt.Errorf("vxlan needs an IPv4 public IP, have %v", b.node.PublicIP)
 	}
-	nl := b.Netlink()
-	link, err := nl.LinkByName(b.device)
-	switch {
-	case err == nil && len(link.Attrs().HardwareAddr) == 6:
-		b.mac = link.Attrs().HardwareAddr
-		b.log.Info("reusing the VTEP MAC of the existing device", "device", b.device, "mac", b.mac.String())
-	case err == nil || routing.IsNotFound(err):
-		b.mac = DerivedMAC(b.node.PublicIP, b.opts.VNI)
-	default:
-		return backend.Prepared{}, fmt.Errorf("look up %s: %w", b.device, err)
+	var err error
+	if b.dev4 {
+		if b.mac, err = b.vtepMAC(b.device, b.node.PublicIP); err != nil {
+			return backend.Prepared{}, err
+		}
+	}
+	if b.dev6 {
+		if b.mac6, err = b.vtepMAC(b.device6, b.node.PublicIPv6); err != nil {
+			return backend.Prepared{}, err
+		}
 	}
 	if err := b.EnsureDevice(); err != nil {
 		return backend.Prepared{}, err
 	}
-	return backend.Prepared{BackendData: plan.VXLANData(b.opts.VNI, b.mac), MTU: b.mtu}, nil
+	prep := backend.Prepared{MTU: b.mtu}
+	if b.dev4 && b.node.Network.Network.IsValid() {
+		prep.BackendData = plan.VXLANData(b.opts.VNI, b.mac)
+	}
+	switch {
+	case b.dev6:
+		prep.BackendV6Data = plan.VXLANData(b.opts.VNI, b.mac6)
+	case b.node.Network.EnableIPv6:
+		prep.BackendV6Data = plan.VXLANData(b.opts.VNI, b.mac) // IPv6 over twill.<VNI>
+	}
+	return prep, nil
 }
 
-// ensureDevice makes the device exist with the backend's options, MAC and
-// MTU, up, with the own subnet's address. A device of another kind or with
-// other options is replaced.
-func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
-	if b.mac == nil {
+// vtepMAC is the MAC of an existing device, reused, or the one derived
+// for a new device with the VTEP address local.
+func (b *Backend) vtepMAC(device string, local netip.Addr) (net.HardwareAddr, error) {
+	link, err := b.Netlink().LinkByName(device)
+	switch {
+	case err == nil && len(link.Attrs().HardwareAddr) == 6:
+		mac := link.Attrs().HardwareAddr
+		b.log.Info("reusing the VTEP MAC of the existing device", "device", device, "mac", mac.String())
+		return mac, nil
+	case err == nil || routing.IsNotFound(err):
+		return DerivedMAC(local, b.opts.VNI), nil
+	default:
+		return nil, fmt.Errorf("look up %s: %w", device, err)
+	}
+}
+
+// ensureDevices makes the node's devices exist: twill.<VNI> with the own
+// IPv4 subnet's address, twill-v6.<VNI> with the own IPv6 subnet's.
+func (b *Backend) ensureDevices(nl *netlink.Handle, own netip.Prefix) error {
+	var errs []error
+	if b.dev4 {
+		errs = append(errs, b.ensureDevice(nl, b.device, b.mac, b.node.PublicIP, own))
+	}
+	if b.dev6 {
+		own6 := netip.Prefix{}
+		if l, ok := b.OwnLease(); ok {
+			own6 = l.IPv6Subnet
+		}
+		errs = append(errs, b.ensureDevice(nl, b.device6, b.mac6, b.node.PublicIPv6, own6))
+	}
+	return errors.Join(errs...)
+}
+
+// ensureDevice makes one device exist with the backend's options, MAC and
+// MTU and the VTEP address local, up, with the own subnet's address. A
+// device of another kind or with other options is replaced.
+func (b *Backend) ensureDevice(nl *netlink.Handle, device string, mac net.HardwareAddr, local netip.Addr, own netip.Prefix) error {
+	if mac == nil {
 		return errors.New("vxlan: device wanted before Prepare")
 	}
 	under, err := routing.UnderlayIndex(nl, b.node)
@@ -119,23 +189,23 @@ func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
 		return err
 	}
 	want := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: b.device, MTU: b.mtu, HardwareAddr: b.mac},
+		LinkAttrs:    netlink.LinkAttrs{Name: device, MTU: b.mtu, HardwareAddr: mac},
 		VxlanId:      b.opts.VNI,
 		VtepDevIndex: under,
-		SrcAddr:      b.node.PublicIP.AsSlice(),
+		SrcAddr:      local.AsSlice(),
 		Port:         b.opts.Port,
 		Learning:     b.opts.Learning,
 		GBP:          b.opts.GBP,
 	}
-	link, err := nl.LinkByName(b.device)
+	link, err := nl.LinkByName(device)
 	if err != nil && !routing.IsNotFound(err) {
-		return fmt.Errorf("look up %s: %w", b.device, err)
+		return fmt.Errorf("look up %s: %w", device, err)
 	}
 	if err == nil {
 		if why := mismatch(link, want); why != "" {
-			b.log.Warn("replacing device", "device", b.device, "reason", why)
+			b.log.Warn("replacing device", "device", device, "reason", why)
 			if err := nl.LinkDel(link); err != nil {
-				return fmt.Errorf("delete %s (%s): %w", b.device, why, err)
+				return fmt.Errorf("delete %s (%s): %w", device, why, err)
 			}
 			link = nil
 		}
@@ -144,14 +214,14 @@ func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
 	}
 	if link == nil {
 		if err := nl.LinkAdd(want); err != nil {
-			return fmt.Errorf("create vxlan device %s (VNI %d, port %d, local %s): %w", b.device, want.VxlanId, want.Port, b.node.PublicIP, err)
+			return fmt.Errorf("create vxlan device %s (VNI %d, port %d, local %s): %w", device, want.VxlanId, want.Port, local, err)
 		}
-		b.log.Info("device created", "device", b.device, "vni", want.VxlanId, "port", want.Port, "mac", b.mac.String(), "mtu", b.mtu)
-		if link, err = nl.LinkByName(b.device); err != nil {
-			return fmt.Errorf("look up %s after creating it: %w", b.device, err)
+		b.log.Info("device created", "device", device, "vni", want.VxlanId, "port", want.Port, "mac", mac.String(), "mtu", b.mtu)
+		if link, err = nl.LinkByName(device); err != nil {
+			return fmt.Errorf("look up %s after creating it: %w", device, err)
 		}
 	}
-	return routing.SetUpDevice(nl, link, b.mtu, b.mac, own)
+	return routing.SetUpDevice(nl, link, b.mtu, mac, own)
 }
 
 // mismatch says why an existing link cannot serve as want; "" if it can.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -260,4 +261,115 @@ func TestDirectRouting(t *testing.T) {
 		t.Errorf("neighbours on twill.1 for a direct peer: %q", got)
 	}
 	backendtest.CheckPodToPod(t, rs)
+}
+
+// dualStack is cfg with flannel's IPv6 fields: fd00:10:244::/48 in /64s.
+func dualStack(cfg *netconf.Config) *netconf.Config {
+	cfg.EnableIPv6, cfg.IPv6Network, cfg.IPv6SubnetLen = true, netip.MustParsePrefix("fd00:10:244::/48"), 64
+	return cfg
+}
+
+// TestDualStack: with an IPv6 underlay each node has twill-v6.1 beside
+// twill.1 (same VNI and port, its IPv6 address as the VTEP, MTU 1430 for
+// both and the pods), publishes that device's MAC as BackendV6Data, and pods
+// reach each other over both families with per-peer counters in both
+// nftables tables.
+func TestDualStack(t *testing.T) {
+	lab := backendtest.New(t, "vxlan6", 2)
+	lab.AddIPv6(t, true)
+	rs := lab.Start(t, dualStack(config(t, `{"Type":"vxlan"}`)), newVXLAN)
+	for _, r := range rs {
+		mac6 := vxlan.DerivedMAC(r.Node.PublicIPv6, 1)
+		if want := fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac6); string(r.Prepared.BackendV6Data) != want {
+			t.Errorf("%s BackendV6Data %s, want %s", r.Node.Name, r.Prepared.BackendV6Data, want)
+		}
+		if r.Prepared.MTU != 1430 {
+			t.Errorf("%s MTU %d, want 1430 (IPv6 outer header)", r.Node.Name, r.Prepared.MTU)
+		}
+		link := r.Node.IP(t, "-d", "link", "show", "twill-v6.1")
+		for _, want := range []string{"mtu 1430", "vxlan id 1 ", "local " + r.Node.PublicIPv6.String(), "dev eth0", "dstport 8472", ",UP", mac6.String()} {
+			if !strings.Contains(link, want) {
+				t.Errorf("%s twill-v6.1 lacks %q:\n%s", r.Node.Name, want, link)
+			}
+		}
+		if addrs := r.Node.IP(t, "-6", "addr", "show", "dev", "twill-v6.1"); !strings.Contains(addrs, r.Node.Subnet6.Addr().String()+"/128") {
+			t.Errorf("%s twill-v6.1 lacks the subnet's address %s/128:\n%s", r.Node.Name, r.Node.Subnet6.Addr(), addrs)
+		}
+	}
+	n1, n2 := rs[0].Node, rs[1].Node
+	routes := n1.IP(t, "-6", "route", "show", "proto", "126")
+	if want := fmt.Sprintf("%s via %s dev twill-v6.1", n2.Subnet6, n2.Subnet6.Addr()); !strings.Contains(routes, want) {
+		t.Errorf("%s IPv6 routes lack %q:\n%s", n1.Name, want, routes)
+	}
+	if fdb := n1.IP(t, "neigh", "show", "dev", "twill-v6.1", "nud", "permanent"); !strings.Contains(fdb, n2.Subnet6.Addr().String()) {
+		t.Errorf("%s lacks the permanent IPv6 neighbour %s:\n%s", n1.Name, n2.Subnet6.Addr(), fdb)
+	}
+	if fdb := backendtest.Run(t, "bridge", "-n", n1.Name, "fdb", "show", "dev", "twill-v6.1"); !strings.Contains(fdb, "dst "+n2.PublicIPv6.String()) {
+		t.Errorf("%s twill-v6.1 FDB lacks dst %s:\n%s", n1.Name, n2.PublicIPv6, fdb)
+	}
+	backendtest.CheckPodToPod(t, rs)
+	backendtest.CheckPodToPod6(t, rs)
+	// The IPv6 tunnel guard admitted the peer's IPv6 VTEP, and counted it.
+	if p, _ := rs[0].Peer(n2.Subnet6); p.PublicIP != n2.PublicIPv6 {
+		t.Errorf("%s's IPv6 peer status %+v, want public %s", n1.Name, p, n2.PublicIPv6)
+	}
+	if out := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "nft", "list", "set", "ip6", "twill", "tunnel-sources"); !strings.Contains(out, n2.PublicIPv6.String()) {
+		t.Errorf("ip6 twill tunnel-sources lacks %s:\n%s", n2.PublicIPv6, out)
+	}
+
+	// Cleanup takes both devices and both tables.
+	rs[0].Stop()
+	if err := rs[0].Backend.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if links := n1.IP(t, "link", "show"); strings.Contains(links, "twill") {
+		t.Errorf("devices left after Cleanup:\n%s", links)
+	}
+	if out := backendtest.Run(t, "ip", "netns", "exec", n1.Name, "nft", "list", "tables"); strings.Contains(out, "twill") {
+		t.Errorf("nftables tables left after Cleanup:\n%s", out)
+	}
+}
+
+// TestIPv6OverIPv4: without an IPv6 underlay, IPv6 pod traffic rides
+// twill.1 (MTU 1450), and BackendV6Data publishes twill.1's MAC.
+func TestIPv6OverIPv4(t *testing.T) {
+	lab := backendtest.New(t, "vx6o4", 2)
+	lab.AddIPv6(t, false)
+	rs := lab.Start(t, dualStack(config(t, `{"Type":"vxlan"}`)), newVXLAN)
+	for _, r := range rs {
+		if string(r.Prepared.BackendV6Data) != string(r.Prepared.BackendData) || r.Prepared.MTU != 1450 {
+			t.Errorf("%s BackendV6Data %s, MTU %d; want %s (twill.1's) and 1450", r.Node.Name, r.Prepared.BackendV6Data, r.Prepared.MTU, r.Prepared.BackendData)
+		}
+		if links := r.Node.IP(t, "link", "show"); strings.Contains(links, "twill-v6") {
+			t.Errorf("%s has an IPv6 VXLAN device without an IPv6 underlay:\n%s", r.Node.Name, links)
+		}
+	}
+	backendtest.CheckPodToPod(t, rs)
+	backendtest.CheckPodToPod6(t, rs)
+}
+
+// TestIPv6Only: an IPv6-only pod network (EnableIPv4 false): each node has
+// twill-v6.1 and no twill.1, its leases no IPv4 subnet, and the peers (told
+// apart by their IPv6 subnets alone) reach each other's pods.
+func TestIPv6Only(t *testing.T) {
+	lab := backendtest.New(t, "vx6only", 3)
+	lab.AddIPv6(t, true)
+	for _, n := range lab.Nodes {
+		n.Subnet = netip.Prefix{}
+	}
+	cfg := dualStack(config(t, `{"Type":"vxlan"}`))
+	cfg.EnableIPv4, cfg.Network, cfg.SubnetLen = false, netip.Prefix{}, 0
+	rs := lab.Start(t, cfg, newVXLAN)
+	for _, r := range rs {
+		if links := r.Node.IP(t, "link", "show"); strings.Contains(links, "twill.1:") || !strings.Contains(links, "twill-v6.1:") {
+			t.Errorf("%s devices, want twill-v6.1 and no twill.1:\n%s", r.Node.Name, links)
+		}
+		if len(r.Prepared.BackendData) != 0 {
+			t.Errorf("%s BackendData %s, want none", r.Node.Name, r.Prepared.BackendData)
+		}
+		if got := len(r.Backend.Status().Peers); got != 2 {
+			t.Errorf("%s routes %d peers, want 2", r.Node.Name, got)
+		}
+	}
+	backendtest.CheckPodToPod6(t, rs)
 }

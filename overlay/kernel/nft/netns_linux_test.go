@@ -98,7 +98,7 @@ func udpEcho(t *testing.T, ns string, addr netip.AddrPort) {
 	t.Helper()
 	var conn *net.UDPConn
 	if err := namespace.DoName(ns, func() (err error) {
-		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {
 		t.Fatalf("listen udp %v in %s: %v", addr, ns, err)
@@ -121,7 +121,7 @@ func udpListen(t *testing.T, ns string, port int) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	if err := namespace.DoName(ns, func() (err error) {
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
+		conn, err = net.ListenUDP("udp", &net.UDPAddr{Port: port})
 		return err
 	}); err != nil {
 		t.Fatalf("listen udp :%d in %s: %v", port, ns, err)
@@ -139,7 +139,7 @@ func udpDial(t *testing.T, ns string, src netip.Addr, dst netip.AddrPort) *net.U
 	}
 	var conn *net.UDPConn
 	if err := namespace.DoName(ns, func() (err error) {
-		conn, err = net.DialUDP("udp4", laddr, net.UDPAddrFromAddrPort(dst))
+		conn, err = net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(dst))
 		return err
 	}); err != nil {
 		t.Fatalf("dial udp %v from %s: %v", dst, ns, err)

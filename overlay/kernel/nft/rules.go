@@ -2,8 +2,10 @@
 // leaves the cluster network, forward accept for the cluster network, and
 // per-peer traffic counters.
 //
-// It owns exactly one table, "twill" in the ip family, and never reads or
-// changes anything outside it. Apply brings the table to a desired Rules value
+// It owns exactly one table per family, "twill" in the ip family and, for
+// the IPv6 pod network of a dual-stack or IPv6-only node (New with IPv6),
+// "twill" in the ip6 family; it never reads or changes anything outside
+// them. Apply brings the table to a desired Rules value
 // in one netlink batch (atomic: the kernel sees the old table or the new one);
 // Counters reads the per-peer counters in three netlink dumps (the table
 // list, then one per direction) whatever the number of peers; Cleanup deletes
@@ -38,6 +40,13 @@
 //			ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random
 //		}
 //	}
+//
+// The ip6 table is the same with ip6 matches, ipv6_addr sets, and ff00::/8
+// as the multicast range the masquerade leaves alone; its tunnel guard
+// watches VXLAN over the IPv6 underlay (the peers' PublicIPv6). Two tables
+// rather than one inet table keep the ip table byte for byte what it was,
+// so a node that turns IPv6 on does not rewrite its IPv4 rules or lose
+// their counters.
 //
 // The postrouting rules are flannel's --ip-masq rules, in flannel's order:
 // pod-to-pod traffic keeps its addresses, pod traffic to anywhere else but
@@ -84,7 +93,8 @@ import (
 	"slices"
 )
 
-// TableName is the name of the only table this package touches (family ip).
+// TableName is the name of the tables this package touches (family ip, and
+// ip6).
 const TableName = "twill"
 
 // Rules is the desired content of the twill table.
@@ -149,15 +159,20 @@ type PeerCounters struct {
 	Rx Counter
 }
 
-// normalized checks r and returns it with its prefixes masked and Peers
-// sorted and free of duplicates.
-func (r Rules) normalized() (Rules, error) {
+// normalized checks r for a table of one family (IPv6 addresses for the
+// ip6 table, IPv4 for the ip table) and returns it with its prefixes masked
+// and Peers sorted and free of duplicates.
+func (r Rules) normalized(ipv6 bool) (Rules, error) {
 	var errs []error
-	if !r.ClusterNetwork.IsValid() || !r.ClusterNetwork.Addr().Is4() {
-		errs = append(errs, fmt.Errorf("cluster network %v: want an IPv4 prefix", r.ClusterNetwork))
+	fam, is := "IPv4", netip.Addr.Is4
+	if ipv6 {
+		fam, is = "IPv6", func(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }
 	}
-	if r.NodeSubnet.IsValid() && !r.NodeSubnet.Addr().Is4() {
-		errs = append(errs, fmt.Errorf("node subnet %v: want an IPv4 prefix", r.NodeSubnet))
+	if !r.ClusterNetwork.IsValid() || !is(r.ClusterNetwork.Addr()) {
+		errs = append(errs, fmt.Errorf("cluster network %v: want an %s prefix", r.ClusterNetwork, fam))
+	}
+	if r.NodeSubnet.IsValid() && !is(r.NodeSubnet.Addr()) {
+		errs = append(errs, fmt.Errorf("node subnet %v: want an %s prefix", r.NodeSubnet, fam))
 	}
 	if r.Masquerade && !r.NodeSubnet.IsValid() {
 		errs = append(errs, errors.New("masquerade needs the node subnet"))
@@ -169,8 +184,8 @@ func (r Rules) normalized() (Rules, error) {
 		Peers:          make([]netip.Prefix, 0, len(r.Peers)),
 	}
 	for _, p := range r.Peers {
-		if !p.IsValid() || !p.Addr().Is4() {
-			errs = append(errs, fmt.Errorf("peer %v: want an IPv4 prefix", p))
+		if !p.IsValid() || !is(p.Addr()) {
+			errs = append(errs, fmt.Errorf("peer %v: want an %s prefix", p, fam))
 			continue
 		}
 		out.Peers = append(out.Peers, p.Masked())
@@ -191,10 +206,12 @@ func (r Rules) normalized() (Rules, error) {
 			errs = append(errs, fmt.Errorf("tunnel: IP-in-IP has no port (got %d)", t.Port))
 		case t.Proto != ProtoUDP && t.Proto != ProtoIPIP:
 			errs = append(errs, fmt.Errorf("tunnel: protocol %d: want UDP (17) or IP-in-IP (4)", t.Proto))
+		case t.Proto == ProtoIPIP && ipv6:
+			errs = append(errs, errors.New("tunnel: IP-in-IP is IPv4 only; the ip6 table guards UDP tunnels"))
 		}
 		for _, a := range t.Sources {
-			if !a.Is4() {
-				errs = append(errs, fmt.Errorf("tunnel source %v: want an IPv4 address", a))
+			if !is(a) {
+				errs = append(errs, fmt.Errorf("tunnel source %v: want an %s address", a, fam))
 				continue
 			}
 			nt.Sources = append(nt.Sources, a)

@@ -14,7 +14,7 @@ func TestRulesNormalized(t *testing.T) {
 		NodeSubnet:     pp("10.244.1.9/24"),
 		Masquerade:     true,
 		Peers:          []netip.Prefix{pp("10.244.3.0/24"), pp("10.244.2.5/24"), pp("10.244.3.0/24")},
-	}.normalized()
+	}.normalized(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestRulesInvalid(t *testing.T) {
 		{"ipv6 peer", Rules{ClusterNetwork: pp("10.244.0.0/16"), Peers: []netip.Prefix{pp("fd00::/64")}}, "peer fd00::/64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.r.normalized()
+			_, err := tc.r.normalized(false)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one that says %q", err, tc.want)
 			}

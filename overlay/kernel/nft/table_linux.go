@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/bits"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -31,13 +31,26 @@ const (
 	elementsPerCall = 512 // keeps one NEWSETELEM message well under netlink's 64 KiB attribute limit
 )
 
-// IP header offsets of the source and destination addresses.
-const (
-	offSaddr = 12
-	offDaddr = 16
+// family is what differs between the ip and the ip6 twill tables: the
+// nftables family, the address length and where the addresses sit in the
+// network header.
+type family struct {
+	nft       nftables.TableFamily
+	name      string // nft's name of the header: "ip" or "ip6"
+	addrLen   uint32
+	offSaddr  uint32
+	offDaddr  uint32
+	keyType   nftables.SetDatatype
+	multicast netip.Prefix
+}
+
+var (
+	ipv4 = family{nftables.TableFamilyIPv4, "ip", 4, 12, 16, nftables.TypeIPAddr, netip.MustParsePrefix("224.0.0.0/4")}
+	ipv6 = family{nftables.TableFamilyIPv6, "ip6", 16, 8, 24, nftables.TypeIP6Addr, netip.MustParsePrefix("ff00::/8")}
 )
 
-var multicast = netip.MustParsePrefix("224.0.0.0/4")
+// is reports whether a is an address of the family.
+func (f family) is(a netip.Addr) bool { return a.IsValid() && (f.addrLen == 4) == a.Is4() }
 
 // setIDs serialises queueing sets across Tables: github.com/google/nftables
 // (v0.3.0, Conn.AddSet) numbers new sets from a package variable without a
@@ -50,6 +63,7 @@ var setIDs sync.Mutex
 type Table struct {
 	log   *slog.Logger
 	netns int
+	fam   family
 	mu    sync.Mutex
 }
 
@@ -64,9 +78,17 @@ func InNetNS(fd int) Option {
 	return func(t *Table) { t.netns = fd }
 }
 
+// IPv6 makes the Table the twill table of the ip6 family, for the IPv6
+// pod network: its Rules hold IPv6 prefixes and addresses. Without it the
+// Table is the ip family's. The two tables are independent; a dual-stack
+// node keeps one of each.
+func IPv6() Option {
+	return func(t *Table) { t.fam = ipv6 }
+}
+
 // New returns the twill table. It does nothing to the kernel until Apply.
 func New(log *slog.Logger, opts ...Option) *Table {
-	t := &Table{log: log}
+	t := &Table{log: log, fam: ipv4}
 	for _, o := range opts {
 		o(t)
 	}
@@ -85,8 +107,8 @@ func (t *Table) conn() (*nftables.Conn, error) {
 	return c, nil
 }
 
-func twillTable() *nftables.Table {
-	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+func (f family) table() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: f.nft}
 }
 
 // ruleSpec is one desired rule; its comment, the rule in nft syntax, is how
@@ -105,7 +127,10 @@ type chainSpec struct {
 	rules    []ruleSpec
 }
 
-func desiredChains(r Rules) []chainSpec {
+func desiredChains(f family, r Rules) []chainSpec {
+	offSaddr, offDaddr := f.offSaddr, f.offDaddr
+	prefixRule := f.prefixRule
+	lookupRule := f.lookupRule
 	chains := []chainSpec{
 		{
 			name: chainForward, typ: nftables.ChainTypeFilter,
@@ -125,7 +150,7 @@ func desiredChains(r Rules) []chainSpec {
 		{
 			name: chainInput, typ: nftables.ChainTypeFilter,
 			hook: nftables.ChainHookInput, priority: nftables.ChainPriorityFilter,
-			rules: append(tunnelRules(r.Tunnel), lookupRule(offSaddr, setRx)),
+			rules: append(f.tunnelRules(r.Tunnel), lookupRule(offSaddr, setRx)),
 		},
 	}
 	if r.Masquerade {
@@ -137,7 +162,7 @@ func desiredChains(r Rules) []chainSpec {
 			hook: nftables.ChainHookPostrouting, priority: nftables.ChainPriorityNATSource,
 			rules: []ruleSpec{
 				prefixRule([]match{{offSaddr, cn, false}, {offDaddr, cn, false}}, ret(), "return"),
-				prefixRule([]match{{offSaddr, cn, false}, {offDaddr, multicast, true}}, masq(), "masquerade fully-random"),
+				prefixRule([]match{{offSaddr, cn, false}, {offDaddr, f.multicast, true}}, masq(), "masquerade fully-random"),
 				prefixRule([]match{{offSaddr, cn, true}, {offDaddr, sub, false}}, ret(), "return"),
 				prefixRule([]match{{offSaddr, cn, true}, {offDaddr, cn, false}}, masq(), "masquerade fully-random"),
 			},
@@ -146,47 +171,47 @@ func desiredChains(r Rules) []chainSpec {
 	return chains
 }
 
-// match is "ip saddr|daddr [!=] prefix".
+// match is "ip saddr|daddr [!=] prefix" (ip6 in the ip6 table).
 type match struct {
 	offset uint32
 	prefix netip.Prefix
 	negate bool
 }
 
-func fieldName(offset uint32) string {
-	if offset == offSaddr {
-		return "ip saddr"
+func (f family) fieldName(offset uint32) string {
+	if offset == f.offSaddr {
+		return f.name + " saddr"
 	}
-	return "ip daddr"
+	return f.name + " daddr"
 }
 
-func prefixRule(ms []match, verdict expr.Any, verdictText string) ruleSpec {
+func (f family) prefixRule(ms []match, verdict expr.Any, verdictText string) ruleSpec {
 	var exprs []expr.Any
 	var text []string
 	for _, m := range ms {
-		mask := prefixMask(m.prefix.Bits())
-		addr := m.prefix.Addr().As4()
+		mask := net.CIDRMask(m.prefix.Bits(), int(f.addrLen*8))
+		addr := m.prefix.Addr().AsSlice()
 		op, opText := expr.CmpOpEq, ""
 		if m.negate {
 			op, opText = expr.CmpOpNeq, "!= "
 		}
 		exprs = append(exprs,
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.offset, Len: 4},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: op, Register: 1, Data: addr[:]},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.offset, Len: f.addrLen},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: f.addrLen, Mask: mask, Xor: make([]byte, f.addrLen)},
+			&expr.Cmp{Op: op, Register: 1, Data: addr},
 		)
-		text = append(text, fmt.Sprintf("%s %s%s", fieldName(m.offset), opText, m.prefix))
+		text = append(text, fmt.Sprintf("%s %s%s", f.fieldName(m.offset), opText, m.prefix))
 	}
 	exprs = append(exprs, verdict)
 	text = append(text, verdictText)
 	return ruleSpec{comment: strings.Join(text, " "), exprs: exprs}
 }
 
-func lookupRule(offset uint32, set string) ruleSpec {
+func (f family) lookupRule(offset uint32, set string) ruleSpec {
 	return ruleSpec{
-		comment: fmt.Sprintf("%s @%s", fieldName(offset), set),
+		comment: fmt.Sprintf("%s @%s", f.fieldName(offset), set),
 		exprs: []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: f.addrLen},
 			&expr.Lookup{SourceRegister: 1, SetName: set},
 		},
 	}
@@ -194,7 +219,7 @@ func lookupRule(offset uint32, set string) ruleSpec {
 
 // tunnelRules are the guard's two rules: drop (and count) encapsulated
 // packets from sources that are not peers, count the others per source.
-func tunnelRules(t *Tunnel) []ruleSpec {
+func (f family) tunnelRules(t *Tunnel) []ruleSpec {
 	if t == nil {
 		return nil
 	}
@@ -215,14 +240,14 @@ func tunnelRules(t *Tunnel) []ruleSpec {
 		}
 		text = fmt.Sprintf("udp dport %d", t.Port)
 	}
-	source := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offSaddr, Len: 4}
+	source := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.offSaddr, Len: f.addrLen}
 	drop := append(slices.Clone(match), source,
 		&expr.Lookup{SourceRegister: 1, SetName: setSources, Invert: true},
 		&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
 	count := append(slices.Clone(match), source, &expr.Lookup{SourceRegister: 1, SetName: setSources})
 	return []ruleSpec{
-		{comment: text + " ip saddr != @" + setSources + " " + dropComment, exprs: drop},
-		{comment: text + " ip saddr @" + setSources, exprs: count},
+		{comment: text + " " + f.name + " saddr != @" + setSources + " " + dropComment, exprs: drop},
+		{comment: text + " " + f.name + " saddr @" + setSources, exprs: count},
 	}
 }
 
@@ -230,17 +255,11 @@ func tunnelRules(t *Tunnel) []ruleSpec {
 // the count of dropped packets.
 const dropComment = "counter drop"
 
-func prefixMask(n int) [4]byte {
-	var m [4]byte
-	binary.BigEndian.PutUint32(m[:], ^uint32(0)<<(32-n)) // a shift by 32 yields 0 in Go
-	return m
-}
-
-func newPeerSet(tbl *nftables.Table, name string) *nftables.Set {
+func (f family) newPeerSet(name string) *nftables.Set {
 	return &nftables.Set{
-		Table:    tbl,
+		Table:    f.table(),
 		Name:     name,
-		KeyType:  nftables.TypeIPAddr,
+		KeyType:  f.keyType,
 		Interval: true,
 		Counter:  true,
 	}
@@ -256,8 +275,8 @@ type state struct {
 	sources  map[netip.Addr]Counter                   // elements of tunnel-sources
 }
 
-func tableExists(c *nftables.Conn) (bool, error) {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+func (f family) tableExists(c *nftables.Conn) (bool, error) {
+	tables, err := c.ListTablesOfFamily(f.nft)
 	if err != nil {
 		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
@@ -269,7 +288,7 @@ func tableExists(c *nftables.Conn) (bool, error) {
 	return false, nil
 }
 
-func readState(c *nftables.Conn) (*state, error) {
+func (f family) readState(c *nftables.Conn) (*state, error) {
 	st := &state{
 		chains:   map[string]*nftables.Chain{},
 		comments: map[string][]string{},
@@ -277,11 +296,11 @@ func readState(c *nftables.Conn) (*state, error) {
 		elements: map[string]map[netip.Prefix]PeerCounters{},
 	}
 	var err error
-	if st.table, err = tableExists(c); err != nil || !st.table {
+	if st.table, err = f.tableExists(c); err != nil || !st.table {
 		return st, err
 	}
-	tbl := twillTable()
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	tbl := f.table()
+	chains, err := c.ListChainsOfTableFamily(f.nft)
 	if err != nil {
 		return nil, fmt.Errorf("list chains: %w", err)
 	}
@@ -310,7 +329,7 @@ func readState(c *nftables.Conn) (*state, error) {
 			if err != nil {
 				return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
 			}
-			st.sources = addresses(elems)
+			st.sources = f.addresses(elems)
 			continue
 		}
 		if s.Name != setTx && s.Name != setRx {
@@ -320,7 +339,7 @@ func readState(c *nftables.Conn) (*state, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
 		}
-		st.elements[s.Name] = intervals(elems)
+		st.elements[s.Name] = f.intervals(elems)
 	}
 	return st, nil
 }
@@ -328,32 +347,32 @@ func readState(c *nftables.Conn) (*state, error) {
 // intervals turns the elements of an interval set back into prefixes, each
 // with the counter of its start element (in Tx). Ranges that are not a
 // prefix are left out: twill never adds them.
-func intervals(elems []nftables.SetElement) map[netip.Prefix]PeerCounters {
+func (f family) intervals(elems []nftables.SetElement) map[netip.Prefix]PeerCounters {
 	var starts []nftables.SetElement
-	var ends []uint64
+	var ends []netip.Addr
 	for _, e := range elems {
-		if len(e.Key) != 4 {
+		a, ok := f.addr(e.Key)
+		if !ok {
 			continue
 		}
 		if e.IntervalEnd {
-			ends = append(ends, uint64(binary.BigEndian.Uint32(e.Key)))
+			ends = append(ends, a)
 		} else {
 			starts = append(starts, e)
 		}
 	}
-	slices.Sort(ends)
+	slices.SortFunc(ends, netip.Addr.Compare)
 	out := make(map[netip.Prefix]PeerCounters, len(starts))
 	for _, s := range starts {
-		lo := uint64(binary.BigEndian.Uint32(s.Key))
-		hi := uint64(1) << 32 // a range to the top of the address space has no end element
-		if i, _ := slices.BinarySearch(ends, lo+1); i < len(ends) {
+		lo, _ := f.addr(s.Key)
+		var hi netip.Addr // zero: the range reaches the top of the address space (no end element)
+		if i, _ := slices.BinarySearchFunc(ends, lo.Next(), netip.Addr.Compare); i < len(ends) {
 			hi = ends[i]
 		}
-		size := hi - lo
-		if size == 0 || size&(size-1) != 0 || lo&(size-1) != 0 {
+		p, ok := rangePrefix(lo, hi)
+		if !ok {
 			continue
 		}
-		p := netip.PrefixFrom(netip.AddrFrom4([4]byte(s.Key)), 32-bits.TrailingZeros64(size))
 		var pc PeerCounters
 		if s.Counter != nil {
 			pc.Tx = Counter{Packets: s.Counter.Packets, Bytes: s.Counter.Bytes}
@@ -363,18 +382,53 @@ func intervals(elems []nftables.SetElement) map[netip.Prefix]PeerCounters {
 	return out
 }
 
+// rangePrefix is the prefix that spans [lo, hi) (hi zero: to the top of
+// the address space), if one does.
+func rangePrefix(lo, hi netip.Addr) (netip.Prefix, bool) {
+	for bits := 0; bits <= lo.BitLen(); bits++ {
+		p := netip.PrefixFrom(lo, bits)
+		if p.Masked().Addr() != lo {
+			continue
+		}
+		if end := prefixEnd(p); end == hi {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// prefixEnd is the first address after p; zero when p reaches the top of
+// the address space.
+func prefixEnd(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	last, _ := netip.AddrFromSlice(b)
+	return last.Next() // zero after the last address
+}
+
+// addr reads a set element's key as an address of the family.
+func (f family) addr(key []byte) (netip.Addr, bool) {
+	if uint32(len(key)) != f.addrLen {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFromSlice(key)
+}
+
 // addresses reads the elements of tunnel-sources with their counters.
-func addresses(elems []nftables.SetElement) map[netip.Addr]Counter {
+func (f family) addresses(elems []nftables.SetElement) map[netip.Addr]Counter {
 	out := make(map[netip.Addr]Counter, len(elems))
 	for _, e := range elems {
-		if len(e.Key) != 4 {
+		a, ok := f.addr(e.Key)
+		if !ok {
 			continue
 		}
 		var c Counter
 		if e.Counter != nil {
 			c = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 		}
-		out[netip.AddrFrom4([4]byte(e.Key))] = c
+		out[a] = c
 	}
 	return out
 }
@@ -392,8 +446,7 @@ func ruleCounter(r *nftables.Rule) Counter {
 func sourceElements(as []netip.Addr) []nftables.SetElement {
 	elems := make([]nftables.SetElement, len(as))
 	for i, a := range as {
-		k := a.As4()
-		elems[i] = nftables.SetElement{Key: k[:]}
+		elems[i] = nftables.SetElement{Key: a.AsSlice()}
 	}
 	return elems
 }
@@ -401,13 +454,9 @@ func sourceElements(as []netip.Addr) []nftables.SetElement {
 // intervalElements are the elements that make p an interval: its start and,
 // unless p reaches the top of the address space, the end (exclusive).
 func intervalElements(p netip.Prefix) []nftables.SetElement {
-	start := p.Addr().As4()
-	elems := []nftables.SetElement{{Key: start[:]}}
-	end := uint64(binary.BigEndian.Uint32(start[:])) + uint64(1)<<(32-p.Bits())
-	if end < 1<<32 {
-		var k [4]byte
-		binary.BigEndian.PutUint32(k[:], uint32(end))
-		elems = append(elems, nftables.SetElement{Key: k[:], IntervalEnd: true})
+	elems := []nftables.SetElement{{Key: p.Addr().AsSlice()}}
+	if end := prefixEnd(p); end.IsValid() {
+		elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
 	}
 	return elems
 }
@@ -437,37 +486,37 @@ func (t *Table) session(f func(c *nftables.Conn) error) error {
 // what differs: applying the same Rules again sends nothing, and the
 // counters of peers that stay keep counting.
 func (t *Table) Apply(r Rules) error {
-	r, err := r.normalized()
+	r, err := r.normalized(t.fam == ipv6)
 	if err != nil {
 		return err
 	}
 	return t.session(func(c *nftables.Conn) error {
-		st, err := readState(c)
+		st, err := t.fam.readState(c)
 		if err != nil {
 			return fmt.Errorf("read nftables table %s: %w", TableName, err)
 		}
 		setIDs.Lock()
-		ops, summary, err := plan(c, st, r)
+		ops, summary, err := t.fam.plan(c, st, r)
 		setIDs.Unlock()
 		if err != nil {
 			return fmt.Errorf("plan nftables table %s: %w", TableName, err)
 		}
 		if ops == 0 {
-			t.log.Debug("nftables table up to date", "table", TableName, "peers", len(r.Peers))
+			t.log.Debug("nftables table up to date", "table", t.fam.name+" "+TableName, "peers", len(r.Peers))
 			return nil
 		}
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("apply nftables table %s (%s): %w", TableName, summary, err)
 		}
-		t.log.Info("nftables table applied", "table", TableName, "changes", summary, "peers", len(r.Peers))
+		t.log.Info("nftables table applied", "table", t.fam.name+" "+TableName, "changes", summary, "peers", len(r.Peers))
 		return nil
 	})
 }
 
 // plan queues on c the messages that turn st into r and returns how many
 // changes it queued and a summary of them.
-func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
-	tbl := twillTable()
+func (f family) plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
+	tbl := f.table()
 	var changes []string
 	note := func(format string, a ...any) { changes = append(changes, fmt.Sprintf(format, a...)) }
 
@@ -476,7 +525,7 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 		note("create table")
 	}
 
-	desired := desiredChains(r)
+	desired := desiredChains(f, r)
 	want := map[string]bool{}
 	for _, cs := range desired {
 		want[cs.name] = true
@@ -486,11 +535,11 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 	// must go first, so every base chain is then rewritten.
 	recreate := map[string]bool{}
 	for _, name := range []string{setTx, setRx} {
-		if s, ok := st.sets[name]; ok && (!s.Interval || s.IsMap || s.KeyType.Name != nftables.TypeIPAddr.Name) {
+		if s, ok := st.sets[name]; ok && (!s.Interval || s.IsMap || s.KeyType.Name != f.keyType.Name) {
 			recreate[name] = true
 		}
 	}
-	if s, ok := st.sets[setSources]; ok && (s.Interval || s.IsMap || s.KeyType.Name != nftables.TypeIPAddr.Name) {
+	if s, ok := st.sets[setSources]; ok && (s.Interval || s.IsMap || s.KeyType.Name != f.keyType.Name) {
 		recreate[setSources] = true
 	}
 
@@ -533,7 +582,7 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 		}
 	}
 	if r.Tunnel != nil {
-		n, err := planSources(c, tbl, st, r.Tunnel.Sources, recreate[setSources])
+		n, err := f.planSources(c, st, r.Tunnel.Sources, recreate[setSources])
 		if err != nil {
 			return 0, "", err
 		}
@@ -542,7 +591,7 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 		}
 	}
 	for _, name := range []string{setTx, setRx} {
-		s := newPeerSet(tbl, name)
+		s := f.newPeerSet(name)
 		_, ok := st.sets[name]
 		if !ok || recreate[name] {
 			if err := c.AddSet(s, nil); err != nil {
@@ -609,8 +658,8 @@ func plan(c *nftables.Conn, st *state, r Rules) (int, string, error) {
 
 // planSources queues what makes tunnel-sources hold exactly want, and
 // says what it queued ("" for nothing).
-func planSources(c *nftables.Conn, tbl *nftables.Table, st *state, want []netip.Addr, recreate bool) (string, error) {
-	s := &nftables.Set{Table: tbl, Name: setSources, KeyType: nftables.TypeIPAddr, Counter: true}
+func (f family) planSources(c *nftables.Conn, st *state, want []netip.Addr, recreate bool) (string, error) {
+	s := &nftables.Set{Table: f.table(), Name: setSources, KeyType: f.keyType, Counter: true}
 	_, exists := st.sets[setSources]
 	have := st.sources
 	var notes []string
@@ -657,20 +706,20 @@ func planSources(c *nftables.Conn, tbl *nftables.Table, st *state, want []netip.
 func (t *Table) Tunnel() (TunnelCounters, error) {
 	out := TunnelCounters{Sources: map[netip.Addr]Counter{}}
 	err := t.session(func(c *nftables.Conn) error {
-		if ok, err := tableExists(c); err != nil || !ok {
+		if ok, err := t.fam.tableExists(c); err != nil || !ok {
 			return err
 		}
 		var err error
-		out, err = readTunnel(c)
+		out, err = t.fam.readTunnel(c)
 		return err
 	})
 	return out, err
 }
 
 // readTunnel reads the tunnel guard's counters from an existing table.
-func readTunnel(c *nftables.Conn) (TunnelCounters, error) {
+func (f family) readTunnel(c *nftables.Conn) (TunnelCounters, error) {
 	out := TunnelCounters{Sources: map[netip.Addr]Counter{}}
-	tbl := twillTable()
+	tbl := f.table()
 	rules, err := c.GetRules(tbl, &nftables.Chain{Name: chainInput, Table: tbl})
 	if err != nil {
 		return out, fmt.Errorf("read the tunnel guard in table %s: %w", TableName, err)
@@ -684,11 +733,11 @@ func readTunnel(c *nftables.Conn) (TunnelCounters, error) {
 	if !guarded {
 		return out, nil
 	}
-	elems, err := c.GetSetElements(&nftables.Set{Table: tbl, Name: setSources, KeyType: nftables.TypeIPAddr})
+	elems, err := c.GetSetElements(&nftables.Set{Table: tbl, Name: setSources, KeyType: f.keyType})
 	if err != nil {
 		return out, fmt.Errorf("read counters in set %s of table %s: %w", setSources, TableName, err)
 	}
-	out.Sources = addresses(elems)
+	out.Sources = f.addresses(elems)
 	return out, nil
 }
 
@@ -714,29 +763,29 @@ func comments(rs []ruleSpec) []string {
 func (t *Table) Counters() (map[netip.Prefix]PeerCounters, error) {
 	out := map[netip.Prefix]PeerCounters{}
 	err := t.session(func(c *nftables.Conn) error {
-		ok, err := tableExists(c)
+		ok, err := t.fam.tableExists(c)
 		if err != nil || !ok {
 			return err
 		}
-		out, err = readCounters(c)
+		out, err = t.fam.readCounters(c)
 		return err
 	})
 	return out, err
 }
 
 // readCounters reads the per-peer counters from an existing table.
-func readCounters(c *nftables.Conn) (map[netip.Prefix]PeerCounters, error) {
-	tbl := twillTable()
+func (f family) readCounters(c *nftables.Conn) (map[netip.Prefix]PeerCounters, error) {
+	tbl := f.table()
 	var tx, rx map[netip.Prefix]PeerCounters
 	for _, d := range []struct {
 		name string
 		out  *map[netip.Prefix]PeerCounters
 	}{{setTx, &tx}, {setRx, &rx}} {
-		elems, err := c.GetSetElements(&nftables.Set{Table: tbl, Name: d.name, KeyType: nftables.TypeIPAddr})
+		elems, err := c.GetSetElements(&nftables.Set{Table: tbl, Name: d.name, KeyType: f.keyType})
 		if err != nil {
 			return nil, fmt.Errorf("read counters in set %s of table %s: %w", d.name, TableName, err)
 		}
-		*d.out = intervals(elems)
+		*d.out = f.intervals(elems)
 	}
 	out := make(map[netip.Prefix]PeerCounters, len(tx))
 	for p, c := range tx {
@@ -785,7 +834,7 @@ func (t *Table) Watch(ctx context.Context, changed func()) error {
 			if !ok {
 				return errors.New("nftables monitor closed")
 			}
-			if slices.ContainsFunc(batch.Changes, concernsTwill) {
+			if slices.ContainsFunc(batch.Changes, t.fam.concernsTwill) {
 				changed()
 			}
 		}
@@ -794,7 +843,7 @@ func (t *Table) Watch(ctx context.Context, changed func()) error {
 
 // concernsTwill reports whether a monitor event deletes something of the
 // twill table.
-func concernsTwill(ev *nftables.MonitorEvent) bool {
+func (f family) concernsTwill(ev *nftables.MonitorEvent) bool {
 	switch ev.Type {
 	case nftables.MonitorEventTypeDelTable, nftables.MonitorEventTypeDelChain, nftables.MonitorEventTypeDelRule, nftables.MonitorEventTypeDelSet:
 	default:
@@ -811,22 +860,22 @@ func concernsTwill(ev *nftables.MonitorEvent) bool {
 	case *nftables.Set:
 		tbl = d.Table
 	}
-	return tbl != nil && tbl.Name == TableName && tbl.Family == nftables.TableFamilyIPv4
+	return tbl != nil && tbl.Name == TableName && tbl.Family == f.nft
 }
 
 // Cleanup deletes the twill table and everything in it; nothing else. A
 // table that does not exist is not an error.
 func (t *Table) Cleanup() error {
 	return t.session(func(c *nftables.Conn) error {
-		ok, err := tableExists(c)
+		ok, err := t.fam.tableExists(c)
 		if err != nil || !ok {
 			return err
 		}
-		c.DelTable(twillTable())
+		c.DelTable(t.fam.table())
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("delete nftables table %s: %w", TableName, err)
 		}
-		t.log.Info("nftables table deleted", "table", TableName)
+		t.log.Info("nftables table deleted", "table", t.fam.name+" "+TableName)
 		return nil
 	})
 }

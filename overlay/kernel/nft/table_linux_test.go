@@ -36,10 +36,15 @@ func conn(t testing.TB, ns string) *nftables.Conn {
 
 func readTable(t testing.TB, ns string) *kernelTable {
 	t.Helper()
+	return readTableOf(t, ns, ipv4)
+}
+
+func readTableOf(t testing.TB, ns string, f family) *kernelTable {
+	t.Helper()
 	c := conn(t, ns)
-	tbl := twillTable()
+	tbl := f.table()
 	kt := &kernelTable{chains: map[string]*nftables.Chain{}, rules: map[string][]*nftables.Rule{}, elements: map[string][]nftables.SetElement{}}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	chains, err := c.ListChainsOfTableFamily(f.nft)
 	if err != nil {
 		t.Fatalf("list chains: %v", err)
 	}
@@ -164,7 +169,7 @@ func TestApplyReadBack(t *testing.T) {
 		t.Errorf("forward rule 1 is %#v, want a lookup in peers-tx", kt.rules["forward"][0].Exprs)
 	}
 	for _, set := range []string{"peers-tx", "peers-rx"} {
-		got := slices.SortedFunc(maps.Keys(intervals(kt.elements[set])), comparePrefix)
+		got := slices.SortedFunc(maps.Keys(ipv4.intervals(kt.elements[set])), comparePrefix)
 		want := slices.SortedFunc(slices.Values(peers), comparePrefix)
 		if !slices.Equal(got, want) {
 			t.Errorf("set %s holds %v, want %v", set, got, want)

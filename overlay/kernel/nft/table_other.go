@@ -17,6 +17,9 @@ type Table struct{}
 // Option configures a Table.
 type Option func(*Table)
 
+// IPv6 is accepted and ignored.
+func IPv6() Option { return func(*Table) {} }
+
 // InNetNS is accepted and ignored: there are no network namespaces here.
 func InNetNS(fd int) Option { return func(*Table) {} }
 
