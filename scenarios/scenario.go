@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/twillnet/twill/vmtest"
 )
 
 // Scenario is one scenario file.
@@ -47,6 +49,10 @@ type ClusterSpec struct {
 	Outside        bool     `yaml:"outside"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
+	// Routed puts the nodes in racks joined by a router (vmtest.Routed).
+	Routed *vmtest.Routed `yaml:"routed"`
+	// NodeArgs are extra twilld flags by node name (n1).
+	NodeArgs map[string][]string `yaml:"nodeArgs"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -96,16 +102,23 @@ type Step struct {
 
 // stepKinds lists the step kinds and the parameters each takes.
 var stepKinds = map[string][]string{
-	"ping-all":          {"within"},
-	"ping":              {"from", "to", "expect", "within"},
-	"tcp":               {"from", "to", "size", "within"},
-	"mtu":               {"from", "to", "within"},
-	"outside":           {"from", "within"},
-	"host-to-pods":      {"within"},
-	"outside-to-pod":    {"to", "within"},
-	"lease":             {"node", "holds", "within"},
-	"routes":            {"within"},
-	"bgp-sessions":      {"within"},
+	"ping-all":       {"within"},
+	"ping":           {"from", "to", "expect", "within"},
+	"tcp":            {"from", "to", "size", "within"},
+	"mtu":            {"from", "to", "within"},
+	"outside":        {"from", "within"},
+	"host-to-pods":   {"within"},
+	"outside-to-pod": {"to", "within"},
+	"lease":          {"node", "holds", "within"},
+	"routes":         {"within"},
+	"bgp-sessions":   {"within"},
+	// A lab with a router (cluster.routed): its sessions and routes, a
+	// graceful restart of it; no tunnel devices on the nodes; a stopped
+	// node's subnet gone everywhere, timed.
+	"router-routes":     {"within"},
+	"restart-router":    {},
+	"no-tunnel":         {},
+	"withdrawn":         {"node", "within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
 	"stop-daemon":       {"node"},
@@ -318,7 +331,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "withdrawn": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {

@@ -268,7 +268,8 @@ func waitFile(ctx context.Context, p proc, path string, timeout time.Duration) e
 // Fabric is a cluster whose nodes sit in racks joined by a router the lab
 // runs (Spec.Routed with a router).
 type Fabric interface {
-	// RouterNetNS is where the router runs: an Exec target.
+	// RouterNetNS is where the router runs, an Exec target; "" if the
+	// cluster runs no router.
 	RouterNetNS() string
 	// RouterSessions returns the nodes (by name) whose session with the
 	// router is established, and the router's own table (birdc show
@@ -290,8 +291,15 @@ func (l *Lab) router() (*state, error) {
 	return st, nil
 }
 
-// RouterNetNS is the hub, where a routed lab's router runs.
-func (l *Lab) RouterNetNS() string { return l.snapshot().HubNetNS }
+// RouterNetNS is the hub, where a routed lab's router runs; "" without a
+// router.
+func (l *Lab) RouterNetNS() string {
+	st := l.snapshot()
+	if st.Router == nil {
+		return ""
+	}
+	return st.HubNetNS
+}
 
 // RouterSessions asks the router which sessions are established.
 func (l *Lab) RouterSessions(ctx context.Context) ([]string, string, error) {

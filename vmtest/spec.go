@@ -105,7 +105,8 @@ type Spec struct {
 	NodeArgs map[string][]string `json:"node_args,omitempty"`
 }
 
-// Routed is the routed topology (fabric_linux.go): the lab's /26 is split
+// Routed is the routed topology (fabric_linux.go; scenarios give it as
+// cluster.routed, by the yaml names): the lab's /26 is split
 // into /28s, the first the hub's own segment (etcd, the host's link, the
 // outside), the others one rack each; node i is in rack (i-1) % Racks and
 // routes everything off its rack through the hub's address on it.
@@ -115,15 +116,15 @@ type Routed struct {
 	// pods reach each other only through a tunnel). With a router and the
 	// bgp backend every node peers with it (twilld --bgp-peer, the hub's
 	// address and ASN).
-	Router string `json:"router,omitempty"`
+	Router string `json:"router,omitempty" yaml:"router"`
 	// Racks is how many racks (default 2, at most MaxRacks).
-	Racks int `json:"racks,omitempty"`
+	Racks int `json:"racks,omitempty" yaml:"racks"`
 	// ASN is the router's AS (default 64512, the bgp backend's).
-	ASN uint32 `json:"asn,omitempty"`
+	ASN uint32 `json:"asn,omitempty" yaml:"asn"`
 	// RackASNs are the AS of each rack's nodes (an AS per rack: eBGP with
 	// the router; twilld --bgp-asn). Empty: every node in ASN (iBGP, the
 	// router a route reflector).
-	RackASNs []uint32 `json:"rack_asns,omitempty"`
+	RackASNs []uint32 `json:"rack_asns,omitempty" yaml:"rackASNs"`
 }
 
 // Routers are the routing daemons a routed lab's hub can run.

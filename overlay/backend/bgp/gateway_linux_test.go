@@ -499,6 +499,12 @@ func TestGatewayWrongASN(t *testing.T) {
 		t.Errorf("twillctl bgp on a1:\n%s", bgp)
 	}
 	t.Logf("twillctl bgp on a1:\n%s", bgp)
+	// The dashboard's BGP sessions table shows the peer with its error.
+	page := mustIn(t, a.ns, filepath.Join(l.bin, "twillctl"), "vm", "http-get", "--url", "http://"+a.ip.String()+":9180/tunnels")
+	row := regexp.MustCompile(`(?s)<tr data-peer="` + regexp.QuoteMeta(routerID) + `".*?</tr>`).FindString(page)
+	if !strings.Contains(row, "65000") || !strings.Contains(row, "as number mismatch") {
+		t.Errorf("the dashboard's row for %s lacks its AS or its error: %q\n%s", routerID, row, page[:min(len(page), 2000)])
+	}
 }
 
 // TestGatewayBIRDLearns1000: BIRD advertises 1000 more prefixes (static
