@@ -122,7 +122,17 @@ func New(node backend.Node, log *slog.Logger, own NodeOptions) (*Backend, error)
 	b := &Backend{node: node, opts: opts, g: g, clusterASN: clusterASN, reflector: own.RouteReflector, log: log.With("backend", netconf.TypeBGP),
 		kick: make(chan struct{}, 1), desired: map[netip.Addr]neighbor{}, current: map[netip.Addr]neighbor{},
 		sessions: map[netip.Addr]*session{}}
-	r, err := routing.New(routing.Config{Node: node, Backend: opts, OnPlan: b.onPlan, Log: log})
+	cfg := routing.Config{Node: node, Backend: opts, OnPlan: b.onPlan, Log: log}
+	if plan.BGPUsesIPIP(opts) {
+		// IPIP Always or CrossSubnet: routes off the segment (or all)
+		// go through twill.ipip, onlink via the peer's address.
+		mtu := routing.MTU(node, opts)
+		cfg.Device = plan.IPIPDevice
+		cfg.EnsureDevice = func(nl *netlink.Handle, own netip.Prefix) error {
+			return routing.EnsureIPIP(nl, b.log, node.PublicIP, mtu, own)
+		}
+	}
+	r, err := routing.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +150,9 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		return backend.Prepared{}, errors.New("bgp needs the underlay interface, its prefix and an IPv4 public IP (set --iface or --public-ip to an interface address)")
 	}
 	if plan.BGPUsesIPIP(b.opts) {
-		return backend.Prepared{}, fmt.Errorf("bgp: IPIP %s is not built yet (only Never)", b.g.IPIP)
+		if err := b.EnsureDevice(); err != nil {
+			return backend.Prepared{}, fmt.Errorf("bgp IPIP %s: %w", b.g.IPIP, err)
+		}
 	}
 	stale, err := b.kernelRoutes()
 	if err != nil {
