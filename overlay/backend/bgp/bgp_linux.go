@@ -118,6 +118,9 @@ func New(node backend.Node, log *slog.Logger, own NodeOptions) (*Backend, error)
 	if own.ASN != 0 {
 		g.ASN = own.ASN
 	}
+	if err := checkPeers(g.Peers, own.Peers); err != nil {
+		return nil, err
+	}
 	g.Peers = append(slices.Clone(g.Peers), own.Peers...)
 	b := &Backend{node: node, opts: opts, g: g, clusterASN: clusterASN, reflector: own.RouteReflector, log: log.With("backend", netconf.TypeBGP),
 		kick: make(chan struct{}, 1), desired: map[netip.Addr]neighbor{}, current: map[netip.Addr]neighbor{},
@@ -138,6 +141,29 @@ func New(node backend.Node, log *slog.Logger, own NodeOptions) (*Backend, error)
 	}
 	b.Router = r
 	return b, nil
+}
+
+// checkPeers refuses what the config's and the node's peers cannot be
+// together: an IPv6 address (the speaker carries IPv4 only) or a node's
+// peer (--bgp-peer) that Backend.Peers has already.
+func checkPeers(global, node []netconf.BGPPeer) error {
+	var errs []error
+	at := map[netip.Addr]int{}
+	for i, p := range global {
+		at[p.Address] = i
+		if !p.Address.Is4() {
+			errs = append(errs, fmt.Errorf("bgp: Backend.Peers[%d].Address = %s: the speaker carries IPv4 only; peer over the router's IPv4 address", i, p.Address))
+		}
+	}
+	for _, p := range node {
+		if !p.Address.Is4() {
+			errs = append(errs, fmt.Errorf("bgp: --bgp-peer=%s:%d: the speaker carries IPv4 only; peer over the router's IPv4 address", p.Address, p.ASN))
+		}
+		if i, dup := at[p.Address]; dup {
+			errs = append(errs, fmt.Errorf("bgp: --bgp-peer=%s:%d: duplicate peer: Backend.Peers[%d] has the same address", p.Address, p.ASN, i))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Type is "bgp".

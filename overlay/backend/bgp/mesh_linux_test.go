@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/twillnet/twill/overlay/backend/routing"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 func bgpLease(subnet, ip string, data string) lease.Lease {
@@ -51,5 +53,22 @@ func TestMeshNeighbors(t *testing.T) {
 	}
 	if got := meshNeighbors(peers(n2, n3, rr4), self, 64512, "224.0.0.2"); !reflect.DeepEqual(kinds(got), map[string]string{"192.168.56.12": "client", "192.168.56.13": "client", "192.168.56.14": "mesh"}) || got[netip.MustParseAddr("192.168.56.12")].ClusterID != "224.0.0.2" {
 		t.Errorf("reflector = %v", got)
+	}
+}
+
+// checkPeers: an IPv6 peer and a --bgp-peer that Backend.Peers has are
+// refused, named; distinct IPv4 peers pass.
+func TestCheckPeers(t *testing.T) {
+	p := func(a string, asn uint32) netconf.BGPPeer {
+		return netconf.BGPPeer{Address: netip.MustParseAddr(a), ASN: asn}
+	}
+	if err := checkPeers([]netconf.BGPPeer{p("192.168.56.1", 64512)}, []netconf.BGPPeer{p("192.168.56.2", 65000)}); err != nil {
+		t.Errorf("distinct peers: %v", err)
+	}
+	err := checkPeers([]netconf.BGPPeer{p("192.168.56.1", 64512), p("fd00::1", 65001)}, []netconf.BGPPeer{p("192.168.56.1", 65000)})
+	for _, want := range []string{"Backend.Peers[1].Address = fd00::1: the speaker carries IPv4 only", "--bgp-peer=192.168.56.1:65000: duplicate peer: Backend.Peers[0]"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("checkPeers = %v, want %q", err, want)
+		}
 	}
 }
