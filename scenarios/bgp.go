@@ -280,3 +280,102 @@ func (p *play) withdrawn(ctx context.Context, node string, within time.Duration)
 	})
 	return detail, map[string]any{"seconds": last.Seconds()}, err
 }
+
+// ipipRoutes checks which device each learned route of every running
+// node uses, by the network config's IPIP mode: with CrossSubnet a route
+// whose next hop is on the node's own subnet (its eth0 prefix) goes
+// straight over eth0, one whose next hop is in another subnet through
+// twill.ipip, onlink; with Always every one goes through twill.ipip.
+// CrossSubnet needs both kinds somewhere in the cluster, so that the
+// check cannot pass on a cluster of one subnet.
+func (p *play) ipipRoutes(ctx context.Context, within time.Duration) (string, map[string]any, error) {
+	mode := ""
+	if p.conf != nil && p.conf.Backend.BGP != nil {
+		mode = p.conf.Backend.BGP.IPIP
+	}
+	if mode != "CrossSubnet" && mode != "Always" {
+		return "", nil, fmt.Errorf("ipip-routes: the network config's IPIP is %q, want CrossSubnet or Always", mode)
+	}
+	var direct, tunneled int
+	detail, err := retry(ctx, within, func() (string, error) {
+		direct, tunneled = 0, 0
+		var b strings.Builder
+		var bad []string
+		for _, n := range p.c.Nodes() {
+			if p.down[n.Name] {
+				continue
+			}
+			seg, err := p.eth0Prefix(ctx, n)
+			if err != nil {
+				return "", err
+			}
+			out, err := p.c.Exec(ctx, n.NetNS, "ip", "-j", "route", "show", "proto", "126")
+			if err != nil {
+				return "", fmt.Errorf("ip route on %s: %v: %s", n.Name, err, lastLine(string(out)))
+			}
+			var routes []struct {
+				Dst     string   `json:"dst"`
+				Gateway string   `json:"gateway"`
+				Dev     string   `json:"dev"`
+				Type    string   `json:"type"`
+				Flags   []string `json:"flags"`
+			}
+			if err := json.Unmarshal(out, &routes); err != nil {
+				return "", fmt.Errorf("read ip -j route on %s: %w", n.Name, err)
+			}
+			for _, r := range routes {
+				if r.Type == "blackhole" || r.Gateway == "" {
+					continue
+				}
+				gw, err := netip.ParseAddr(r.Gateway)
+				if err != nil {
+					return "", fmt.Errorf("%s: route %s via %q", n.Name, r.Dst, r.Gateway)
+				}
+				wantTunnel := mode == "Always" || !seg.Contains(gw)
+				onlink := slices.Contains(r.Flags, "onlink")
+				fmt.Fprintf(&b, "%s (%s): %s via %s dev %s%s\n", n.Name, seg, r.Dst, r.Gateway, r.Dev, map[bool]string{true: " onlink"}[onlink])
+				switch {
+				case wantTunnel && (r.Dev != "twill.ipip" || !onlink):
+					bad = append(bad, fmt.Sprintf("%s routes %s via %s (another subnet than %s) over %s, want twill.ipip onlink", n.Name, r.Dst, gw, seg, r.Dev))
+				case !wantTunnel && r.Dev != "eth0":
+					bad = append(bad, fmt.Sprintf("%s routes %s via %s (on its subnet %s) over %s, want eth0", n.Name, r.Dst, gw, seg, r.Dev))
+				case wantTunnel:
+					tunneled++
+				default:
+					direct++
+				}
+			}
+		}
+		if len(bad) == 0 && mode == "CrossSubnet" && (direct == 0 || tunneled == 0) {
+			bad = append(bad, fmt.Sprintf("%d direct and %d tunneled routes: CrossSubnet needs nodes on one subnet and on another", direct, tunneled))
+		}
+		if len(bad) > 0 {
+			return b.String(), errors.New(strings.Join(bad, "; "))
+		}
+		return b.String(), nil
+	})
+	return detail, map[string]any{"direct": direct, "tunneled": tunneled}, err
+}
+
+// eth0Prefix is the subnet of a node's underlay address.
+func (p *play) eth0Prefix(ctx context.Context, n vmtest.Node) (netip.Prefix, error) {
+	out, err := p.c.Exec(ctx, n.NetNS, "ip", "-j", "-4", "addr", "show", "dev", "eth0")
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("ip addr on %s: %v: %s", n.Name, err, lastLine(string(out)))
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) == 0 || len(links[0].AddrInfo) == 0 {
+		return netip.Prefix{}, fmt.Errorf("%s: no address on eth0: %s", n.Name, lastLine(string(out)))
+	}
+	a := links[0].AddrInfo[0]
+	pfx, err := netip.ParsePrefix(fmt.Sprintf("%s/%d", a.Local, a.PrefixLen))
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return pfx.Masked(), nil
+}

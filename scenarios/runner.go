@@ -330,6 +330,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.restartRouter(ctx)
 	case "no-tunnel":
 		return p.noTunnel(ctx)
+	case "ipip-routes":
+		return p.ipipRoutes(ctx, within)
 	case "withdrawn":
 		return p.withdrawn(ctx, st.Node, within)
 	case "restart-daemon":

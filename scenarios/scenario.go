@@ -119,6 +119,7 @@ var stepKinds = map[string][]string{
 	"restart-router":    {},
 	"no-tunnel":         {},
 	"withdrawn":         {"node", "within"},
+	"ipip-routes":       {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
 	"stop-daemon":       {"node"},
