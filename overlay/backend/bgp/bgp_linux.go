@@ -278,7 +278,7 @@ func meshNeighbors(p routing.Planned, self netip.Addr, clusterASN uint32, reflec
 		case reflector == "":
 			continue // two clients: no session
 		}
-		want[n.ip] = neighbor{Addr: n.ip, ASN: n.data.ASN, Kind: kind, ClusterID: reflector}
+		want[n.ip] = neighbor{Addr: n.ip, ASN: n.data.ASN, Kind: kind, ClusterID: reflector, Passive: self.Compare(n.ip) > 0}
 	}
 	return want
 }

@@ -48,6 +48,13 @@ func TestMeshNeighbors(t *testing.T) {
 	if got := meshNeighbors(peers(n2, n3, vx), self, 64512, ""); !reflect.DeepEqual(kinds(got), map[string]string{"192.168.56.12": "mesh", "192.168.56.13": "mesh"}) || got[netip.MustParseAddr("192.168.56.12")].ASN != 65002 || got[netip.MustParseAddr("192.168.56.13")].ASN != 64512 {
 		t.Errorf("full mesh = %v", got)
 	}
+	// Of two nodes the lower address dials, the higher waits.
+	if got := meshNeighbors(peers(n2), netip.MustParseAddr("192.168.56.13"), 64512, ""); !got[netip.MustParseAddr("192.168.56.12")].Passive {
+		t.Errorf("192.168.56.13 dials 192.168.56.12: %+v", got)
+	}
+	if got := meshNeighbors(peers(n3), self, 64512, ""); got[netip.MustParseAddr("192.168.56.13")].Passive {
+		t.Errorf("192.168.56.11 waits for 192.168.56.13: %+v", got)
+	}
 	if got := kinds(meshNeighbors(peers(n2, n3, rr4), self, 64512, "")); !reflect.DeepEqual(got, map[string]string{"192.168.56.14": "reflector"}) {
 		t.Errorf("client with a reflector = %v", got)
 	}
