@@ -14,8 +14,9 @@ import (
 
 // qemuScenarios are the scenarios the qemu tier plays: the basic one on
 // each tunnel backend (udp on its kernel path, classic tc on the VMs'
-// 6.1, and on its userspace path), and the faults only a VM has.
-var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3", "restart-under-traffic"}
+// 6.1, and on its userspace path), the faults only a VM has, and bgp's
+// IPIP CrossSubnet (ipip is not in this host's kernel).
+var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3", "restart-under-traffic", "bgp-ipip-crosssubnet"}
 
 // TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs
