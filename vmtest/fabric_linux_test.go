@@ -128,4 +128,9 @@ func TestRoutedSpecRefused(t *testing.T) {
 			t.Errorf("%+v: %v, want an error with %q", tt.spec, err, tt.want)
 		}
 	}
+	// A bgp lab with a router peers with it only.
+	s, err := Spec{Backend: "bgp", Routed: &Routed{Router: "bird"}}.withDefaults()
+	if err != nil || !strings.Contains(s.NetConfig, `"NodeMesh":false`) {
+		t.Errorf("the default config of a bgp lab with a router: %s (%v)", s.NetConfig, err)
+	}
 }

@@ -282,7 +282,14 @@ func (s Spec) withDefaults() (Spec, error) {
 		if s.Backend == "" {
 			errs = append(errs, errors.New("neither a backend nor a network config"))
 		}
-		b, err := json.Marshal(map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": s.Backend}})
+		backend := map[string]any{"Type": s.Backend}
+		if s.Backend == "bgp" && s.Routed != nil && s.Routed.Router != "" {
+			// Gateway BGP: the nodes peer with the router only. With the
+			// mesh too, a node would prefer the direct path to a node of
+			// another rack, whose next hop is not on its rack.
+			backend["NodeMesh"] = false
+		}
+		b, err := json.Marshal(map[string]any{"Network": "10.244.0.0/16", "Backend": backend})
 		if err != nil {
 			errs = append(errs, err)
 		}
