@@ -124,14 +124,21 @@ func (st *state) bridge(n nodeState) string {
 func (l *Lab) routeNodes(ctx context.Context) error {
 	var errs []error
 	for _, n := range l.st.Nodes {
-		if !n.Gateway.IsValid() {
-			continue
-		}
-		if out, err := l.drv.exec(ctx, n.Name, []string{"/sbin/ip", "route", "replace", "default", "via", n.Gateway.String()}); err != nil {
-			errs = append(errs, fmt.Errorf("node %s: default route via %s: %w: %s", n.Name, n.Gateway, err, strings.TrimSpace(string(out))))
-		}
+		errs = append(errs, l.routeNode(ctx, n))
 	}
 	return errors.Join(errs...)
+}
+
+// routeNode gives node n its default route via its rack's gateway (also
+// after a VM's reboot); nothing for a node on the flat segment.
+func (l *Lab) routeNode(ctx context.Context, n nodeState) error {
+	if !n.Gateway.IsValid() {
+		return nil
+	}
+	if out, err := l.drv.exec(ctx, n.Name, []string{"/sbin/ip", "route", "replace", "default", "via", n.Gateway.String()}); err != nil {
+		return fmt.Errorf("node %s: default route via %s: %w: %s", n.Name, n.Gateway, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // bgpRouterArgs are the twilld flags that make node n peer with the lab's

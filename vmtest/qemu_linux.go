@@ -508,6 +508,9 @@ func (d *qemuDriver) rebootNode(ctx context.Context, node string) error {
 	}); err != nil {
 		return err
 	}
+	if err := d.l.routeNode(ctx, n); err != nil {
+		return err
+	}
 	if err := d.startDaemon(ctx, n.Name); err != nil {
 		return err
 	}
