@@ -236,7 +236,7 @@ func (p *play) noTunnel(ctx context.Context) (string, map[string]any, error) {
 // withdrawn checks that node's subnet is gone from every other running
 // node's kernel and from the lab's router, if it has one, and reports how
 // long after the node was stopped (stop-node, stop-daemon, kill-daemon)
-// the last of them lost it.
+// or cut off (partition) the last of them lost it.
 func (p *play) withdrawn(ctx context.Context, node string, within time.Duration) (string, map[string]any, error) {
 	sub, ok := p.subnets[node]
 	if !ok {

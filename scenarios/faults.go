@@ -185,7 +185,7 @@ func (p *play) partition(ctx context.Context, node string, heal bool) (string, m
 		delete(p.down, node)
 		return fmt.Sprintf("%s: underlay link restored", node), nil, nil
 	}
-	p.down[node] = true
+	p.down[node], p.stopped[node] = true, time.Now()
 	return fmt.Sprintf("%s: underlay link cut; twilld keeps running", node), nil, nil
 }
 
