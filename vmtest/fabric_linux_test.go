@@ -62,21 +62,21 @@ func testRouted(t *testing.T, suffix, router string) {
 		t.Errorf("racks %v: want n1 and n3 in one /28, n2 in another", racks)
 	}
 	// The router has a session with every node.
-	var table string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		up, tbl, err := c.RouterSessions(ctx)
-		table = tbl
-		slices.Sort(up)
-		if err == nil && slices.Equal(up, []string{"n1", "n2", "n3"}) {
-			break
+	allUp := func() string {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			up, tbl, err := c.RouterSessions(ctx)
+			slices.Sort(up)
+			if err == nil && slices.Equal(up, []string{"n1", "n2", "n3"}) {
+				return tbl
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("router sessions established: %v (%v), want n1 n2 n3:\n%s", up, err, tbl)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("router sessions established: %v (%v), want n1 n2 n3:\n%s", up, err, tbl)
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
-	t.Logf("%s:\n%s", router, table)
+	t.Logf("%s:\n%s", router, allUp())
 	// The router's kernel routes each node's subnet to that node.
 	proto := map[string]string{"bird": "bird", "frr": "bgp"}[router]
 	for _, n := range nodes {
@@ -100,6 +100,22 @@ func testRouted(t *testing.T, suffix, router string) {
 				}
 			}
 		}
+	}
+	// A restart of the router: its processes are new, and its sessions
+	// come back.
+	before := c.snapshot().Router.Procs
+	if err := c.RestartRouter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := c.snapshot().Router.Procs
+	if len(after) != len(before) || after[len(after)-1] == before[len(before)-1] || !after[len(after)-1].alive() {
+		t.Errorf("router processes before the restart %v, after %v", before, after)
+	}
+	t0 := time.Now()
+	allUp()
+	t.Logf("%s restarted: every session back in %s", router, time.Since(t0).Round(time.Millisecond))
+	if err := eventually(func() error { return ping(ctx, c, pods[0].NetNS, pods[1].Addr) }); err != nil {
+		t.Errorf("after the router's restart: %v", err)
 	}
 	for _, n := range nodes {
 		out, _ := c.Exec(ctx, n.Name, "ip", "-d", "-o", "link", "show")
