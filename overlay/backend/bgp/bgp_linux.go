@@ -75,7 +75,11 @@ type Backend struct {
 	// or staleUntil has passed.
 	stale      []plan.Learned
 	staleUntil time.Time
-	sessions   map[netip.Addr]*session
+	// handed are the routes last handed to the Router (sorted): the same
+	// again is not handed (each costs a plan and a reconcile pass).
+	handed   []plan.Learned
+	handedOK bool
+	sessions map[netip.Addr]*session
 }
 
 // session is what the backend remembers of one peer's session.
@@ -240,9 +244,14 @@ func (b *Backend) onPlan(p routing.Planned) error {
 		}
 	}
 	b.mu.Lock()
+	// Every plan comes here, also the one sync's own SetLearned makes:
+	// poke only for a change, or sync would run again and again.
+	changed := !maps.Equal(b.desired, want) || b.wantOwn != p.Own.Subnet
 	b.desired, b.wantOwn = want, p.Own.Subnet
 	b.mu.Unlock()
-	b.poke()
+	if changed {
+		b.poke()
+	}
 	return nil
 }
 
@@ -432,7 +441,23 @@ func (b *Backend) sync(ctx context.Context, sp *speaker) error {
 	}
 	b.mu.Unlock()
 	if err == nil {
-		errs = append(errs, b.SetLearned(learned))
+		slices.SortFunc(learned, func(x, y plan.Learned) int {
+			if c := x.Dst.Addr().Compare(y.Dst.Addr()); c != 0 {
+				return c
+			}
+			if c := x.Dst.Bits() - y.Dst.Bits(); c != 0 {
+				return c
+			}
+			if c := x.NextHop.Compare(y.NextHop); c != 0 {
+				return c
+			}
+			return x.From.Compare(y.From)
+		})
+		if !b.handedOK || !slices.Equal(learned, b.handed) {
+			serr := b.SetLearned(learned)
+			b.handed, b.handedOK = learned, serr == nil
+			errs = append(errs, serr)
+		}
 	}
 	return errors.Join(errs...)
 }
