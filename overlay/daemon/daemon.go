@@ -337,6 +337,13 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 	if err := d.useLease(ctx, r, own); err != nil {
 		return nil, errors.Join(err, d.undoStart(r))
 	}
+	if c, ok := d.cfg.Registry.(lease.Completer); ok {
+		// The store is told the node is set up (Kubernetes: the node's
+		// NetworkUnavailable condition goes False).
+		if err := c.Complete(ctx, own); err != nil {
+			return nil, errors.Join(fmt.Errorf("tell the lease store the node is set up: %w", err), d.undoStart(r))
+		}
+	}
 	return r, nil
 }
 

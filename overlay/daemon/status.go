@@ -40,6 +40,9 @@ func (d *Daemon) Snapshot() status.Snapshot {
 	}
 	held := s.Lease.Subnet.IsValid() && (s.Lease.Reservation || time.Now().Before(s.Lease.Expiration))
 	leaseDetail := "no lease yet"
+	if r != nil && r.keeper.Pending() != "" {
+		leaseDetail = "no lease yet: " + r.keeper.Pending()
+	}
 	switch {
 	case s.Lease.Reservation:
 		leaseDetail = s.Lease.Subnet.String() + " (reserved)"

@@ -45,6 +45,9 @@ const maxCollisions = 1000
 //  2. req.Previous, if it is still leasable and free;
 //  3. a random free subnet.
 //
+// A registry that assigns subnets itself (an Assigner: Kubernetes) is asked
+// for the node's subnet instead.
+//
 // Every creation is a compare-and-swap in the registry, so however many nodes
 // race, no two hold one subnet. When the network is full the error is an
 // *ExhaustedError.
@@ -58,6 +61,10 @@ func Acquire(ctx context.Context, reg Registry, req Request) (Lease, error) {
 func acquire(ctx context.Context, reg Registry, req Request) (Lease, bool, error) {
 	if req.Config == nil || !req.Attrs.PublicIP.IsValid() {
 		return Lease{}, false, errors.New("acquire lease: need a network config and a public IP")
+	}
+	if a, ok := reg.(Assigner); ok {
+		l, err := a.Claim(ctx, req)
+		return l, false, err
 	}
 	cfg := req.Config
 	for collisions := 0; collisions < maxCollisions; {
