@@ -253,7 +253,7 @@ func runReserve(ctx context.Context, args []string, out io.Writer) error {
 	if subnet.Bits() != cfg.SubnetLen || !cfg.Network.Contains(subnet.Addr()) {
 		return fmt.Errorf("SUBNET %s: not a /%d subnet of the network %s", subnet, cfg.SubnetLen, cfg.Network)
 	}
-	if _, err := reg.Create(ctx, subnet, lease.Attrs{PublicIP: ip, BackendType: cfg.Backend.Type}, 0); err != nil {
+	if _, err := reg.Create(ctx, lease.Subnets{V4: subnet}, lease.Attrs{PublicIP: ip, BackendType: cfg.Backend.Type}, 0); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "reserved %s for %s\n", subnet, ip)

@@ -257,7 +257,7 @@ func (n *node) leases() []lease.Lease {
 func TestLifecycle(t *testing.T) {
 	reg := newRegistry(t)
 	ctx := context.Background()
-	early, err := reg.Create(ctx, netip.MustParsePrefix("10.244.7.0/24"), peerAttrs("192.168.56.12"), time.Hour)
+	early, err := reg.Create(ctx, lease.Subnets{V4: netip.MustParsePrefix("10.244.7.0/24")}, peerAttrs("192.168.56.12"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestLifecycle(t *testing.T) {
 	if own.Subnet == join {
 		join = netip.MustParsePrefix("10.244.6.0/24")
 	}
-	joined, err := reg.Create(ctx, join, peerAttrs("192.168.56.13"), time.Hour)
+	joined, err := reg.Create(ctx, lease.Subnets{V4: join}, peerAttrs("192.168.56.13"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,7 +529,7 @@ func TestFailedStartGivesBackNewLease(t *testing.T) {
 func TestFailedStartKeepsTakenOverLease(t *testing.T) {
 	reg := newRegistry(t)
 	// The node's lease from before its restart.
-	before, err := reg.Create(context.Background(), netip.MustParsePrefix("10.244.3.0/24"), lease.Attrs{PublicIP: publicIP, BackendType: "alloc"}, time.Hour)
+	before, err := reg.Create(context.Background(), lease.Subnets{V4: netip.MustParsePrefix("10.244.3.0/24")}, lease.Attrs{PublicIP: publicIP, BackendType: "alloc"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -606,7 +606,7 @@ func TestOwnLeasesAreNoPeers(t *testing.T) {
 
 	// A peer's lease is rewritten to carry this node's public IP: it is no
 	// peer's any more.
-	peer, err := reg.Create(ctx, free(), peerAttrs("192.168.56.12"), time.Hour)
+	peer, err := reg.Create(ctx, lease.Subnets{V4: free()}, peerAttrs("192.168.56.12"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,7 +618,7 @@ func TestOwnLeasesAreNoPeers(t *testing.T) {
 
 	// An operator reserves a subnet for the node while it runs; when its
 	// lease is lost, the node takes the reservation.
-	reserved, err := reg.Create(ctx, free(), lease.Attrs{PublicIP: publicIP, BackendType: "alloc"}, 0)
+	reserved, err := reg.Create(ctx, lease.Subnets{V4: free()}, lease.Attrs{PublicIP: publicIP, BackendType: "alloc"}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -163,7 +163,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	retrying := false
 	for {
 		cur := k.Current()
-		if !cur.Subnet.IsValid() {
+		if !cur.Subnets().IsValid() {
 			return errors.New("keep lease: no lease acquired")
 		}
 		if !retrying {
@@ -199,12 +199,12 @@ func (k *Keeper) Run(ctx context.Context) error {
 			k.renewed(l)
 			retrying = false
 			backoff.Reset()
-			k.Log.Debug("lease renewed", "subnet", l.Subnet, "expires", l.Expiration)
+			k.Log.Debug("lease renewed", "subnet", l.Subnets(), "expires", l.Expiration)
 		case errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrNotFound):
 			k.Reach.OK()
-			k.Log.Warn("lease lost; acquiring again", "subnet", cur.Subnet, "err", err)
+			k.Log.Warn("lease lost; acquiring again", "subnet", cur.Subnets(), "err", err)
 			req := k.Request
-			req.Previous = cur.Subnet
+			req.Previous, req.PreviousIPv6 = cur.Subnet, cur.IPv6Subnet
 			l, created, err := acquire(ctx, k.Registry, req)
 			var pending *PendingError
 			if errors.As(err, &pending) {
@@ -227,7 +227,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 			k.set(l, created)
 			retrying = false
 			backoff.Reset()
-			k.Log.Info("lease acquired again", "subnet", l.Subnet, "previous", cur.Subnet)
+			k.Log.Info("lease acquired again", "subnet", l.Subnets(), "previous", cur.Subnets())
 			if k.OnChange != nil {
 				k.OnChange(cur, l)
 			}
@@ -244,11 +244,11 @@ func (k *Keeper) Run(ctx context.Context) error {
 // Release gives the lease back (a reservation is left in place).
 func (k *Keeper) Release(ctx context.Context) error {
 	cur := k.Current()
-	if !cur.Subnet.IsValid() || cur.Reservation {
+	if !cur.Subnets().IsValid() || cur.Reservation {
 		return nil
 	}
 	if err := k.Registry.Delete(ctx, cur); err != nil && !errors.Is(err, ErrLeaseLost) && !errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("release lease %s: %w", cur.Subnet, err)
+		return fmt.Errorf("release lease %s: %w", cur.Subnets(), err)
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"sync"
 )
@@ -21,7 +20,7 @@ type Watcher struct {
 	Reach *Reachability
 
 	mu    sync.Mutex
-	known map[netip.Prefix]Lease
+	known map[Subnets]Lease
 	rev   int64
 }
 
@@ -95,21 +94,21 @@ func (w *Watcher) apply(b WatchBatch) []Event {
 	defer w.mu.Unlock()
 	var evs []Event
 	for _, c := range b.Changes {
-		old, had := w.known[c.Lease.Subnet]
+		old, had := w.known[c.Lease.Subnets()]
 		switch {
 		case c.Deleted && had:
-			delete(w.known, c.Lease.Subnet)
+			delete(w.known, c.Lease.Subnets())
 			evs = append(evs, Event{Type: Expired, Lease: old})
 		case c.Deleted:
 			// Removal of a lease we never saw: nothing to tell.
 		case !had:
-			w.known[c.Lease.Subnet] = c.Lease
+			w.known[c.Lease.Subnets()] = c.Lease
 			evs = append(evs, Event{Type: Added, Lease: c.Lease})
 		case old.Attrs.Equal(c.Lease.Attrs) && old.Reservation == c.Lease.Reservation:
-			w.known[c.Lease.Subnet] = c.Lease
+			w.known[c.Lease.Subnets()] = c.Lease
 			evs = append(evs, Event{Type: Renewed, Lease: c.Lease})
 		default:
-			w.known[c.Lease.Subnet] = c.Lease
+			w.known[c.Lease.Subnets()] = c.Lease
 			evs = append(evs, Event{Type: Changed, Lease: c.Lease})
 		}
 	}
@@ -125,9 +124,9 @@ func (w *Watcher) apply(b WatchBatch) []Event {
 func (w *Watcher) resync(leases []Lease, rev int64) []Event {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	listed := make(map[netip.Prefix]Lease, len(leases))
+	listed := make(map[Subnets]Lease, len(leases))
 	for _, l := range leases {
-		listed[l.Subnet] = l
+		listed[l.Subnets()] = l
 	}
 	var gone, rest []Event
 	for s, old := range w.known {
@@ -146,7 +145,7 @@ func (w *Watcher) resync(leases []Lease, rev int64) []Event {
 			rest = append(rest, Event{Type: Renewed, Lease: l})
 		}
 	}
-	bySubnet := func(a, b Event) int { return a.Lease.Subnet.Addr().Compare(b.Lease.Subnet.Addr()) }
+	bySubnet := func(a, b Event) int { return a.Lease.Subnets().Compare(b.Lease.Subnets()) }
 	slices.SortFunc(gone, bySubnet)
 	slices.SortFunc(rest, bySubnet)
 	w.known = listed
@@ -169,6 +168,6 @@ func (w *Watcher) Leases() []Lease {
 	for _, l := range w.known {
 		out = append(out, l)
 	}
-	slices.SortFunc(out, func(a, b Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortFunc(out, func(a, b Lease) int { return a.Subnets().Compare(b.Subnets()) })
 	return out
 }

@@ -227,7 +227,7 @@ func appendErr(errs []error, err error) []error {
 
 // validateAgainst checks what depends on the rest of the config.
 func (b Backend) validateAgainst(c *Config) error {
-	if b.IsSublink() && c.SubnetLen > 29 {
+	if b.IsSublink() && c.EnableIPv4 && c.SubnetLen > 29 {
 		return &FieldError{Field: "SubnetLen", Value: fmt.Sprint(c.SubnetLen),
 			Reason: fmt.Sprintf("too small for %s: each node's slice needs at least a /29", b.Type)}
 	}

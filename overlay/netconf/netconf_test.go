@@ -3,6 +3,7 @@ package netconf
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
@@ -61,18 +62,7 @@ func TestParseDefaults(t *testing.T) {
 			if last.Addr() != c.SubnetMax || !c.Leasable(last) {
 				t.Errorf("Subnet(last) = %s, leasable %v", last, c.Leasable(last))
 			}
-			// Round trip: what we write parses to the same config.
-			out, err := json.Marshal(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c2, err := Parse(out)
-			if err != nil {
-				t.Fatalf("re-parse %s: %v", out, err)
-			}
-			if *c2 != *c {
-				t.Errorf("round trip changed the config:\n%+v\n%+v", c, c2)
-			}
+			checkRoundTrip(t, c)
 		})
 	}
 }
@@ -118,8 +108,25 @@ func TestParseRefusesBadConfig(t *testing.T) {
 		{"bool option not bool", `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}`, "Backend.GBP", `"yes"`, "true or false"},
 		{"KernelPath not bool", `{"Network":"10.244.0.0/16","Backend":{"Type":"udp","KernelPath":1}}`, "Backend.KernelPath", `1`, "true or false"},
 		{"backend not object", `{"Network":"10.244.0.0/16","Backend":"vxlan"}`, "Backend", `"vxlan"`, "JSON object"},
-		{"IPv6 enabled", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "EnableIPv6", `true`, "not supported"},
-		{"IPv4 disabled", `{"Network":"10.244.0.0/16","EnableIPv4":false}`, "EnableIPv4", `false`, "needs IPv4"},
+		{"IPv6 enabled without a network", `{"Network":"10.244.0.0/16","EnableIPv6":true}`, "EnableIPv6", `true`, `needs IPv6Network, the IPv6 cluster network, e.g. "fd00:10:244::/56"`},
+		{"no family", `{"Network":"10.244.0.0/16","EnableIPv4":false}`, "EnableIPv4", `false`, "enables no address family"},
+		{"no family at all", `{"EnableIPv4":false,"EnableIPv6":false,"IPv6Network":"fd00::/48"}`, "EnableIPv4", `false`, "enables no address family"},
+		{"IPv6 host bits", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::1/56"}`, "IPv6Network", `"fd00:10:244::1/56"`, `has host bits set; did you mean "fd00:10:244::/56"`},
+		{"IPv6SubnetLen 127", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":127}`, "IPv6SubnetLen", `127`, "at most 126"},
+		{"IPv6SubnetLen equal to prefix", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":48}`, "IPv6SubnetLen", `48`, "longer than the network's prefix /48"},
+		{"IPv6 network too small", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125"}`, "IPv6Network", `"fd00::/125"`, "too small: the prefix must be at most /124"},
+		{"IPv4 in IPv6Network", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.245.0.0/16"}`, "IPv6Network", `"10.245.0.0/16"`, "must be an IPv6 network"},
+		{"IPv4 in IPv6SubnetMin", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"10.244.1.0"}`, "IPv6SubnetMin", `"10.244.1.0"`, "not a valid IPv6 address"},
+		{"IPv6 in SubnetMax", `{"Network":"10.244.0.0/16","SubnetMax":"fd00::","EnableIPv6":true,"IPv6Network":"fd00::/48"}`, "SubnetMax", `"fd00::"`, "not a valid IPv4 address"},
+		{"IPv6SubnetMin outside", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd01::"}`, "IPv6SubnetMin", `"fd01::"`, "outside the network fd00::/48"},
+		{"IPv6SubnetMax unaligned", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/48","IPv6SubnetMax":"fd00:0:0:5::1"}`, "IPv6SubnetMax", `"fd00:0:0:5::1"`, "first address of a /64"},
+		{"IPv6 range reversed", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:2::"}`, "IPv6SubnetMin", `fd00:0:0:9::`, "after IPv6SubnetMax fd00:0:0:2::"},
+		{"IPv6 link-local", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fe80::/64"}`, "IPv6Network", `"fe80::/64"`, "link-local (fe80::/10)"},
+		{"IPv6 multicast", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"ff05::/64"}`, "IPv6Network", `"ff05::/64"`, "multicast"},
+		{"IPv4-mapped", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"::ffff:10.0.0.0/104"}`, "IPv6Network", `"::ffff:10.0.0.0/104"`, "IPv4-mapped"},
+		{"the whole IPv6 space", `{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"::/0"}`, "IPv6Network", `"::/0"`, "overlaps"},
+		{"IPv6 field of a disabled family still checked", `{"Network":"10.244.0.0/16","IPv6Network":"fd00::1/48"}`, "IPv6Network", `"fd00::1/48"`, "host bits"},
+		{"EnableIPv6 not bool", `{"Network":"10.244.0.0/16","EnableIPv6":1}`, "EnableIPv6", `1`, "true or false"},
 		{"the whole IPv4 space", `{"Network":"0.0.0.0/0"}`, "Network", `"0.0.0.0/0"`, "overlaps the \"this network\" (0.0.0.0/8) range"},
 		{"loopback", `{"Network":"127.0.0.0/8"}`, "Network", `"127.0.0.0/8"`, "loopback"},
 		{"inside loopback", `{"Network":"127.10.0.0/16"}`, "Network", `"127.10.0.0/16"`, "loopback"},
@@ -218,6 +225,90 @@ func TestEveryOptionHasAField(t *testing.T) {
 			if _, ok := fields[k]; !ok {
 				t.Errorf("%s option %s has no field in Backend.fields", typ, k)
 			}
+		}
+	}
+}
+
+func TestParseIPv6(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        string
+		subnetLen int
+		min, max  string
+		count     int
+	}{
+		{"a /56 gets /64s", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}`, 64, "fd00:10:244:1::", "fd00:10:244:ff::", 255},
+		{"a /62 keeps 64", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/62"}`, 64, "fd00:0:0:1::", "fd00:0:0:3::", 3},
+		{"smaller than /62 gets prefix+2", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/63"}`, 65, "fd00::8000:0:0:0", "fd00:0:0:1:8000::", 3},
+		{"the smallest network", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/124"}`, 126, "fd00::4", "fd00::c", 3},
+		{"IPv6SubnetLen 126", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/120","IPv6SubnetLen":126}`, 126, "fd00::4", "fd00::fc", 63},
+		{"explicit range", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetLen":64,"IPv6SubnetMin":"fd00:10:244:10::","IPv6SubnetMax":"fd00:10:244:1f::"}`,
+			64, "fd00:10:244:10::", "fd00:10:244:1f::", 16},
+		{"2^32 subnets", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":80}`, 80, "fd00::1:0:0:0", "fd00:0:0:ffff:ffff::", 1<<32 - 1},
+		{"2^56 subnets", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/8"}`, 64, "fd00:0:0:1::", "fdff:ffff:ffff:ffff::", 1<<56 - 1},
+		{"more subnets than an int counts", `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/8","IPv6SubnetLen":120}`, 120, "fd00::100", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ff00", math.MaxInt},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := c.IPv6()
+			if !c.EnableIPv6 || r.SubnetLen != tt.subnetLen || r.SubnetMin.String() != tt.min || r.SubnetMax.String() != tt.max {
+				t.Errorf("got IPv6SubnetLen %d, range %s..%s; want %d, %s..%s", r.SubnetLen, r.SubnetMin, r.SubnetMax, tt.subnetLen, tt.min, tt.max)
+			}
+			if r.Count() != tt.count {
+				t.Errorf("Count = %d, want %d", r.Count(), tt.count)
+			}
+			first, last := r.Subnet(0), r.Subnet(min(r.Count(), 1<<40)-1)
+			if first.Addr() != r.SubnetMin || !r.Leasable(first) || (r.Count() < 1<<40 && last.Addr() != r.SubnetMax) || !r.Leasable(last) {
+				t.Errorf("Subnet(0) = %s, Subnet(last) = %s (leasable %v %v)", first, last, r.Leasable(first), r.Leasable(last))
+			}
+			if r.Leasable(netip.PrefixFrom(r.Network.Addr(), r.SubnetLen)) || r.Leasable(netip.PrefixFrom(r.SubnetMin, r.SubnetLen+1)) {
+				t.Errorf("the network's first subnet or a subnet of the wrong length is leasable")
+			}
+			if c.EnableIPv4 != c.IPv4().Enabled() || (!c.EnableIPv4 && c.Network.IsValid()) {
+				t.Errorf("EnableIPv4 %v but IPv4 range %+v", c.EnableIPv4, c.IPv4())
+			}
+			checkRoundTrip(t, c)
+		})
+	}
+}
+
+// checkRoundTrip: what MarshalJSON writes parses to the same config.
+func checkRoundTrip(t *testing.T, c *Config) {
+	t.Helper()
+	out, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Parse(out)
+	if err != nil {
+		t.Fatalf("re-parse %s: %v", out, err)
+	}
+	if *c2 != *c {
+		t.Errorf("round trip changed the config:\n%+v\n%+v", c, c2)
+	}
+}
+
+// TestMarshalFamilies: an IPv4 config writes the bytes it wrote
+// before dual stack; an IPv6-only one says so.
+func TestMarshalFamilies(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}`: `{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.255.0","Backend":{"Type":"host-gw"}}`,
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}`: `{"EnableIPv6":true,"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.255.0",` +
+			`"IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":64,"IPv6SubnetMin":"fd00:10:244:1::","IPv6SubnetMax":"fd00:10:244:ff::","Backend":{"Type":"host-gw"}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00::/62","Backend":{"Type":"host-gw"}}`: `{"EnableIPv4":false,"EnableIPv6":true,` +
+			`"IPv6Network":"fd00::/62","IPv6SubnetLen":64,"IPv6SubnetMin":"fd00:0:0:1::","IPv6SubnetMax":"fd00:0:0:3::","Backend":{"Type":"host-gw"}}`,
+	} {
+		c, err := Parse([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := json.Marshal(c)
+		if string(out) != want {
+			t.Errorf("%s\nwrites %s\nwant   %s", in, out, want)
 		}
 	}
 }

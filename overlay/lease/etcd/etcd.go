@@ -1,12 +1,15 @@
 // Package etcd is the lease.Registry on etcd v3, with flannel's key schema:
 // the network config at <prefix>/config, and each lease at
-// <prefix>/subnets/10.244.1.0-24 holding {"PublicIP", "BackendType",
-// "BackendData"} under an etcd lease whose TTL is the subnet lease's. With
-// the prefix /coreos.com/network twill shares a cluster with flannel.
+// <prefix>/subnets/10.244.1.0-24 (dual stack: 10.244.1.0-24&fd00::-64; IPv6
+// only: 0.0.0.0-0&fd00::-64) holding {"PublicIP", "PublicIPv6",
+// "BackendType", "BackendData", "BackendV6Data"} under an etcd lease whose
+// TTL is the subnet lease's. With the prefix /coreos.com/network twill
+// shares a cluster with flannel.
 //
-// Creation is a transaction that writes only if the key is absent, and every
-// update or delete is conditional on the key's revision, so no two nodes can
-// hold one subnet and no node overwrites a lease it no longer holds.
+// Creation is a transaction that writes only if neither half of the lease is
+// held by another key, and every update or delete is conditional on the
+// key's revision, so no two nodes can hold one subnet of either family and
+// no node overwrites a lease it no longer holds.
 package etcd
 
 import (
@@ -199,9 +202,9 @@ func (r *Registry) Prefix() string { return r.prefix }
 // ConfigKey is the key of the network config, for messages.
 func (r *Registry) ConfigKey() string { return r.configKey() }
 
-func (r *Registry) configKey() string               { return r.prefix + "/config" }
-func (r *Registry) subnetsDir() string              { return r.prefix + "/subnets/" }
-func (r *Registry) subnetKey(s netip.Prefix) string { return r.subnetsDir() + lease.SubnetKey(s) }
+func (r *Registry) configKey() string                { return r.prefix + "/config" }
+func (r *Registry) subnetsDir() string               { return r.prefix + "/subnets/" }
+func (r *Registry) subnetKey(s lease.Subnets) string { return r.subnetsDir() + s.Key() }
 
 func (r *Registry) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.timeout)
@@ -267,11 +270,11 @@ func (r *Registry) List(ctx context.Context) ([]lease.Lease, int64, error) {
 // decode reads a lease from a key-value pair, without its expiration.
 func (r *Registry) decode(kv *mvccpb.KeyValue) (lease.Lease, error) {
 	name := strings.TrimPrefix(string(kv.Key), r.subnetsDir())
-	subnet, err := lease.ParseSubnetKey(name)
+	subnets, err := lease.ParseSubnetKey(name)
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	l := lease.Lease{Subnet: subnet, Revision: kv.ModRevision, Created: kv.CreateRevision, ID: kv.Lease, Reservation: kv.Lease == 0}
+	l := lease.Lease{Subnet: subnets.V4, IPv6Subnet: subnets.V6, Revision: kv.ModRevision, Created: kv.CreateRevision, ID: kv.Lease, Reservation: kv.Lease == 0}
 	if err := json.Unmarshal(kv.Value, &l.Attrs); err != nil {
 		return lease.Lease{}, fmt.Errorf("lease value: %w", err)
 	}
@@ -327,7 +330,7 @@ func (r *Registry) fillExpiration(ctx context.Context, l *lease.Lease) error {
 	defer cancel()
 	resp, err := r.cli.TimeToLive(ctx, id)
 	if err != nil {
-		return fmt.Errorf("time to live of lease %s (%x): %w", l.Subnet, l.ID, err)
+		return fmt.Errorf("time to live of lease %s (%x): %w", l.Subnets(), l.ID, err)
 	}
 	t := time.Now()
 	if resp.TTL > 0 {
@@ -372,33 +375,70 @@ func (r *Registry) revoke(ctx context.Context, id clientv3.LeaseID) {
 	}
 }
 
-// Create leases subnet for ttl (ttl 0 makes a reservation) if no one holds it.
-func (r *Registry) Create(ctx context.Context, subnet netip.Prefix, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
+// Create leases subnets for ttl (ttl 0 makes a reservation) if no other key
+// holds either half. An IPv4-only lease is created if its key and every
+// dual-stack key with its IPv4 half are absent. A lease with an IPv6 half
+// needs a look at the other keys' names first (flannel's keys cannot be
+// found by their IPv6 half): it is created if none holds either half and
+// no key was created since that look; if one was, the caller lists again
+// (lease.ErrExists).
+func (r *Registry) Create(ctx context.Context, subnets lease.Subnets, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
 	ctx, cancel := r.reqCtx(ctx)
 	defer cancel()
+	if !subnets.IsValid() {
+		return lease.Lease{}, errors.New("create lease: no subnet")
+	}
 	value, err := json.Marshal(attrs)
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("encode lease %s: %w", subnet, err)
+		return lease.Lease{}, fmt.Errorf("encode lease %s: %w", subnets, err)
+	}
+	key := r.subnetKey(subnets)
+	var free []clientv3.Cmp
+	if subnets.V6.IsValid() {
+		free, err = r.freeSince(ctx, subnets)
+		if err != nil {
+			return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnets, err)
+		}
+	} else {
+		free = []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(key+"&"), "=", 0).WithPrefix(),
+		}
 	}
 	id, exp, err := r.grant(ctx, ttl)
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, r.unreachable(err))
+		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnets, r.unreachable(err))
 	}
-	key := r.subnetKey(subnet)
 	resp, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		If(free...).
 		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).
 		Commit()
 	if err != nil {
 		r.revoke(ctx, id)
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, r.unreachable(err))
+		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnets, r.unreachable(err))
 	}
 	if !resp.Succeeded {
 		r.revoke(ctx, id)
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, lease.ErrExists)
+		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnets, lease.ErrExists)
 	}
-	return lease.Lease{Subnet: subnet, Attrs: attrs, Expiration: exp, Reservation: ttl <= 0,
+	return lease.Lease{Subnet: subnets.V4, IPv6Subnet: subnets.V6, Attrs: attrs, Expiration: exp, Reservation: ttl <= 0,
 		Revision: resp.Header.Revision, Created: resp.Header.Revision, ID: int64(id)}, nil
+}
+
+// freeSince reads the names of the leases and, if none shares a half with
+// subnets, returns the condition that no lease was created since.
+func (r *Registry) freeSince(ctx context.Context, subnets lease.Subnets) ([]clientv3.Cmp, error) {
+	resp, err := r.cli.Get(ctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", r.subnetsDir(), r.unreachable(err))
+	}
+	for _, kv := range resp.Kvs {
+		other, err := lease.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), r.subnetsDir()))
+		if err == nil && other.Shares(subnets) {
+			return nil, fmt.Errorf("held by %s: %w", other, lease.ErrExists)
+		}
+	}
+	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(r.subnetsDir()), "<", resp.Header.Revision+1).WithPrefix()}, nil
 }
 
 // Update renews l under a new etcd lease of ttl, with attrs, if the key is
@@ -409,13 +449,13 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 	defer cancel()
 	value, err := json.Marshal(attrs)
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("encode lease %s: %w", l.Subnet, err)
+		return lease.Lease{}, fmt.Errorf("encode lease %s: %w", l.Subnets(), err)
 	}
 	id, exp, err := r.grant(ctx, ttl)
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, r.unreachable(err))
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), r.unreachable(err))
 	}
-	key := r.subnetKey(l.Subnet)
+	key := r.subnetKey(l.Subnets())
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", l.Revision)).
 		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).
@@ -423,19 +463,19 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 		Commit()
 	if err != nil {
 		r.revoke(ctx, id)
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, r.unreachable(err))
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), r.unreachable(err))
 	}
 	if !resp.Succeeded {
 		r.revoke(ctx, id)
 		if len(resp.Responses) > 0 && resp.Responses[0].GetResponseRange().GetCount() == 0 {
-			return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, lease.ErrNotFound)
+			return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), lease.ErrNotFound)
 		}
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, lease.ErrLeaseLost)
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), lease.ErrLeaseLost)
 	}
 	if old := clientv3.LeaseID(l.ID); old != id {
 		r.revoke(ctx, old)
 	}
-	return lease.Lease{Subnet: l.Subnet, Attrs: attrs, Expiration: exp, Reservation: ttl <= 0,
+	return lease.Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, Attrs: attrs, Expiration: exp, Reservation: ttl <= 0,
 		Revision: resp.Header.Revision, Created: l.Created, ID: int64(id)}, nil
 }
 
@@ -443,16 +483,16 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 func (r *Registry) Delete(ctx context.Context, l lease.Lease) error {
 	ctx, cancel := r.reqCtx(ctx)
 	defer cancel()
-	key := r.subnetKey(l.Subnet)
+	key := r.subnetKey(l.Subnets())
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", l.Revision)).
 		Then(clientv3.OpDelete(key)).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("delete lease %s: %w", l.Subnet, r.unreachable(err))
+		return fmt.Errorf("delete lease %s: %w", l.Subnets(), r.unreachable(err))
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("delete lease %s: %w", l.Subnet, lease.ErrLeaseLost)
+		return fmt.Errorf("delete lease %s: %w", l.Subnets(), lease.ErrLeaseLost)
 	}
 	r.revoke(ctx, clientv3.LeaseID(l.ID))
 	return nil
@@ -507,11 +547,11 @@ func (r *Registry) Watch(ctx context.Context, fromRev int64) <-chan lease.WatchB
 func (r *Registry) change(ctx context.Context, ev *clientv3.Event) (lease.Change, bool) {
 	if ev.Type == clientv3.EventTypeDelete {
 		name := strings.TrimPrefix(string(ev.Kv.Key), r.subnetsDir())
-		subnet, err := lease.ParseSubnetKey(name)
+		subnets, err := lease.ParseSubnetKey(name)
 		if err != nil {
 			return lease.Change{}, false
 		}
-		l := lease.Lease{Subnet: subnet}
+		l := lease.Lease{Subnet: subnets.V4, IPv6Subnet: subnets.V6}
 		if ev.PrevKv != nil {
 			if prev, err := r.decode(ev.PrevKv); err == nil {
 				l = prev
@@ -530,7 +570,7 @@ func (r *Registry) change(ctx context.Context, ev *clientv3.Event) (lease.Change
 	if !l.Reservation {
 		if err := r.fillExpiration(ctx, &l); err != nil {
 			// The lease carries on; only its countdown is unknown.
-			r.log.Debug("lease expiration unknown", "subnet", l.Subnet, "err", err)
+			r.log.Debug("lease expiration unknown", "subnet", l.Subnets(), "err", err)
 		}
 	}
 	return lease.Change{Lease: l}, true

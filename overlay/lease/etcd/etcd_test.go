@@ -223,7 +223,7 @@ func BenchmarkWatch1000Events(b *testing.B) {
 		<-done
 		// 1000 nodes join while the watcher is away.
 		for i := range 1000 {
-			if _, err := writer.Create(ctx, cfg.Subnet(i), leasetest.Attrs("127.0.0.1"), time.Hour); err != nil {
+			if _, err := writer.Create(ctx, lease.Subnets{V4: cfg.Subnet(i)}, leasetest.Attrs("127.0.0.1"), time.Hour); err != nil {
 				b.Fatal(err)
 			}
 		}

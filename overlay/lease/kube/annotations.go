@@ -105,15 +105,20 @@ func NodePodCIDRs(n *corev1.Node) (PodCIDRs, error) {
 }
 
 // errNotPublished says that a node publishes no lease: it is not marked
-// kube-subnet-manager=true, or has no pod CIDR yet.
+// kube-subnet-manager=true, or has no pod CIDR of a family in use yet.
 var errNotPublished = errors.New("node publishes no lease")
 
-// NodeLease is the lease a node publishes: its IPv4 pod CIDR and what its
-// annotations say, read as flannel reads them. A node not marked
-// <prefix>/kube-subnet-manager=true, or without an IPv4 pod CIDR, publishes
-// none (errNotPublished); one with a bad public IP or pod CIDR is an error
-// naming the value.
-func (a Annotations) NodeLease(n *corev1.Node) (lease.Lease, error) {
+// Families says which address families the network config enables
+// (netconf EnableIPv4, EnableIPv6).
+type Families struct{ V4, V6 bool }
+
+// NodeLease is the lease a node publishes, read as flannel reads it: per
+// family in use, its pod CIDR and the public IP and backend data of its
+// annotations. A node not marked <prefix>/kube-subnet-manager=true, or
+// without a pod CIDR of any family in use, publishes none
+// (errNotPublished); a bad public IP, pod CIDR or backend data is an error
+// naming the node, the field and the value.
+func (a Annotations) NodeLease(n *corev1.Node, fam Families) (lease.Lease, error) {
 	if n.Annotations[a.KubeSubnetManager] != "true" {
 		return lease.Lease{}, errNotPublished
 	}
@@ -121,50 +126,83 @@ func (a Annotations) NodeLease(n *corev1.Node) (lease.Lease, error) {
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	if !cidrs.V4.IsValid() {
+	l := lease.Lease{Revision: resourceVersion(n)}
+	l.Attrs = lease.Attrs{BackendType: n.Annotations[a.BackendType], Twill: &lease.NodeInfo{Node: n.Name, Dashboard: n.Annotations[a.Dashboard]}}
+	half := func(cidr netip.Prefix, ipKey, dataKey string, v6 bool, subnet *netip.Prefix, ip *netip.Addr, data *json.RawMessage) error {
+		if !cidr.IsValid() {
+			return nil
+		}
+		v := n.Annotations[ipKey]
+		addr, err := netip.ParseAddr(v)
+		if err != nil || addr.Is6() != v6 || addr.Is4In6() {
+			return fmt.Errorf("node %q annotation %s=%q: not an %s address", n.Name, ipKey, v, map[bool]string{false: "IPv4", true: "IPv6"}[v6])
+		}
+		if d := n.Annotations[dataKey]; d != "" && d != "null" {
+			if !json.Valid([]byte(d)) {
+				return fmt.Errorf("node %q annotation %s=%q: not JSON", n.Name, dataKey, d)
+			}
+			*data = json.RawMessage(d)
+		}
+		*subnet, *ip = cidr, addr
+		return nil
+	}
+	if fam.V4 {
+		if err := half(cidrs.V4, a.PublicIP, a.BackendData, false, &l.Subnet, &l.Attrs.PublicIP, &l.Attrs.BackendData); err != nil {
+			return lease.Lease{}, err
+		}
+	}
+	if fam.V6 {
+		if err := half(cidrs.V6, a.PublicIPv6, a.BackendV6Data, true, &l.IPv6Subnet, &l.Attrs.PublicIPv6, &l.Attrs.BackendV6Data); err != nil {
+			return lease.Lease{}, err
+		}
+	}
+	if !l.Subnets().IsValid() {
 		return lease.Lease{}, errNotPublished
 	}
-	ip, err := netip.ParseAddr(n.Annotations[a.PublicIP])
-	if err != nil || !ip.Is4() {
-		return lease.Lease{}, fmt.Errorf("node %q annotation %s=%q: not an IPv4 address", n.Name, a.PublicIP, n.Annotations[a.PublicIP])
-	}
-	attrs := lease.Attrs{PublicIP: ip, BackendType: n.Annotations[a.BackendType],
-		Twill: &lease.NodeInfo{Node: n.Name, Dashboard: n.Annotations[a.Dashboard]}}
-	if d := n.Annotations[a.BackendData]; d != "" && d != "null" {
-		if !json.Valid([]byte(d)) {
-			return lease.Lease{}, fmt.Errorf("node %q annotation %s=%q: not JSON", n.Name, a.BackendData, d)
+	return l, nil
+}
+
+// publicIPs are the public IPs a node publishes: per family, the operator's
+// overwrite annotation if set, else its own.
+func (a Annotations) publicIPs(n *corev1.Node, own lease.Attrs) (v4, v6 netip.Addr, err error) {
+	pick := func(key string, own netip.Addr, want6 bool) (netip.Addr, error) {
+		v := n.Annotations[key]
+		if v == "" {
+			return own, nil
 		}
-		attrs.BackendData = json.RawMessage(d)
+		ip, err := netip.ParseAddr(v)
+		if err != nil || ip.Is6() != want6 {
+			return netip.Addr{}, fmt.Errorf("node %q annotation %s=%q: not an %s address", n.Name, key, v, map[bool]string{false: "IPv4", true: "IPv6"}[want6])
+		}
+		return ip, nil
 	}
-	return lease.Lease{Subnet: cidrs.V4, Attrs: attrs, Revision: resourceVersion(n)}, nil
+	v4, err4 := pick(a.PublicIPOverwrite, own.PublicIP, false)
+	v6, err6 := pick(a.PublicIPv6Overwrite, own.PublicIPv6, true)
+	return v4, v6, errors.Join(err4, err6)
 }
 
-// publicIP is the public IP a node publishes: the operator's overwrite
-// annotation if set, else its own.
-func (a Annotations) publicIP(n *corev1.Node, own netip.Addr) (netip.Addr, error) {
-	v := n.Annotations[a.PublicIPOverwrite]
-	if v == "" {
-		return own, nil
-	}
-	ip, err := netip.ParseAddr(v)
-	if err != nil || !ip.Is4() {
-		return netip.Addr{}, fmt.Errorf("node %q annotation %s=%q: not an IPv4 address", n.Name, a.PublicIPOverwrite, v)
-	}
-	return ip, nil
-}
-
-// Wanted is the annotations a node with attrs publishes, with public the
-// public IP it publishes (publicIP): flannel's set, and twill's dashboard.
-func (a Annotations) Wanted(attrs lease.Attrs, public netip.Addr) map[string]string {
-	data := "null"
-	if len(attrs.BackendData) > 0 {
-		data = string(attrs.BackendData)
+// Wanted is the annotations a node publishing attrs writes, flannel's set
+// (the IPv4 half when attrs has a public IP, the IPv6 half when it has a
+// public IPv6 address; "null" for no backend data, as flannel writes it) and
+// twill's dashboard.
+func (a Annotations) Wanted(attrs lease.Attrs) map[string]string {
+	data := func(d json.RawMessage) string {
+		if len(d) == 0 {
+			return "null"
+		}
+		return string(d)
 	}
 	m := map[string]string{
 		a.BackendType:       attrs.Backend(),
-		a.BackendData:       data,
-		a.PublicIP:          public.String(),
 		a.KubeSubnetManager: "true",
+	}
+	if attrs.PublicIP.IsValid() {
+		m[a.PublicIP] = attrs.PublicIP.String()
+		m[a.BackendData] = data(attrs.BackendData)
+	}
+	if attrs.PublicIPv6.IsValid() {
+		m[a.PublicIPv6] = attrs.PublicIPv6.String()
+		m[a.BackendV6Data] = data(attrs.BackendV6Data)
 	}
 	if attrs.Twill != nil && attrs.Twill.Dashboard != "" {
 		m[a.Dashboard] = attrs.Twill.Dashboard

@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 // Config is what the registry needs.
@@ -56,6 +57,8 @@ type Registry struct {
 	nodeName string
 	ann      Annotations
 	netConf  []byte
+	netcfg   *netconf.Config
+	fam      Families
 	confPath string
 	log      *slog.Logger
 	history  int
@@ -106,6 +109,10 @@ func New(cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read --net-config-path: %w", err)
 	}
+	netcfg, err := netconf.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("--net-config-path %s: %w", cfg.NetConfPath, err)
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -114,6 +121,7 @@ func New(cfg Config) (*Registry, error) {
 	}
 	r := &Registry{
 		client: cfg.Client, nodeName: cfg.NodeName, ann: ann, netConf: data, confPath: cfg.NetConfPath,
+		netcfg: netcfg, fam: Families{V4: netcfg.EnableIPv4, V6: netcfg.EnableIPv6},
 		log: cfg.Log, history: cfg.History,
 		byNode: map[string]lease.Lease{}, changed: make(chan struct{}), ownWake: make(chan struct{}),
 		done: make(chan struct{}),
@@ -212,7 +220,7 @@ func (r *Registry) observe(obj any, deleted bool) {
 	publishes := false
 	if !deleted {
 		var err error
-		l, err = r.ann.NodeLease(n)
+		l, err = r.ann.NodeLease(n, r.fam)
 		switch {
 		case err == nil:
 			publishes = true
@@ -235,7 +243,7 @@ func (r *Registry) observe(obj any, deleted bool) {
 		delete(r.byNode, n.Name)
 		changes = append(changes, lease.Change{Lease: old, Deleted: true})
 	case !publishes:
-	case had && old.Subnet != l.Subnet:
+	case had && old.Subnets() != l.Subnets():
 		r.byNode[n.Name] = l
 		changes = append(changes, lease.Change{Lease: old, Deleted: true}, lease.Change{Lease: l})
 	case had && old.Attrs.Equal(l.Attrs):
@@ -343,18 +351,54 @@ func (r *Registry) Watch(ctx context.Context, fromRev int64) <-chan lease.WatchB
 }
 
 // notAssigned is the wait for a pod CIDR, saying what sets it.
-func (r *Registry) notAssigned(wake <-chan struct{}) error {
-	return &lease.PendingError{Wake: wake, Reason: fmt.Sprintf("node %q pod cidr not assigned: spec.podCIDR is empty. "+
-		"kube-controller-manager sets it when run with --allocate-node-cidrs=true and --cluster-cidr "+
-		"(the Network of %s); without a controller that does, set spec.podCIDR on the node by hand "+
-		"(kubectl patch node %s -p '{\"spec\":{\"podCIDR\":\"10.244.1.0/24\"}}'). Waiting for it", r.nodeName, r.confPath, r.nodeName)}
+func (r *Registry) notAssigned(wake <-chan struct{}, family string) error {
+	return &lease.PendingError{Wake: wake, Reason: fmt.Sprintf("node %q pod cidr not assigned: spec.podCIDRs has no %s subnet. "+
+		"kube-controller-manager sets it when run with --allocate-node-cidrs=true and a --cluster-cidr that matches %s; "+
+		"without a controller that does, set spec.podCIDR on the node by hand "+
+		"(kubectl patch node %s -p '{\"spec\":{\"podCIDR\":\"<a subnet of the Network>\"}}'). Waiting for it", r.nodeName, family, r.confPath, r.nodeName)}
 }
 
-// Claim is the node's lease: its IPv4 pod CIDR, which must lie in
-// req.Config's network, with req.Attrs published in its annotations (patched
-// on nodes/status where they differ). The public IP is the node's
-// <prefix>/public-ip-overwrite annotation if it has one. A node without a pod
-// CIDR, or not registered yet, is a *lease.PendingError.
+// assigned reads the own node's pod CIDRs for the families in use: a
+// *lease.PendingError while one is missing, a Permanent error when one lies
+// outside its network (the pod CIDR of a node does not change).
+func (r *Registry) assigned(n *corev1.Node, wake <-chan struct{}) (lease.Subnets, error) {
+	cidrs, err := NodePodCIDRs(n)
+	if err != nil {
+		return lease.Subnets{}, lease.Permanent(err)
+	}
+	var s lease.Subnets
+	for _, f := range []struct {
+		on      bool
+		name    string
+		cidr    netip.Prefix
+		network netip.Prefix
+		field   string
+		dst     *netip.Prefix
+	}{
+		{r.fam.V4, "IPv4", cidrs.V4, r.netcfg.Network, "Network", &s.V4},
+		{r.fam.V6, "IPv6", cidrs.V6, r.netcfg.IPv6Network, "IPv6Network", &s.V6},
+	} {
+		if !f.on {
+			continue
+		}
+		if !f.cidr.IsValid() {
+			return lease.Subnets{}, r.notAssigned(wake, f.name)
+		}
+		if f.cidr.Bits() < f.network.Bits() || !f.network.Contains(f.cidr.Addr()) {
+			return lease.Subnets{}, lease.Permanent(fmt.Errorf("node %q pod cidr %s lies outside the %s %s of %s: make kube-controller-manager's --cluster-cidr and the config agree",
+				r.nodeName, f.cidr, f.field, f.network, r.confPath))
+		}
+		*f.dst = f.cidr
+	}
+	return s, nil
+}
+
+// Claim is the node's lease: its pod CIDR of each family the network config
+// enables, which must lie in that family's network, with req.Attrs
+// published in its annotations (patched on nodes/status where they differ).
+// The public IP is the node's <prefix>/public-ip-overwrite annotation if it
+// has one (public-ipv6-overwrite for IPv6). A node without a pod CIDR, or
+// not registered yet, is a *lease.PendingError.
 func (r *Registry) Claim(ctx context.Context, req lease.Request) (lease.Lease, error) {
 	r.mu.Lock()
 	wake := r.ownWake
@@ -367,52 +411,49 @@ func (r *Registry) Claim(ctx context.Context, req lease.Request) (lease.Lease, e
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("get node %q: %w", r.nodeName, err)
 	}
-	cidrs, err := NodePodCIDRs(n)
+	s, err := r.assigned(n, wake)
 	if err != nil {
-		return lease.Lease{}, lease.Permanent(err)
+		return lease.Lease{}, err
 	}
-	if !cidrs.V4.IsValid() {
-		return lease.Lease{}, r.notAssigned(wake)
-	}
-	if req.Config != nil {
-		nw := req.Config.Network
-		if cidrs.V4.Bits() < nw.Bits() || !nw.Contains(cidrs.V4.Addr()) {
-			return lease.Lease{}, lease.Permanent(fmt.Errorf("node %q pod cidr %s lies outside the Network %s of %s: make kube-controller-manager's --cluster-cidr and the Network agree",
-				r.nodeName, cidrs.V4, nw, r.confPath))
-		}
-	}
-	return r.publish(ctx, n, cidrs.V4, req)
+	return r.publish(ctx, n, s, req)
 }
 
 // publish patches the node's annotations to say req.Attrs where they do not
 // already, and returns the lease.
-func (r *Registry) publish(ctx context.Context, n *corev1.Node, subnet netip.Prefix, req lease.Request) (lease.Lease, error) {
-	public, err := r.ann.publicIP(n, req.Attrs.PublicIP)
+func (r *Registry) publish(ctx context.Context, n *corev1.Node, s lease.Subnets, req lease.Request) (lease.Lease, error) {
+	attrs := req.Attrs
+	v4, v6, err := r.ann.publicIPs(n, attrs)
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	if public != req.Attrs.PublicIP {
-		r.log.Info("publishing the public IP of the node's overwrite annotation", "public_ip", public, "annotation", r.ann.PublicIPOverwrite)
+	if v4 != attrs.PublicIP || v6 != attrs.PublicIPv6 {
+		r.log.Info("publishing the public IP of the node's overwrite annotation", "public_ip", v4, "public_ipv6", v6)
 	}
-	patch := differ(n, r.ann.Wanted(req.Attrs, public))
-	if len(patch) > 0 {
+	attrs.PublicIP, attrs.PublicIPv6 = v4, v6
+	if !s.V4.IsValid() {
+		attrs.PublicIP, attrs.BackendData = netip.Addr{}, nil
+	}
+	if !s.V6.IsValid() {
+		attrs.PublicIPv6, attrs.BackendV6Data = netip.Addr{}, nil
+	}
+	if patch := differ(n, r.ann.Wanted(attrs)); len(patch) > 0 {
 		if n, err = r.patchAnnotations(ctx, patch); err != nil {
 			return lease.Lease{}, err
 		}
 	}
-	attrs := req.Attrs
-	attrs.PublicIP = public
 	attrs.Twill = &lease.NodeInfo{Node: r.nodeName}
 	if req.Attrs.Twill != nil {
 		attrs.Twill.Dashboard = req.Attrs.Twill.Dashboard
 	}
-	if len(attrs.BackendData) == 0 || string(attrs.BackendData) == "null" {
-		attrs.BackendData = nil
+	for _, d := range []*json.RawMessage{&attrs.BackendData, &attrs.BackendV6Data} {
+		if string(*d) == "null" {
+			*d = nil
+		}
 	}
 	if attrs.BackendType == "" {
 		attrs.BackendType = attrs.Backend()
 	}
-	l := lease.Lease{Subnet: subnet, Attrs: attrs, Revision: resourceVersion(n)}
+	l := lease.Lease{Subnet: s.V4, IPv6Subnet: s.V6, Attrs: attrs, Revision: resourceVersion(n)}
 	if req.TTL > 0 {
 		l.Expiration = time.Now().Add(req.TTL)
 	}
@@ -433,54 +474,59 @@ func (r *Registry) patchAnnotations(ctx context.Context, set map[string]any) (*c
 	return n, nil
 }
 
-// Create claims subnet for the own node if it is the node's pod CIDR: the API
-// assigns subnets, a node cannot create one.
-func (r *Registry) Create(ctx context.Context, subnet netip.Prefix, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
+// Create claims subnets for the own node if they are the node's pod CIDRs:
+// the API assigns subnets, a node cannot create one.
+func (r *Registry) Create(ctx context.Context, subnets lease.Subnets, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
 	l, err := r.Claim(ctx, lease.Request{Attrs: attrs, TTL: ttl})
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	if l.Subnet != subnet {
-		return lease.Lease{}, fmt.Errorf("create lease %s: node %q is assigned %s by the API server (spec.podCIDR): %w", subnet, r.nodeName, l.Subnet, lease.ErrExists)
+	if l.Subnets() != subnets {
+		return lease.Lease{}, fmt.Errorf("create lease %s: node %q is assigned %s by the API server (spec.podCIDRs): %w", subnets, r.nodeName, l.Subnets(), lease.ErrExists)
 	}
 	return l, nil
 }
 
-// Update publishes attrs again on the own node if it still has l's subnet:
-// lease.ErrNotFound if the node is gone, lease.ErrLeaseLost if its pod CIDR
-// is another (or none). Kubernetes leases have no TTL: the expiration is
-// only what the keeper renews by.
-func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
+// own gets the own node and checks that it still has l's subnets:
+// lease.ErrNotFound if the node is gone, lease.ErrLeaseLost if its pod CIDRs
+// are others (or none).
+func (r *Registry) own(ctx context.Context, l lease.Lease, op string) (*corev1.Node, error) {
 	n, err := r.client.CoreV1().Nodes().Get(ctx, r.nodeName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return lease.Lease{}, fmt.Errorf("renew lease %s: node %q: %w", l.Subnet, r.nodeName, lease.ErrNotFound)
+		return nil, fmt.Errorf("%s lease %s: node %q: %w", op, l.Subnets(), r.nodeName, lease.ErrNotFound)
 	}
 	if err != nil {
-		return lease.Lease{}, fmt.Errorf("get node %q: %w", r.nodeName, err)
+		return nil, fmt.Errorf("get node %q: %w", r.nodeName, err)
 	}
-	cidrs, err := NodePodCIDRs(n)
-	if err != nil || cidrs.V4 != l.Subnet {
-		return lease.Lease{}, fmt.Errorf("renew lease %s: node %q pod cidr is now %q: %w", l.Subnet, r.nodeName, n.Spec.PodCIDR, lease.ErrLeaseLost)
+	s, err := r.assigned(n, nil)
+	if err != nil || s != l.Subnets() {
+		return nil, fmt.Errorf("%s lease %s: node %q pod cidrs are now %q: %w", op, l.Subnets(), r.nodeName, n.Spec.PodCIDRs, lease.ErrLeaseLost)
 	}
-	return r.publish(ctx, n, l.Subnet, lease.Request{Attrs: attrs, TTL: ttl})
+	return n, nil
+}
+
+// Update publishes attrs again on the own node if it still has l's subnets.
+// Kubernetes leases have no TTL: the expiration is only what the keeper
+// renews by.
+func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
+	n, err := r.own(ctx, l, "renew")
+	if err != nil {
+		return lease.Lease{}, err
+	}
+	return r.publish(ctx, n, l.Subnets(), lease.Request{Attrs: attrs, TTL: ttl})
 }
 
 // Delete stops the own node publishing l: its kube-subnet-manager mark and
-// backend annotations are removed, so peers drop its routes. The pod CIDR
-// stays (the API owns it).
+// backend annotations are removed, so peers drop its routes. The pod CIDRs
+// stay (the API owns them).
 func (r *Registry) Delete(ctx context.Context, l lease.Lease) error {
-	n, err := r.client.CoreV1().Nodes().Get(ctx, r.nodeName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("release lease %s: node %q: %w", l.Subnet, r.nodeName, lease.ErrNotFound)
-	}
+	n, err := r.own(ctx, l, "release")
 	if err != nil {
-		return fmt.Errorf("get node %q: %w", r.nodeName, err)
+		return err
 	}
-	if cidrs, _ := NodePodCIDRs(n); cidrs.V4 != l.Subnet {
-		return fmt.Errorf("release lease %s: node %q pod cidr is %q: %w", l.Subnet, r.nodeName, n.Spec.PodCIDR, lease.ErrLeaseLost)
-	}
+	a := r.ann
 	rm := map[string]any{}
-	for _, k := range []string{r.ann.KubeSubnetManager, r.ann.BackendType, r.ann.BackendData, r.ann.PublicIP, r.ann.Dashboard} {
+	for _, k := range []string{a.KubeSubnetManager, a.BackendType, a.BackendData, a.BackendV6Data, a.PublicIP, a.PublicIPv6, a.Dashboard} {
 		if _, ok := n.Annotations[k]; ok {
 			rm[k] = nil
 		}

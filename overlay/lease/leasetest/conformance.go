@@ -45,6 +45,10 @@ func Conformance(t *testing.T, newStore func(testing.TB) Store) {
 		{"WatchResumesAcrossCompaction", testWatchResumesAcrossCompaction},
 		{"KeeperRenewsAndRecovers", testKeeperRenewsAndRecovers},
 		{"NetworkConfigRoundTrip", testNetworkConfigRoundTrip},
+		{"RaceForDualStackPairs", testRaceForDualStackPairs},
+		{"CreateRefusesEitherHalf", testCreateRefusesEitherHalf},
+		{"DualStackRestartAndPrevious", testDualStackRestartAndPrevious},
+		{"IPv6Only", testIPv6Only},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, newStore(t)) })
 	}
@@ -77,18 +81,9 @@ func testRaceForSixteenSubnets(t *testing.T, reg Store) {
 	ctx := Context(t)
 
 	const racers = 50
-	var wg sync.WaitGroup
-	won := make([]lease.Lease, racers)
-	errs := make([]error, racers)
-	start := make(chan struct{})
-	for i := range racers {
-		wg.Go(func() {
-			<-start
-			won[i], errs[i] = lease.Acquire(ctx, reg, lease.Request{Config: cfg, Attrs: Attrs(fmt.Sprintf("127.0.1.%d", i+1)), TTL: time.Minute})
-		})
-	}
-	close(start)
-	wg.Wait()
+	won, errs := race(ctx, reg, racers, func(i int) lease.Request {
+		return lease.Request{Config: cfg, Attrs: Attrs(fmt.Sprintf("127.0.1.%d", i+1)), TTL: time.Minute}
+	})
 
 	subnets := map[netip.Prefix]int{}
 	exhausted := 0
@@ -139,14 +134,14 @@ func testRaceForSixteenSubnets(t *testing.T, reg Store) {
 func testCompareAndSwap(t *testing.T, reg Store) {
 	ctx := Context(t)
 	s := netip.MustParsePrefix("10.244.3.0/24")
-	a, err := reg.Create(ctx, s, Attrs("127.0.0.61"), time.Minute)
+	a, err := reg.Create(ctx, lease.Subnets{V4: s}, Attrs("127.0.0.61"), time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if a.Subnet != s || a.Reservation || a.Revision == 0 || time.Until(a.Expiration) <= 0 {
 		t.Errorf("created %+v", a)
 	}
-	if _, err := reg.Create(ctx, s, Attrs("127.0.0.62"), time.Minute); !errors.Is(err, lease.ErrExists) {
+	if _, err := reg.Create(ctx, lease.Subnets{V4: s}, Attrs("127.0.0.62"), time.Minute); !errors.Is(err, lease.ErrExists) {
 		t.Errorf("create of a taken subnet: %v, want ErrExists", err)
 	}
 	b, err := reg.Update(ctx, a, a.Attrs, time.Minute)
@@ -233,7 +228,7 @@ func testReservationNeverAllocated(t *testing.T, reg Store) {
 	ctx := Context(t)
 	cfg := MustConfig(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.4.0","Backend":{"Type":"alloc"}}`)
 	reserved := netip.MustParsePrefix("10.244.2.0/24")
-	if _, err := reg.Create(ctx, reserved, Attrs("127.0.0.50"), 0); err != nil {
+	if _, err := reg.Create(ctx, lease.Subnets{V4: reserved}, Attrs("127.0.0.50"), 0); err != nil {
 		t.Fatal(err)
 	}
 	// Three others fill the rest; the fourth finds the network full.
@@ -301,11 +296,23 @@ func (c *Collector) Wait(tb testing.TB, n int, timeout time.Duration) []lease.Ev
 	}
 }
 
+// startWatch runs a lease.Watcher on reg until t ends, and gives it time to
+// list before anything changes.
+func startWatch(t *testing.T, reg Store) *Collector {
+	var c Collector
+	w := &lease.Watcher{Registry: reg}
+	wctx, stop := context.WithCancel(Context(t))
+	t.Cleanup(stop)
+	go w.Run(wctx, c.Handle)
+	time.Sleep(200 * time.Millisecond)
+	return &c
+}
+
 // Describe writes events as "added 10.244.1.0/24 127.0.0.1; ...".
 func Describe(evs []lease.Event) string {
 	var b strings.Builder
 	for _, e := range evs {
-		fmt.Fprintf(&b, "%s %s %s; ", e.Type, e.Lease.Subnet, e.Lease.Attrs.PublicIP)
+		fmt.Fprintf(&b, "%s %s %s; ", e.Type, e.Lease.Subnets(), e.Lease.Attrs.NodeName())
 	}
 	return b.String()
 }
@@ -341,12 +348,7 @@ func testShortLeaseExpires(t *testing.T, reg Store) {
 func testWatchEventsInOrder(t *testing.T, reg Store) {
 	ctx := Context(t)
 	cfg := MustConfig(t, `{"Network":"10.244.0.0/16","Backend":{"Type":"alloc"}}`)
-	var c Collector
-	w := &lease.Watcher{Registry: reg}
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go w.Run(wctx, c.Handle)
-	time.Sleep(200 * time.Millisecond)
+	c := startWatch(t, reg)
 
 	a, _ := lease.Acquire(ctx, reg, lease.Request{Config: cfg, Attrs: Attrs("127.0.0.31"), TTL: time.Minute})
 	a2, err := reg.Update(ctx, a, a.Attrs, time.Minute) // renewed

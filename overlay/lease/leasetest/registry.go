@@ -29,7 +29,7 @@ type Registry struct {
 	rev       int64 // store revision: one per change
 	nextID    int64
 	config    []byte
-	leases    map[netip.Prefix]*entry
+	leases    map[lease.Subnets]*entry
 	history   []record // changes in revision order, after compacted
 	compacted int64    // revisions up to this one are gone from history
 	changed   chan struct{}
@@ -51,7 +51,7 @@ var _ lease.Registry = (*Registry)(nil)
 
 // New returns an empty registry.
 func New() *Registry {
-	return &Registry{leases: make(map[netip.Prefix]*entry), changed: make(chan struct{})}
+	return &Registry{leases: make(map[lease.Subnets]*entry), changed: make(chan struct{})}
 }
 
 // Close stops the TTL timers and ends every watch.
@@ -100,17 +100,18 @@ func (r *Registry) Compact(context.Context) error {
 	return nil
 }
 
-// Expire ends the lease of subnet now, as if its TTL ran out; false if there
-// is none or it is a reservation.
+// Expire ends the lease that holds subnet (of either family) now, as if
+// its TTL ran out; false if there is none or it is a reservation.
 func (r *Registry) Expire(subnet netip.Prefix) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.leases[subnet]
-	if !ok || e.timer == nil {
-		return false
+	for s, e := range r.leases {
+		if s.Shares(lease.Subnets{V4: subnet, V6: subnet}) && e.timer != nil {
+			r.removeLocked(e)
+			return true
+		}
 	}
-	r.removeLocked(e)
-	return true
+	return false
 }
 
 // NetworkConfig returns the network config, or lease.ErrNoConfig.
@@ -137,21 +138,27 @@ func (r *Registry) List(ctx context.Context) ([]lease.Lease, int64, error) {
 	for _, e := range r.leases {
 		out = append(out, e.lease)
 	}
-	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnets().Compare(b.Subnets()) })
 	return out, r.rev, nil
 }
 
-// Create leases subnet for ttl (0 makes a reservation) if no one holds it.
-func (r *Registry) Create(ctx context.Context, subnet netip.Prefix, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
+// Create leases subnets for ttl (0 makes a reservation) if no lease holds
+// either half.
+func (r *Registry) Create(ctx context.Context, subnets lease.Subnets, attrs lease.Attrs, ttl time.Duration) (lease.Lease, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.usable(ctx); err != nil {
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, err)
+		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnets, err)
 	}
-	if _, ok := r.leases[subnet]; ok {
-		return lease.Lease{}, fmt.Errorf("create lease %s: %w", subnet, lease.ErrExists)
+	if !subnets.IsValid() {
+		return lease.Lease{}, fmt.Errorf("create lease: no subnet")
 	}
-	return r.putLocked(subnet, attrs, ttl, 0), nil
+	for s := range r.leases {
+		if s.Shares(subnets) {
+			return lease.Lease{}, fmt.Errorf("create lease %s: held by %s: %w", subnets, s, lease.ErrExists)
+		}
+	}
+	return r.putLocked(subnets, attrs, ttl, 0), nil
 }
 
 // Update renews l for ttl with attrs if it is still at l.Revision.
@@ -159,19 +166,19 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.usable(ctx); err != nil {
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, err)
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), err)
 	}
-	e, ok := r.leases[l.Subnet]
+	e, ok := r.leases[l.Subnets()]
 	switch {
 	case !ok:
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, lease.ErrNotFound)
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), lease.ErrNotFound)
 	case e.lease.Revision != l.Revision:
-		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnet, lease.ErrLeaseLost)
+		return lease.Lease{}, fmt.Errorf("renew lease %s: %w", l.Subnets(), lease.ErrLeaseLost)
 	}
 	if e.timer != nil {
 		e.timer.Stop()
 	}
-	return r.putLocked(l.Subnet, attrs, ttl, e.lease.Created), nil
+	return r.putLocked(l.Subnets(), attrs, ttl, e.lease.Created), nil
 }
 
 // Delete releases l if it is still at l.Revision. As in etcd, a lease that
@@ -180,11 +187,11 @@ func (r *Registry) Delete(ctx context.Context, l lease.Lease) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.usable(ctx); err != nil {
-		return fmt.Errorf("delete lease %s: %w", l.Subnet, err)
+		return fmt.Errorf("delete lease %s: %w", l.Subnets(), err)
 	}
-	e, ok := r.leases[l.Subnet]
+	e, ok := r.leases[l.Subnets()]
 	if !ok || e.lease.Revision != l.Revision {
-		return fmt.Errorf("delete lease %s: %w", l.Subnet, lease.ErrLeaseLost)
+		return fmt.Errorf("delete lease %s: %w", l.Subnets(), lease.ErrLeaseLost)
 	}
 	r.removeLocked(e)
 	return nil
@@ -259,31 +266,31 @@ func (r *Registry) usable(ctx context.Context) error {
 // putLocked writes a lease at a new revision, with a TTL timer unless ttl is
 // 0 (a reservation). created is the revision the lease was created at; 0
 // for a new lease (then it is this revision, as etcd's create revision).
-func (r *Registry) putLocked(subnet netip.Prefix, attrs lease.Attrs, ttl time.Duration, created int64) lease.Lease {
+func (r *Registry) putLocked(subnets lease.Subnets, attrs lease.Attrs, ttl time.Duration, created int64) lease.Lease {
 	r.rev++
 	if created == 0 {
 		created = r.rev
 	}
-	l := lease.Lease{Subnet: subnet, Attrs: attrs, Revision: r.rev, Created: created, Reservation: ttl <= 0}
+	l := lease.Lease{Subnet: subnets.V4, IPv6Subnet: subnets.V6, Attrs: attrs, Revision: r.rev, Created: created, Reservation: ttl <= 0}
 	e := &entry{}
 	if ttl > 0 {
 		r.nextID++
 		l.ID, l.Expiration = r.nextID, time.Now().Add(ttl)
 		id := l.ID
-		e.timer = time.AfterFunc(ttl, func() { r.expire(subnet, id) })
+		e.timer = time.AfterFunc(ttl, func() { r.expire(subnets, id) })
 	}
 	e.lease = l
-	r.leases[subnet] = e
+	r.leases[subnets] = e
 	r.recordLocked(lease.Change{Lease: l})
 	return l
 }
 
-// expire removes subnet's lease when its TTL id runs out, unless it was
-// renewed or removed meanwhile.
-func (r *Registry) expire(subnet netip.Prefix, id int64) {
+// expire removes the lease of subnets when its TTL id runs out, unless it
+// was renewed or removed meanwhile.
+func (r *Registry) expire(subnets lease.Subnets, id int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e, ok := r.leases[subnet]; ok && e.lease.ID == id && !r.closed {
+	if e, ok := r.leases[subnets]; ok && e.lease.ID == id && !r.closed {
 		r.removeLocked(e)
 	}
 }
@@ -292,7 +299,7 @@ func (r *Registry) removeLocked(e *entry) {
 	if e.timer != nil {
 		e.timer.Stop()
 	}
-	delete(r.leases, e.lease.Subnet)
+	delete(r.leases, e.lease.Subnets())
 	r.rev++
 	r.recordLocked(lease.Change{Lease: e.lease, Deleted: true})
 }

@@ -25,7 +25,7 @@ func TestExpireAndFail(t *testing.T) {
 	ctx := context.Background()
 	s := netip.MustParsePrefix("10.244.5.0/24")
 	a := lease.Attrs{PublicIP: netip.MustParseAddr("127.0.0.5"), BackendType: "alloc"}
-	l, err := r.Create(ctx, s, a, time.Hour)
+	l, err := r.Create(ctx, lease.Subnets{V4: s}, a, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,11 +50,11 @@ func TestExpireAndFail(t *testing.T) {
 	if _, _, err := r.List(ctx); !errors.Is(err, down) {
 		t.Errorf("List while failing: %v", err)
 	}
-	if _, err := r.Create(ctx, s, a, time.Hour); !errors.Is(err, down) {
+	if _, err := r.Create(ctx, lease.Subnets{V4: s}, a, time.Hour); !errors.Is(err, down) {
 		t.Errorf("Create while failing: %v", err)
 	}
 	r.Fail(nil)
-	if _, err := r.Create(ctx, s, a, time.Hour); err != nil {
+	if _, err := r.Create(ctx, lease.Subnets{V4: s}, a, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	// The watcher goes on after the outage and sees the new lease.
