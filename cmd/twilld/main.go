@@ -1,5 +1,6 @@
 // Command twilld is twill's per-host agent: it leases the node's pod subnet
-// from etcd and carries pod traffic between hosts over a backend.
+// from etcd (or, with --kube-subnet-mgr, takes the node's podCIDR from the
+// Kubernetes API) and carries pod traffic between hosts over a backend.
 //
 // Every flag can also be given as an environment variable: --etcd-endpoints
 // is TWILLD_ETCD_ENDPOINTS. A flag on the command line wins over the
@@ -49,6 +50,8 @@ type args struct {
 	apiToken string
 	// bgp are the bgp backend's per-node settings.
 	bgp nodeBGP
+	// kube are the Kubernetes mode's flags.
+	kube kubeArgs
 }
 
 // listFlag is a repeatable string flag.
@@ -89,6 +92,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.StringVar(&a.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&a.version, "version", false, "print the version and exit")
 	addBGPFlags(fs, &a.bgp)
+	addKubeFlags(fs, &a.kube)
 	return fs
 }
 
@@ -200,13 +204,22 @@ func run(a *args) error {
 	if a.cfg.Dashboard == "" && a.listen != "" && !a.cleanup {
 		a.cfg.Dashboard = dashboardURL(a.listen, a.cfg.PublicIP)
 	}
-	a.etcd.Log = log
-	reg, err := etcd.New(a.etcd)
-	if err != nil {
-		return err
+	if a.kube.enabled {
+		reg, err := newKubeRegistry(ctx, a, log)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		a.cfg.Registry = reg
+	} else {
+		a.etcd.Log = log
+		reg, err := etcd.New(a.etcd)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		a.cfg.Registry = reg
 	}
-	defer reg.Close()
-	a.cfg.Registry = reg
 	a.cfg.NewBackend = func(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 		return newBackend(node, log, a.bgp)
 	}

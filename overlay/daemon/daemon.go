@@ -36,6 +36,15 @@ type Registry interface {
 	ConfigKey() string
 }
 
+// storeName is what the lease store is called in messages: "etcd" unless
+// the registry names itself (StoreName: "the Kubernetes API server").
+func storeName(r Registry) string {
+	if n, ok := r.(interface{ StoreName() string }); ok {
+		return n.StoreName()
+	}
+	return "etcd"
+}
+
 // Config is twilld's configuration, as its flags give it, and the parts it
 // is built from.
 type Config struct {
@@ -139,7 +148,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
-	return &Daemon{cfg: cfg, log: log, reach: lease.NewReachability(log, "etcd"), started: time.Now()}, nil
+	return &Daemon{cfg: cfg, log: log, reach: lease.NewReachability(log, storeName(cfg.Registry)), started: time.Now()}, nil
 }
 
 // networkConfig reads the network config from the file, or from the

@@ -62,3 +62,44 @@ func NodeName(ctx context.Context, c kubernetes.Interface, given string, getenv 
 	}
 	return p.Spec.NodeName, nil
 }
+
+// NodeView is what a node publishes, as twillctl leases --kubeconfig shows
+// it: every node, marked or not, with its pod CIDRs and its annotations.
+type NodeView struct {
+	Node          string   `json:"node"`
+	PodCIDRs      []string `json:"podCIDRs"`
+	Managed       bool     `json:"kubeSubnetManager"`
+	PublicIP      string   `json:"publicIP,omitempty"`
+	PublicIPv6    string   `json:"publicIPv6,omitempty"`
+	BackendType   string   `json:"backendType,omitempty"`
+	BackendData   string   `json:"backendData,omitempty"`
+	BackendV6Data string   `json:"backendV6Data,omitempty"`
+	// NetworkUnavailable is the node's condition: "False" once twill (or
+	// flannel) set the node up, "" when it has none.
+	NetworkUnavailable string `json:"networkUnavailable,omitempty"`
+}
+
+// ListNodes lists every node with what it publishes under a's names.
+func ListNodes(ctx context.Context, c kubernetes.Interface, a Annotations) ([]NodeView, error) {
+	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	out := make([]NodeView, 0, len(nodes.Items))
+	for _, n := range nodes.Items {
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		v := NodeView{Node: n.Name, PodCIDRs: cidrs, Managed: n.Annotations[a.KubeSubnetManager] == "true",
+			PublicIP: n.Annotations[a.PublicIP], PublicIPv6: n.Annotations[a.PublicIPv6], BackendType: n.Annotations[a.BackendType],
+			BackendData: n.Annotations[a.BackendData], BackendV6Data: n.Annotations[a.BackendV6Data]}
+		for _, c := range n.Status.Conditions {
+			if c.Type == conditionType {
+				v.NetworkUnavailable = string(c.Status)
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}

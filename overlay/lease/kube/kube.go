@@ -183,6 +183,9 @@ func (r *Registry) NodeName() string { return r.nodeName }
 // Annotations are the annotation names the registry reads and writes.
 func (r *Registry) Annotations() Annotations { return r.ann }
 
+// StoreName is what the daemon calls the store in messages.
+func (r *Registry) StoreName() string { return "the Kubernetes API server" }
+
 // ConfigKey names where the network config comes from, for messages.
 func (r *Registry) ConfigKey() string { return r.confPath }
 
