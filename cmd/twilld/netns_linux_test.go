@@ -100,6 +100,7 @@ func TestKernelBackendsInNamespaces(t *testing.T) {
 type proc struct {
 	pid  int
 	done chan struct{}
+	log  *syncBuffer
 }
 
 // start runs bin in namespace ns and waits until its output shows ready.
@@ -115,7 +116,13 @@ type etcdLab struct {
 // after tag) with twillctl.
 func newEtcdLab(t *testing.T, twillctl, dir, tag string) etcdLab {
 	t.Helper()
-	lab := backendtest.New(t, "twilld", 2)
+	return newEtcdLabOf(t, 2, twillctl, dir, tag)
+}
+
+// newEtcdLabOf is newEtcdLab with n nodes.
+func newEtcdLabOf(t *testing.T, n int, twillctl, dir, tag string) etcdLab {
+	t.Helper()
+	lab := backendtest.New(t, "twilld", n)
 	backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
 	url := "http://192.168.56.1:2379"
 	start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, tag+"-etcd"),
@@ -148,7 +155,7 @@ func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
 		pw.Close()
 		close(done)
 	}()
-	var log syncBuffer
+	log := &syncBuffer{}
 	found := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -180,7 +187,7 @@ func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("%s not ready after 20s:\n%s", name, log.String())
 	}
-	return proc{cmd.Process.Pid, done}
+	return proc{cmd.Process.Pid, done, log}
 }
 
 func (p proc) wait(t *testing.T) {

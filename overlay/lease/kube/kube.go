@@ -356,7 +356,7 @@ func (r *Registry) Watch(ctx context.Context, fromRev int64) <-chan lease.WatchB
 // notAssigned is the wait for a pod CIDR, saying what sets it.
 func (r *Registry) notAssigned(wake <-chan struct{}, family string) error {
 	return &lease.PendingError{Wake: wake, Reason: fmt.Sprintf("node %q pod cidr not assigned: spec.podCIDRs has no %s subnet. "+
-		"kube-controller-manager sets it when run with --allocate-node-cidrs=true and a --cluster-cidr that matches %s; "+
+		"kube-controller-manager sets it when run with --allocate-node-cidrs=true and a --cluster-cidr that matches the Network of %s; "+
 		"without a controller that does, set spec.podCIDR on the node by hand "+
 		"(kubectl patch node %s -p '{\"spec\":{\"podCIDR\":\"<a subnet of the Network>\"}}'). Waiting for it", r.nodeName, family, r.confPath, r.nodeName)}
 }
