@@ -22,6 +22,9 @@ APT_PACKAGES := $(LAB_APT_PACKAGES) chromium iperf3 ansible-lint vagrant bird2 f
 VM_APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static cpio kmod e2fsprogs iperf3 binutils
 # Where the VM kernel and initramfs are cached.
 TWILL_VM_DIR ?= $(CURDIR)/build/vm
+# Where make kube puts kube-apiserver and kube-controller-manager (the
+# tests find them there, or in $TWILL_KUBE_DIR).
+TWILL_KUBE_DIR ?= $(CURDIR)/build/kube
 
 # make bench: rounds and length of each iperf3 run, and where the JSON goes.
 BENCH_ROUNDS   ?= 3
@@ -37,7 +40,7 @@ VAGRANT_TEST_PACKAGES := vagrant-libvirt libvirt-daemon-system qemu-system-x86 d
 # Nodes of make vagrant-up (the Vagrantfile reads TWILL_NODES).
 TWILL_NODES ?= 3
 
-.PHONY: all build deps lab-deps lab lab-down test unit vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
+.PHONY: all build deps lab-deps lab lab-down test unit kube vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
 
 all: build
 
@@ -89,8 +92,16 @@ vagrant-test: deps build
 	@scripts/deps.sh $(VAGRANT_TEST_PACKAGES)
 	scripts/vagrant-test.sh
 
-unit:
-	$(GO) test -count=1 -timeout 20m ./...
+unit: kube
+	TWILL_KUBE_DIR=$(TWILL_KUBE_DIR) $(GO) test -count=1 -timeout 20m ./...
+
+# kube builds the real kube-apiserver (and kube-controller-manager) that
+# the Kubernetes tests run, from the official k8s.io/kubernetes module
+# (tools/kube, a module of its own), into $(TWILL_KUBE_DIR); only when they
+# are missing or tools/kube has changed. Tests without them skip, naming
+# this target.
+kube:
+	@scripts/kube-build.sh $(TWILL_KUBE_DIR)
 
 # vmtest is the qemu tier: a 1-VM check of the driver, then 3-VM clusters
 # playing 8 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, each timed.
