@@ -40,10 +40,13 @@ type ClusterSpec struct {
 	Backend string `yaml:"backend"`
 	// Backends plays the scenario once per backend listed (instead of
 	// Backend); each play is named <name>-<backend>.
-	Backends       []string `yaml:"backends"`
-	NetConfig      string   `yaml:"netConfig"`
-	PodsPerNode    int      `yaml:"podsPerNode"`
-	IPMasq         bool     `yaml:"ipMasq"`
+	Backends    []string `yaml:"backends"`
+	NetConfig   string   `yaml:"netConfig"`
+	PodsPerNode int      `yaml:"podsPerNode"`
+	IPMasq      bool     `yaml:"ipMasq"`
+	// Store is the lease store: etcd (the default) or kube (a real
+	// kube-apiserver in the hub; twilld --kube-subnet-mgr).
+	Store          string   `yaml:"store"`
 	Outside        bool     `yaml:"outside"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
@@ -117,6 +120,8 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
+	// Kubernetes store: delete a node's Node object (kubectl delete node).
+	"delete-kube-node": {"node"},
 	// udp: which path carried the bytes (the nodes' API).
 	"data-path": {"path"},
 	// Faults that need a node with a kernel and a link of its own (the
@@ -179,6 +184,9 @@ func Parse(data []byte) (*Scenario, error) {
 		errs = append(errs, errors.New("scenario: cluster.backend: missing (or give cluster.backends or cluster.netConfig)"))
 	case len(c.Backends) > 0 && (c.Backend != "" || c.NetConfig != ""):
 		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
+	}
+	if c.Store != "" && c.Store != "etcd" && c.Store != "kube" {
+		errs = append(errs, fmt.Errorf("scenario: cluster.store = %q: want etcd or kube", c.Store))
 	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))

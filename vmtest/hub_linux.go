@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twillnet/twill/internal/kubeapi"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 )
 
@@ -318,7 +319,7 @@ func Down(ctx context.Context, name string) error {
 		} else {
 			errs = append(errs, err) // go on with the scan
 		}
-		procs = append(procs, st.Etcd)
+		procs = append(procs, st.Etcd, st.KubeAPI)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err) // go on with the scan
 	}
@@ -329,7 +330,7 @@ func Down(ctx context.Context, name string) error {
 			inodes[ino] = true
 		}
 	}
-	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true})
+	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true, kubeapi.APIServerBinary: true})
 	procs = append(procs, found...)
 	// Daemons first, etcd last (they may want to talk to it on the way
 	// out); all of one kind at once.

@@ -94,6 +94,7 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	netConfig := fs.String("net-config", "", "network config file (instead of --backend)")
 	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods to add to every node (n1p1, n1p2 on n1, ...)")
 	fs.BoolVar(&spec.IPMasq, "ip-masq", false, "run twilld with --ip-masq")
+	fs.StringVar(&spec.Store, "store", "etcd", "lease store: etcd, or kube (the hub runs a real kube-apiserver, built by make kube; each node is a Node with a podCIDR; twilld --kube-subnet-mgr)")
 	fs.BoolVar(&spec.Outside, "outside", false, "add a namespace on the underlay that plays the outside world")
 	fs.BoolVar(&spec.HostAccess, "host-access", true, "join this host to the lab's underlay (one veth <name>-host), so a browser here reaches the dashboards")
 	fs.DurationVar(&spec.SubnetLeaseTTL, "subnet-lease-ttl", 0, "twilld --subnet-lease-ttl (0: twilld's default)")
@@ -206,6 +207,9 @@ type labStatus struct {
 	EtcdURL      string        `json:"etcd_url"`
 	EtcdPID      int           `json:"etcd_pid"`
 	EtcdRunning  bool          `json:"etcd_running"`
+	Store        string        `json:"store"`
+	KubeAPI      string        `json:"kube_api,omitempty"`
+	Kubeconfig   string        `json:"kubeconfig,omitempty"`
 	HostAddr     netip.Addr    `json:"host_addr,omitzero"`
 	Outside      netip.Addr    `json:"outside_addr,omitzero"`
 	OutsideNetNS string        `json:"outside_netns,omitempty"`
@@ -216,6 +220,8 @@ type labStatus struct {
 func status(c *vmtest.Lab) labStatus {
 	s := labStatus{Name: c.Name(), EtcdEndpoint: c.EtcdEndpoint(), EtcdURL: c.NodeEtcdEndpoint(), Nodes: c.Nodes(), Pods: c.Pods()}
 	s.EtcdPID, s.EtcdRunning = c.EtcdPID()
+	s.Store = c.Store()
+	s.KubeAPI, s.Kubeconfig = c.KubeAPIAddr()
 	s.HostAddr, _ = c.HostAddr()
 	s.OutsideNetNS, s.Outside, _ = c.Outside()
 	if s.Pods == nil {
@@ -263,6 +269,9 @@ func printStatus(out io.Writer, c *vmtest.Lab) error {
 	s := status(c)
 	fmt.Fprintf(out, "lab %s: etcd %s (pid %d, running: %s; from this host: --etcd-endpoints %s)\n",
 		s.Name, s.EtcdURL, s.EtcdPID, yesNo(s.EtcdRunning), s.EtcdEndpoint)
+	if s.KubeAPI != "" {
+		fmt.Fprintf(out, "store kube: kube-apiserver %s, kubeconfig %s (twillctl leases --kubeconfig %[2]s, from the hub's namespace or with --host-access)\n", s.KubeAPI, s.Kubeconfig)
+	}
 	if s.HostAddr.IsValid() {
 		fmt.Fprintf(out, "this host is %s on the lab's underlay: open the dashboards below in a browser here\n", s.HostAddr)
 	} else {

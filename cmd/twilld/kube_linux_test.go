@@ -21,6 +21,7 @@ import (
 	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/internal/kubeapi"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
+	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/lease/kube"
 	"github.com/twillnet/twill/overlay/namespace"
 )
@@ -47,7 +48,7 @@ func nsDial(ns string) func(ctx context.Context, network, addr string) (net.Conn
 	}
 }
 
-func newKubeLab(t *testing.T, nodes int) *kubeLab {
+func newKubeLab(t testing.TB, nodes int) *kubeLab {
 	t.Helper()
 	apiserver, err := kubeapi.Binary(kubeapi.APIServerBinary)
 	if err != nil {
@@ -71,7 +72,8 @@ func newKubeLab(t *testing.T, nodes int) *kubeLab {
 	if err := kubeapi.WriteKubeconfig(kc, rc); err != nil {
 		t.Fatal(err)
 	}
-	rc.Dial = nsDial(el.Switch) // the test runs outside the lab
+	rc.Dial = nsDial(el.Switch)  // the test runs outside the lab
+	rc.QPS, rc.Burst = 500, 1000 // the benchmark creates 1000 Nodes
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := kubeapi.WaitReady(ctx, rc, nil); err != nil {
@@ -84,7 +86,7 @@ func newKubeLab(t *testing.T, nodes int) *kubeLab {
 	return &kubeLab{Lab: el.Lab, Client: c, Kubeconfig: kc, twillctl: twillctl}
 }
 
-func (l *kubeLab) createNode(t *testing.T, name, podCIDR string, ann map[string]string) {
+func (l *kubeLab) createNode(t testing.TB, name, podCIDR string, ann map[string]string) {
 	t.Helper()
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}}
 	if podCIDR != "" {
@@ -302,4 +304,109 @@ func testKubeMode(t *testing.T, backend string) {
 	if _, err := os.Stat(filepath.Join(dir, "node2.env")); err != nil {
 		t.Errorf("node2's subnet file: %v", err)
 	}
+}
+
+// BenchmarkKubeThousandNodes runs one twilld --kube-subnet-mgr (vxlan) and
+// creates 1000 Node objects through the real API server, each annotated as
+// a twill node publishes itself, then reports the time from the last Node
+// created to its route in twilld's kernel, the time until all 1000 routes
+// are there, and twilld's resident memory. Figures are printed, not
+// asserted: go test -run '^$' -bench KubeThousandNodes -benchtime 1x ./cmd/twilld
+func BenchmarkKubeThousandNodes(b *testing.B) {
+	backendtest.NeedRoot(b)
+	const nodes = 1000
+	lab := newKubeLab(b, 1)
+	dir := b.TempDir()
+	conf := filepath.Join(dir, "net-conf.json")
+	// /26 subnets: 1024 of them in 10.244.0.0/16.
+	if err := os.WriteFile(conf, []byte(`{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	n1 := lab.Nodes[0]
+	p := kube.FlannelPrefix
+	lab.createNode(b, "node1", "10.244.0.0/26", nil)
+	twilld := filepath.Join(binaries.ForTest(b), "twilld")
+	pr := start(b, "node1", n1.Name, twilld, "msg=ready", "--kube-subnet-mgr", "--kubeconfig-file", lab.Kubeconfig,
+		"--kube-annotation-prefix", p, "--net-config-path", conf, "--iface", "eth0", "--node-name", "node1",
+		"--subnet-file", filepath.Join(dir, "node1.env"), "--listen", "off")
+	rss := func() string {
+		s, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pr.pid))
+		for _, l := range strings.Split(string(s), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") {
+				return strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:"))
+			}
+		}
+		return "?"
+	}
+	b.Logf("twilld RSS with no peers: %s", rss())
+	names, err := kube.NewAnnotations(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Each peer annotated as a twill node publishes itself.
+	annotations := func(ip, mac string) map[string]string {
+		return names.Wanted(lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan",
+			BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"` + mac + `"}`)})
+	}
+	subnet := func(i int) netip.Prefix { // i from 1
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i / 4), byte(i % 4 * 64)}), 26)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	began := time.Now()
+	work := make(chan int)
+	errs := make(chan error, nodes)
+	for range 8 {
+		go func() {
+			for i := range work {
+				ann := annotations(fmt.Sprintf("172.20.%d.%d", i/250, i%250+1), fmt.Sprintf("02:00:00:00:%02x:%02x", i/256, i%256))
+				n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("peer-%04d", i), Annotations: ann},
+					Spec: corev1.NodeSpec{PodCIDR: subnet(i).String(), PodCIDRs: []string{subnet(i).String()}}}
+				_, err := lab.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+				errs <- err
+			}
+		}()
+	}
+	for i := 1; i < nodes; i++ {
+		work <- i
+	}
+	close(work)
+	for i := 1; i < nodes; i++ {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	// The last one, alone, timed to its route.
+	last := nodes
+	ann := annotations("172.20.9.9", "02:00:00:00:ff:ff")
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "peer-last", Annotations: ann},
+		Spec: corev1.NodeSpec{PodCIDR: subnet(last).String(), PodCIDRs: []string{subnet(last).String()}}}
+	created := time.Now()
+	if _, err := lab.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	createdAll := time.Since(began)
+	for !strings.Contains(n1.IP(b, "route", "show", subnet(last).String()), "twill.1") {
+		if time.Since(created) > 2*time.Minute {
+			b.Fatal("no route to the last node after 2 minutes")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	lastToRoute := time.Since(created)
+	for {
+		out := n1.IP(b, "route", "show", "proto", "126")
+		if got := strings.Count(out, "dev twill.1"); got >= nodes {
+			break
+		}
+		if time.Since(began) > 3*time.Minute {
+			b.Fatalf("%d of %d routes after 3 minutes", strings.Count(out, "dev twill.1"), nodes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	allRoutes := time.Since(began)
+	b.StopTimer()
+	b.ReportMetric(float64(lastToRoute.Milliseconds()), "ms-last-node-to-route")
+	b.ReportMetric(float64(allRoutes.Milliseconds()), "ms-all-routes")
+	b.Logf("%d Nodes created in %v; last Node created -> its route in the kernel: %v; all %d routes %v after the first Node; twilld RSS %s",
+		nodes, createdAll.Round(time.Millisecond), lastToRoute.Round(time.Millisecond), nodes, allRoutes.Round(time.Millisecond), rss())
 }
