@@ -133,12 +133,6 @@ func (c *Config) defaults() error {
 	if c.EtcdURL == "" {
 		return errors.New("kube-apiserver: Config.EtcdURL is required")
 	}
-	if !c.Addr.IsValid() {
-		c.Addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	}
-	if !c.ServiceCIDR.IsValid() {
-		c.ServiceCIDR = DefaultServiceCIDR
-	}
 	switch c.PodSecurity {
 	case "", "privileged", "baseline", "restricted":
 	default:
@@ -147,11 +141,24 @@ func (c *Config) defaults() error {
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("kube-apiserver: Config.Port %d: want 0..65535", c.Port)
 	}
+	*c = c.withDefaults()
 	return nil
+}
+
+// withDefaults is c with the defaults of the fields left empty.
+func (c Config) withDefaults() Config {
+	if !c.Addr.IsValid() {
+		c.Addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	if !c.ServiceCIDR.IsValid() {
+		c.ServiceCIDR = DefaultServiceCIDR
+	}
+	return c
 }
 
 // URL is the server's address for clients.
 func (c Config) URL() string {
+	c = c.withDefaults()
 	return "https://" + net.JoinHostPort(c.Addr.String(), strconv.Itoa(c.Port))
 }
 
@@ -182,6 +189,7 @@ plugins:
 // APIServerArgs are kube-apiserver's flags for c (with its Port set) and
 // the PKI in pki.Dir (and the file of WriteAdmissionConfig).
 func (c Config) APIServerArgs(pki *PKI) []string {
+	c = c.withDefaults()
 	f := func(name string) string { return filepath.Join(pki.Dir, name) }
 	args := []string{
 		"--etcd-servers=" + c.EtcdURL,
