@@ -285,8 +285,8 @@ func (p *Process) Stop() error {
 	return nil
 }
 
-// logTail is the end of the process's log, for errors.
-func (p *Process) logTail() string {
+// LogTail is the end of the process's log, for errors.
+func (p *Process) LogTail() string {
 	b, err := os.ReadFile(p.Log)
 	if err != nil {
 		return ""
@@ -362,7 +362,7 @@ func startOnce(ctx context.Context, cfg Config, bin string, pki *PKI) (*Server, 
 	}
 	s.Process = p
 	if err := WaitReady(ctx, admin, p.exited); err != nil {
-		tail := p.logTail()
+		tail := p.LogTail()
 		err = errors.Join(fmt.Errorf("kube-apiserver at %s: %w", cfg.URL(), err), p.Stop())
 		if strings.Contains(tail, "address already in use") {
 			err = errors.Join(err, errPortTaken)
