@@ -25,6 +25,9 @@ TWILL_VM_DIR ?= $(CURDIR)/build/vm
 # Where make kube puts kube-apiserver and kube-controller-manager (the
 # tests find them there, or in $TWILL_KUBE_DIR).
 TWILL_KUBE_DIR ?= $(CURDIR)/build/kube
+# make image: the image's name, and where its OCI layout and tarball go.
+IMAGE     ?= twill:latest
+IMAGE_DIR ?= $(CURDIR)/build/image
 
 # make bench: rounds and length of each iperf3 run, and where the JSON goes.
 BENCH_ROUNDS   ?= 3
@@ -40,12 +43,19 @@ VAGRANT_TEST_PACKAGES := vagrant-libvirt libvirt-daemon-system qemu-system-x86 d
 # Nodes of make vagrant-up (the Vagrantfile reads TWILL_NODES).
 TWILL_NODES ?= 3
 
-.PHONY: all build deps lab-deps lab lab-down test unit kube vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
+.PHONY: all build image deps lab-deps lab lab-down test unit kube vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# image writes the container image of twilld, twillctl and twill-cni
+# (deploy/kubernetes/twill.yaml runs it) without a container daemon:
+# an OCI layout in $(IMAGE_DIR)/oci and a tarball $(IMAGE_DIR)/twill.tar
+# for docker load, podman load or ctr images import (tools/image).
+image: build
+	$(GO) run ./tools/image --bin $(BIN) --out $(IMAGE_DIR) --tag $(IMAGE) --version $(VERSION)
 
 # deps installs what is missing on a fresh Debian machine (as root); it
 # does nothing when everything is there.

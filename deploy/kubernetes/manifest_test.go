@@ -40,7 +40,8 @@ import (
 // validation and admission (its service account, its priority class, the
 // namespace's privileged label), and is refused where baseline applies;
 // the service account's own token (TokenRequest, as a pod gets) may do
-// what twilld does and nothing else.
+// what twilld does and nothing else; the real DaemonSet controller makes
+// a pod for every Linux node, the not-ready and the tainted ones too.
 func TestManifest(t *testing.T) {
 	s := kubeapi.ForTest(t, func(c *kubeapi.Config) { c.PodSecurity = "baseline" })
 	ctx := context.Background()
@@ -105,6 +106,8 @@ func TestManifest(t *testing.T) {
 	})
 
 	t.Run("RBAC", func(t *testing.T) { checkRBAC(t, kc, admin) })
+
+	t.Run("DaemonSetController", func(t *testing.T) { checkDaemonSetController(t, s, kc) })
 
 	t.Run("ConfigMap", func(t *testing.T) {
 		cm, err := kc.CoreV1().ConfigMaps(Namespace).Get(ctx, ConfigMap, metav1.GetOptions{})
@@ -316,4 +319,82 @@ func checkTwilldArgs(t *testing.T, ds *appsv1.DaemonSet) {
 	if out, err := exec.Command(twilld, args...).CombinedOutput(); err != nil {
 		t.Errorf("twilld %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
+}
+
+// checkDaemonSetController runs kube-controller-manager's DaemonSet
+// controller: it creates the pods (through the server's admission, for
+// real) for every Linux node, also one that is not ready (the
+// not-ready:NoSchedule taint TaintNodesByCondition puts on a new Node) or
+// a tainted control-plane node, and none for a Windows node.
+func checkDaemonSetController(t *testing.T, s *kubeapi.Server, kc kubernetes.Interface) {
+	if _, err := kubeapi.Binary(kubeapi.ControllerManagerBinary); err != nil {
+		t.Skipf("needs kube-controller-manager: %v", err)
+	}
+	ctx := context.Background()
+	kcm, err := s.StartControllerManager(nil, "daemonset-controller")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = kcm.Stop() })
+	linux := map[string]string{"kubernetes.io/os": "linux"}
+	nodes := []*corev1.Node{
+		{ObjectMeta: metav1.ObjectMeta{Name: "ds-worker", Labels: linux}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "ds-control-plane", Labels: linux},
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: "node-role.kubernetes.io/control-plane", Effect: corev1.TaintEffectNoSchedule}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "ds-windows", Labels: map[string]string{"kubernetes.io/os": "windows"}}},
+	}
+	for _, n := range nodes {
+		if _, err := kc.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// checkRBAC's rbac-node has no kubernetes.io/os label: the affinity
+	// keeps it out too.
+	want := []string{"ds-control-plane", "ds-worker"}
+	var got []string
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		pods, err := kc.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=twill"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for _, p := range pods.Items {
+			got = append(got, podNode(p))
+		}
+		slices.Sort(got)
+		if len(got) >= len(want) {
+			break
+		}
+		select {
+		case <-kcm.Exited():
+			t.Fatalf("kube-controller-manager exited:\n%s", kcm.LogTail())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the DaemonSet controller made pods for nodes %q, want %q\n%s", got, want, kcm.LogTail())
+	}
+	n, err := kc.CoreV1().Nodes().Get(ctx, "ds-worker", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == "node.kubernetes.io/not-ready" }) {
+		t.Errorf("ds-worker's taints %v: want node.kubernetes.io/not-ready (the node was never ready)", n.Spec.Taints)
+	}
+}
+
+// podNode is the node a DaemonSet pod is for: the controller pins it with
+// a node affinity on metadata.name.
+func podNode(p corev1.Pod) string {
+	if a := p.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, f := range term.MatchFields {
+				if f.Key == "metadata.name" && len(f.Values) == 1 {
+					return f.Values[0]
+				}
+			}
+		}
+	}
+	return "(no node: " + p.Name + ")"
 }

@@ -133,12 +133,6 @@ func (c *Config) defaults() error {
 	if c.EtcdURL == "" {
 		return errors.New("kube-apiserver: Config.EtcdURL is required")
 	}
-	if !c.Addr.IsValid() {
-		c.Addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	}
-	if !c.ServiceCIDR.IsValid() {
-		c.ServiceCIDR = DefaultServiceCIDR
-	}
 	switch c.PodSecurity {
 	case "", "privileged", "baseline", "restricted":
 	default:
@@ -147,11 +141,24 @@ func (c *Config) defaults() error {
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("kube-apiserver: Config.Port %d: want 0..65535", c.Port)
 	}
+	*c = c.withDefaults()
 	return nil
+}
+
+// withDefaults is c with the defaults of the fields left empty.
+func (c Config) withDefaults() Config {
+	if !c.Addr.IsValid() {
+		c.Addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	if !c.ServiceCIDR.IsValid() {
+		c.ServiceCIDR = DefaultServiceCIDR
+	}
+	return c
 }
 
 // URL is the server's address for clients.
 func (c Config) URL() string {
+	c = c.withDefaults()
 	return "https://" + net.JoinHostPort(c.Addr.String(), strconv.Itoa(c.Port))
 }
 
@@ -182,6 +189,7 @@ plugins:
 // APIServerArgs are kube-apiserver's flags for c (with its Port set) and
 // the PKI in pki.Dir (and the file of WriteAdmissionConfig).
 func (c Config) APIServerArgs(pki *PKI) []string {
+	c = c.withDefaults()
 	f := func(name string) string { return filepath.Join(pki.Dir, name) }
 	args := []string{
 		"--etcd-servers=" + c.EtcdURL,
@@ -277,8 +285,8 @@ func (p *Process) Stop() error {
 	return nil
 }
 
-// logTail is the end of the process's log, for errors.
-func (p *Process) logTail() string {
+// LogTail is the end of the process's log, for errors.
+func (p *Process) LogTail() string {
 	b, err := os.ReadFile(p.Log)
 	if err != nil {
 		return ""
@@ -354,7 +362,7 @@ func startOnce(ctx context.Context, cfg Config, bin string, pki *PKI) (*Server, 
 	}
 	s.Process = p
 	if err := WaitReady(ctx, admin, p.exited); err != nil {
-		tail := p.logTail()
+		tail := p.LogTail()
 		err = errors.Join(fmt.Errorf("kube-apiserver at %s: %w", cfg.URL(), err), p.Stop())
 		if strings.Contains(tail, "address already in use") {
 			err = errors.Join(err, errPortTaken)

@@ -65,10 +65,13 @@ func TestControllerManagerNodeIPAM(t *testing.T) {
 	if _, err := Binary(ControllerManagerBinary); err != nil {
 		t.Skipf("needs kube-controller-manager: %v", err)
 	}
-	if _, err := s.StartControllerManager(NodeIPAM{ClusterCIDR: netip.MustParsePrefix("10.96.0.0/16"), MaskSize: 24}); err == nil {
+	if _, err := s.StartControllerManager(&NodeIPAM{ClusterCIDR: netip.MustParsePrefix("10.96.0.0/16"), MaskSize: 24}); err == nil {
 		t.Error("a cluster network over the service network accepted")
 	}
-	kcm, err := s.StartControllerManager(NodeIPAM{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MaskSize: 24})
+	if _, err := s.StartControllerManager(nil); err == nil {
+		t.Error("a controller manager with no controller started")
+	}
+	kcm, err := s.StartControllerManager(&NodeIPAM{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MaskSize: 24})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +88,7 @@ func TestControllerManagerNodeIPAM(t *testing.T) {
 	for time.Since(began) < time.Minute && len(seen) < 2 {
 		select {
 		case <-kcm.Exited():
-			t.Fatalf("kube-controller-manager exited:\n%s", kcm.logTail())
+			t.Fatalf("kube-controller-manager exited:\n%s", kcm.LogTail())
 		case <-time.After(200 * time.Millisecond):
 		}
 		l, err := kc.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -99,7 +102,7 @@ func TestControllerManagerNodeIPAM(t *testing.T) {
 		}
 	}
 	if len(seen) != 2 {
-		t.Fatalf("pod CIDRs after %v: %v; want both nodes'\n%s", time.Since(began).Round(time.Millisecond), seen, kcm.logTail())
+		t.Fatalf("pod CIDRs after %v: %v; want both nodes'\n%s", time.Since(began).Round(time.Millisecond), seen, kcm.LogTail())
 	}
 	t.Logf("pod CIDRs %v within %v of the nodes' creation", seen, time.Since(began).Round(time.Millisecond))
 	net := netip.MustParsePrefix("10.244.0.0/16")
