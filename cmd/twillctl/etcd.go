@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,8 +25,8 @@ func init() {
 	register("config get", "print the network config in etcd", runConfigGet)
 	register("config check", "validate a network config file and print it with its defaults", runConfigCheck)
 	register("leases", "list the subnet leases (from etcd, a node's API with --node, or the Kubernetes nodes with --kubeconfig)", runLeases)
-	register("reserve", "reserve SUBNET for PUBLIC-IP: a lease without TTL, never given to another node", runReserve)
-	register("unreserve", "remove the reservation of SUBNET", runUnreserve)
+	register("reserve", "reserve SUBNET [IPV6-SUBNET] for PUBLIC-IP [PUBLIC-IPV6]: a lease without TTL, never given to another node", runReserve)
+	register("unreserve", "remove the reservation that holds SUBNET (of either family)", runUnreserve)
 }
 
 func runEtcd(ctx context.Context, args []string, out io.Writer) error {
@@ -138,8 +139,13 @@ func runConfigPut(ctx context.Context, args []string, out io.Writer) error {
 	if err := reg.PutNetworkConfig(ctx, data); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "network config put at %s/config: network %s, /%d subnets (%d leasable), backend %s\n",
-		reg.Prefix(), cfg.Network, cfg.SubnetLen, cfg.SubnetCount(), cfg.Backend.Type)
+	var nets []string
+	for _, r := range []netconf.SubnetRange{cfg.IPv4(), cfg.IPv6()} {
+		if r.Enabled() {
+			nets = append(nets, fmt.Sprintf("network %s, /%d subnets (%d leasable)", r.Network, r.SubnetLen, r.Count()))
+		}
+	}
+	fmt.Fprintf(out, "network config put at %s/config: %s, backend %s\n", reg.Prefix(), strings.Join(nets, "; "), cfg.Backend.Type)
 	return nil
 }
 
@@ -213,15 +219,108 @@ func runLeases(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("-o %q: want table or json", *format)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tNODE\tBACKEND\tEXPIRES")
+	// The IPv6 columns appear once a lease has an IPv6 half or address.
+	dual := slices.ContainsFunc(leases, func(l lease.Lease) bool { return l.IPv6Subnet.IsValid() || l.Attrs.PublicIPv6.IsValid() })
+	if dual {
+		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tPUBLIC IPV6\tNODE\tBACKEND\tEXPIRES")
+	} else {
+		fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tNODE\tBACKEND\tEXPIRES")
+	}
+	orNone := func(v interface{ IsValid() bool }) string {
+		if !v.IsValid() {
+			return "-"
+		}
+		return fmt.Sprint(v)
+	}
 	for _, l := range leases {
 		exp := "reserved"
 		if !l.Reservation {
 			exp = time.Until(l.Expiration).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.NodeName(), l.Attrs.Backend(), exp)
+		if dual {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orNone(l.Subnet), orNone(l.IPv6Subnet), orNone(l.Attrs.PublicIP), orNone(l.Attrs.PublicIPv6),
+				l.Attrs.NodeName(), l.Attrs.Backend(), exp)
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, l.Attrs.NodeName(), l.Attrs.Backend(), exp)
+		}
 	}
 	return tw.Flush()
+}
+
+// reservation is what twillctl reserve was asked for: at most one subnet
+// and one public address of each family, in any order.
+type reservation struct {
+	subnets lease.Subnets
+	attrs   lease.Attrs
+}
+
+func parseReservation(args []string) (reservation, error) {
+	var r reservation
+	var errs []error
+	for _, arg := range args {
+		var dst *netip.Prefix
+		var addr *netip.Addr
+		family := "IPv4"
+		if p, err := netip.ParsePrefix(arg); err == nil {
+			dst = &r.subnets.V4
+			if p.Addr().Is6() {
+				dst, family = &r.subnets.V6, "IPv6"
+			}
+			switch {
+			case p.Masked() != p || p.Addr().Is4In6():
+				errs = append(errs, fmt.Errorf("SUBNET %q: has host bits set or is not a subnet such as 10.244.5.0/24 or fd00:10:244:5::/64", arg))
+			case dst.IsValid():
+				errs = append(errs, fmt.Errorf("SUBNET %q: a second %s subnet (%s was given)", arg, family, dst))
+			default:
+				*dst = p
+			}
+			continue
+		}
+		a, err := netip.ParseAddr(arg)
+		if err != nil || a.Is4In6() || a.Zone() != "" {
+			errs = append(errs, fmt.Errorf("%q: neither a subnet nor a public address", arg))
+			continue
+		}
+		addr = &r.attrs.PublicIP
+		if a.Is6() {
+			addr, family = &r.attrs.PublicIPv6, "IPv6"
+		}
+		if addr.IsValid() {
+			errs = append(errs, fmt.Errorf("PUBLIC-IP %q: a second %s address (%s was given)", arg, family, addr))
+			continue
+		}
+		*addr = a
+	}
+	return r, errors.Join(errs...)
+}
+
+// check refuses a reservation that does not fit cfg: a subnet of each family
+// the network enables and none of the others, each of the right length in
+// its network, and the public address nodes are known by (IPv4, or IPv6 on
+// an IPv6-only network).
+func (r reservation) check(cfg *netconf.Config) error {
+	var errs []error
+	for _, f := range []struct {
+		name, flag string
+		rng        netconf.SubnetRange
+		subnet     netip.Prefix
+	}{{"IPv4", "SUBNET", cfg.IPv4(), r.subnets.V4}, {"IPv6", "IPV6-SUBNET", cfg.IPv6(), r.subnets.V6}} {
+		switch {
+		case !f.rng.Enabled() && f.subnet.IsValid():
+			errs = append(errs, fmt.Errorf("%s %s: the network has no %s half", f.flag, f.subnet, f.name))
+		case f.rng.Enabled() && !f.subnet.IsValid():
+			errs = append(errs, fmt.Errorf("%s missing: the network %s needs a /%d %s subnet", f.flag, f.rng.Network, f.rng.SubnetLen, f.name))
+		case f.rng.Enabled() && !f.rng.Fits(f.subnet):
+			errs = append(errs, fmt.Errorf("%s %s: not a /%d subnet of the network %s", f.flag, f.subnet, f.rng.SubnetLen, f.rng.Network))
+		}
+	}
+	switch {
+	case cfg.EnableIPv4 && !r.attrs.PublicIP.IsValid():
+		errs = append(errs, errors.New("PUBLIC-IP missing: the node's public IPv4 address, which it is known by"))
+	case !cfg.EnableIPv4 && !r.attrs.PublicIPv6.IsValid():
+		errs = append(errs, errors.New("PUBLIC-IPV6 missing: on an IPv6-only network a node is known by its public IPv6 address"))
+	}
+	return errors.Join(errs...)
 }
 
 func runReserve(ctx context.Context, args []string, out io.Writer) error {
@@ -230,16 +329,12 @@ func runReserve(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return errors.New("want two arguments: SUBNET PUBLIC-IP")
+	if fs.NArg() < 2 || fs.NArg() > 4 {
+		return errors.New("want SUBNET [IPV6-SUBNET] PUBLIC-IP [PUBLIC-IPV6], as 10.244.5.0/24 fd00:10:244:5::/64 192.168.56.15 fd00:56::15")
 	}
-	subnet, err := netip.ParsePrefix(fs.Arg(0))
-	if err != nil || subnet.Masked() != subnet || !subnet.Addr().Is4() {
-		return fmt.Errorf("SUBNET %q: not an IPv4 subnet such as 10.244.5.0/24", fs.Arg(0))
-	}
-	ip, err := netip.ParseAddr(fs.Arg(1))
-	if err != nil || !ip.Is4() {
-		return fmt.Errorf("PUBLIC-IP %q: not an IPv4 address", fs.Arg(1))
+	r, err := parseReservation(fs.Args())
+	if err != nil {
+		return err
 	}
 	reg, err := connect()
 	if err != nil {
@@ -254,13 +349,14 @@ func runReserve(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if subnet.Bits() != cfg.SubnetLen || !cfg.Network.Contains(subnet.Addr()) {
-		return fmt.Errorf("SUBNET %s: not a /%d subnet of the network %s", subnet, cfg.SubnetLen, cfg.Network)
-	}
-	if _, err := reg.Create(ctx, lease.Subnets{V4: subnet}, lease.Attrs{PublicIP: ip, BackendType: cfg.Backend.Type}, 0); err != nil {
+	if err := r.check(cfg); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "reserved %s for %s\n", subnet, ip)
+	r.attrs.BackendType = cfg.Backend.Type
+	if _, err := reg.Create(ctx, r.subnets, r.attrs, 0); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "reserved %s for %s\n", r.subnets, r.attrs.NodeName())
 	return nil
 }
 
@@ -287,14 +383,14 @@ func runUnreserve(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	for _, l := range leases {
-		if l.Subnet == subnet {
+		if l.Subnet == subnet || l.IPv6Subnet == subnet {
 			if !l.Reservation {
-				return fmt.Errorf("%s is leased by %s with a TTL, not reserved", subnet, l.Attrs.PublicIP)
+				return fmt.Errorf("%s is leased by %s with a TTL, not reserved", subnet, l.Attrs.NodeName())
 			}
 			if err := reg.Delete(ctx, l); err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "removed the reservation of %s\n", subnet)
+			fmt.Fprintf(out, "removed the reservation of %s\n", l.Subnets())
 			return nil
 		}
 	}

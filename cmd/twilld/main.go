@@ -75,6 +75,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.StringVar(&e.Password, "etcd-password", "", "etcd password")
 	fs.StringVar(&c.NetConfigFile, "net-config", "", "read the network config from this file instead of <prefix>/config in etcd")
 	fs.StringVar(&a.publicIP, "public-ip", "", "address peers reach this node at (default: the address of --iface)")
+	fs.TextVar(&c.PublicIPv6, "public-ipv6", netip.Addr{}, "IPv6 address peers reach this node at, when the network enables IPv6 (default: the first global IPv6 address of the uplink)")
 	fs.Var((*listFlag)(&c.Ifaces), "iface", "underlay interface, by name or address (repeatable; the first that exists wins)")
 	fs.Var((*listFlag)(&c.IfaceRegex), "iface-regex", "regular expression matched against interface names and addresses (repeatable)")
 	fs.StringVar(&c.NodeName, "node-name", "", "this node's name (default: the hostname)")
@@ -155,6 +156,9 @@ func parseArgs(argv []string, getenv func(string) string, stderr io.Writer) (*ar
 			return nil, fmt.Errorf("--public-ip %q: not an IPv4 address", a.publicIP)
 		}
 		a.cfg.PublicIP = ip
+	}
+	if ip := a.cfg.PublicIPv6; ip.IsValid() && (!ip.Is6() || ip.Is4In6() || ip.Zone() != "" || !ip.IsGlobalUnicast()) {
+		return nil, fmt.Errorf("--public-ipv6 %q: not a global IPv6 address", ip)
 	}
 	return a, nil
 }

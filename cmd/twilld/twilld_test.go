@@ -28,6 +28,7 @@ func TestParseArgsFlagsAndEnvironment(t *testing.T) {
 		"TWILLD_IP_MASQ":          "true",
 		"TWILLD_ETCD_PREFIX":      "/from/env",
 		"TWILLD_SUBNET_FILE":      "/tmp/env.env",
+		"TWILLD_PUBLIC_IPV6":      "fd00:56::11",
 	}
 	a, err := parseArgs([]string{"--etcd-prefix=/coreos.com/network", "--public-ip", "192.168.56.11"}, func(k string) string { return env[k] }, &bytes.Buffer{})
 	if err != nil {
@@ -43,8 +44,8 @@ func TestParseArgsFlagsAndEnvironment(t *testing.T) {
 	if strings.Join(c.Ifaces, " ") != "eth1 eth2" || c.SubnetLeaseTTL != 2*time.Hour || !c.IPMasq || c.SubnetFile != "/tmp/env.env" {
 		t.Errorf("from the environment: %+v", c)
 	}
-	if c.PublicIP.String() != "192.168.56.11" || c.RenewMargin != time.Hour {
-		t.Errorf("public IP %s, margin %v", c.PublicIP, c.RenewMargin)
+	if c.PublicIP.String() != "192.168.56.11" || c.RenewMargin != time.Hour || c.PublicIPv6.String() != "fd00:56::11" {
+		t.Errorf("public IP %s, public IPv6 %s, margin %v", c.PublicIP, c.PublicIPv6, c.RenewMargin)
 	}
 
 	for _, bad := range []struct {
@@ -53,6 +54,9 @@ func TestParseArgsFlagsAndEnvironment(t *testing.T) {
 		want string
 	}{
 		{[]string{"--public-ip", "nope"}, nil, `--public-ip "nope"`},
+		{[]string{"--public-ipv6", "192.168.56.11"}, nil, `--public-ipv6 "192.168.56.11": not a global IPv6 address`},
+		{[]string{"--public-ipv6", "fe80::1"}, nil, `--public-ipv6 "fe80::1"`},
+		{nil, map[string]string{"TWILLD_PUBLIC_IPV6": "fd00::zz"}, `TWILLD_PUBLIC_IPV6="fd00::zz"`},
 		{nil, map[string]string{"TWILLD_SUBNET_LEASE_TTL": "forever"}, `TWILLD_SUBNET_LEASE_TTL="forever"`},
 		{nil, map[string]string{"TWILLD_IP_MASQ": "sometimes"}, `TWILLD_IP_MASQ="sometimes"`},
 		{[]string{"stray"}, nil, `unexpected argument "stray"`},

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/link"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -42,7 +43,7 @@ func ensureBridge(conf Conf, sf subnetfile.File, store *Store, log *slog.Logger)
 	name := conf.Bridge
 	link, err := netlinksafe.LinkByName(name)
 	if isNotFound(err) {
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1, HardwareAddr: BridgeMAC(sf.Gateway())}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: sf.MTU, TxQLen: -1, HardwareAddr: BridgeMAC(bridgeGateway(sf))}}
 		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
@@ -63,30 +64,12 @@ func ensureBridge(conf Conf, sf subnetfile.File, store *Store, log *slog.Logger)
 		}
 	}
 	if conf.IsGateway {
-		gw := sf.Subnet // gateway address with the subnet's length
-		addrs, err := netlinksafe.AddrList(link, family(gw.Addr()))
-		if err != nil {
-			return nil, fmt.Errorf("list addresses of bridge %s: %w", name, err)
-		}
-		have := false
-		for _, a := range addrs {
-			p, ok := prefixOf(a.IPNet)
-			if !ok || p.Addr().IsLinkLocalUnicast() {
-				continue
-			}
-			if p == gw {
-				have = true
-				continue
-			}
-			log.Warn("removing address of another subnet from the bridge", "bridge", name, "old", p, "new", gw)
-			if err := netlink.AddrDel(link, &a); err != nil {
-				return nil, fmt.Errorf("remove old address %s from bridge %s: %w", p, name, err)
-			}
-		}
-		if !have {
-			n := ipNet(gw)
-			if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &n}); err != nil && !errors.Is(err, syscall.EEXIST) {
-				return nil, fmt.Errorf("add address %s to bridge %s: %w", gw, name, err)
+		// A gateway address, with its subnet's length, per family the node
+		// has; the bridge's other addresses of that family are an old
+		// subnet's.
+		for _, gw := range podSubnets(sf) {
+			if err := setBridgeGateway(link, gw, log); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -96,17 +79,70 @@ func ensureBridge(conf Conf, sf subnetfile.File, store *Store, log *slog.Logger)
 	return netlinksafe.LinkByName(name)
 }
 
-// BridgeMAC is the MAC a new bridge gets: 0a:58 and the gateway address,
-// a locally administered unicast address that stays the same for the
-// node's subnet.
+// setBridgeGateway gives the bridge the gateway address gw and removes its
+// other addresses of gw's family (link-local ones stay).
+func setBridgeGateway(link netlink.Link, gw netip.Prefix, log *slog.Logger) error {
+	name := link.Attrs().Name
+	addrs, err := netlinksafe.AddrList(link, family(gw.Addr()))
+	if err != nil {
+		return fmt.Errorf("list addresses of bridge %s: %w", name, err)
+	}
+	have := false
+	for _, a := range addrs {
+		p, ok := prefixOf(a.IPNet)
+		if !ok || p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		if p == gw {
+			have = true
+			continue
+		}
+		log.Warn("removing address of another subnet from the bridge", "bridge", name, "old", p, "new", gw)
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("remove old address %s from bridge %s: %w", p, name, err)
+		}
+	}
+	if !have {
+		if err := netlink.AddrAdd(link, podAddress(gw)); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("add address %s to bridge %s: %w", gw, name, err)
+		}
+	}
+	return nil
+}
+
+// podAddress is p as an address to add. An IPv6 address skips duplicate
+// address detection: the plugin's allocations are unique in the subnet, and
+// an address would otherwise stay tentative, unusable, for a second or more
+// after the pod starts.
+func podAddress(p netip.Prefix) *netlink.Addr {
+	n := ipNet(p)
+	a := &netlink.Addr{IPNet: &n}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+// bridgeGateway is the gateway address the bridge's MAC derives from: the
+// IPv4 one, or on an IPv6-only node the IPv6 one.
+func bridgeGateway(sf subnetfile.File) netip.Addr {
+	if sf.Subnet.IsValid() {
+		return sf.Gateway()
+	}
+	return sf.IPv6Gateway()
+}
+
+// BridgeMAC is the MAC a new bridge gets: 0a:58 and the gateway address (of
+// an IPv6 gateway its last four bytes), a locally administered unicast
+// address that stays the same for the node's subnet.
 //
 // A Linux bridge whose MAC was never set takes the lowest MAC of its ports:
 // a new pod whose veth has a lower MAC would change the gateway's MAC under
 // the other pods, whose ARP entries then point at a port, and their frames
 // would be lost until ARP resolved again. A MAC that was set stays.
 func BridgeMAC(gateway netip.Addr) net.HardwareAddr {
-	a := gateway.As4()
-	return net.HardwareAddr{0x0a, 0x58, a[0], a[1], a[2], a[3]}
+	a := gateway.As16() // an IPv4 address is its last four bytes
+	return net.HardwareAddr{0x0a, 0x58, a[12], a[13], a[14], a[15]}
 }
 
 // bridgeMACFile, in the store's directory, records the MAC the plugin fixed
@@ -122,7 +158,7 @@ const bridgeMACFile = "bridge-mac"
 func fixBridgeMAC(link netlink.Link, sf subnetfile.File, store *Store, log *slog.Logger) error {
 	name, mac := link.Attrs().Name, link.Attrs().HardwareAddr
 	record := filepath.Join(store.Dir(), bridgeMACFile)
-	if slices.Equal(mac, BridgeMAC(sf.Gateway())) {
+	if slices.Equal(mac, BridgeMAC(bridgeGateway(sf))) {
 		return nil
 	}
 	want := name + " " + mac.String()
@@ -145,8 +181,9 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 
 // attach creates the veth pair (the pod end born in the pod namespace under
 // its final name), puts the node end on the bridge, and configures the pod
-// end's address and default route. It returns the 1.1.0 result.
-func attach(conf Conf, sf subnetfile.File, bridge netlink.Link, podNS ns.NetNS, owner Attachment, addr netip.Addr) (*types100.Result, error) {
+// end's addresses (addrs, one per podSubnets) and a default route per
+// family. It returns the 1.1.0 result.
+func attach(conf Conf, sf subnetfile.File, bridge netlink.Link, podNS ns.NetNS, owner Attachment, addrs []netip.Addr) (*types100.Result, error) {
 	hostName := VethName(owner)
 	// A second ADD for the same attachment starts over; deleting the node
 	// end deletes the pod end with it.
@@ -191,10 +228,12 @@ func attach(conf Conf, sf subnetfile.File, bridge netlink.Link, podNS ns.NetNS, 
 	if err != nil {
 		return nil, fmt.Errorf("find %s in pod namespace %s: %w", owner.IfName, podNS.Path(), err)
 	}
-	podAddr := netip.PrefixFrom(addr, sf.Subnet.Bits())
-	n := ipNet(podAddr)
-	if err := pod.AddrAdd(podLink, &netlink.Addr{IPNet: &n}); err != nil {
-		return nil, fmt.Errorf("add address %s to %s in pod: %w", podAddr, owner.IfName, err)
+	subnets := podSubnets(sf)
+	for i, addr := range addrs {
+		podAddr := netip.PrefixFrom(addr, subnets[i].Bits())
+		if err := pod.AddrAdd(podLink, podAddress(podAddr)); err != nil {
+			return nil, fmt.Errorf("add address %s to %s in pod: %w", podAddr, owner.IfName, err)
+		}
 	}
 	if err := pod.LinkSetUp(podLink); err != nil {
 		return nil, fmt.Errorf("bring up %s in pod: %w", owner.IfName, err)
@@ -207,17 +246,19 @@ func attach(conf Conf, sf subnetfile.File, bridge netlink.Link, podNS ns.NetNS, 
 			{Name: owner.IfName, Mac: podLink.Attrs().HardwareAddr.String(), Sandbox: podNS.Path(), Mtu: sf.MTU},
 		},
 	}
-	podIP := &types100.IPConfig{Interface: types100.Int(2), Address: n}
-	if conf.IsGateway {
-		gw := sf.Gateway()
-		podIP.Gateway = net.IP(gw.AsSlice())
-		r := defaultRoute(gw)
-		if err := pod.RouteAdd(&netlink.Route{LinkIndex: podLink.Attrs().Index, Dst: &r.Dst, Gw: r.GW}); err != nil && !errors.Is(err, syscall.EEXIST) {
-			return nil, fmt.Errorf("add default route via %s in pod: %w", gw, err)
+	for i, addr := range addrs {
+		podIP := &types100.IPConfig{Interface: types100.Int(2), Address: ipNet(netip.PrefixFrom(addr, subnets[i].Bits()))}
+		if conf.IsGateway {
+			gw := subnets[i].Addr()
+			podIP.Gateway = net.IP(gw.AsSlice())
+			r := defaultRoute(gw)
+			if err := pod.RouteAdd(&netlink.Route{LinkIndex: podLink.Attrs().Index, Dst: &r.Dst, Gw: r.GW}); err != nil && !errors.Is(err, syscall.EEXIST) {
+				return nil, fmt.Errorf("add default route via %s in pod: %w", gw, err)
+			}
+			result.Routes = append(result.Routes, r)
 		}
-		result.Routes = append(result.Routes, r)
+		result.IPs = append(result.IPs, podIP)
 	}
-	result.IPs = append(result.IPs, podIP)
 	return result, nil
 }
 
@@ -283,16 +324,17 @@ func check(conf Conf, sf subnetfile.File, podNS ns.NetNS, store *Store, owner At
 	} else if br, err = netlinksafe.LinkByName(conf.Bridge); err != nil {
 		missing("bridge %s is missing: %v", conf.Bridge, err)
 	} else if conf.IsGateway {
-		gw := sf.Subnet
-		addrs, err := netlinksafe.AddrList(br, family(gw.Addr()))
-		found := false
-		for _, a := range addrs {
-			if p, ok := prefixOf(a.IPNet); ok && p == gw {
-				found = true
+		for _, gw := range podSubnets(sf) {
+			addrs, err := netlinksafe.AddrList(br, family(gw.Addr()))
+			found := false
+			for _, a := range addrs {
+				if p, ok := prefixOf(a.IPNet); ok && p == gw {
+					found = true
+				}
 			}
-		}
-		if err != nil || !found {
-			missing("bridge %s lacks its gateway address %s", conf.Bridge, gw)
+			if err != nil || !found {
+				missing("bridge %s lacks its gateway address %s", conf.Bridge, gw)
+			}
 		}
 	}
 	if br != nil {

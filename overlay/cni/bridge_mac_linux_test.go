@@ -67,6 +67,13 @@ func addPodsWhilePinging(t *testing.T, n *node, gateway string) {
 	first := nstest.New(t, "p0").Path
 	n.add("pod-0", first)
 	mac := bridgeMAC(t, n)
+	// The pod reaches the gateway first: the kernel turns a new bridge port
+	// on up to a second after its carrier (linkwatch), and an ARP request
+	// lost before is only sent again a second later, longer than the pinger
+	// runs (1 in 5 runs lost every echo so, on main too).
+	if err := ping(first, mustAddr(gateway)); err != nil {
+		t.Fatalf("pod-0 cannot reach the gateway %s: %v", gateway, err)
+	}
 	stop := pinger(t, first, gateway)
 	time.Sleep(200 * time.Millisecond)
 	for i := 1; i <= 20; i++ {

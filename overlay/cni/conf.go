@@ -1,7 +1,9 @@
 // Package cni is twill's CNI plugin: it attaches a pod to the node's overlay
 // subnet with a veth pair whose node end sits on the cni0 bridge, and hands
-// out pod addresses from the node subnet (read from the subnet file that
-// twilld writes), keeping its allocations on disk.
+// out pod addresses from the node's subnets (read from the subnet file that
+// twilld writes: an IPv4 subnet, an IPv6 one, or both, and then a pod gets
+// an address and a default route of each family, the bridge both gateways),
+// keeping its allocations on disk.
 //
 // It implements the CNI 1.1.0 verbs ADD, DEL, CHECK, STATUS, GC and VERSION
 // for cmd/twill-cni. It acts only in the network namespace it runs in (the

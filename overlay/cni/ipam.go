@@ -85,7 +85,7 @@ func (s *Store) Allocate(subnet netip.Prefix, gateway netip.Addr, owner Attachme
 		return netip.Addr{}, fmt.Errorf("allocate address in %s: subnet has no room for pods", subnet)
 	}
 	start := first
-	if b, err := os.ReadFile(filepath.Join(s.dir, lastReserved)); err == nil {
+	if b, err := os.ReadFile(lastReservedFile(s.dir, subnet)); err == nil {
 		if prev, err := netip.ParseAddr(strings.TrimSpace(string(b))); err == nil && subnet.Contains(prev) && prev.Less(last) && !prev.Less(first) {
 			start = prev.Next()
 		}
@@ -95,7 +95,7 @@ func (s *Store) Allocate(subnet netip.Prefix, gateway netip.Addr, owner Attachme
 		if addr != gateway {
 			switch err := s.create(addr, content); {
 			case err == nil:
-				if err := writeFileAtomic(filepath.Join(s.dir, lastReserved), []byte(addr.String()+"\n")); err != nil {
+				if err := writeFileAtomic(lastReservedFile(s.dir, subnet), []byte(addr.String()+"\n")); err != nil {
 					return netip.Addr{}, errors.Join(err, s.remove(addr))
 				}
 				return addr, nil
@@ -112,6 +112,16 @@ func (s *Store) Allocate(subnet netip.Prefix, gateway netip.Addr, owner Attachme
 			return netip.Addr{}, fmt.Errorf("allocate address in %s: no free address left", subnet)
 		}
 	}
+}
+
+// lastReservedFile is where the last address handed out in subnet's family
+// is kept, so that the next one starts after it: one file per family, as a
+// dual-stack pod takes an address of each.
+func lastReservedFile(dir string, subnet netip.Prefix) string {
+	if subnet.Addr().Is6() {
+		return filepath.Join(dir, lastReserved+".v6")
+	}
+	return filepath.Join(dir, lastReserved)
 }
 
 // create claims addr for the content's owner; fs.ErrExist if it is taken.

@@ -73,10 +73,26 @@ func readSubnetFile(c Conf) (subnetfile.File, *types.Error) {
 		return sf, cniError(types.ErrInvalidNetworkConfig,
 			"field \"ipMasq\" (value true): twill-cni does not masquerade, and %s says TWILL_IPMASQ=false; run twilld with masquerading on or drop ipMasq", c.SubnetFile)
 	}
-	if !sf.NodeSubnet().Contains(sf.Gateway()) || sf.Gateway() == sf.NodeSubnet().Addr() {
-		return sf, cniError(types.ErrInvalidNetworkConfig, "%s: TWILL_SUBNET=%s is not a gateway address in its subnet", c.SubnetFile, sf.Subnet)
+	for _, s := range sf.Subnets() {
+		if s.Addr() == s.Masked().Addr() {
+			key := "TWILL_SUBNET"
+			if s.Addr().Is6() {
+				key = "TWILL_IPV6_SUBNET"
+			}
+			return sf, cniError(types.ErrInvalidNetworkConfig, "%s: %s=%s is not a gateway address in its subnet", c.SubnetFile, key, s)
+		}
 	}
 	return sf, nil
+}
+
+// podSubnets are the subnets a pod gets an address in, each with the
+// gateway as its address: one per family of the node's lease; on the
+// underlay (macvlan, ipvlan) the IPv4 one only.
+func podSubnets(sf subnetfile.File) []netip.Prefix {
+	if sf.IsSublink() {
+		return []netip.Prefix{sf.Subnet}
+	}
+	return sf.Subnets()
 }
 
 // Add attaches the pod: IPAM, bridge, veth, address and route.
@@ -90,7 +106,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return cerr
 	}
 	owner := Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	log := p.Log.With("container", args.ContainerID, "ifname", args.IfName, "subnet", sf.NodeSubnet())
+	log := p.Log.With("container", args.ContainerID, "ifname", args.IfName, "subnets", podSubnets(sf))
 
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
@@ -107,7 +123,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return cniError(types.ErrIOFailure, "%v", err)
 	}
-	var addr netip.Addr
+	var addrs []netip.Addr // one per podSubnets
 	var bridge netlink.Link
 	err = func() error {
 		unlock, err := store.Lock()
@@ -120,19 +136,30 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 				return err
 			}
 		}
-		addr, err = store.Allocate(sf.NodeSubnet(), sf.Gateway(), owner)
-		return err
+		for _, s := range podSubnets(sf) {
+			a, err := store.Allocate(s.Masked(), s.Addr(), owner)
+			if err != nil {
+				return err
+			}
+			addrs = append(addrs, a)
+		}
+		return nil
 	}()
 	if err != nil {
-		return cniError(types.ErrInternal, "%v", err)
+		var errs []error
+		errs = append(errs, err)
+		if rerr := releaseAttachment(store, owner); rerr != nil {
+			errs = append(errs, rerr)
+		}
+		return cniError(types.ErrInternal, "%v", errors.Join(errs...))
 	}
-	log = log.With("addr", addr)
+	log = log.With("addrs", addrs)
 
 	var result *types100.Result
 	if sf.IsSublink() {
-		result, err = attachSublink(sf, podNS, owner, addr)
+		result, err = attachSublink(sf, podNS, owner, addrs[0])
 	} else {
-		result, err = attach(conf, sf, bridge, podNS, owner, addr)
+		result, err = attach(conf, sf, bridge, podNS, owner, addrs)
 	}
 	if err != nil {
 		var errs []error
@@ -233,7 +260,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return cniError(types.ErrIOFailure, "%v", err)
 	}
 	owner := Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	log := p.Log.With("container", args.ContainerID, "ifname", args.IfName, "subnet", sf.NodeSubnet())
+	log := p.Log.With("container", args.ContainerID, "ifname", args.IfName, "subnets", podSubnets(sf))
 	if err := check(conf, sf, podNS, store, owner, prev, log); err != nil {
 		return cniError(types.ErrInternal, "check attachment %s: %v", owner, err)
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 
 	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/cni"
@@ -157,13 +158,17 @@ func newNode(t *testing.T, subnet string) *node {
 
 func (n *node) writeSubnet(subnet string, mtu int) {
 	n.t.Helper()
-	err := subnetfile.Write(n.subnet, subnetfile.File{
+	n.writeSubnetFile(subnetfile.File{
 		Network: netip.MustParsePrefix("10.244.0.0/16"),
 		Subnet:  netip.MustParsePrefix(subnet),
 		MTU:     mtu,
 		IPMasq:  true,
 	})
-	if err != nil {
+}
+
+func (n *node) writeSubnetFile(f subnetfile.File) {
+	n.t.Helper()
+	if err := subnetfile.Write(n.subnet, f); err != nil {
 		n.t.Fatal(err)
 	}
 }
@@ -249,7 +254,7 @@ func hasAddr(t *testing.T, nl netlinksafe.Handle, link, want string) bool {
 	if err != nil {
 		t.Fatalf("link %s: %v", link, err)
 	}
-	addrs, err := nl.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := nl.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,11 +266,17 @@ func hasAddr(t *testing.T, nl netlinksafe.Handle, link, want string) bool {
 	return false
 }
 
-// ping sends ICMP echo requests from inside the namespace at path to dst
-// and reports whether a reply came back.
+// ping sends ICMP echo requests (ICMPv6 to an IPv6 address) from inside
+// the namespace at path to dst and reports whether a reply came back.
 func ping(path string, dst netip.Addr) error {
+	network, listen, proto := "ip4:icmp", "0.0.0.0", 1
+	var echo, reply icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	if dst.Is6() {
+		network, listen, proto = "ip6:ipv6-icmp", "::", 58
+		echo, reply = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	}
 	return namespace.DoPath(path, func() error {
-		c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		c, err := icmp.ListenPacket(network, listen)
 		if err != nil {
 			return fmt.Errorf("icmp socket: %w", err)
 		}
@@ -273,8 +284,8 @@ func ping(path string, dst netip.Addr) error {
 		id := os.Getpid() & 0xffff
 		buf := make([]byte, 1500)
 		for seq := 1; seq <= 3; seq++ {
-			msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("twill-cni")}}
-			b, _ := msg.Marshal(nil)
+			msg := icmp.Message{Type: echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("twill-cni")}}
+			b, _ := msg.Marshal(nil) // the kernel fills in the ICMPv6 checksum
 			if _, err := c.WriteTo(b, &net.IPAddr{IP: net.IP(dst.AsSlice())}); err != nil {
 				return fmt.Errorf("send echo to %s: %w", dst, err)
 			}
@@ -284,8 +295,8 @@ func ping(path string, dst netip.Addr) error {
 				if err != nil {
 					break // timeout: try the next sequence number
 				}
-				m, err := icmp.ParseMessage(1, buf[:nr])
-				if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+				m, err := icmp.ParseMessage(proto, buf[:nr])
+				if err != nil || m.Type != reply {
 					continue
 				}
 				if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq && from.String() == dst.String() {

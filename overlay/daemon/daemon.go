@@ -63,7 +63,11 @@ type Config struct {
 	// NetConfigFile, if set, is read instead of the config in the registry.
 	NetConfigFile string
 
-	PublicIP   netip.Addr
+	PublicIP netip.Addr
+	// PublicIPv6 is the address peers reach the node at over IPv6, published
+	// in its lease when the network enables IPv6; when unset, the first
+	// global IPv6 address of the uplink interface.
+	PublicIPv6 netip.Addr
 	Ifaces     []string
 	IfaceRegex []string
 	NodeName   string
@@ -125,7 +129,7 @@ type Daemon struct {
 	// handleMu orders the peers' events handed to the backend; peers are
 	// the leases it holds as peers' now, by subnet.
 	handleMu sync.Mutex
-	peers    map[netip.Prefix]lease.Lease
+	peers    map[lease.Subnets]lease.Lease
 }
 
 // running is what Run set up for the node. It is published once, complete,
@@ -201,6 +205,12 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	find := d.cfg.FindUplink
 	if find == nil {
 		find = func() (backend.Node, error) {
+			if len(d.cfg.Ifaces) == 0 && len(d.cfg.IfaceRegex) == 0 && !d.cfg.PublicIP.IsValid() && d.cfg.PublicIPv6.IsValid() {
+				// Only --public-ipv6: the interface that holds it, if one does.
+				if u, err := findUnderlay(netip.Addr{}, []string{d.cfg.PublicIPv6.String()}, nil); err == nil {
+					return u.backendNode(d.cfg.NodeName), nil
+				}
+			}
 			u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
 			return u.backendNode(d.cfg.NodeName), err
 		}
@@ -212,6 +222,9 @@ func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, 
 	netcfg, err := d.networkConfig(ctx)
 	if err != nil {
 		return nil, backend.Node{}, nil, err
+	}
+	if netcfg.EnableIPv4 && !node.PublicIP.IsValid() {
+		return nil, backend.Node{}, nil, fmt.Errorf("the network %s is IPv4, and the uplink %q has no IPv4 address: set --public-ip or --iface", netcfg.Network, node.Iface)
 	}
 	node.Name = d.cfg.NodeName
 	node.Network = netcfg
@@ -275,7 +288,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	} else if ok {
 		d.log.Debug("told systemd READY=1")
 	}
-	d.log.Info("ready", "subnet", own.Subnet, "subnet_file", d.cfg.SubnetFile)
+	d.log.Info("ready", "subnet", own.Subnets(), "subnet_file", d.cfg.SubnetFile)
 
 	<-gctx.Done()
 	d.setReady(false)
@@ -307,19 +320,29 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 		return nil, fmt.Errorf("prepare %s backend: %w", be.Type(), err)
 	}
 
-	var previous netip.Prefix
-	if f, err := subnetfile.Read(d.cfg.SubnetFile); err == nil && f.Network == netcfg.Network {
-		previous = f.NodeSubnet()
+	var previous, previous6 netip.Prefix
+	if f, err := subnetfile.Read(d.cfg.SubnetFile); err == nil {
+		if f.Network.IsValid() && f.Network == netcfg.Network {
+			previous = f.NodeSubnet()
+		}
+		if f.IPv6Network.IsValid() && f.IPv6Network == netcfg.IPv6Network {
+			previous6 = f.IPv6NodeSubnet()
+		}
+	}
+	publicIPv6, err := d.publicIPv6(node, netcfg)
+	if err != nil {
+		return nil, err
 	}
 	r := &running{netcfg: netcfg, node: node, be: be, prep: prep}
 	r.keeper = &lease.Keeper{
 		Registry: d.cfg.Registry,
 		Request: lease.Request{
 			Config: netcfg,
-			Attrs: lease.Attrs{PublicIP: node.PublicIP, BackendType: be.Type(), BackendData: prep.BackendData,
+			Attrs: lease.Attrs{PublicIP: node.PublicIP, PublicIPv6: publicIPv6, BackendType: be.Type(), BackendData: prep.BackendData,
 				Twill: &lease.NodeInfo{Node: node.Name, Dashboard: d.cfg.Dashboard}},
-			TTL:      d.cfg.SubnetLeaseTTL,
-			Previous: previous,
+			TTL:          d.cfg.SubnetLeaseTTL,
+			Previous:     previous,
+			PreviousIPv6: previous6,
 		},
 		RenewMargin: d.cfg.RenewMargin,
 		Log:         d.log,
@@ -328,7 +351,7 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 		// the backend and the subnet file here, on the keeper's goroutine.
 		OnChange: func(old, l lease.Lease) {
 			if err := d.useLease(ctx, r, l); err != nil {
-				d.log.Error("use the new lease", "subnet", l.Subnet, "err", err)
+				d.log.Error("use the new lease", "subnet", l.Subnets(), "err", err)
 			}
 			d.handOver(ctx, r, old, l)
 		},
@@ -342,7 +365,7 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.log.Info("lease acquired", "subnet", own.Subnet, "expires", own.Expiration, "reservation", own.Reservation)
+	d.log.Info("lease acquired", "subnet", own.Subnets(), "expires", own.Expiration, "reservation", own.Reservation)
 	if err := d.useLease(ctx, r, own); err != nil {
 		return nil, errors.Join(err, d.undoStart(r))
 	}
@@ -359,7 +382,7 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 // useLease hands the node's lease to the backend and the subnet file.
 func (d *Daemon) useLease(ctx context.Context, r *running, l lease.Lease) error {
 	if err := r.be.SetLease(ctx, l); err != nil {
-		return fmt.Errorf("set up %s backend for %s: %w", r.be.Type(), l.Subnet, err)
+		return fmt.Errorf("set up %s backend for %s: %w", r.be.Type(), l.Subnets(), err)
 	}
 	return d.writeSubnetFile(r, l)
 }
@@ -373,7 +396,7 @@ func (d *Daemon) useLease(ctx context.Context, r *running, l lease.Lease) error 
 func (d *Daemon) undoStart(r *running) error {
 	cur := r.keeper.Current()
 	if !r.keeper.Created() {
-		d.log.Warn("start failed; keeping the lease of the earlier run", "subnet", cur.Subnet)
+		d.log.Warn("start failed; keeping the lease of the earlier run", "subnet", cur.Subnets())
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -382,7 +405,7 @@ func (d *Daemon) undoStart(r *running) error {
 	if err := r.keeper.Release(ctx); err != nil {
 		errs = append(errs, err)
 	} else {
-		d.log.Info("start failed; lease given back", "subnet", cur.Subnet)
+		d.log.Info("start failed; lease given back", "subnet", cur.Subnets())
 	}
 	if err := r.be.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("clean up %s backend: %w", r.be.Type(), err))
@@ -397,7 +420,7 @@ func (d *Daemon) release(r *running) error {
 	if err := r.keeper.Release(ctx); err != nil {
 		return err
 	}
-	d.log.Info("lease released", "subnet", r.keeper.Current().Subnet)
+	d.log.Info("lease released", "subnet", r.keeper.Current().Subnets())
 	return nil
 }
 
@@ -413,12 +436,12 @@ func (d *Daemon) handleEvents(ctx context.Context, r *running, evs []lease.Event
 	peers := evs[:0:0]
 	for _, e := range evs {
 		switch {
-		case e.Lease.Subnet == own.Subnet:
-			if e.Type == lease.Expired || e.Lease.Attrs.PublicIP != own.Attrs.PublicIP {
+		case e.Lease.Subnets() == own.Subnets():
+			if e.Type == lease.Expired || !e.Lease.Attrs.SameNode(own.Attrs) {
 				r.keeper.Check()
 			}
-		case e.Lease.Attrs.PublicIP == own.Attrs.PublicIP:
-			if p, held := d.peers[e.Lease.Subnet]; held {
+		case e.Lease.Attrs.SameNode(own.Attrs):
+			if p, held := d.peers[e.Lease.Subnets()]; held {
 				peers = append(peers, lease.Event{Type: lease.Expired, Lease: p})
 			}
 		default:
@@ -435,14 +458,14 @@ func (d *Daemon) handPeers(ctx context.Context, r *running, evs []lease.Event) {
 		return
 	}
 	if d.peers == nil {
-		d.peers = make(map[netip.Prefix]lease.Lease)
+		d.peers = make(map[lease.Subnets]lease.Lease)
 	}
 	for _, e := range evs {
-		d.log.Debug("peer lease", "event", e.Type, "subnet", e.Lease.Subnet, "public_ip", e.Lease.Attrs.PublicIP)
+		d.log.Debug("peer lease", "event", e.Type, "subnet", e.Lease.Subnets(), "node", e.Lease.Attrs.NodeName())
 		if e.Type == lease.Expired {
-			delete(d.peers, e.Lease.Subnet)
+			delete(d.peers, e.Lease.Subnets())
 		} else {
-			d.peers[e.Lease.Subnet] = e.Lease
+			d.peers[e.Lease.Subnets()] = e.Lease
 		}
 	}
 	if err := r.be.Handle(ctx, evs); err != nil {
@@ -456,17 +479,19 @@ func (d *Daemon) handPeers(ctx context.Context, r *running, evs []lease.Event) {
 // holds at l is gone (the node holds l now): its end may come late, as an
 // event about the node's own subnet, which the backend is not given.
 func (d *Daemon) handOver(ctx context.Context, r *running, old, l lease.Lease) {
-	if old.Subnet == l.Subnet {
+	if old.Subnets() == l.Subnets() {
 		return
 	}
 	d.handleMu.Lock()
 	defer d.handleMu.Unlock()
 	var evs []lease.Event
-	if p, ok := d.peers[l.Subnet]; ok {
-		evs = append(evs, lease.Event{Type: lease.Expired, Lease: p})
+	for s, p := range d.peers {
+		if s.Shares(l.Subnets()) {
+			evs = append(evs, lease.Event{Type: lease.Expired, Lease: p})
+		}
 	}
 	for _, p := range r.watcher.Leases() {
-		if p.Subnet == old.Subnet && p.Attrs.PublicIP != l.Attrs.PublicIP {
+		if p.Subnets().Shares(old.Subnets()) && !p.Subnets().Shares(l.Subnets()) && !p.Attrs.SameNode(l.Attrs) {
 			evs = append(evs, lease.Event{Type: lease.Added, Lease: p})
 		}
 	}
@@ -476,12 +501,12 @@ func (d *Daemon) handOver(ctx context.Context, r *running, old, l lease.Lease) {
 // writeSubnetFile writes the node's lease for the CNI plugin; for the
 // sublink backends also the backend type and where pods attach.
 func (d *Daemon) writeSubnetFile(r *running, l lease.Lease) error {
-	f := subnetfile.File{
-		Network: r.netcfg.Network,
-
-		Subnet: netip.PrefixFrom(netconf.Gateway(l.Subnet), l.Subnet.Bits()),
-		MTU:    r.prep.MTU,
-		IPMasq: d.cfg.IPMasq,
+	f := subnetfile.File{MTU: r.prep.MTU, IPMasq: d.cfg.IPMasq}
+	if l.Subnet.IsValid() {
+		f.Network, f.Subnet = r.netcfg.Network, netip.PrefixFrom(netconf.Gateway(l.Subnet), l.Subnet.Bits())
+	}
+	if l.IPv6Subnet.IsValid() {
+		f.IPv6Network, f.IPv6Subnet = r.netcfg.IPv6Network, netip.PrefixFrom(netconf.Gateway(l.IPv6Subnet), l.IPv6Subnet.Bits())
 	}
 	if u := r.prep.Sublink; u != nil {
 		f.Backend = r.netcfg.Backend.Type

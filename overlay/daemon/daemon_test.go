@@ -236,7 +236,7 @@ func (n *node) waitReady() status.Snapshot {
 	n.t.Helper()
 	waitFor(n.t, "daemon ready, watching its lease", func() bool {
 		s := n.d.Snapshot()
-		return s.Ready && slices.ContainsFunc(s.Leases, func(l lease.Lease) bool { return l.Subnet == s.Lease.Subnet })
+		return s.Ready && slices.ContainsFunc(s.Leases, func(l lease.Lease) bool { return l.Subnets() == s.Lease.Subnets() })
 	})
 	return n.d.Snapshot()
 }

@@ -6,9 +6,11 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 // underlay is the interface and address the node uses to reach its peers.
@@ -103,6 +105,11 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		if u, ok := ifaceHolding(all, ip, true); ok {
 			return u, nil
 		}
+		for i := range all {
+			if ip.Is6() && slices.Contains(ipv6Addrs(&all[i]), ip) {
+				return ifaceBySpec(all, all[i].Name) // its IPv4 address, if it has one
+			}
+		}
 		return underlay{}, fmt.Errorf("--iface %s: no interface has that address", spec)
 	}
 	for i := range all {
@@ -111,7 +118,12 @@ func ifaceBySpec(all []net.Interface, spec string) (underlay, error) {
 		}
 		ps := ipv4Prefixes(&all[i])
 		if len(ps) == 0 {
-			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address", spec)
+			// An IPv6-only uplink: usable on an IPv6-only network, which
+			// configure checks once it has read the config.
+			if _, ok := globalIPv6(&all[i]); ok {
+				return underlay{iface: &all[i]}, nil
+			}
+			return underlay{}, fmt.Errorf("--iface %s: the interface has no IPv4 address and no global IPv6 address", spec)
 		}
 		return underlay{iface: &all[i], addr: ps[0].Addr(), prefix: ps[0].Masked()}, nil
 	}
@@ -153,4 +165,61 @@ func (u underlay) backendNode(name string) backend.Node {
 		n.Iface, n.IfaceIndex, n.IfaceMTU = u.iface.Name, u.iface.Index, u.iface.MTU
 	}
 	return n
+}
+
+// publicIPv6 is the IPv6 address the node publishes: none unless the
+// network enables IPv6; --public-ipv6 if set; else the first global IPv6
+// address of the uplink interface. A dual-stack node without one carries
+// IPv6 pod traffic over its IPv4 underlay where its backend can; an
+// IPv6-only node must have one.
+func (d *Daemon) publicIPv6(node backend.Node, netcfg *netconf.Config) (netip.Addr, error) {
+	if !netcfg.EnableIPv6 {
+		return netip.Addr{}, nil
+	}
+	if d.cfg.PublicIPv6.IsValid() {
+		return d.cfg.PublicIPv6, nil
+	}
+	if node.Iface != "" {
+		if ifc, err := net.InterfaceByName(node.Iface); err == nil {
+			if a, ok := globalIPv6(ifc); ok {
+				d.log.Info("public IPv6 address from the uplink", "iface", node.Iface, "public_ipv6", a)
+				return a, nil
+			}
+		}
+	}
+	if !netcfg.EnableIPv4 {
+		return netip.Addr{}, fmt.Errorf("the network is IPv6-only, and the uplink %q has no global IPv6 address: set --public-ipv6", node.Iface)
+	}
+	d.log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none (set --public-ipv6)", "iface", node.Iface)
+	return netip.Addr{}, nil
+}
+
+// globalIPv6 is the first global unicast IPv6 address of ifc (unique local
+// addresses count: they are what a lab's underlay has).
+func globalIPv6(ifc *net.Interface) (netip.Addr, bool) {
+	for _, ip := range ipv6Addrs(ifc) {
+		if ip.IsGlobalUnicast() {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// ipv6Addrs are the IPv6 addresses of ifc.
+func ipv6Addrs(ifc *net.Interface) []netip.Addr {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Is6() && !ip.Is4In6() {
+			out = append(out, ip)
+		}
+	}
+	return out
 }

@@ -38,16 +38,16 @@ func (d *Daemon) Snapshot() status.Snapshot {
 		s.Leases = r.watcher.Leases()
 		s.Backend = be.Status()
 	}
-	held := s.Lease.Subnet.IsValid() && (s.Lease.Reservation || time.Now().Before(s.Lease.Expiration))
+	held := s.Lease.Subnets().IsValid() && (s.Lease.Reservation || time.Now().Before(s.Lease.Expiration))
 	leaseDetail := "no lease yet"
 	if r != nil && r.keeper.Pending() != "" {
 		leaseDetail = "no lease yet: " + r.keeper.Pending()
 	}
 	switch {
 	case s.Lease.Reservation:
-		leaseDetail = s.Lease.Subnet.String() + " (reserved)"
-	case s.Lease.Subnet.IsValid():
-		leaseDetail = s.Lease.Subnet.String() + " until " + s.Lease.Expiration.UTC().Format(time.RFC3339)
+		leaseDetail = s.Lease.Subnets().String() + " (reserved)"
+	case s.Lease.Subnets().IsValid():
+		leaseDetail = s.Lease.Subnets().String() + " until " + s.Lease.Expiration.UTC().Format(time.RFC3339)
 	}
 	device := status.Check{Name: "device-up", OK: be != nil && (s.Backend.Device == "" || s.Backend.DeviceUp)}
 	switch {

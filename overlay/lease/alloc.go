@@ -103,11 +103,6 @@ func acquire(ctx context.Context, reg Registry, req Request) (Lease, bool, error
 				}
 			}
 		}
-		if len(stale) > 0 {
-			leases = slices.DeleteFunc(leases, func(l Lease) bool {
-				return slices.ContainsFunc(stale, func(s Lease) bool { return s.Subnets() == l.Subnets() })
-			})
-		}
 		if mine != nil {
 			ttl := req.TTL
 			if mine.Reservation {
@@ -124,6 +119,11 @@ func acquire(ctx context.Context, reg Registry, req Request) (Lease, bool, error
 			return l, false, nil
 		}
 
+		// 2 and 3, among the leases but the stale ones just released (not
+		// before: mine points into leases).
+		leases = slices.DeleteFunc(leases, func(l Lease) bool {
+			return slices.ContainsFunc(stale, func(s Lease) bool { return s.Subnets() == l.Subnets() })
+		})
 		var want [2]netip.Prefix
 		for i, f := range families {
 			if !f.r.Enabled() {

@@ -96,3 +96,77 @@ func TestUnderlayKeysChecked(t *testing.T) {
 		}
 	}
 }
+
+func TestDualStackAndIPv6Only(t *testing.T) {
+	dual := File{Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.3.1/24"),
+		IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:3::1/64"), MTU: 1450, IPMasq: true}
+	v6only := dual
+	v6only.Network, v6only.Subnet = netip.Prefix{}, netip.Prefix{}
+	for _, tt := range []struct {
+		f    File
+		want string
+	}{
+		{dual, "TWILL_NETWORK=10.244.0.0/16\nTWILL_SUBNET=10.244.3.1/24\nTWILL_IPV6_NETWORK=fd00:10:244::/56\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n"},
+		{v6only, "TWILL_IPV6_NETWORK=fd00:10:244::/56\nTWILL_IPV6_SUBNET=fd00:10:244:3::1/64\nTWILL_MTU=1450\nTWILL_IPMASQ=true\n"},
+	} {
+		path := filepath.Join(t.TempDir(), "subnet.env")
+		if err := Write(path, tt.f); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(path)
+		if string(data) != tt.want {
+			t.Errorf("file:\n%s\nwant:\n%s", data, tt.want)
+		}
+		got, err := Read(path)
+		if err != nil || got != tt.f {
+			t.Errorf("read back %+v, %v", got, err)
+		}
+		if got.IPv6NodeSubnet().String() != "fd00:10:244:3::/64" || got.IPv6Gateway().String() != "fd00:10:244:3::1" || len(got.Subnets()) != 1+boolInt(tt.f.Subnet.IsValid()) {
+			t.Errorf("IPv6NodeSubnet %s IPv6Gateway %s Subnets %v", got.IPv6NodeSubnet(), got.IPv6Gateway(), got.Subnets())
+		}
+	}
+	if v6only.NodeSubnet().IsValid() || v6only.Gateway().IsValid() {
+		t.Errorf("IPv6-only file has an IPv4 subnet %s", v6only.NodeSubnet())
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestFlannelFile reads the files flannel writes (pkg/subnet
+// WriteSubnetFile), dual stack and IPv6 only.
+func TestFlannelFile(t *testing.T) {
+	for in, want := range map[string]File{
+		"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n": {
+			Network: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.1.1/24"),
+			IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:1::1/64"), MTU: 1450, IPMasq: true},
+		"FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n": {
+			IPv6Network: netip.MustParsePrefix("fd00:10:244::/56"), IPv6Subnet: netip.MustParsePrefix("fd00:10:244:1::1/64"), MTU: 1500},
+	} {
+		got, err := Parse([]byte(in))
+		if err != nil || got != want {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+}
+
+func TestIPv6KeysChecked(t *testing.T) {
+	tail := "TWILL_MTU=1450\nTWILL_IPMASQ=true\n"
+	for in, want := range map[string]string{
+		"TWILL_IPV6_NETWORK=fd00:10:244::/56\nTWILL_IPV6_SUBNET=fd00:10:245::1/64\n" + tail:  "TWILL_IPV6_SUBNET=fd00:10:245::1/64 is outside TWILL_IPV6_NETWORK=fd00:10:244::/56",
+		"TWILL_IPV6_NETWORK=10.244.0.0/16\nTWILL_IPV6_SUBNET=10.244.1.1/24\n" + tail:         "TWILL_IPV6_NETWORK=10.244.0.0/16: not an IPv6 network CIDR",
+		"TWILL_IPV6_NETWORK=fd00:10:244::1/56\nTWILL_IPV6_SUBNET=fd00:10:244::1/64\n" + tail: "TWILL_IPV6_NETWORK=fd00:10:244::1/56: not an IPv6 network CIDR",
+		"TWILL_IPV6_NETWORK=fd00:10:244::/56\n" + tail:                                       "TWILL_IPV6_SUBNET is missing",
+		"TWILL_IPV6_SUBNET=fd00:10:244::1/64\n" + tail:                                       "TWILL_NETWORK is missing",
+		"TWILL_NETWORK=fd00::/16\nTWILL_SUBNET=fd00::1/24\n" + tail:                          "TWILL_NETWORK=fd00::/16: not an IPv4 network CIDR",
+		tail: "TWILL_NETWORK is missing",
+	} {
+		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want it to say %q", in, err, want)
+		}
+	}
+}

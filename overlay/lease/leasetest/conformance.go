@@ -49,6 +49,7 @@ func Conformance(t *testing.T, newStore func(testing.TB) Store) {
 		{"CreateRefusesEitherHalf", testCreateRefusesEitherHalf},
 		{"DualStackRestartAndPrevious", testDualStackRestartAndPrevious},
 		{"IPv6Only", testIPv6Only},
+		{"StaleLeaseBesideReservation", testStaleLeaseBesideReservation},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, newStore(t)) })
 	}

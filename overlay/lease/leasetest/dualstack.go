@@ -14,7 +14,7 @@ import (
 
 // dualStackConfig is a dual-stack network with v4 and v6 subnets to lease
 // (the IPv6 half runs fd00:10:244:1::/64 onwards).
-func dualStackConfig(tb testing.TB, v4, v6 int) string {
+func dualStackConfig(v4, v6 int) string {
 	return fmt.Sprintf(`{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.%d.0",`+
 		`"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","IPv6SubnetMin":"fd00:10:244:1::","IPv6SubnetMax":"fd00:10:244:%x::","Backend":{"Type":"alloc"}}`, v4, v6)
 }
@@ -50,7 +50,7 @@ func race(ctx context.Context, reg Store, racers int, req func(i int) lease.Requ
 func testRaceForDualStackPairs(t *testing.T, reg Store) {
 	ctx := Context(t)
 	for round, sizes := range [][2]int{{16, 16}, {64, 16}} {
-		cfg := MustConfig(t, dualStackConfig(t, sizes[0], sizes[1]))
+		cfg := MustConfig(t, dualStackConfig(sizes[0], sizes[1]))
 		const racers = 50
 		won, errs := race(ctx, reg, racers, func(i int) lease.Request {
 			return lease.Request{Config: cfg, TTL: time.Minute,
@@ -162,7 +162,7 @@ func testCreateRefusesEitherHalf(t *testing.T, reg Store) {
 func testDualStackRestartAndPrevious(t *testing.T, reg Store) {
 	ctx := Context(t)
 	v4cfg := MustConfig(t, `{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.8.0","Backend":{"Type":"alloc"}}`)
-	cfg := MustConfig(t, dualStackConfig(t, 8, 8))
+	cfg := MustConfig(t, dualStackConfig(8, 8))
 	reserved := lease.Subnets{V4: netip.MustParsePrefix("10.244.8.0/24"), V6: netip.MustParsePrefix("fd00:10:244:8::/64")}
 	if _, err := reg.Create(ctx, reserved, DualStackAttrs("127.0.0.54", "fd00:56::54"), 0); err != nil {
 		t.Fatal(err)
@@ -261,4 +261,45 @@ func testIPv6Only(t *testing.T, reg Store) {
 	if err != nil || other.IPv6Subnet == first.IPv6Subnet || other.Subnet.IsValid() {
 		t.Fatalf("second node: %s (%v)", other.Subnets(), err)
 	}
+}
+
+// testStaleLeaseBesideReservation: a node that holds an IPv4-only lease
+// from before the network gained IPv6, and a dual-stack reservation, gets
+// the reservation, and its old lease is released.
+func testStaleLeaseBesideReservation(t *testing.T, reg Store) {
+	ctx := Context(t)
+	cfg := MustConfig(t, dualStackConfig(8, 8))
+	a := DualStackAttrs("127.0.0.91", "fd00:56::91")
+	old, err := reg.Create(ctx, lease.Subnets{V4: netip.MustParsePrefix("10.244.1.0/24")}, Attrs("127.0.0.91"), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved := lease.Subnets{V4: netip.MustParsePrefix("10.244.5.0/24"), V6: netip.MustParsePrefix("fd00:10:244:5::/64")}
+	if _, err := reg.Create(ctx, reserved, a, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Create(ctx, lease.Subnets{V4: netip.MustParsePrefix("10.244.7.0/24"), V6: netip.MustParsePrefix("fd00:10:244:7::/64")}, DualStackAttrs("127.0.0.92", "fd00:56::92"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	l, err := lease.Acquire(ctx, reg, lease.Request{Config: cfg, Attrs: a, TTL: time.Minute})
+	if err != nil || l.Subnets() != reserved || !l.Reservation {
+		t.Fatalf("got %s reservation %v (%v), want the reservation %s", l.Subnets(), l.Reservation, err, reserved)
+	}
+	for _, x := range mustList(t, reg) {
+		if x.Subnets() == old.Subnets() {
+			t.Errorf("the stale lease %s lingers", old.Subnets())
+		}
+		if x.Attrs.PublicIP.String() == "127.0.0.92" && x.Attrs.BackendType != "alloc" {
+			t.Errorf("another node's lease changed: %+v", x)
+		}
+	}
+}
+
+func mustList(t *testing.T, reg lease.Registry) []lease.Lease {
+	t.Helper()
+	ls, _, err := reg.List(Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
 }
