@@ -273,9 +273,9 @@ func TestPeersFromNodes(t *testing.T) {
 	}
 	col.Wait(t, 5, 10*time.Second)
 	patchNode(t, c, "peers-b", `{"metadata":{"annotations":{"`+p+`/kube-subnet-manager":null}}}`)
-	evs := col.Wait(t, 6, 10*time.Second)
-	time.Sleep(500 * time.Millisecond)
-	evs = col.Wait(t, 6, time.Second)
+	col.Wait(t, 6, 10*time.Second)
+	time.Sleep(500 * time.Millisecond) // and nothing more comes
+	evs := col.Wait(t, 6, time.Second)
 	got := leasetest.Describe(evs)
 	want := "added 10.244.11.0/24 peers-a; changed 10.244.11.0/24 peers-a; added 10.244.12.0/24 peers-b; " +
 		"added 10.244.13.0/24 peers-c; expired 10.244.11.0/24 peers-a; expired 10.244.12.0/24 peers-b; "
