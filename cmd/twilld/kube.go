@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/twillnet/twill/overlay/lease/kube"
 )
@@ -52,6 +53,11 @@ func newKubeRegistry(ctx context.Context, a *args, log *slog.Logger) (*kube.Regi
 		return nil, fmt.Errorf("--kube-subnet-mgr: %w", err)
 	}
 	a.cfg.NodeName = name
+	// Every node probes the API server (GET /version): every 30 s, not
+	// etcd's 5 s, since a cluster may have thousands.
+	if a.cfg.ProbeInterval == 0 {
+		a.cfg.ProbeInterval = 30 * time.Second
+	}
 	log.Info("kube subnet manager", "node", name, "api", rc.Host, "annotation_prefix", k.prefix, "net_config", k.netConfPath)
 	return kube.New(kube.Config{Client: client, NodeName: name, Prefix: k.prefix, NetConfPath: k.netConfPath,
 		Log: log.With("component", "kube")})

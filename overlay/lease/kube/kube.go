@@ -189,15 +189,23 @@ func (r *Registry) StoreName() string { return "the Kubernetes API server" }
 // ConfigKey names where the network config comes from, for messages.
 func (r *Registry) ConfigKey() string { return r.confPath }
 
-// NetworkConfig returns net-conf.json as read by New. While the informer's
-// watch of the API server fails it returns that error, so that the daemon's
-// store probe reports the API server unreachable.
-func (r *Registry) NetworkConfig(context.Context) ([]byte, error) {
+// NetworkConfig returns net-conf.json as read by New, once the API server
+// answered a GET /version (allowed to every client; it touches no etcd):
+// the daemon's store probe calls it to notice an API server that went
+// away, which the informer does not say (it retries a refused connection
+// silently). While the informer's listing fails (a forbidden list, say) it
+// returns that error.
+func (r *Registry) NetworkConfig(ctx context.Context) ([]byte, error) {
 	r.mu.Lock()
 	err := r.watchErr
 	r.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("watch nodes: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.client.Discovery().RESTClient().Get().AbsPath("/version").DoRaw(ctx); err != nil {
+		return nil, fmt.Errorf("kubernetes API server: %w", err)
 	}
 	return r.netConf, nil
 }

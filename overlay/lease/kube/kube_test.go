@@ -471,6 +471,9 @@ func TestRegistryNeedsOnlyItsRole(t *testing.T) {
 	if err := reg.Complete(ctx, l); err != nil {
 		t.Fatalf("set NetworkUnavailable with the role's permissions: %v", err)
 	}
+	if _, err := reg.NetworkConfig(ctx); err != nil {
+		t.Errorf("the store probe with the role's permissions: %v", err)
+	}
 	leases, _, err := reg.List(ctx)
 	if err != nil || len(leases) < 2 {
 		t.Errorf("list with the role's permissions: %v, %v", leases, err)
@@ -478,5 +481,41 @@ func TestRegistryNeedsOnlyItsRole(t *testing.T) {
 	_, err = uc.CoreV1().Nodes().Patch(ctx, "role-1", types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
 	if !apierrors.IsForbidden(err) {
 		t.Errorf("the role may patch a node's spec: %v", err)
+	}
+}
+
+// An API server that went away is noticed: NetworkConfig, which the
+// daemon's store probe asks every few seconds, fails with the watch's
+// error (the lease and the data path stay; the probe's check says so).
+func TestAPIServerGoneIsNoticed(t *testing.T) {
+	c, s := admin(t)
+	ctx := leasetest.Context(t)
+	createNode(t, c, "gone-api", "10.244.50.0/24", nil)
+	reg, logs := newRegistry(t, c, "gone-api", "", netConfJSON)
+	defer func() {
+		if t.Failed() {
+			t.Logf("registry log:\n%s", logs)
+		}
+	}()
+	if _, _, err := reg.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.NetworkConfig(ctx); err != nil {
+		t.Fatalf("with the server up: %v", err)
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	for {
+		_, err := reg.NetworkConfig(ctx)
+		if err != nil {
+			t.Logf("noticed %v after the server stopped: %v", time.Since(stopped).Round(time.Millisecond), err)
+			break
+		}
+		if time.Since(stopped) > 30*time.Second {
+			t.Fatal("30 s after the API server stopped, NetworkConfig still answers as if it were there")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
