@@ -100,6 +100,19 @@ func (p *play) stopNode(ctx context.Context, node string) (string, map[string]an
 	return fmt.Sprintf("%s: twilld stopped, underlay down", node), nil, nil
 }
 
+// deleteKubeNode deletes a node's Node object in a cluster whose store is
+// the Kubernetes API: its lease goes, and the routes to it on every peer.
+func (p *play) deleteKubeNode(ctx context.Context, node string) (string, map[string]any, error) {
+	kc, ok := p.c.(vmtest.KubeCluster)
+	if !ok || kc.Store() != "kube" {
+		return "", nil, errors.New("delete-kube-node needs a cluster with store: kube")
+	}
+	if err := kc.DeleteKubeNode(ctx, node); err != nil {
+		return "", nil, err
+	}
+	return fmt.Sprintf("%s: Node object deleted", node), nil, nil
+}
+
 // startNode brings a stopped node back.
 func (p *play) startNode(ctx context.Context, node string) (string, map[string]any, error) {
 	if err := p.c.SetUnderlay(ctx, node, true); err != nil {

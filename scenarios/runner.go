@@ -131,7 +131,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
-		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, Store: s.Cluster.Store,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
 		Routed: s.Cluster.Routed, NodeArgs: s.Cluster.NodeArgs,
 	}
@@ -356,6 +356,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.stopNode(ctx, st.Node)
 	case "start-node":
 		return p.startNode(ctx, st.Node)
+	case "delete-kube-node":
+		return p.deleteKubeNode(ctx, st.Node)
 	case "etcd-down":
 		return "", nil, p.c.StopEtcd(ctx)
 	case "etcd-up":
@@ -452,6 +454,9 @@ func (p *play) registry() (*etcd.Registry, error) {
 }
 
 func (p *play) leases(ctx context.Context) ([]lease.Lease, error) {
+	if kc, ok := p.c.(vmtest.KubeCluster); ok && kc.Store() == "kube" {
+		return kc.KubeLeases(ctx)
+	}
 	if ll, ok := p.c.(vmtest.LeaseLister); ok {
 		return ll.Leases(ctx)
 	}

@@ -47,7 +47,10 @@ type ClusterSpec struct {
 	NetConfig   string   `yaml:"netConfig"`
 	PodsPerNode int      `yaml:"podsPerNode"`
 	IPMasq      bool     `yaml:"ipMasq"`
-	Outside     bool     `yaml:"outside"`
+	// Store is the lease store: etcd (the default) or kube (a real
+	// kube-apiserver in the hub; twilld --kube-subnet-mgr).
+	Store   string `yaml:"store"`
+	Outside bool   `yaml:"outside"`
 	// IPFamily is the pods' address families: ipv4 (the default), dual or
 	// ipv6 (vmtest.Spec.IPFamily).
 	IPFamily       string   `yaml:"ipFamily"`
@@ -140,6 +143,8 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
+	// Kubernetes store: delete a node's Node object (kubectl delete node).
+	"delete-kube-node": {"node"},
 	// udp: which path carried the bytes (the nodes' API); wireguard:
 	// which WireGuard runs. node: only that node.
 	"data-path": {"path", "node"},
@@ -216,6 +221,9 @@ func Parse(data []byte) (*Scenario, error) {
 	case "", "ipv4", "dual", "ipv6":
 	default:
 		errs = append(errs, fmt.Errorf("scenario: cluster.ipFamily = %q: want ipv4, dual or ipv6", c.IPFamily))
+	}
+	if c.Store != "" && c.Store != "etcd" && c.Store != "kube" {
+		errs = append(errs, fmt.Errorf("scenario: cluster.store = %q: want etcd or kube", c.Store))
 	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/internal/binaries"
+	"github.com/twillnet/twill/internal/kubeapi"
 	"github.com/twillnet/twill/overlay/lease"
 )
 
@@ -194,6 +195,11 @@ func TestScenarios(t *testing.T) {
 		t.Run(s.Name, func(t *testing.T) {
 			if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, "netns") {
 				t.Skipf("runs only on the %s driver: this host's kernel lacks what it needs", strings.Join(s.Drivers, ", "))
+			}
+			if s.Cluster.Store == "kube" {
+				if _, err := kubeapi.Binary(kubeapi.APIServerBinary); err != nil {
+					t.Skipf("store kube needs a real kube-apiserver: %v", err)
+				}
 			}
 			var out strings.Builder
 			r := &Runner{Driver: "netns", Bin: bin, Out: &out, ReportDir: reports, LabName: lab}

@@ -47,6 +47,19 @@ type Cluster interface {
 	Close() error
 }
 
+// Stores are the lease stores a lab runs.
+var Stores = []string{"etcd", "kube"}
+
+// KubeCluster is a cluster whose lease store may be the Kubernetes API.
+type KubeCluster interface {
+	// Store is "etcd" or "kube".
+	Store() string
+	// KubeLeases are the leases the Node objects publish.
+	KubeLeases(ctx context.Context) ([]lease.Lease, error)
+	// DeleteKubeNode deletes the Node object of a node.
+	DeleteKubeNode(ctx context.Context, node string) error
+}
+
 // LeaseLister is a cluster that lists the leases itself, where etcd is not
 // reachable from this machine (Remote reads them on a node).
 type LeaseLister interface {

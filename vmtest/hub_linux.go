@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twillnet/twill/internal/kubeapi"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 )
 
@@ -347,7 +348,7 @@ func Down(ctx context.Context, name string) error {
 		} else {
 			errs = append(errs, err) // go on with the scan
 		}
-		procs = append(procs, st.Etcd)
+		procs = append(procs, st.Etcd, st.KubeAPI)
 		if st.Router != nil {
 			procs = append(procs, st.Router.Procs...)
 		}
@@ -361,7 +362,7 @@ func Down(ctx context.Context, name string) error {
 			inodes[ino] = true
 		}
 	}
-	ours := map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true}
+	ours := map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true, kubeapi.APIServerBinary: true}
 	for _, b := range routerBinaries {
 		ours[b] = true
 	}

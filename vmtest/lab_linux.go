@@ -24,24 +24,29 @@ import (
 
 // state is what a lab keeps in its state file.
 type state struct {
-	Spec       Spec        `json:"spec"`
-	Slot       int         `json:"slot"`
-	Dir        string      `json:"dir"`
-	Bin        string      `json:"bin"`
-	HubNetNS   string      `json:"hub_netns"`
-	Bridge     string      `json:"bridge"`
-	HubAddr    netip.Addr  `json:"hub_addr"`
-	HubAddr6   netip.Addr  `json:"hub_addr6,omitzero"`
-	HostLink   string      `json:"host_link,omitempty"`
-	HostAddr   netip.Addr  `json:"host_addr,omitzero"`
-	Etcd       proc        `json:"etcd"`
-	EtcdURL    string      `json:"etcd_url"`
-	EtcdSocket string      `json:"etcd_socket"`
-	Nodes      []nodeState `json:"nodes"`
-	Pods       []Pod       `json:"pods"`
-	OutsideNS  string      `json:"outside_netns,omitempty"`
-	OutsideIP  netip.Addr  `json:"outside_addr,omitzero"`
-	OutsideIP6 netip.Addr  `json:"outside_addr6,omitzero"`
+	Spec       Spec       `json:"spec"`
+	Slot       int        `json:"slot"`
+	Dir        string     `json:"dir"`
+	Bin        string     `json:"bin"`
+	HubNetNS   string     `json:"hub_netns"`
+	Bridge     string     `json:"bridge"`
+	HubAddr    netip.Addr `json:"hub_addr"`
+	HubAddr6   netip.Addr `json:"hub_addr6,omitzero"`
+	HostLink   string     `json:"host_link,omitempty"`
+	HostAddr   netip.Addr `json:"host_addr,omitzero"`
+	Etcd       proc       `json:"etcd"`
+	EtcdURL    string     `json:"etcd_url"`
+	EtcdSocket string     `json:"etcd_socket"`
+	// The kube store's: the API server in the hub, the nodes' kubeconfig
+	// and network config file.
+	KubeAPI       proc        `json:"kube_apiserver,omitzero"`
+	Kubeconfig    string      `json:"kubeconfig,omitempty"`
+	NetConfigPath string      `json:"net_config_path,omitempty"`
+	Nodes         []nodeState `json:"nodes"`
+	Pods          []Pod       `json:"pods"`
+	OutsideNS     string      `json:"outside_netns,omitempty"`
+	OutsideIP     netip.Addr  `json:"outside_addr,omitzero"`
+	OutsideIP6    netip.Addr  `json:"outside_addr6,omitzero"`
 	// The qemu driver's: what the VMs boot and how.
 	Image Image  `json:"image,omitzero"`
 	Accel string `json:"accel,omitempty"`
@@ -274,7 +279,11 @@ func (l *Lab) build(ctx context.Context) error {
 	if err := l.startEtcd(ctx); err != nil {
 		return err
 	}
-	if err := l.putNetConfig(ctx); err != nil {
+	if st.Spec.Store == "kube" {
+		if err := l.startKubeAPI(ctx); err != nil {
+			return err
+		}
+	} else if err := l.putNetConfig(ctx); err != nil {
 		return err
 	}
 	if err := l.drv.boot(ctx); err != nil {
@@ -346,14 +355,17 @@ func findBin(ctx context.Context, bin string) (string, error) {
 // twilldArgs are twilld's flags on node n of the lab with state st.
 func twilldArgs(st *state, n nodeState) []string {
 	spec := st.Spec
-	args := []string{
-		"--etcd-endpoints", st.EtcdURL,
+	args := []string{"--etcd-endpoints", st.EtcdURL}
+	if spec.Store == "kube" {
+		args = kubeTwilldArgs(st)
+	}
+	args = append(args,
 		"--public-ip", n.IP.String(),
 		"--iface", "eth0",
-		"--node-name", spec.Name + "-" + n.Name,
+		"--node-name", spec.Name+"-"+n.Name,
 		"--subnet-file", n.SubnetFile,
 		"--listen", net.JoinHostPort(n.IP.String(), strconv.Itoa(DashboardPort)),
-	}
+	)
 	if n.StateDir != "" {
 		args = append(args, "--state-dir", n.StateDir)
 	}

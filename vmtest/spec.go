@@ -77,6 +77,11 @@ type Spec struct {
 	// browser or twillctl on the host reaches the nodes. Tests leave it
 	// off: then the lab changes nothing in the host's namespace.
 	HostAccess bool `json:"host_access,omitempty"`
+	// Store is the lease store: "etcd" (the default) or "kube": the hub
+	// runs a real kube-apiserver (built by make kube) on the lab's etcd, the
+	// lab registers each node as a Node with a podCIDR, and every twilld
+	// runs with --kube-subnet-mgr (netns driver only).
+	Store string `json:"store,omitempty"`
 	// EtcdPrefix is the etcd key prefix (default: twilld's default).
 	EtcdPrefix string `json:"etcd_prefix,omitempty"`
 	// Bin is the directory with twilld, twillctl and twill-cni. Empty: the
@@ -255,6 +260,15 @@ func (s Spec) withDefaults() (Spec, error) {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("driver %q: want one of %v", s.Driver, Drivers))
+	}
+	switch s.Store {
+	case "", "etcd":
+	case "kube":
+		if s.Driver != "netns" {
+			errs = append(errs, fmt.Errorf("store kube: only the netns driver runs it, not %s", s.Driver))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("store %q: want etcd or kube", s.Store))
 	}
 	if s.SystemImage != "" && s.Driver != "qemu" {
 		errs = append(errs, fmt.Errorf("a system image needs the qemu driver, not %s", s.Driver))
