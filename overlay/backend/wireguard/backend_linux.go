@@ -282,7 +282,9 @@ func (b *Backend) openLocked(nl *netlink.Handle, t *tunnel) error {
 		if kerr := err; errors.Is(kerr, ErrNoKernelWireGuard) {
 			b.log.Info("no kernel WireGuard; running it in userspace", "device", name, "reason", kerr)
 			dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
-			b.impl, b.why = netconf.WireGuardUserspace, kerr.Error()
+			if b.impl = netconf.WireGuardUserspace; b.why == "" || t == b.tunnels[0] {
+				b.why = kerr.Error() // the first device's reason (twill-wg's)
+			}
 		}
 	}
 	if err != nil {
