@@ -315,3 +315,19 @@ func TestMarshalFamilies(t *testing.T) {
 		}
 	}
 }
+
+// TestWireGuardModes: what the wireguard Mode refusals leave alone: one
+// port for both families where there is one device (auto, ipv4, ipv6) or
+// one family (separate without IPv6), and Mode ipv6 with EnableIPv6.
+func TestWireGuardModes(t *testing.T) {
+	for _, in := range []string{
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","Mode":"auto","ListenPort":51820,"ListenPortV6":51820}}`,
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","Mode":"ipv6","ListenPortV6":51820}}`,
+		`{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"separate","ListenPortV6":51820}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","ListenPortV6":51820}}`,
+	} {
+		if _, err := Parse([]byte(in)); err != nil {
+			t.Errorf("Parse(%s): %v", in, err)
+		}
+	}
+}
