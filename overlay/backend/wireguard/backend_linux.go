@@ -111,6 +111,9 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		}
 		b.psk = &psk
 	}
+	if len(b.tunnels) == 0 {
+		return nil, errors.New("wireguard: the network has neither an IPv4 network nor EnableIPv6")
+	}
 	rcfg := routing.Config{Node: node, Backend: opts, Device: b.tunnels[0].name,
 		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log, WaitForPeers: true}
 	if separate && ipv6 {

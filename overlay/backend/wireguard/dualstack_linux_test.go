@@ -3,6 +3,7 @@ package wireguard_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/twillnet/twill/internal/packet"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/backend/wireguard"
+	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/namespace"
 )
 
@@ -195,6 +197,26 @@ func TestDualStackSeparate(t *testing.T) {
 	t.Logf("64 MiB pod to pod over IPv6 in %v (%.0f Mbit/s)", took, 64*8*1.048576/took.Seconds())
 	checkWireFamily(t, lab, rs, true, n1.PublicIPv6, 51821)
 	checkWire(t, lab, rs) // IPv4 still rides twill-wg, port 51820
+
+	// A new key in node 2's lease replaces the old one on both devices in
+	// that one lease event.
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey := priv.PublicKey()
+	changed := rs[1].Lease
+	changed.Attrs.BackendData = json.RawMessage(`{"PublicKey":"` + newKey.String() + `"}`)
+	changed.Attrs.BackendV6Data = changed.Attrs.BackendData
+	if err := b1.Handle(context.Background(), []lease.Event{{Type: lease.Added, Lease: changed}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"twill-wg", "twill-wg-v6"} {
+		peers, err := b1.PeersOf(dev)
+		if err != nil || len(peers) != 1 || peers[0].PublicKey != newKey {
+			t.Errorf("%s peers of %s after the key changed: %v, %v; want only %s", n1.Name, dev, peers, err, newKey)
+		}
+	}
 
 	// The IPv6 peer goes with its lease, from twill-wg-v6 too.
 	backendtest.CheckPeerExpires(t, rs)
