@@ -61,6 +61,7 @@ func (p *play) stopDaemon(ctx context.Context, node string, sig syscall.Signal) 
 	if err := p.c.StopDaemon(ctx, node, sig); err != nil {
 		return "", nil, err
 	}
+	p.stopped[node] = time.Now()
 	what := "killed"
 	if sig != syscall.SIGKILL {
 		what = "stopped (" + sig.String() + ")"
@@ -91,6 +92,7 @@ func (p *play) stopNode(ctx context.Context, node string) (string, map[string]an
 	if err := p.c.StopDaemon(ctx, node, syscall.SIGTERM); err != nil {
 		return "", nil, err
 	}
+	p.stopped[node] = time.Now()
 	if err := p.c.SetUnderlay(ctx, node, false); err != nil {
 		return "", nil, err
 	}
@@ -183,7 +185,7 @@ func (p *play) partition(ctx context.Context, node string, heal bool) (string, m
 		delete(p.down, node)
 		return fmt.Sprintf("%s: underlay link restored", node), nil, nil
 	}
-	p.down[node] = true
+	p.down[node], p.stopped[node] = true, time.Now()
 	return fmt.Sprintf("%s: underlay link cut; twilld keeps running", node), nil, nil
 }
 

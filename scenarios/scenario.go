@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/twillnet/twill/vmtest"
 )
 
 // Scenario is one scenario file.
@@ -51,9 +53,10 @@ type ClusterSpec struct {
 	IPFamily       string   `yaml:"ipFamily"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
-	// TwilldArgs are extra twilld flags for some nodes, by node name
-	// (a node on userspace WireGuard in a kernel cluster).
-	TwilldArgs map[string][]string `yaml:"twilldArgs"`
+	// Routed puts the nodes in racks joined by a router (vmtest.Routed).
+	Routed *vmtest.Routed `yaml:"routed"`
+	// NodeArgs are extra twilld flags by node name (n1).
+	NodeArgs map[string][]string `yaml:"nodeArgs"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -109,16 +112,24 @@ type Step struct {
 
 // stepKinds lists the step kinds and the parameters each takes.
 var stepKinds = map[string][]string{
-	"ping-all":          {"within", "family"},
-	"ping":              {"from", "to", "expect", "within", "family"},
-	"tcp":               {"from", "to", "size", "within", "family"},
-	"mtu":               {"from", "to", "within", "family"},
-	"outside":           {"from", "within", "family"},
-	"host-to-pods":      {"within"},
-	"outside-to-pod":    {"to", "within"},
-	"lease":             {"node", "holds", "within"},
-	"routes":            {"within"},
-	"bgp-sessions":      {"within"},
+	"ping-all":       {"within", "family"},
+	"ping":           {"from", "to", "expect", "within", "family"},
+	"tcp":            {"from", "to", "size", "within", "family"},
+	"mtu":            {"from", "to", "within", "family"},
+	"outside":        {"from", "within", "family"},
+	"host-to-pods":   {"within"},
+	"outside-to-pod": {"to", "within"},
+	"lease":          {"node", "holds", "within"},
+	"routes":         {"within"},
+	"bgp-sessions":   {"within"},
+	// A lab with a router (cluster.routed): its sessions and routes, a
+	// graceful restart of it; no tunnel devices on the nodes; a stopped
+	// node's subnet gone everywhere, timed.
+	"router-routes":     {"within"},
+	"restart-router":    {},
+	"no-tunnel":         {},
+	"withdrawn":         {"node", "within"},
+	"ipip-routes":       {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
 	"stop-daemon":       {"node"},
@@ -197,9 +208,9 @@ func Parse(data []byte) (*Scenario, error) {
 	case len(c.Backends) > 0 && (c.Backend != "" || c.NetConfig != ""):
 		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
 	}
-	for _, n := range slices.Sorted(maps.Keys(c.TwilldArgs)) {
+	for _, n := range slices.Sorted(maps.Keys(c.NodeArgs)) {
 		if !validNode(n, c.Nodes) {
-			errs = append(errs, fmt.Errorf("scenario: cluster.twilldArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+			errs = append(errs, fmt.Errorf("scenario: cluster.nodeArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
 		}
 	}
 	switch c.IPFamily {
@@ -350,7 +361,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "withdrawn": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {

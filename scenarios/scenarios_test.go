@@ -64,7 +64,7 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - ping-watch-end: {from: n1p1}\n", `give both from and to`},
 		{base + "steps:\n  - ping-watch-end: {max-lost: -1}\n", `ping-watch-end.max-lost: "-1"`},
 		{base + "steps:\n  - readyz: {expect: sometimes}\n", `readyz.expect: "sometimes": want ok or fail`},
-		{"name: x\ncluster: {nodes: 2, backend: wireguard, twilldArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `cluster.twilldArgs.n3: no such node (the cluster has n1..n2)`},
+		{"name: x\ncluster: {nodes: 2, backend: wireguard, nodeArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `cluster.nodeArgs.n3: no such node (the cluster has n1..n2)`},
 		{base + "steps:\n  - underlay-encrypted: {from: n1p1}\n", `underlay-encrypted needs "to"`},
 		{base + "steps:\n  - data-path: {path: fast}\n", `data-path.path: "fast": want kernel, userspace or auto`},
 		{base + "steps:\n  - log: {contains: ''}\n", `log.contains: empty`},

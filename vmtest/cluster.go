@@ -75,3 +75,19 @@ type UnderlayShaper interface {
 type UnderlayCapturer interface {
 	CaptureUnderlay(ctx context.Context, during func() error) ([][]byte, error)
 }
+
+// Fabric is a cluster whose nodes sit in racks joined by a router the lab
+// runs (Spec.Routed with a router).
+type Fabric interface {
+	// RouterNetNS is where the router runs, an Exec target; "" if the
+	// cluster runs no router.
+	RouterNetNS() string
+	// RouterSessions returns the nodes (by name) whose session with the
+	// router is established, and the router's own table (birdc show
+	// protocols, vtysh show bgp summary).
+	RouterSessions(ctx context.Context) (established []string, table string, err error)
+	// RestartRouter restarts the router gracefully (BIRD: birdc graceful
+	// restart, then bird -R), as an upgrade would, and returns once it
+	// runs again.
+	RestartRouter(ctx context.Context) error
+}

@@ -45,6 +45,9 @@ type state struct {
 	// The qemu driver's: what the VMs boot and how.
 	Image Image  `json:"image,omitzero"`
 	Accel string `json:"accel,omitempty"`
+	// The routed topology's (fabric_linux.go): the racks and the router.
+	Racks  []rackState  `json:"racks,omitempty"`
+	Router *routerState `json:"router,omitempty"`
 }
 
 type nodeState struct {
@@ -60,6 +63,12 @@ type nodeState struct {
 	// StateDir is twilld's --state-dir (wireguard's key); empty for
 	// twilld's default (the qemu driver's VMs keep it on their state disk).
 	StateDir string `json:"state_dir,omitempty"`
+	// Bridge is the hub's bridge the node's link is on (empty: the
+	// hub's Bridge); Gateway its default route and ASN its rack's AS
+	// (routed labs).
+	Bridge  string     `json:"bridge,omitempty"`
+	Gateway netip.Addr `json:"gateway,omitzero"`
+	ASN     uint32     `json:"asn,omitempty"`
 	// VM is set by the qemu driver.
 	VM *vmNode `json:"vm,omitempty"`
 }
@@ -201,6 +210,9 @@ func (l *Lab) build(ctx context.Context) error {
 	st := l.st
 	lay := slotLayout(st.Slot)
 	bits := lay.Prefix.Bits()
+	if st.Spec.Routed != nil {
+		lay, bits = routedLayout(st.Slot), rackBits
+	}
 	if st.Spec.underlayLab() {
 		bits = underlayBits
 		if st.Spec.NetConfig == "" {
@@ -218,6 +230,11 @@ func (l *Lab) build(ctx context.Context) error {
 	if err := l.makeHub(ctx, lay, bits); err != nil {
 		return err
 	}
+	if st.Spec.Routed != nil {
+		if err := l.makeRacks(ctx, lay); err != nil {
+			return err
+		}
+	}
 	for i := range st.Spec.Nodes {
 		name := "n" + strconv.Itoa(i+1)
 		dir := filepath.Join(st.Dir, name)
@@ -226,6 +243,9 @@ func (l *Lab) build(ctx context.Context) error {
 			StateDir: filepath.Join(dir, "state")})
 		if st.Spec.IPv6() {
 			st.Nodes[i].IP6 = lay.addr6(st.Nodes[i].IP)
+		}
+		if st.Spec.Routed != nil {
+			st.placeNode(i, &st.Nodes[i])
 		}
 		if err := writeState(st); err != nil {
 			return err
@@ -246,6 +266,11 @@ func (l *Lab) build(ctx context.Context) error {
 	if l.drv.bare() {
 		return l.drv.boot(ctx)
 	}
+	if r := st.Spec.Routed; r != nil && r.Router != "" {
+		if err := l.startRouter(ctx, false); err != nil {
+			return err
+		}
+	}
 	if err := l.startEtcd(ctx); err != nil {
 		return err
 	}
@@ -253,6 +278,9 @@ func (l *Lab) build(ctx context.Context) error {
 		return err
 	}
 	if err := l.drv.boot(ctx); err != nil {
+		return err
+	}
+	if err := l.routeNodes(ctx); err != nil {
 		return err
 	}
 	// The nodes' daemons start together and become ready together.
@@ -341,8 +369,9 @@ func twilldArgs(st *state, n nodeState) []string {
 	if spec.RenewMargin > 0 {
 		args = append(args, "--subnet-lease-renew-margin", spec.RenewMargin.String())
 	}
+	args = append(args, bgpRouterArgs(st, n)...)
 	args = append(args, spec.TwilldArgs...)
-	return append(args, spec.NodeTwilldArgs[n.Name]...)
+	return append(args, spec.NodeArgs[n.Name]...)
 }
 
 // Open attaches to a running lab by its state file.

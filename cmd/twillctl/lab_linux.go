@@ -103,8 +103,13 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&spec.Bin, "bin", "", "directory with twilld, twillctl and twill-cni (default: this twillctl's)")
 	verbose := fs.Bool("v", false, "log the lab's progress in full to stderr (else it goes to the lab's lab.log)")
 	showStatus := fs.Bool("status", true, "print the lab's status once it is up (as lab status)")
+	racks := fs.Int("racks", 0, "put the nodes in this many racks (2 or 3), each its own L3 subnet, routed by the hub (0: one segment)")
+	router := fs.String("router", "", "the routing daemon the hub of a routed lab runs: bird or frr (bgp nodes peer with it, and with --backend bgp only with it; implies --racks 2)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *racks > 0 || *router != "" {
+		spec.Routed = &vmtest.Routed{Racks: *racks, Router: *router}
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
