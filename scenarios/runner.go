@@ -399,7 +399,7 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	case "log":
 		return p.logLines(ctx, st.Node, st.Contains, st.Count, within)
 	case "underlay-encrypted":
-		return p.underlayEncrypted(ctx, st.From, st.To)
+		return p.underlayEncrypted(ctx, st.From, st.To, p.stepFamilies(st)[0])
 	case "sleep":
 		select {
 		case <-ctx.Done():

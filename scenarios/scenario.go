@@ -105,8 +105,9 @@ type Step struct {
 
 	value *template.Template // Value, parsed
 	Path  string             // data-path: "kernel" or "userspace"
-	// Family is the address family of ping-all, ping, tcp, mtu and
-	// outside: ipv4 or ipv6, one the cluster's pods have. Empty: ping-all
+	// Family is the address family of ping-all, ping, tcp, mtu, outside
+	// and underlay-encrypted: ipv4 or ipv6, one the cluster's pods have.
+	// Empty: ping-all
 	// runs in each of the cluster's families, the others in its first
 	// (IPv4 where the pods have it).
 	Family string
@@ -166,7 +167,7 @@ var stepKinds = map[string][]string{
 	"log":              {"node", "contains", "count", "within"},
 	// Marked datagrams pod to pod with the underlay captured: no plain
 	// text on the wire (and WireGuard messages on wireguard).
-	"underlay-encrypted": {"from", "to"},
+	"underlay-encrypted": {"from", "to", "family"},
 }
 
 // nodeTo lists the steps whose "to" names a node, not a pod.

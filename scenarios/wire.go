@@ -23,8 +23,10 @@ const wireMarkers = 20
 // machine), and passes only if they reached the pod and the marker is
 // nowhere on the underlay in plain text. On wireguard it also wants at
 // least as many WireGuard data messages (type 4) from from's node to to's
-// node's ListenPort.
-func (p *play) underlayEncrypted(ctx context.Context, from, to string) (string, map[string]any, error) {
+// node's port (wireGuardEndpoint).
+//
+// With family ipv6 the datagrams go between the pods' IPv6 addresses.
+func (p *play) underlayEncrypted(ctx context.Context, from, to, family string) (string, map[string]any, error) {
 	capt, ok := p.c.(vmtest.UnderlayCapturer)
 	if !ok {
 		return "", nil, fmt.Errorf("underlay-encrypted: %w by this cluster (its underlay cannot be captured from here)", errors.ErrUnsupported)
@@ -42,7 +44,7 @@ func (p *play) underlayEncrypted(ctx context.Context, from, to string) (string, 
 		return "", nil, err
 	}
 	marker := []byte(fmt.Sprintf("twill-underlay-marker-%s-%d", p.c.Name(), time.Now().UnixNano()))
-	target := netip.AddrPortFrom(dst.Addr, 7777).String()
+	target := netip.AddrPortFrom(addrIn(dst, family), 7777).String()
 	markerHex := hex.EncodeToString(marker)
 	// The receiver counts the datagrams (the pod's Udp counters would
 	// count one for datagrams that userspace WireGuard coalesced).
@@ -82,22 +84,19 @@ func (p *play) underlayEncrypted(ctx context.Context, from, to string) (string, 
 	if _, err := fmt.Sscanf(lastLine(string(recvOut)), "received %d of %d", &reached, &expected); err != nil {
 		return "", nil, fmt.Errorf("receive in %s: %q says no count", to, lastLine(string(recvOut)))
 	}
-	port := uint16(netconf.DefaultWireGuardPort)
-	if p.conf != nil && p.conf.Backend.ListenPort != 0 {
-		port = uint16(p.conf.Backend.ListenPort)
-	}
+	srcIP, dstIP, port := p.wireGuardEndpoint(srcNode, dstNode, family)
 	plain, wgData := 0, 0
 	for _, f := range frames {
 		if bytes.Contains(f, marker) {
 			plain++
 		}
-		if from, to, payload, ok := packet.UDPOfFrame(f); ok && from.Addr() == srcNode.UnderlayIP && to.Addr() == dstNode.UnderlayIP &&
+		if from, to, payload, ok := packet.UDPOfFrame(f); ok && from.Addr() == srcIP && to.Addr() == dstIP &&
 			to.Port() == port && packet.IsWireGuardData(payload) {
 			wgData++
 		}
 	}
 	detail := fmt.Sprintf("%d marked datagrams %s -> %s:7777: %d reached the pod (it counts %d); %d frames captured on the underlay, %d with the marker in plain text, %d WireGuard data messages %s -> %s:%d",
-		sent, src.Addr, dst.Addr, reached, wireMarkers, len(frames), plain, wgData, srcNode.UnderlayIP, dstNode.UnderlayIP, port)
+		sent, addrIn(src, family), addrIn(dst, family), reached, wireMarkers, len(frames), plain, wgData, srcIP, dstIP, port)
 	data := map[string]any{"sent": sent, "reached_pod": reached, "frames": len(frames), "plaintext_frames": plain, "wireguard_data_messages": wgData}
 	var errs []error
 	if reached < wireMarkers {
@@ -107,7 +106,27 @@ func (p *play) underlayEncrypted(ctx context.Context, from, to string) (string, 
 		errs = append(errs, fmt.Errorf("%d frames on the underlay carry the marker in plain text", plain))
 	}
 	if p.backend == netconf.TypeWireGuard && wgData < wireMarkers {
-		errs = append(errs, fmt.Errorf("%d WireGuard data messages from %s to %s:%d on the underlay, want at least %d", wgData, srcNode.UnderlayIP, dstNode.UnderlayIP, port, wireMarkers))
+		errs = append(errs, fmt.Errorf("%d WireGuard data messages from %s to %s:%d on the underlay, want at least %d", wgData, srcIP, dstIP, port, wireMarkers))
 	}
 	return detail, data, errors.Join(errs...)
+}
+
+// wireGuardEndpoint is where WireGuard carries pod traffic of a family
+// between two nodes, by the backend's Mode: the IPv6 underlay and
+// ListenPortV6 for IPv6 in Mode separate, the IPv6 underlay and
+// ListenPort in Mode ipv6, else the IPv4 underlay and ListenPort (Mode
+// ipv4, and auto between the lab's nodes, whose IPv4 addresses are
+// private and IPv6 ones unique local: flannel's choice is then IPv4).
+func (p *play) wireGuardEndpoint(src, dst vmtest.Node, family string) (netip.Addr, netip.Addr, uint16) {
+	b := netconf.Backend{Mode: "separate", ListenPort: netconf.DefaultWireGuardPort, ListenPortV6: netconf.DefaultWireGuardPortV6}
+	if p.conf != nil && p.conf.Backend.Type == netconf.TypeWireGuard {
+		b = p.conf.Backend
+	}
+	switch {
+	case b.Mode == "separate" && family == ipv6:
+		return src.UnderlayIP6, dst.UnderlayIP6, uint16(b.ListenPortV6)
+	case b.Mode == "ipv6":
+		return src.UnderlayIP6, dst.UnderlayIP6, uint16(b.ListenPort)
+	}
+	return src.UnderlayIP, dst.UnderlayIP, uint16(b.ListenPort)
 }

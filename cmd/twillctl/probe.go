@@ -111,8 +111,13 @@ func runSendUDP(ctx context.Context, args []string, out io.Writer) error {
 		laddr = net.UDPAddrFromAddrPort(src)
 	}
 	// Unconnected, so that an ICMP error for one datagram does not fail
-	// the next write.
-	c, err := net.ListenUDP("udp", laddr)
+	// the next write; of the destination's family (an unbound "udp"
+	// socket may be IPv4 only).
+	network := "udp4"
+	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		network = "udp6"
+	}
+	c, err := net.ListenUDP(network, laddr)
 	if err != nil {
 		return fmt.Errorf("send to %s: %w", dst, err)
 	}

@@ -42,21 +42,36 @@ func VXLAN(vni int, dstMAC net.HardwareAddr, src, dst netip.AddrPort, msg []byte
 	return append(b, msg...)
 }
 
-// UDPOfFrame reads an Ethernet frame carrying an IPv4 UDP datagram: its
-// addresses and payload (as much of it as the frame holds); ok is false
-// for any other frame.
+// UDPOfFrame reads an Ethernet frame carrying a UDP datagram in IPv4 or in
+// IPv6 (UDP the next header, no extension headers): its addresses and
+// payload (as much of it as the frame holds); ok is false for any other
+// frame.
 func UDPOfFrame(f []byte) (src, dst netip.AddrPort, payload []byte, ok bool) {
 	const eth = 14
-	if len(f) < eth+20 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 || f[eth+9] != 17 {
+	if len(f) < eth+20 {
 		return src, dst, nil, false
 	}
-	ihl := int(f[eth]&0x0f) * 4
-	if ihl < 20 || len(f) < eth+ihl+8 {
+	var s, d netip.Addr
+	var udp []byte
+	switch binary.BigEndian.Uint16(f[12:14]) {
+	case 0x0800:
+		ihl := int(f[eth]&0x0f) * 4
+		if f[eth+9] != 17 || ihl < 20 || len(f) < eth+ihl+8 {
+			return src, dst, nil, false
+		}
+		s, _ = netip.AddrFromSlice(f[eth+12 : eth+16])
+		d, _ = netip.AddrFromSlice(f[eth+16 : eth+20])
+		udp = f[eth+ihl:]
+	case 0x86dd:
+		if len(f) < eth+40+8 || f[eth+6] != 17 {
+			return src, dst, nil, false
+		}
+		s, _ = netip.AddrFromSlice(f[eth+8 : eth+24])
+		d, _ = netip.AddrFromSlice(f[eth+24 : eth+40])
+		udp = f[eth+40:]
+	default:
 		return src, dst, nil, false
 	}
-	s, _ := netip.AddrFromSlice(f[eth+12 : eth+16])
-	d, _ := netip.AddrFromSlice(f[eth+16 : eth+20])
-	udp := f[eth+ihl:]
 	src = netip.AddrPortFrom(s, binary.BigEndian.Uint16(udp[0:2]))
 	dst = netip.AddrPortFrom(d, binary.BigEndian.Uint16(udp[2:4]))
 	return src, dst, udp[8:], true

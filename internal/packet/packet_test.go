@@ -54,6 +54,23 @@ func TestUDPOfFrame(t *testing.T) {
 	if _, _, _, ok := UDPOfFrame(f); ok {
 		t.Error("a TCP frame read as UDP")
 	}
+	// IPv6: fd00:56::11 port 51821 to fd00:56::12 port 51821.
+	f6 := make([]byte, 14+40+8)
+	f6[12], f6[13] = 0x86, 0xdd
+	f6[14], f6[14+6] = 0x60, 17
+	src6, dst6 := netip.MustParseAddr("fd00:56::11").As16(), netip.MustParseAddr("fd00:56::12").As16()
+	copy(f6[14+8:], src6[:])
+	copy(f6[14+24:], dst6[:])
+	f6[54], f6[55], f6[56], f6[57] = 0xca, 0x6d, 0xca, 0x6d
+	f6 = append(f6, payload...)
+	src, dst, got, ok = UDPOfFrame(f6)
+	if !ok || src.String() != "[fd00:56::11]:51821" || dst.String() != "[fd00:56::12]:51821" || !IsWireGuardData(got) {
+		t.Errorf("UDPOfFrame IPv6: %v %v %x %v", src, dst, got, ok)
+	}
+	f6[14+6] = 58 // ICMPv6
+	if _, _, _, ok := UDPOfFrame(f6); ok {
+		t.Error("an ICMPv6 frame read as UDP")
+	}
 	if IsWireGuardData([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}) {
 		t.Error("a handshake initiation (type 1) read as data")
 	}

@@ -13,9 +13,9 @@ import (
 )
 
 // TestIPv6RefusedByIPv4Backends: EnableIPv6 on a backend that carries IPv4
-// only (udp, ipip, bgp, wireguard, macvlan) stops the node before it leases
-// anything, naming the field, its value and the backend; host-gw without an
-// IPv6 underlay address is refused too.
+// only (udp, ipip, bgp, macvlan) stops the node before it leases anything,
+// naming the field, its value and the backend; host-gw and wireguard's Mode
+// separate without an IPv6 underlay address are refused too.
 func TestIPv6RefusedByIPv4Backends(t *testing.T) {
 	for _, typ := range []string{"udp", "ipip", "bgp", "wireguard", "macvlan", "host-gw"} {
 		t.Run(typ, func(t *testing.T) {
@@ -33,14 +33,17 @@ func TestIPv6RefusedByIPv4Backends(t *testing.T) {
 			n.start()
 			err := n.result()
 			want := "network config: EnableIPv6 = true: the " + typ + " backend carries IPv4 only"
-			if typ == "host-gw" {
+			switch typ {
+			case "host-gw":
 				want = "host-gw with EnableIPv6 routes via the peers' IPv6 underlay addresses"
+			case "wireguard":
+				want = "wireguard Mode separate with EnableIPv6 reaches the peers at their PublicIPv6"
 			}
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Run: %v, want an error with %q", err, want)
 			}
 			var fe *netconf.FieldError
-			if typ != "host-gw" && (!errors.As(err, &fe) || fe.Field != "EnableIPv6") {
+			if typ != "host-gw" && typ != "wireguard" && (!errors.As(err, &fe) || fe.Field != "EnableIPv6") {
 				t.Errorf("error %v is not a FieldError of EnableIPv6", err)
 			}
 			if ls := mustList(t, reg); len(ls) != 0 {

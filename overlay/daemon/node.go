@@ -197,7 +197,7 @@ func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr, l
 	}
 	if !plan.CarriesIPv6(cfg.Backend) {
 		return &netconf.FieldError{Field: "EnableIPv6", Value: "true",
-			Reason: fmt.Sprintf("the %s backend carries IPv4 only in twill (IPv6 pod networks run on vxlan or host-gw)", cfg.Backend.Type)}
+			Reason: fmt.Sprintf("the %s backend carries IPv4 only in twill (IPv6 pod networks run on vxlan, host-gw or wireguard)", cfg.Backend.Type)}
 	}
 	if !n.PublicIPv6.IsValid() && n.Iface != "" { // a FindUplink may have set it
 		if ifc, err := net.InterfaceByName(n.Iface); err == nil {
@@ -221,6 +221,10 @@ func ipv6Underlay(n *backend.Node, cfg *netconf.Config, publicIPv6 netip.Addr, l
 		return fmt.Errorf("the network is IPv6-only, and the uplink %q has no global IPv6 address: set --public-ipv6", n.Iface)
 	case cfg.Backend.Type == netconf.TypeHostGW:
 		return fmt.Errorf("host-gw with EnableIPv6 routes via the peers' IPv6 underlay addresses: the underlay interface %q has no global IPv6 address (set --public-ipv6)", n.Iface)
+	case cfg.Backend.Type == netconf.TypeWireGuard && (plan.WireGuardSeparate(cfg.Backend) || cfg.Backend.Mode == "ipv6"):
+		return fmt.Errorf("wireguard Mode %s with EnableIPv6 reaches the peers at their PublicIPv6: the underlay interface %q has no global IPv6 address (set --public-ipv6, or use Mode auto or ipv4)", cfg.Backend.Mode, n.Iface)
+	case cfg.Backend.Type == netconf.TypeWireGuard:
+		log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none and carrying IPv6 to the peers' IPv4 endpoints", "iface", n.Iface, "mode", cfg.Backend.Mode)
 	default:
 		log.Warn("the network enables IPv6 but the uplink has no global IPv6 address; publishing none and carrying IPv6 over IPv4 (set --public-ipv6)", "iface", n.Iface)
 	}

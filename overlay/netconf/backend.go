@@ -231,9 +231,25 @@ func (b Backend) validateAgainst(c *Config) error {
 		return &FieldError{Field: "SubnetLen", Value: fmt.Sprint(c.SubnetLen),
 			Reason: fmt.Sprintf("too small for %s: each node's slice needs at least a /29", b.Type)}
 	}
-	if b.Type == TypeWireGuard && b.Mode == "ipv6" {
+	if b.Type == TypeWireGuard {
+		return b.validateWireGuard(c)
+	}
+	return nil
+}
+
+// validateWireGuard checks wireguard's Mode and ports against the
+// families the network enables: Mode ipv6 reaches every peer at its
+// PublicIPv6, which nodes publish only with EnableIPv6; Mode separate
+// with both families has two devices, each listening on a port of its
+// own.
+func (b Backend) validateWireGuard(c *Config) error {
+	if b.Mode == "ipv6" && !c.EnableIPv6 {
 		return &FieldError{Field: "Backend.Mode", Value: `"ipv6"`,
-			Reason: "twill carries IPv4 pod networks only; use separate, auto or ipv4"}
+			Reason: "reaches the peers at their PublicIPv6 and needs EnableIPv6 (use separate, auto or ipv4 for an IPv4-only network)"}
+	}
+	if b.Mode == "separate" && c.EnableIPv4 && c.EnableIPv6 && b.ListenPortV6 == b.ListenPort {
+		return &FieldError{Field: "Backend.ListenPortV6", Value: fmt.Sprint(b.ListenPortV6),
+			Reason: "is Backend.ListenPort too: in Mode separate twill-wg listens on ListenPort and twill-wg-v6 on ListenPortV6, which must differ"}
 	}
 	return nil
 }

@@ -92,7 +92,10 @@ func TestParseRefusesBadConfig(t *testing.T) {
 		{"wireguard port", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":65536}}`, "Backend.ListenPort", `65536`, "1..65535"},
 		{"wireguard port v6", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPortV6":0}}`, "Backend.ListenPortV6", `0`, "1..65535"},
 		{"wireguard mode", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"both"}}`, "Backend.Mode", `"both"`, "separate, auto, ipv4, ipv6"},
-		{"wireguard mode ipv6", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}`, "Backend.Mode", `"ipv6"`, "IPv4 pod networks only"},
+		{"wireguard mode ipv6 without IPv6", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}`, "Backend.Mode", `"ipv6"`, "needs EnableIPv6"},
+		{"wireguard ListenPortV6 is ListenPort", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","ListenPort":51820,"ListenPortV6":51820}}`, "Backend.ListenPortV6", `51820`, "must differ"},
+		{"wireguard ListenPortV6 out of range", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","ListenPortV6":70000}}`, "Backend.ListenPortV6", `70000`, "1..65535"},
+		{"wireguard mode unknown dual stack", `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","Mode":"dual"}}`, "Backend.Mode", `"dual"`, "separate, auto, ipv4, ipv6"},
 		{"wireguard keepalive", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PersistentKeepaliveInterval":-1}}`, "Backend.PersistentKeepaliveInterval", `-1`, "0..65535"},
 		{"wireguard implementation", `{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Implementation":"go"}}`, "Backend.Implementation", `"go"`, "kernel or userspace"},
 		{"backend case", `{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}`, "Backend.Type", `"VXLAN"`, `did you mean "vxlan"`},
@@ -309,6 +312,22 @@ func TestMarshalFamilies(t *testing.T) {
 		out, _ := json.Marshal(c)
 		if string(out) != want {
 			t.Errorf("%s\nwrites %s\nwant   %s", in, out, want)
+		}
+	}
+}
+
+// TestWireGuardModes: what the wireguard Mode refusals leave alone: one
+// port for both families where there is one device (auto, ipv4, ipv6) or
+// one family (separate without IPv6), and Mode ipv6 with EnableIPv6.
+func TestWireGuardModes(t *testing.T) {
+	for _, in := range []string{
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","Mode":"auto","ListenPort":51820,"ListenPortV6":51820}}`,
+		`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","Mode":"ipv6","ListenPortV6":51820}}`,
+		`{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"separate","ListenPortV6":51820}}`,
+		`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard","ListenPortV6":51820}}`,
+	} {
+		if _, err := Parse([]byte(in)); err != nil {
+			t.Errorf("Parse(%s): %v", in, err)
 		}
 	}
 }

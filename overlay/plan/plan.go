@@ -25,7 +25,12 @@
 //	         lease's BackendData, endpoint peerPublicIP:ListenPort, allowed
 //	         IPs peerSubnet) lives in the WireGuard device, set by the backend
 //	         (flannel routes the whole network to flannel-wg instead; a
-//	         route per peer lets a peer that goes take its route along)
+//	         route per peer lets a peer that goes take its route along).
+//	         With IPv6, by Backend.Mode: separate puts the IPv6 subnets on
+//	         twill-wg-v6 to the peers' PublicIPv6 (flannel-wg-v6); auto,
+//	         ipv4 and ipv6 keep both families on twill-wg, each peer at one
+//	         endpoint (auto: chosen by what the underlay has, ipv4: its
+//	         PublicIP, ipv6: its PublicIPv6)
 //
 // With DirectRouting (vxlan, ipip), a peer on this node's L2 segment is routed
 // as host-gw does, without tunnel state.
@@ -59,6 +64,9 @@ const (
 	UDPDevice       = "twill0"
 	IPIPDevice      = "twill.ipip"
 	WireGuardDevice = "twill-wg"
+	// WireGuardDevice6 is wireguard's IPv6 device in Mode separate
+	// (flannel's flannel-wg-v6).
+	WireGuardDevice6 = "twill-wg-v6"
 )
 
 // VXLANDevice is the name of the VXLAN device for a VNI: twill.<VNI>.
@@ -381,8 +389,15 @@ func Build(in Input) (Plan, error) {
 	if has6 && b.Type == netconf.TypeVXLAN && ownIP6.IsValid() {
 		p.Device6 = VXLANDevice6(b.VNI)
 	}
+	ipv6Tunnel := p.Device6 != ""
+	if b.Type == netconf.TypeWireGuard {
+		if has6 && WireGuardSeparate(b) {
+			p.Device6 = WireGuardDevice6
+		}
+		ipv6Tunnel = WireGuardOverIPv6(b, has6, ownIP6)
+	}
 	if in.Underlay.MTU > 0 || b.MTU > 0 {
-		p.MTU = OverlayMTU(b, in.Underlay.MTU, p.Device6 != "")
+		p.MTU = OverlayMTU(b, in.Underlay.MTU, ipv6Tunnel)
 	}
 	// hostGW: every peer is routed via its public IP on the shared segment.
 	hostGW := b.Type == netconf.TypeHostGW || RoutesPeerSlices(b)
@@ -401,7 +416,14 @@ func Build(in Input) (Plan, error) {
 		return Plan{}, fmt.Errorf("plan: udp needs the cluster network containing %s, got %v", own, in.Network)
 	}
 	if has4 {
-		if err := p.addFamily(in, ipv4Family(in, p.Device)); err != nil {
+		f := ipv4Family(in, p.Device)
+		if b.Type == netconf.TypeWireGuard {
+			var err error
+			if f, err = wireGuardFamily(in, p, f, ownIP6); err != nil {
+				return Plan{}, err
+			}
+		}
+		if err := p.addFamily(in, f); err != nil {
 			return Plan{}, err
 		}
 	}
@@ -409,6 +431,12 @@ func Build(in Input) (Plan, error) {
 		f := ipv6Family(in, p, ownIP6)
 		if hostGW && !f.ownIP.Is6() {
 			return Plan{}, fmt.Errorf("%w: %s routes IPv6 via the peers' IPv6 underlay addresses and needs this node's (PublicIPv6)", ErrUnderlay, b.Type)
+		}
+		if b.Type == netconf.TypeWireGuard {
+			var err error
+			if f, err = wireGuardFamily(in, p, f, ownIP6); err != nil {
+				return Plan{}, err
+			}
 		}
 		if err := p.addFamily(in, f); err != nil {
 			return Plan{}, err
@@ -428,12 +456,12 @@ var ErrIPv6 = errors.New("plan: no IPv6 on this backend")
 // vxlan (a second VXLAN device over the IPv6 underlay, as flannel's
 // flannel-v6.<VNI>, or IPv6 neighbours on the IPv4 device when the node
 // has no IPv6 underlay address), host-gw (routes via the peers'
-// PublicIPv6), and alloc, which carries nothing. udp is IPv4-only as
-// flannel's is; ipip, bgp, wireguard and the sublink backends are IPv4-only
-// in twill for now.
+// PublicIPv6), wireguard (by its Mode, as flannel's), and alloc, which
+// carries nothing. udp is IPv4-only as flannel's is; ipip, bgp and the
+// sublink backends are IPv4-only in twill for now.
 func CarriesIPv6(b netconf.Backend) bool {
 	switch b.Type {
-	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeAlloc:
+	case netconf.TypeVXLAN, netconf.TypeHostGW, netconf.TypeWireGuard, netconf.TypeAlloc:
 		return true
 	}
 	return false
@@ -451,8 +479,9 @@ type family struct {
 	subnetLen int
 	own       netip.Prefix
 	// ownIP is this node's address on the underlay the family's packets
-	// ride (for IPv6 over an IPv4 underlay, the IPv4 one).
-	ownIP netip.Addr
+	// ride (for IPv6 over an IPv4 underlay, the IPv4 one); ownIP2 its
+	// other one where peers may be reached at either (wireguard's auto).
+	ownIP, ownIP2 netip.Addr
 	// segment is the node's connected prefix of that address's family: a
 	// peer whose address is in it is on the L2 segment. direct says routes
 	// over the segment (host-gw, DirectRouting) are possible at all.
@@ -467,8 +496,10 @@ type family struct {
 	// addrName names publicIP's field in problems.
 	addrName string
 	isAddr   func(netip.Addr) bool
-	// data is the peer's backend data for the family.
-	data func(lease.Lease) json.RawMessage
+	// data is the peer's backend data for the family; dataField names
+	// the lease field it came from, for wireguard's problems.
+	data      func(lease.Lease) json.RawMessage
+	dataField func(lease.Lease) string
 }
 
 func is4(a netip.Addr) bool { return a.Is4() }
@@ -538,7 +569,7 @@ func (p *Plan) addFamily(in Input, f family) error {
 		problem := func(format string, args ...any) {
 			p.Problems = append(p.Problems, Problem{Subnet: sub, PublicIP: ip, Reason: fmt.Sprintf(format, args...)})
 		}
-		if f.ownIP.IsValid() && ip == f.ownIP {
+		if (f.ownIP.IsValid() && ip == f.ownIP) || (f.ownIP2.IsValid() && ip == f.ownIP2) {
 			problem("publishes this node's own %s (a stale lease of this node?); not routed", f.addrName)
 			continue
 		}
@@ -682,6 +713,9 @@ func candidates(in Input, f family, p *Plan) []candidate {
 		if b.Type == netconf.TypeWireGuard {
 			key, err := ParseWireGuardData(f.data(l))
 			if err != nil {
+				if f.dataField != nil && f.dataField(l) != "BackendData" {
+					err = fmt.Errorf("%s: %w", f.dataField(l), err)
+				}
 				problem("%v; skipped", err)
 				continue
 			}
@@ -801,4 +835,105 @@ func compareFDB(a, b FDBEntry) int {
 
 func comparePrefix(a, b netip.Prefix) int {
 	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+}
+
+// WireGuardSeparate reports whether wireguard runs Mode separate (the
+// default): IPv4 on twill-wg, IPv6 on twill-wg-v6.
+func WireGuardSeparate(b netconf.Backend) bool { return b.Mode == "separate" || b.Mode == "" }
+
+// WireGuardOverIPv6 reports whether a wireguard node may send to peers
+// over its IPv6 underlay, which makes the overlay MTU IPv6UnderlayExtra
+// smaller for both families (the pods have one MTU): always in Mode
+// ipv6; in separate and auto when the pod network has IPv6 (ipv6Network)
+// and the node an IPv6 underlay address (ownIP6); never in Mode ipv4.
+func WireGuardOverIPv6(b netconf.Backend, ipv6Network bool, ownIP6 netip.Addr) bool {
+	switch {
+	case b.Mode == "ipv6":
+		return true
+	case b.Mode == "ipv4":
+		return false
+	}
+	return ipv6Network && ownIP6.IsValid()
+}
+
+// wireGuardFamily sets where a wireguard family's peers are reached, by
+// Backend.Mode, as flannel's backend does:
+//
+//	separate  IPv4 subnets at PublicIP on twill-wg, IPv6 subnets at
+//	          PublicIPv6 on twill-wg-v6, each with its own data
+//	          (BackendData, BackendV6Data); this node needs PublicIPv6
+//	ipv4      both families on twill-wg, every peer at its PublicIP
+//	ipv6      both families on twill-wg, every peer at its PublicIPv6
+//	auto      both families on twill-wg, each peer at the endpoint
+//	          autoEndpoint picks
+//
+// On one device a peer node is one WireGuard peer with both subnets as
+// allowed IPs, so both halves take one key: BackendV6Data's when the
+// lease has an IPv6 subnet and publishes it (flannel's choice), else
+// BackendData's.
+func wireGuardFamily(in Input, p Plan, f family, ownIP6 netip.Addr) (family, error) {
+	b := in.Backend
+	ownIP4 := in.Underlay.PublicIP
+	if !ownIP4.IsValid() {
+		ownIP4 = in.Own.Attrs.PublicIP
+	}
+	if WireGuardSeparate(b) {
+		if f.name == "IPv6" {
+			if !ownIP6.IsValid() {
+				return f, fmt.Errorf("%w: wireguard Mode separate carries IPv6 on %s over the IPv6 underlay and needs this node's PublicIPv6", ErrUnderlay, WireGuardDevice6)
+			}
+			f.device = p.Device6
+			f.dataField = func(lease.Lease) string { return "BackendV6Data" }
+		}
+		return f, nil
+	}
+	f.device, f.segment, f.direct = p.Device, netip.Prefix{}, false
+	f.data = func(l lease.Lease) json.RawMessage {
+		if l.IPv6Subnet.IsValid() && len(l.Attrs.BackendV6Data) > 0 {
+			return l.Attrs.BackendV6Data
+		}
+		return l.Attrs.BackendData
+	}
+	f.dataField = func(l lease.Lease) string {
+		if l.IPv6Subnet.IsValid() && len(l.Attrs.BackendV6Data) > 0 {
+			return "BackendV6Data"
+		}
+		return "BackendData"
+	}
+	switch b.Mode {
+	case "ipv4":
+		f.ownIP, f.addrName, f.isAddr = ownIP4, "public IP", is4
+		f.publicIP = func(l lease.Lease) netip.Addr { return l.Attrs.PublicIP }
+	case "ipv6":
+		if !ownIP6.IsValid() {
+			return f, fmt.Errorf("%w: wireguard Mode ipv6 reaches its peers over the IPv6 underlay and needs this node's PublicIPv6", ErrUnderlay)
+		}
+		f.ownIP, f.addrName, f.isAddr = ownIP6, "PublicIPv6", is6
+		f.publicIP = func(l lease.Lease) netip.Addr { return l.Attrs.PublicIPv6 }
+	default: // auto
+		f.ownIP, f.ownIP2, f.addrName = ownIP4, ownIP6, "endpoint (PublicIP or PublicIPv6)"
+		f.isAddr = func(a netip.Addr) bool { return is4(a) || is6(a) }
+		f.publicIP = func(l lease.Lease) netip.Addr { return autoEndpoint(l, ownIP4, ownIP6) }
+	}
+	return f, nil
+}
+
+// autoEndpoint is the address wireguard's Mode auto reaches a peer at,
+// flannel's choice: the only one the peer publishes (or the only family
+// this node's underlay has); of two, its PublicIP if that is not a
+// private address, its PublicIPv6 if neither that nor this node's is a
+// private (unique local) one, else its PublicIP.
+func autoEndpoint(l lease.Lease, own4, own6 netip.Addr) netip.Addr {
+	v4, v6 := l.Attrs.PublicIP, l.Attrs.PublicIPv6
+	switch {
+	case !v6.IsValid() || !own6.IsValid():
+		return v4
+	case !v4.IsValid() || !own4.IsValid():
+		return v6
+	case !v4.IsPrivate():
+		return v4
+	case !v6.IsPrivate() && !own6.IsPrivate():
+		return v6
+	}
+	return v4
 }

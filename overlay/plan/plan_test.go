@@ -42,6 +42,9 @@ func withV6(l lease.Lease, subnet6, publicIPv6 string, n int) lease.Lease {
 		}
 		l.Attrs.BackendV6Data = VXLANData(1, m)
 	}
+	if l.Attrs.BackendType == netconf.TypeWireGuard {
+		l.Attrs.BackendV6Data = WireGuardData(wgKey(n)) // one key for both, as flannel's
+	}
 	return l
 }
 
@@ -351,6 +354,38 @@ func goldenCases() []golden {
 			withV6(node(netconf.TypeHostGW, "10.244.3.0/24", "192.168.56.14", 3), "fd00:10:244:3::/64", "fd00:9::14", 3))}}},
 		golden{"host-gw-ipv6-only", "host-gw in an IPv6-only cluster", []step{{in: input6(netconf.TypeHostGW, backend(netconf.TypeHostGW), true,
 			v6Only(dualNode(netconf.TypeHostGW, 1)), v6Only(dualNode(netconf.TypeHostGW, 2)))}}},
+		golden{"wireguard-dual-stack-separate", "Mode separate, flannel's way: IPv4 subnets on twill-wg at the peers' PublicIP, IPv6 subnets on twill-wg-v6 at their PublicIPv6, keys from BackendData and BackendV6Data; MTU 1420 (IPv6 outer header); a v4-only peer, an IPv6-only peer, a peer without PublicIPv6 and one whose BackendV6Data has no key", []step{{in: input6(wg, backend(wg), false,
+			dualNode(wg, 2), dualNode(wg, 1),
+			node(wg, "10.244.3.0/24", "192.168.56.14", 3),
+			v6Only(dualNode(wg, 4)),
+			withV6(node(wg, "10.244.5.0/24", "192.168.56.16", 5), "fd00:10:244:5::/64", "", 5),
+			func() lease.Lease {
+				l := dualNode(wg, 6)
+				l.Attrs.BackendV6Data = json.RawMessage(`{"VtepMAC":"0a:58:00:00:00:06"}`)
+				return l
+			}())}}},
+		golden{"wireguard-dual-stack-auto", "Mode auto: both families on twill-wg, each peer at one endpoint by what the underlay has (private IPv4 and ULA IPv6: the PublicIP; a public IPv4 peer at it; an IPv6-only peer and one with only PublicIPv6 at that); MTU 1420", []step{{in: input6(wg, withMode(backend(wg), "auto"), false,
+			dualNode(wg, 1),
+			withV6(node(wg, "10.244.2.0/24", "198.51.100.13", 2), "fd00:10:244:2::/64", "fd00:56::13", 2),
+			v6Only(dualNode(wg, 3)),
+			func() lease.Lease {
+				l := dualNode(wg, 4)
+				l.Attrs.PublicIP = netip.Addr{}
+				return l
+			}(),
+			node(wg, "10.244.5.0/24", "192.168.56.16", 5))}}},
+		golden{"wireguard-dual-stack-auto-2001", "Mode auto between nodes with private IPv4 and global IPv6 (2001:db8::/64): the peers are reached at their PublicIPv6", []step{{in: func() Input {
+			in := input6(wg, withMode(backend(wg), "auto"), false, withV6(node(wg, "10.244.1.0/24", "192.168.56.12", 1), "fd00:10:244:1::/64", "2001:db8::12", 1))
+			in.Own.Attrs.PublicIPv6 = netip.MustParseAddr("2001:db8::11")
+			in.Underlay.Prefix6 = netip.MustParsePrefix("2001:db8::/64")
+			return in
+		}()}}},
+		golden{"wireguard-dual-stack-ipv4", "Mode ipv4: both families on twill-wg, every peer at its PublicIP; MTU 1440 (IPv4 outer header)", []step{{in: input6(wg, withMode(backend(wg), "ipv4"), false,
+			dualNode(wg, 1), dualNode(wg, 2), v6Only(dualNode(wg, 3)))}}},
+		golden{"wireguard-dual-stack-ipv6", "Mode ipv6: both families on twill-wg, every peer at its PublicIPv6 (a peer without one is a problem in both families); MTU 1420", []step{{in: input6(wg, withMode(backend(wg), "ipv6"), false,
+			dualNode(wg, 1), dualNode(wg, 2), withV6(node(wg, "10.244.3.0/24", "192.168.56.14", 3), "fd00:10:244:3::/64", "", 3))}}},
+		golden{"wireguard-ipv6-only", "Mode separate in an IPv6-only cluster: the IPv6 subnets on twill-wg-v6", []step{{in: input6(wg, backend(wg), true,
+			v6Only(dualNode(wg, 1)), v6Only(dualNode(wg, 2)))}}},
 		golden{"vxlan-mtu-override", "Backend.MTU overrides the underlay arithmetic; the device is named by Input.Device", []step{{in: func() Input {
 			b := backend(vx)
 			b.MTU = 1400
@@ -466,19 +501,20 @@ func TestBuildRefuses(t *testing.T) {
 		in   Input
 		want error
 	}{
-		"host-gw without underlay prefix":       {noUnderlay, ErrUnderlay},
-		"direct routing without device":         {noDevice, ErrUnderlay},
-		"udp without network":                   {noNetwork, nil},
-		"own subnet with host bits":             {noOwn, ErrOwnLease},
-		"unknown backend":                       {input("geneve", backend("geneve")), ErrBackend},
-		"bgp without underlay":                  {func() Input { in := input("bgp", backend("bgp")); in.Underlay = Underlay{}; return in }(), ErrUnderlay},
-		"udp with IPv6":                         {input6(netconf.TypeUDP, backend(netconf.TypeUDP), false), ErrIPv6},
-		"ipip with IPv6":                        {input6(netconf.TypeIPIP, backend(netconf.TypeIPIP), false), ErrIPv6},
-		"wireguard with IPv6":                   {input6(netconf.TypeWireGuard, backend(netconf.TypeWireGuard), false), ErrIPv6},
-		"bgp with IPv6":                         {input6(netconf.TypeBGP, backend(netconf.TypeBGP), false), ErrIPv6},
-		"macvlan with IPv6":                     {input6(netconf.TypeMacvlan, backend(netconf.TypeMacvlan), false), ErrIPv6},
-		"host-gw IPv6 without an IPv6 underlay": {overIPv4(input6(netconf.TypeHostGW, backend(netconf.TypeHostGW), false)), ErrUnderlay},
-		"no subnet at all":                      {func() Input { in := input(vx, backend(vx)); in.Own.Subnet = netip.Prefix{}; return in }(), ErrOwnLease},
+		"host-gw without underlay prefix":                  {noUnderlay, ErrUnderlay},
+		"direct routing without device":                    {noDevice, ErrUnderlay},
+		"udp without network":                              {noNetwork, nil},
+		"own subnet with host bits":                        {noOwn, ErrOwnLease},
+		"unknown backend":                                  {input("geneve", backend("geneve")), ErrBackend},
+		"bgp without underlay":                             {func() Input { in := input("bgp", backend("bgp")); in.Underlay = Underlay{}; return in }(), ErrUnderlay},
+		"udp with IPv6":                                    {input6(netconf.TypeUDP, backend(netconf.TypeUDP), false), ErrIPv6},
+		"ipip with IPv6":                                   {input6(netconf.TypeIPIP, backend(netconf.TypeIPIP), false), ErrIPv6},
+		"wireguard separate IPv6 without an IPv6 underlay": {overIPv4(input6(netconf.TypeWireGuard, backend(netconf.TypeWireGuard), false)), ErrUnderlay},
+		"wireguard ipv6 without an IPv6 underlay":          {overIPv4(input6(netconf.TypeWireGuard, withMode(backend(netconf.TypeWireGuard), "ipv6"), false)), ErrUnderlay},
+		"bgp with IPv6":                                    {input6(netconf.TypeBGP, backend(netconf.TypeBGP), false), ErrIPv6},
+		"macvlan with IPv6":                                {input6(netconf.TypeMacvlan, backend(netconf.TypeMacvlan), false), ErrIPv6},
+		"host-gw IPv6 without an IPv6 underlay":            {overIPv4(input6(netconf.TypeHostGW, backend(netconf.TypeHostGW), false)), ErrUnderlay},
+		"no subnet at all":                                 {func() Input { in := input(vx, backend(vx)); in.Own.Subnet = netip.Prefix{}; return in }(), ErrOwnLease},
 		"IPv6 subnet with host bits": {func() Input {
 			in := input6(vx, backend(vx), false)
 			in.Own.IPv6Subnet = netip.MustParsePrefix("fd00:10:244::1/64")

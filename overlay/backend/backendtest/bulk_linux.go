@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -16,9 +17,20 @@ import (
 // long it took.
 func BulkTransfer(tb testing.TB, from, to *Node, size int64) time.Duration {
 	tb.Helper()
+	return bulkTransfer(tb, from, to, "tcp4", to.PodIP, size)
+}
+
+// BulkTransfer6 is BulkTransfer over IPv6 (AddIPv6), to to's PodIP6.
+func BulkTransfer6(tb testing.TB, from, to *Node, size int64) time.Duration {
+	tb.Helper()
+	return bulkTransfer(tb, from, to, "tcp6", to.PodIP6, size)
+}
+
+func bulkTransfer(tb testing.TB, from, to *Node, network string, dst netip.Addr, size int64) time.Duration {
+	tb.Helper()
 	var l net.Listener
 	if err := namespace.DoName(to.Pod, func() (err error) {
-		l, err = net.Listen("tcp4", net.JoinHostPort(to.PodIP.String(), "0"))
+		l, err = net.Listen(network, net.JoinHostPort(dst.String(), "0"))
 		return err
 	}); err != nil {
 		tb.Fatalf("listen in %s: %v", to.Pod, err)
@@ -47,7 +59,7 @@ func BulkTransfer(tb testing.TB, from, to *Node, size int64) time.Duration {
 	}()
 	var c net.Conn
 	if err := namespace.DoName(from.Pod, func() (err error) {
-		c, err = net.DialTimeout("tcp4", l.Addr().String(), 5*time.Second)
+		c, err = net.DialTimeout(network, l.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {
 		tb.Fatalf("connect from %s to %s: %v", from.Pod, l.Addr(), err)
@@ -65,7 +77,7 @@ func BulkTransfer(tb testing.TB, from, to *Node, size int64) time.Duration {
 		sent += int64(k)
 		if err != nil {
 			c.Close()
-			tb.Fatalf("send %s -> %s after %d bytes: %v", from.PodIP, to.PodIP, sent, err)
+			tb.Fatalf("send %s -> %s after %d bytes: %v", from.Pod, dst, sent, err)
 		}
 	}
 	c.(*net.TCPConn).CloseWrite()
@@ -75,7 +87,7 @@ func BulkTransfer(tb testing.TB, from, to *Node, size int64) time.Duration {
 	var want [32]byte
 	copy(want[:], h.Sum(nil))
 	if r.err != nil || r.n != size || r.sum != want {
-		tb.Fatalf("transfer %s -> %s: received %d of %d bytes (err %v), checksum match %v", from.PodIP, to.PodIP, r.n, size, r.err, r.sum == want)
+		tb.Fatalf("transfer %s -> %s: received %d of %d bytes (err %v), checksum match %v", from.Pod, dst, r.n, size, r.err, r.sum == want)
 	}
 	return took
 }

@@ -20,13 +20,19 @@ import (
 //
 // A vxlan node with an IPv6 pod network and an IPv6 underlay address has a
 // second device whose VTEP is IPv6 (40-byte outer header): the MTU of both
-// devices and the pods is then plan.IPv6UnderlayExtra smaller.
+// devices and the pods is then plan.IPv6UnderlayExtra smaller. So is a
+// wireguard node's that may reach peers over its IPv6 underlay
+// (plan.WireGuardOverIPv6).
 func MTU(node backend.Node, b netconf.Backend) int {
 	u := node.IfaceMTU
 	if u <= 0 {
 		u = 1500
 	}
-	return min(plan.OverlayMTU(b, u, IPv6Tunnel(node, b)), 65535)
+	ipv6 := IPv6Tunnel(node, b)
+	if b.Type == netconf.TypeWireGuard {
+		ipv6 = plan.WireGuardOverIPv6(b, node.Network != nil && node.Network.EnableIPv6, node.PublicIPv6)
+	}
+	return min(plan.OverlayMTU(b, u, ipv6), 65535)
 }
 
 // IPv6Tunnel reports whether the backend tunnels the node's IPv6 pod

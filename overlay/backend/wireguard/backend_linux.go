@@ -39,17 +39,17 @@ type Backend struct {
 	// SetLease, Handle, Resync and Plan.
 	*routing.Router
 
-	// mu guards what follows. The Router's lock may be held when it is
-	// taken (OnPlan), never the other way round.
+	// tunnels are the devices, fixed by New: twill-wg, and in Mode
+	// separate with IPv6 twill-wg-v6 (in an IPv6-only network that one
+	// alone).
+	tunnels []*tunnel
+
+	// mu guards what follows and the tunnels' state. The Router's lock
+	// may be held when it is taken (OnPlan), never the other way round.
 	mu  sync.Mutex
 	key wgtypes.Key
-	dev wgDevice
 	// impl is kernel or userspace; why says why userspace was chosen.
 	impl, why string
-	// want are the peers the leases name, by key; applied what was last
-	// configured of them (nil: configure them all on the next sync).
-	want    map[wgtypes.Key]wgtypes.PeerConfig
-	applied map[wgtypes.Key]string
 	// keys are the peers' public keys by subnet, for Status; since is
 	// when each key was first wanted (a peer never handshaken with is
 	// not handshaking once it has been known for staleAfter).
@@ -59,8 +59,28 @@ type Backend struct {
 	closed     bool
 }
 
+// tunnel is one WireGuard device of the backend and its peers.
+type tunnel struct {
+	name string
+	port int
+	// v6 says the device carries the IPv6 subnets alone (twill-wg-v6 in
+	// Mode separate); the other device carries the rest.
+	v6  bool
+	dev wgDevice
+	// want are the peers the leases name, by key; applied what was last
+	// configured of them (nil: configure them all on the next sync).
+	want    map[wgtypes.Key]wgtypes.PeerConfig
+	applied map[wgtypes.Key]string
+}
+
 // New returns the wireguard backend for node, working in node.NetNS. It
 // changes nothing yet.
+//
+// Its devices follow Backend.Mode, as flannel's: separate (the default)
+// has twill-wg on ListenPort for the IPv4 subnets and, with EnableIPv6,
+// twill-wg-v6 on ListenPortV6 for the IPv6 subnets, reached at the
+// peers' PublicIPv6; auto, ipv4 and ipv6 have twill-wg alone, on
+// ListenPort, one peer per node with both subnets (see plan).
 func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if node.Network == nil {
 		return nil, errors.New("wireguard: the node has no network config")
@@ -73,7 +93,17 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	if opts.ListenPort == 0 {
 		opts.ListenPort = netconf.DefaultWireGuardPort
 	}
+	if opts.ListenPortV6 == 0 {
+		opts.ListenPortV6 = netconf.DefaultWireGuardPortV6
+	}
 	b := &Backend{node: node, opts: opts, mtu: routing.MTU(node, opts), log: log, staleAfter: StaleHandshake}
+	separate, ipv6 := plan.WireGuardSeparate(opts), node.Network.EnableIPv6
+	if !separate || node.Network.Network.IsValid() {
+		b.tunnels = append(b.tunnels, &tunnel{name: plan.WireGuardDevice, port: opts.ListenPort})
+	}
+	if separate && ipv6 {
+		b.tunnels = append(b.tunnels, &tunnel{name: plan.WireGuardDevice6, port: opts.ListenPortV6, v6: true})
+	}
 	if opts.PSK != "" {
 		psk, err := wgtypes.ParseKey(opts.PSK)
 		if err != nil {
@@ -81,8 +111,15 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		}
 		b.psk = &psk
 	}
-	r, err := routing.New(routing.Config{Node: node, Backend: opts, Device: plan.WireGuardDevice,
-		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log, WaitForPeers: true})
+	if len(b.tunnels) == 0 {
+		return nil, errors.New("wireguard: the network has neither an IPv4 network nor EnableIPv6")
+	}
+	rcfg := routing.Config{Node: node, Backend: opts, Device: b.tunnels[0].name,
+		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log, WaitForPeers: true}
+	if separate && ipv6 {
+		rcfg.Device6 = plan.WireGuardDevice6
+	}
+	r, err := routing.New(rcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -93,11 +130,37 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 // Type is "wireguard".
 func (b *Backend) Type() string { return netconf.TypeWireGuard }
 
-// Prepare reads (or makes) the private key, creates the device and
-// publishes the public key.
+// tunnelFor is the index of the tunnel that carries subnet, or -1.
+func (b *Backend) tunnelFor(subnet netip.Prefix) int {
+	v6 := subnet.Addr().Is6()
+	for i, t := range b.tunnels {
+		if t.v6 && v6 {
+			return i
+		}
+	}
+	for i, t := range b.tunnels {
+		if !t.v6 && (!v6 || !plan.WireGuardSeparate(b.opts)) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Prepare reads (or makes) the private key, creates the devices and
+// publishes the public key: in BackendData with an IPv4 network, in
+// BackendV6Data with IPv6 (one key for both, as flannel's).
 func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
-	if !b.node.PublicIP.Is4() {
+	separate, cfg := plan.WireGuardSeparate(b.opts), b.node.Network
+	need4 := (separate && cfg.Network.IsValid()) || b.opts.Mode == "ipv4"
+	need6 := (separate && cfg.EnableIPv6) || b.opts.Mode == "ipv6"
+	if need4 && !b.node.PublicIP.Is4() {
 		return backend.Prepared{}, fmt.Errorf("wireguard needs an IPv4 public IP, have %v", b.node.PublicIP)
+	}
+	if need6 && !b.node.PublicIPv6.IsValid() {
+		return backend.Prepared{}, fmt.Errorf("wireguard Mode %s with IPv6 reaches peers over the IPv6 underlay: the node has no IPv6 underlay address (PublicIPv6)", b.opts.Mode)
+	}
+	if !b.node.PublicIP.Is4() && !b.node.PublicIPv6.IsValid() {
+		return backend.Prepared{}, errors.New("wireguard needs a public IP: the node has neither an IPv4 nor an IPv6 underlay address")
 	}
 	key, created, err := LoadKey(b.node.StateDir)
 	if err != nil {
@@ -116,7 +179,14 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 	if err := b.EnsureDevice(); err != nil {
 		return backend.Prepared{}, err
 	}
-	return backend.Prepared{BackendData: plan.WireGuardData(pub.String()), MTU: b.mtu}, nil
+	prep := backend.Prepared{MTU: b.mtu}
+	if cfg.Network.IsValid() {
+		prep.BackendData = plan.WireGuardData(pub.String())
+	}
+	if cfg.EnableIPv6 {
+		prep.BackendV6Data = plan.WireGuardData(pub.String())
+	}
+	return prep, nil
 }
 
 // PublicKey is the node's public key; zero before Prepare.
@@ -143,74 +213,107 @@ func (b *Backend) implLocked() string {
 	return b.impl
 }
 
-// ensureDevice makes the device if it is missing (again, if it went),
-// configures it and its peers, and sets its MTU, address and state.
+// ensureDevice makes the devices if they are missing (again, if they
+// went), configures them and their peers, and sets their MTU, addresses
+// and state: twill-wg has the own IPv4 subnet's network address as a /32
+// (and, on one device, the own IPv6 subnet's as a /128), twill-wg-v6 the
+// IPv6 one, as flannel's devices.
 func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
+	own6 := netip.Prefix{}
+	if l, ok := b.OwnLease(); ok { // before b.mu: the Router's lock comes first
+		own6 = l.IPv6Subnet
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.key == (wgtypes.Key{}) {
 		return errors.New("wireguard: no private key yet (Prepare first)")
 	}
-	name := plan.WireGuardDevice
-	link, err := nl.LinkByName(name)
-	if err != nil && !routing.IsNotFound(err) {
-		return fmt.Errorf("look up %s: %w", name, err)
+	var errs []error
+	for _, t := range b.tunnels {
+		errs = append(errs, b.ensureTunnelLocked(nl, t, own, own6))
 	}
-	if b.dev != nil && err != nil {
-		b.log.Warn("device gone; making it again", "device", name, "implementation", b.impl)
-		b.dev.close()
-		b.dev = nil
-	}
-	if b.dev == nil {
-		if err := b.openLocked(nl); err != nil {
-			return err
-		}
-		if link, err = nl.LinkByName(name); err != nil {
-			return fmt.Errorf("look up %s after creating it: %w", name, err)
-		}
-	}
-	return errors.Join(b.syncLocked(), routing.SetUpDevice(nl, link, b.mtu, nil, own))
+	return errors.Join(errs...)
 }
 
-// openLocked creates the device, kernel or userspace as configured or as
-// the kernel allows, and gives it the private key and the port.
-func (b *Backend) openLocked(nl *netlink.Handle) error {
-	ns, name := b.Namespace(), plan.WireGuardDevice
+func (b *Backend) ensureTunnelLocked(nl *netlink.Handle, t *tunnel, own, own6 netip.Prefix) error {
+	link, err := nl.LinkByName(t.name)
+	if err != nil && !routing.IsNotFound(err) {
+		return fmt.Errorf("look up %s: %w", t.name, err)
+	}
+	if t.dev != nil && err != nil {
+		b.log.Warn("device gone; making it again", "device", t.name, "implementation", b.impl)
+		t.dev.close()
+		t.dev = nil
+	}
+	if t.dev == nil {
+		if err := b.openLocked(nl, t); err != nil {
+			return err
+		}
+		if link, err = nl.LinkByName(t.name); err != nil {
+			return fmt.Errorf("look up %s after creating it: %w", t.name, err)
+		}
+	}
+	errs := []error{b.syncLocked(t)}
+	switch {
+	case t.v6:
+		errs = append(errs, routing.SetUpDevice(nl, link, b.mtu, nil, own6))
+	default:
+		errs = append(errs, routing.SetUpDevice(nl, link, b.mtu, nil, own))
+		if own6.IsValid() && !plan.WireGuardSeparate(b.opts) {
+			errs = append(errs, routing.SetUpDevice(nl, link, b.mtu, nil, own6))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// openLocked creates t's device, kernel or userspace as configured or as
+// the kernel allows, and gives it the private key and its port.
+func (b *Backend) openLocked(nl *netlink.Handle, t *tunnel) error {
+	ns, name := b.Namespace(), t.name
+	var dev wgDevice
 	var err error
 	switch b.opts.Implementation {
 	case netconf.WireGuardKernel:
-		b.dev, err = openKernel(ns, nl, name, b.mtu, b.log)
+		dev, err = openKernel(ns, nl, name, b.mtu, b.log)
 		b.impl = netconf.WireGuardKernel
 	case netconf.WireGuardUserspace:
-		b.dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
+		dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
 		b.impl, b.why = netconf.WireGuardUserspace, "Backend.Implementation says so"
 	default:
-		b.dev, err = openKernel(ns, nl, name, b.mtu, b.log)
+		dev, err = openKernel(ns, nl, name, b.mtu, b.log)
 		b.impl = netconf.WireGuardKernel
 		if kerr := err; errors.Is(kerr, ErrNoKernelWireGuard) {
-			b.log.Info("no kernel WireGuard; running it in userspace", "reason", kerr)
-			b.dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
-			b.impl, b.why = netconf.WireGuardUserspace, kerr.Error()
+			b.log.Info("no kernel WireGuard; running it in userspace", "device", name, "reason", kerr)
+			dev, err = openUserspace(ns, nl, name, b.mtu, b.log)
+			if b.impl = netconf.WireGuardUserspace; b.why == "" || t == b.tunnels[0] {
+				b.why = kerr.Error() // the first device's reason (twill-wg's)
+			}
 		}
 	}
 	if err != nil {
-		b.dev = nil
 		return err
 	}
-	port := b.opts.ListenPort
-	if err := b.dev.configure(wgtypes.Config{PrivateKey: &b.key, ListenPort: &port}); err != nil {
-		b.dev.close()
-		b.dev = nil
+	port := t.port
+	if err := dev.configure(wgtypes.Config{PrivateKey: &b.key, ListenPort: &port}); err != nil {
+		dev.close()
 		return fmt.Errorf("give %s its private key and port %d: %w", name, port, err)
 	}
-	b.applied = nil
+	t.dev, t.applied = dev, nil
 	return nil
 }
 
 // onPlan learns the peers from a new plan and configures them at once: a
 // peer whose lease went or whose key changed is removed in this call.
+//
+// Each subnet goes to its tunnel (tunnelFor), the peer at the plan's
+// public IP and the tunnel's port: on one device a dual-stack node is one
+// peer with both subnets as allowed IPs (the plan gives both halves one
+// endpoint and key).
 func (b *Backend) onPlan(p routing.Planned) error {
-	want := map[wgtypes.Key]wgtypes.PeerConfig{}
+	wants := make([]map[wgtypes.Key]wgtypes.PeerConfig, len(b.tunnels))
+	for i := range wants {
+		wants[i] = map[wgtypes.Key]wgtypes.PeerConfig{}
+	}
 	keys := map[netip.Prefix]wgtypes.Key{}
 	keepalive := time.Duration(b.opts.PersistentKeepaliveInterval) * time.Second
 	for _, peer := range p.Plan.Peers {
@@ -218,9 +321,14 @@ func (b *Backend) onPlan(p routing.Planned) error {
 		if err != nil { // the plan checked it; a peer without one is not ours
 			continue
 		}
+		ti := b.tunnelFor(peer.Subnet)
+		if ti < 0 {
+			continue
+		}
 		keys[peer.Subnet] = key
-		allowed := net.IPNet{IP: peer.Subnet.Addr().AsSlice(), Mask: net.CIDRMask(peer.Subnet.Bits(), 32)}
-		if pc, ok := want[key]; ok { // one node, two subnets
+		want, port := wants[ti], b.tunnels[ti].port
+		allowed := net.IPNet{IP: peer.Subnet.Addr().AsSlice(), Mask: net.CIDRMask(peer.Subnet.Bits(), peer.Subnet.Addr().BitLen())}
+		if pc, ok := want[key]; ok { // one node, two subnets (or both families)
 			pc.AllowedIPs = append(pc.AllowedIPs, allowed)
 			want[key] = pc
 			continue
@@ -228,7 +336,7 @@ func (b *Backend) onPlan(p routing.Planned) error {
 		want[key] = wgtypes.PeerConfig{
 			PublicKey:                   key,
 			PresharedKey:                b.psk,
-			Endpoint:                    net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer.PublicIP, uint16(b.opts.ListenPort))),
+			Endpoint:                    net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer.PublicIP, uint16(port))),
 			PersistentKeepaliveInterval: &keepalive,
 			ReplaceAllowedIPs:           true,
 			AllowedIPs:                  []net.IPNet{allowed},
@@ -238,35 +346,42 @@ func (b *Backend) onPlan(p routing.Planned) error {
 	defer b.mu.Unlock()
 	since := map[wgtypes.Key]time.Time{}
 	now := time.Now()
-	for key := range want {
-		if t, ok := b.since[key]; ok {
-			since[key] = t
-		} else {
-			since[key] = now
+	for _, want := range wants {
+		for key := range want {
+			if t, ok := b.since[key]; ok {
+				since[key] = t
+			} else {
+				since[key] = now
+			}
 		}
 	}
-	b.want, b.keys, b.since = want, keys, since
-	return b.syncLocked()
+	b.keys, b.since = keys, since
+	var errs []error
+	for i, t := range b.tunnels {
+		t.want = wants[i]
+		errs = append(errs, b.syncLocked(t))
+	}
+	return errors.Join(errs...)
 }
 
-// syncLocked makes the device's peers those wanted: it removes every other
+// syncLocked makes t's device's peers those wanted: it removes every other
 // peer (stale keys, peers that left) and configures the wanted ones that
 // changed since they were last configured. Peers new to the device are
 // greeted (see greet).
-func (b *Backend) syncLocked() error {
-	if b.dev == nil || b.want == nil {
+func (b *Backend) syncLocked(t *tunnel) error {
+	if t.dev == nil || t.want == nil {
 		// Before the first plan nothing is known of the peers: a kernel
 		// device kept over a restart keeps its peers until then.
 		return nil
 	}
-	have, err := b.dev.peers()
+	have, err := t.dev.peers()
 	if err != nil {
-		return fmt.Errorf("read the peers of %s: %w", plan.WireGuardDevice, err)
+		return fmt.Errorf("read the peers of %s: %w", t.name, err)
 	}
 	var cfg wgtypes.Config
 	var removed []string
 	for _, p := range have {
-		if _, ok := b.want[p.PublicKey]; !ok {
+		if _, ok := t.want[p.PublicKey]; !ok {
 			cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
 			removed = append(removed, p.PublicKey.String())
 		}
@@ -279,11 +394,11 @@ func (b *Backend) syncLocked() error {
 	var added []string
 	var now, later wgtypes.Config
 	own := b.key.PublicKey()
-	for _, key := range slices.SortedFunc(maps.Keys(b.want), func(x, y wgtypes.Key) int { return bytes.Compare(x[:], y[:]) }) {
-		pc := b.want[key]
+	for _, key := range slices.SortedFunc(maps.Keys(t.want), func(x, y wgtypes.Key) int { return bytes.Compare(x[:], y[:]) }) {
+		pc := t.want[key]
 		f := fingerprint(pc)
 		applied[key] = f
-		if present[key] && b.applied[key] == f {
+		if present[key] && t.applied[key] == f {
 			continue
 		}
 		if !present[key] {
@@ -301,29 +416,29 @@ func (b *Backend) syncLocked() error {
 		added = append(added, key.String())
 	}
 	if len(cfg.Peers) == 0 {
-		b.applied = applied
+		t.applied = applied
 		return nil
 	}
-	if err := b.dev.configure(cfg); err != nil {
-		b.applied = nil
-		return fmt.Errorf("configure the peers of %s: %w", plan.WireGuardDevice, err)
+	if err := t.dev.configure(cfg); err != nil {
+		t.applied = nil
+		return fmt.Errorf("configure the peers of %s: %w", t.name, err)
 	}
 	if len(now.Peers) > 0 {
-		if err := b.dev.configure(now); err != nil {
-			b.applied = nil
-			return fmt.Errorf("turn the greeting keepalive of new peers of %s off: %w", plan.WireGuardDevice, err)
+		if err := t.dev.configure(now); err != nil {
+			t.applied = nil
+			return fmt.Errorf("turn the greeting keepalive of new peers of %s off: %w", t.name, err)
 		}
 	}
-	b.applied = applied
+	t.applied = applied
 	if len(later.Peers) > 0 {
-		dev := b.dev
-		time.AfterFunc(greetDelay, func() { b.greetLater(dev, later) })
+		dev := t.dev
+		time.AfterFunc(greetDelay, func() { b.greetLater(t, dev, later) })
 	}
 	if len(removed) > 0 {
-		b.log.Info("peers removed", "device", plan.WireGuardDevice, "keys", removed)
+		b.log.Info("peers removed", "device", t.name, "keys", removed)
 	}
 	if len(added) > 0 {
-		b.log.Info("peers configured", "device", plan.WireGuardDevice, "keys", added)
+		b.log.Info("peers configured", "device", t.name, "keys", added)
 	}
 	return nil
 }
@@ -374,17 +489,17 @@ func greet(pc wgtypes.PeerConfig, first bool) (wgtypes.PeerConfig, *wgtypes.Peer
 }
 
 // greetLater sends the second node's greetings (see greet) on dev, if it
-// is still the device: a configured keepalive is turned on; a peer without
+// is still t's device: a configured keepalive is turned on; a peer without
 // one that has no handshake yet gets keepalive 1 s and then off.
-func (b *Backend) greetLater(dev wgDevice, greetings wgtypes.Config) {
+func (b *Backend) greetLater(t *tunnel, dev wgDevice, greetings wgtypes.Config) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev != dev || b.closed {
+	if t.dev != dev || b.closed {
 		return
 	}
 	have, err := dev.peers()
 	if err != nil {
-		b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
+		b.log.Warn("greet new peers", "device", t.name, "err", err)
 		return
 	}
 	handshook := map[wgtypes.Key]bool{}
@@ -394,7 +509,7 @@ func (b *Backend) greetLater(dev wgDevice, greetings wgtypes.Config) {
 	var on wgtypes.Config
 	var keys []wgtypes.Key
 	for _, g := range greetings.Peers {
-		pc, wanted := b.want[g.PublicKey]
+		pc, wanted := t.want[g.PublicKey]
 		if !wanted {
 			continue
 		}
@@ -408,18 +523,18 @@ func (b *Backend) greetLater(dev wgDevice, greetings wgtypes.Config) {
 	}
 	if len(on.Peers) > 0 {
 		if err := dev.configure(on); err != nil {
-			b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
-			b.applied = nil
+			b.log.Warn("greet new peers", "device", t.name, "err", err)
+			t.applied = nil
 			return
 		}
 	}
 	if err := greetPeers(dev, keys); err != nil {
-		b.log.Warn("greet new peers", "device", plan.WireGuardDevice, "err", err)
-		b.applied = nil
+		b.log.Warn("greet new peers", "device", t.name, "err", err)
+		t.applied = nil
 		return
 	}
 	if len(keys) > 0 {
-		b.log.Info("peers greeted: no handshake yet", "device", plan.WireGuardDevice, "keys", keyStrings(keys))
+		b.log.Info("peers greeted: no handshake yet", "device", t.name, "keys", keyStrings(keys))
 	}
 }
 
@@ -447,28 +562,36 @@ func keyStrings(keys []wgtypes.Key) []string {
 }
 
 // Status is the Router's, with the implementation as the mode and the
-// device's per-peer counters (bytes and last handshake; WireGuard counts
-// no packets).
+// devices' per-peer counters (bytes and last handshake; WireGuard counts
+// no packets). On one device the two subnets of a dual-stack peer show
+// the one WireGuard peer's counters each.
 func (b *Backend) Status() backend.Status {
 	st := b.Router.Status()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st.Mode = b.implLocked()
-	if b.dev == nil {
-		return st
-	}
-	have, err := b.dev.peers()
-	if err != nil {
-		st.Problems = append(st.Problems, fmt.Sprintf("read the peers of %s: %v", plan.WireGuardDevice, err))
-		return st
+	byKey := make([]map[wgtypes.Key]wgtypes.Peer, len(b.tunnels))
+	for ti, t := range b.tunnels {
+		if t.dev == nil {
+			continue
+		}
+		have, err := t.dev.peers()
+		if err != nil {
+			st.Problems = append(st.Problems, fmt.Sprintf("read the peers of %s: %v", t.name, err))
+			continue
+		}
+		byKey[ti] = map[wgtypes.Key]wgtypes.Peer{}
+		for _, p := range have {
+			byKey[ti][p.PublicKey] = p
+		}
 	}
 	now := time.Now()
-	byKey := map[wgtypes.Key]wgtypes.Peer{}
-	for _, p := range have {
-		byKey[p.PublicKey] = p
-	}
 	for i := range st.Peers {
-		p, ok := byKey[b.keys[st.Peers[i].Subnet]]
+		ti := b.tunnelFor(st.Peers[i].Subnet)
+		if ti < 0 {
+			continue
+		}
+		p, ok := byKey[ti][b.keys[st.Peers[i].Subnet]]
 		if !ok {
 			continue
 		}
@@ -502,14 +625,20 @@ func (b *Backend) handshakeProblem(p wgtypes.Peer, now time.Time) string {
 	return ""
 }
 
-// Peers are the device's peers as it reports them now.
-func (b *Backend) Peers() ([]wgtypes.Peer, error) {
+// Peers are the first device's peers (twill-wg's; twill-wg-v6's in an
+// IPv6-only network) as it reports them now.
+func (b *Backend) Peers() ([]wgtypes.Peer, error) { return b.PeersOf(b.tunnels[0].name) }
+
+// PeersOf are the peers of the device named, as it reports them now.
+func (b *Backend) PeersOf(device string) ([]wgtypes.Peer, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev == nil {
-		return nil, errors.New("no device")
+	for _, t := range b.tunnels {
+		if t.name == device && t.dev != nil {
+			return t.dev.peers()
+		}
 	}
-	return b.dev.peers()
+	return nil, fmt.Errorf("no device %s", device)
 }
 
 // Run keeps the kernel state until ctx ends. Userspace WireGuard lives in
@@ -525,9 +654,13 @@ func (b *Backend) Run(ctx context.Context) error {
 	<-kept
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.impl == netconf.WireGuardUserspace && b.dev != nil {
-		b.dev.close()
-		b.dev = nil
+	if b.impl == netconf.WireGuardUserspace {
+		for _, t := range b.tunnels {
+			if t.dev != nil {
+				t.dev.close()
+				t.dev = nil
+			}
+		}
 	}
 	return err
 }
@@ -563,17 +696,23 @@ func (b *Backend) keepHandshakes(ctx context.Context) {
 func (b *Backend) refreshHandshakes(now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.dev == nil || b.want == nil {
+	for _, t := range b.tunnels {
+		b.refreshTunnelLocked(t, now)
+	}
+}
+
+func (b *Backend) refreshTunnelLocked(t *tunnel, now time.Time) {
+	if t.dev == nil || t.want == nil {
 		return
 	}
-	have, err := b.dev.peers()
+	have, err := t.dev.peers()
 	if err != nil {
-		b.log.Warn("read the peers to keep their handshakes fresh", "device", plan.WireGuardDevice, "err", err)
+		b.log.Warn("read the peers to keep their handshakes fresh", "device", t.name, "err", err)
 		return
 	}
 	var keys []wgtypes.Key
 	for _, p := range have {
-		pc, ok := b.want[p.PublicKey]
+		pc, ok := t.want[p.PublicKey]
 		if !ok || (pc.PersistentKeepaliveInterval != nil && *pc.PersistentKeepaliveInterval > 0) {
 			continue
 		}
@@ -585,23 +724,25 @@ func (b *Backend) refreshHandshakes(now time.Time) {
 			keys = append(keys, p.PublicKey)
 		}
 	}
-	if err := greetPeers(b.dev, keys); err != nil {
-		b.log.Warn("greet peers to keep their handshakes fresh", "device", plan.WireGuardDevice, "err", err)
-		b.applied = nil
+	if err := greetPeers(t.dev, keys); err != nil {
+		b.log.Warn("greet peers to keep their handshakes fresh", "device", t.name, "err", err)
+		t.applied = nil
 		return
 	}
 	if len(keys) > 0 {
-		b.log.Debug("peers greeted: handshakes getting old", "device", plan.WireGuardDevice, "keys", keyStrings(keys))
+		b.log.Debug("peers greeted: handshakes getting old", "device", t.name, "keys", keyStrings(keys))
 	}
 }
 
-// Cleanup removes the device, the routes and the nftables rules. The
+// Cleanup removes the devices, the routes and the nftables rules. The
 // private key stays in the state directory.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.mu.Lock()
-	if b.dev != nil {
-		b.dev.close()
-		b.dev = nil
+	for _, t := range b.tunnels {
+		if t.dev != nil {
+			t.dev.close()
+			t.dev = nil
+		}
 	}
 	b.mu.Unlock()
 	return b.Router.Cleanup(ctx)
@@ -616,12 +757,14 @@ func (b *Backend) Close() error {
 		return nil
 	}
 	b.closed = true
-	var err error
-	if b.dev != nil {
-		err = b.dev.close()
-		b.dev = nil
+	var errs []error
+	for _, t := range b.tunnels {
+		if t.dev != nil {
+			errs = append(errs, t.dev.close())
+			t.dev = nil
+		}
 	}
-	return errors.Join(err, b.Router.Close())
+	return errors.Join(append(errs, b.Router.Close())...)
 }
 
 func fingerprint(pc wgtypes.PeerConfig) string {

@@ -1,12 +1,10 @@
 package wireguard_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,13 +17,10 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/twillnet/twill/internal/capture"
-	"github.com/twillnet/twill/internal/packet"
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/backendtest"
 	"github.com/twillnet/twill/overlay/backend/wireguard"
 	"github.com/twillnet/twill/overlay/lease"
-	"github.com/twillnet/twill/overlay/namespace"
 	"github.com/twillnet/twill/overlay/netconf"
 )
 
@@ -181,61 +176,7 @@ func TestTwoNodesUserspace(t *testing.T) {
 // 4) from and to UDP port 51820.
 func checkWire(t *testing.T, lab *backendtest.Lab, rs []*backendtest.Running) {
 	t.Helper()
-	marker := []byte("twill-wireguard-marker-" + lab.Nodes[0].Name)
-	to := rs[1].Node
-	var rc net.PacketConn
-	if err := namespace.DoName(to.Pod, func() (err error) {
-		rc, err = net.ListenPacket("udp4", net.JoinHostPort(to.PodIP.String(), "9999"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	var sc net.Conn
-	if err := namespace.DoName(rs[0].Node.Pod, func() (err error) {
-		sc, err = net.Dial("udp4", net.JoinHostPort(to.PodIP.String(), "9999"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	const count = 20
-	received := 0
-	frames, err := capture.Frames(lab.Switch, "p1", func() error {
-		rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 2048)
-		for range count {
-			sc.Write(marker)
-			if n, _, err := rc.ReadFrom(buf); err == nil && bytes.Equal(buf[:n], marker) {
-				received++
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("capture on the switch port: %v", err)
-	}
-	if received != count {
-		t.Errorf("pod 2 received %d of %d marked datagrams", received, count)
-	}
-	data, plain := 0, 0
-	for _, f := range frames {
-		if bytes.Contains(f, marker) {
-			plain++
-		}
-		src, dst, payload, ok := packet.UDPOfFrame(f)
-		if ok && src.Port() == 51820 && dst.Port() == 51820 && src.Addr() == rs[0].Node.PublicIP && packet.IsWireGuardData(payload) {
-			data++
-		}
-	}
-	t.Logf("captured %d frames on p1: %d WireGuard data messages from %s:51820 to :51820, %d with the marker in plain text",
-		len(frames), data, rs[0].Node.PublicIP, plain)
-	if plain != 0 {
-		t.Errorf("%d frames on the underlay carry the pod payload in plain text", plain)
-	}
-	if data < count {
-		t.Errorf("%d WireGuard data messages from node 1 on the underlay, want at least %d", data, count)
-	}
+	checkWireFamily(t, lab, rs, false, rs[0].Node.PublicIP, 51820)
 }
 
 // podMTU sets the pods' MTU, as the CNI plugin does from the subnet file.

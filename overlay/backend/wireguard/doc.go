@@ -7,6 +7,14 @@
 // (routing.Router keeps the routes). Pod traffic between nodes is therefore
 // encrypted on the underlay: UDP to ListenPort carrying WireGuard messages.
 //
+// With IPv6 (EnableIPv6) the layout follows Backend.Mode, as flannel's:
+// separate adds twill-wg-v6 on ListenPortV6, with the own IPv6 subnet's
+// address as a /128 and a peer per node at [PublicIPv6]:ListenPortV6
+// (key from BackendV6Data); auto, ipv4 and ipv6 keep one device with both
+// subnets' addresses and one peer per node holding both subnets, at the
+// endpoint the plan picks. The node publishes its one key in BackendData
+// and BackendV6Data.
+//
 // WireGuard runs in the kernel (configured through wgctrl) where the
 // kernel can create wireguard links, and in userspace (wireguard-go in
 // twilld: a TUN device and its UDP sockets) where it cannot; the wire
