@@ -128,7 +128,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
-		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, NodeTwilldArgs: s.Cluster.TwilldArgs,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, NodeTwilldArgs: s.Cluster.TwilldArgs, FlannelNodes: s.Cluster.FlannelNodes,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
 	}
 	fmt.Fprintf(out, "== %s: %s, backend %s, %s per node (lab %s, driver %s)\n",

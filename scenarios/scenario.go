@@ -54,6 +54,9 @@ type ClusterSpec struct {
 	// TwilldArgs are extra twilld flags for some nodes, by node name
 	// (a node on userspace WireGuard in a kernel cluster).
 	TwilldArgs map[string][]string `yaml:"twilldArgs"`
+	// FlannelNodes run flannel's flanneld instead of twilld (the netns
+	// driver; make flannel builds it), by node name.
+	FlannelNodes []string `yaml:"flannelNodes"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -199,6 +202,11 @@ func Parse(data []byte) (*Scenario, error) {
 	for _, n := range slices.Sorted(maps.Keys(c.TwilldArgs)) {
 		if !validNode(n, c.Nodes) {
 			errs = append(errs, fmt.Errorf("scenario: cluster.twilldArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+		}
+	}
+	for _, n := range c.FlannelNodes {
+		if !validNode(n, c.Nodes) {
+			errs = append(errs, fmt.Errorf("scenario: cluster.flannelNodes: %q: no such node (the cluster has n1..n%d)", n, c.Nodes))
 		}
 	}
 	switch c.IPFamily {

@@ -195,6 +195,11 @@ func TestScenarios(t *testing.T) {
 			if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, "netns") {
 				t.Skipf("runs only on the %s driver: this host's kernel lacks what it needs", strings.Join(s.Drivers, ", "))
 			}
+			if len(s.Cluster.FlannelNodes) > 0 {
+				if _, err := binaries.FlannelDir(); err != nil {
+					t.Skipf("plays flanneld on %v: %v", s.Cluster.FlannelNodes, err)
+				}
+			}
 			var out strings.Builder
 			r := &Runner{Driver: "netns", Bin: bin, Out: &out, ReportDir: reports, LabName: lab}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

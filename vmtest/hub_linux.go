@@ -346,7 +346,7 @@ func Down(ctx context.Context, name string) error {
 			inodes[ino] = true
 		}
 	}
-	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true})
+	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, "flanneld": true, qemuBinary: true})
 	procs = append(procs, found...)
 	// Daemons first, etcd last (they may want to talk to it on the way
 	// out); all of one kind at once.
