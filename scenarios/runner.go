@@ -328,6 +328,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.lease(ctx, st.Node, *st.Holds, within)
 	case "routes":
 		return p.routes(ctx, within)
+	case "node-leases":
+		return p.nodeLeases(ctx, st.Node, within)
 	case "bgp-sessions":
 		return p.bgpSessions(ctx, within)
 	case "restart-daemon":

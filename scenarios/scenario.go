@@ -120,6 +120,7 @@ var stepKinds = map[string][]string{
 	"outside-to-pod":    {"to", "within"},
 	"lease":             {"node", "holds", "within"},
 	"routes":            {"within"},
+	"node-leases":       {"node", "within"},
 	"bgp-sessions":      {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},

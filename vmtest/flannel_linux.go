@@ -45,9 +45,13 @@ func flannelDir(spec Spec) (string, error) {
 	return dir, nil
 }
 
-// flannelArgs are flanneld's flags on node n.
+// flannelArgs are flanneld's flags on node n. --ip-masq is always given,
+// as kube-flannel runs flanneld: without it flannel's CNI plugin has the
+// bridge plugin masquerade whatever leaves the node's subnet, other nodes'
+// pods included (so a peer sees the node's address, not the pod's).
 func flannelArgs(st *state, n nodeState) []string {
 	args := []string{
+		"--ip-masq",
 		"--etcd-endpoints", st.EtcdURL,
 		"--etcd-prefix", cmp.Or(st.Spec.EtcdPrefix, etcd.DefaultPrefix),
 		"--iface", "eth0",
@@ -56,9 +60,6 @@ func flannelArgs(st *state, n nodeState) []string {
 	}
 	if n.IP6.IsValid() {
 		args = append(args, "--public-ipv6", n.IP6.String())
-	}
-	if st.Spec.IPMasq {
-		args = append(args, "--ip-masq")
 	}
 	return args
 }
