@@ -358,12 +358,15 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "node-leases": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {
 			return Step{}, fmt.Errorf("line %d: %s needs %q", n.Line, kind, p)
 		}
+	}
+	if st.Kind == "node-leases" && slices.Contains(c.FlannelNodes, st.Node) {
+		return Step{}, fmt.Errorf("line %d: node-leases.node = %q: a flannel node has no twill API to ask", n.Line, st.Node)
 	}
 	if st.Kind == "tcp" && st.Size == 0 {
 		st.Size = 16 << 20
