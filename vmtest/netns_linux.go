@@ -111,7 +111,7 @@ func (d *netnsDriver) startDaemon(ctx context.Context, node string) error {
 	if err != nil || !started {
 		return err
 	}
-	d.l.log.Info("daemon started", "node", n.Name, "exe", filepath.Base(n.Daemon.Exe), "pid", n.Daemon.PID)
+	d.l.log.Info(filepath.Base(n.Daemon.Exe)+" started", "node", n.Name, "pid", n.Daemon.PID)
 	if err := waitLog(ctx, n.Daemon, n.LogPath, off, ready, 60*time.Second); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
