@@ -38,13 +38,14 @@ type Options struct {
 }
 
 // PathNames are the paths Run knows, in table order.
-var PathNames = []string{"underlay", "host-gw", "host-gw-ipv6", "kernel-vxlan", "twill-vxlan", "twill-vxlan-ipv6", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
+var PathNames = []string{"underlay", "host-gw", "host-gw-ipv6", "twill-bgp", "kernel-vxlan", "twill-vxlan", "twill-vxlan-ipv6", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard", "one-packet-per-syscall"}
 
 var descriptions = map[string]string{
 	"underlay":               "node to node over the veth underlay, no tunnel",
 	"host-gw":                "twilld host-gw: plain routes between pods",
 	"host-gw-ipv6":           "twilld host-gw on a dual-stack lab, pod to pod over IPv6 (routes via the peer's IPv6 underlay address)",
 	"twill-vxlan-ipv6":       "twilld vxlan on a dual-stack lab, pod to pod over IPv6: twill-v6.1 over the IPv6 underlay (MTU 1430)",
+	"twill-bgp":              "twilld bgp: plain routes between pods, learned over the node-to-node BGP mesh (GoBGP in twilld)",
 	"kernel-vxlan":           "a vxlan device set up by hand (VNI 42, MTU 1450), no twilld in the path",
 	"twill-vxlan":            "twilld vxlan backend (the kernel's vxlan, MTU 1450)",
 	"twill-udp":              "twilld udp backend as configured by default: the eBPF kernel path (MTU 1472)",
@@ -139,6 +140,8 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 		spec.Backend = "host-gw"
 	case "host-gw-ipv6":
 		spec.Backend, spec.IPFamily = "host-gw", "dual"
+	case "twill-bgp":
+		spec.NetConfig = `{"Network":"10.244.0.0/16","Backend":{"Type":"bgp","ConnectRetry":1}}`
 	case "twill-vxlan":
 		spec.Backend = "vxlan"
 	case "twill-vxlan-ipv6":
@@ -189,15 +192,34 @@ func up(ctx context.Context, path, name string, o Options) (*lab, error) {
 	case "one-packet-per-syscall":
 		l.self = true
 		l.ref, setupErr = startRefTunnel(ctx, nodes, pods)
-	case "twill-vxlan", "twill-vxlan-ipv6", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
+	case "twill-bgp", "twill-vxlan", "twill-vxlan-ipv6", "twill-udp", "twill-udp-tc", "twill-udp-userspace", "twill-udp-nooffload", "twill-wireguard":
 		for _, n := range nodes {
 			l.cpuPIDs = append(l.cpuPIDs, n.PID)
 		}
+	}
+	if path == "twill-bgp" && setupErr == nil {
+		// The routes come once the session is up.
+		setupErr = l.waitRoute(ctx, 30*time.Second)
 	}
 	if setupErr == nil {
 		setupErr = l.startServer()
 	}
 	return l, setupErr
+}
+
+// waitRoute waits until the far end answers a ping.
+func (l *lab) waitRoute(ctx context.Context, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := exec.CommandContext(ctx, "ip", "netns", "exec", l.from, "ping", "-c", "1", "-W", "1", l.dst).Run()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s does not reach %s within %s: %w", l.from, l.dst, within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // setupVXLAN joins the nodes with a vxlan device each, made by hand as

@@ -434,11 +434,26 @@ func (p *play) wantRoutes(own netip.Prefix, ls []lease.Lease) []string {
 			want = append(want, own.String())
 		}
 		for _, l := range routableLeases(ls, p.network, own) {
+			// A stopped node's routes are withdrawn over BGP; its lease
+			// stays.
+			if p.backend == "bgp" && p.downAt(l.Attrs.PublicIP) {
+				continue
+			}
 			want = append(want, l.Subnet.String())
 		}
 	}
 	slices.Sort(want)
 	return want
+}
+
+// downAt says whether the node with underlay address ip is stopped.
+func (p *play) downAt(ip netip.Addr) bool {
+	for _, n := range p.c.Nodes() {
+		if n.UnderlayIP == ip {
+			return p.down[n.Name]
+		}
+	}
+	return false
 }
 
 // routableLeases are the peers' leases a node with subnet own routes to,

@@ -61,6 +61,7 @@ func (p *play) stopDaemon(ctx context.Context, node string, sig syscall.Signal) 
 	if err := p.c.StopDaemon(ctx, node, sig); err != nil {
 		return "", nil, err
 	}
+	p.stopped[node] = time.Now()
 	what := "killed"
 	if sig != syscall.SIGKILL {
 		what = "stopped (" + sig.String() + ")"
@@ -91,11 +92,25 @@ func (p *play) stopNode(ctx context.Context, node string) (string, map[string]an
 	if err := p.c.StopDaemon(ctx, node, syscall.SIGTERM); err != nil {
 		return "", nil, err
 	}
+	p.stopped[node] = time.Now()
 	if err := p.c.SetUnderlay(ctx, node, false); err != nil {
 		return "", nil, err
 	}
 	p.down[node] = true
 	return fmt.Sprintf("%s: twilld stopped, underlay down", node), nil, nil
+}
+
+// deleteKubeNode deletes a node's Node object in a cluster whose store is
+// the Kubernetes API: its lease goes, and the routes to it on every peer.
+func (p *play) deleteKubeNode(ctx context.Context, node string) (string, map[string]any, error) {
+	kc, ok := p.c.(vmtest.KubeCluster)
+	if !ok || kc.Store() != "kube" {
+		return "", nil, errors.New("delete-kube-node needs a cluster with store: kube")
+	}
+	if err := kc.DeleteKubeNode(ctx, node); err != nil {
+		return "", nil, err
+	}
+	return fmt.Sprintf("%s: Node object deleted", node), nil, nil
 }
 
 // startNode brings a stopped node back.
@@ -183,7 +198,7 @@ func (p *play) partition(ctx context.Context, node string, heal bool) (string, m
 		delete(p.down, node)
 		return fmt.Sprintf("%s: underlay link restored", node), nil, nil
 	}
-	p.down[node] = true
+	p.down[node], p.stopped[node] = true, time.Now()
 	return fmt.Sprintf("%s: underlay link cut; twilld keeps running", node), nil, nil
 }
 

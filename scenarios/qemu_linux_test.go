@@ -15,9 +15,10 @@ import (
 // qemuScenarios are the scenarios the qemu tier plays: the basic one on
 // each tunnel backend (udp on its kernel path, classic tc on the VMs'
 // 6.1, and on its userspace path; wireguard in the kernel, and mixed with
-// userspace nodes; dual stack on vxlan), and the faults only a VM has.
+// userspace nodes; dual stack on vxlan), the faults only a VM has, and
+// bgp's IPIP CrossSubnet (ipip is not in this host's kernel).
 var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3", "restart-under-traffic",
-	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan"}
+	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan", "bgp-ipip-crosssubnet"}
 
 // TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs

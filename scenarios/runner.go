@@ -100,6 +100,9 @@ type play struct {
 	// conf is the cluster's network config, when the scenario's (or the
 	// default one) parses.
 	conf *netconf.Config
+	// stopped is when each node's daemon was last stopped (withdrawn
+	// times from it).
+	stopped map[string]time.Time
 	// watches are the ping watches running, by "from->to".
 	watches map[string]*pingWatch
 }
@@ -128,8 +131,9 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
-		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, NodeTwilldArgs: s.Cluster.TwilldArgs, FlannelNodes: s.Cluster.FlannelNodes,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, Store: s.Cluster.Store, FlannelNodes: s.Cluster.FlannelNodes,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
+		Routed: s.Cluster.Routed, NodeArgs: s.Cluster.NodeArgs,
 	}
 	fmt.Fprintf(out, "== %s: %s, backend %s, %s per node (lab %s, driver %s)\n",
 		s.Name, plural.Count(s.Cluster.Nodes, "node"), cmp.Or(s.Cluster.Backend, "from netConfig"), plural.Count(s.Cluster.PodsPerNode, "pod"), lab, driver)
@@ -219,7 +223,7 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 
 func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir string, rep *Report, out io.Writer) error {
 	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend,
-		watches: map[string]*pingWatch{}}
+		watches: map[string]*pingWatch{}, stopped: map[string]time.Time{}}
 	defer p.endAllWatches()
 	if nodes := c.Nodes(); len(nodes) > 0 {
 		if f, err := readSubnetFile(nodes[0].SubnetFile); err == nil {
@@ -332,6 +336,16 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.nodeLeases(ctx, st.Node, within)
 	case "bgp-sessions":
 		return p.bgpSessions(ctx, within)
+	case "router-routes":
+		return p.routerRoutes(ctx, within)
+	case "restart-router":
+		return p.restartRouter(ctx)
+	case "no-tunnel":
+		return p.noTunnel(ctx)
+	case "ipip-routes":
+		return p.ipipRoutes(ctx, within)
+	case "withdrawn":
+		return p.withdrawn(ctx, st.Node, within)
 	case "restart-daemon":
 		return p.restartDaemon(ctx, st.Node, syscall.SIGTERM)
 	case "kill-daemon":
@@ -344,6 +358,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.stopNode(ctx, st.Node)
 	case "start-node":
 		return p.startNode(ctx, st.Node)
+	case "delete-kube-node":
+		return p.deleteKubeNode(ctx, st.Node)
 	case "etcd-down":
 		return "", nil, p.c.StopEtcd(ctx)
 	case "etcd-up":
@@ -440,6 +456,9 @@ func (p *play) registry() (*etcd.Registry, error) {
 }
 
 func (p *play) leases(ctx context.Context) ([]lease.Lease, error) {
+	if kc, ok := p.c.(vmtest.KubeCluster); ok && kc.Store() == "kube" {
+		return kc.KubeLeases(ctx)
+	}
 	if ll, ok := p.c.(vmtest.LeaseLister); ok {
 		return ll.Leases(ctx)
 	}

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/twillnet/twill/vmtest"
 )
 
 // Scenario is one scenario file.
@@ -45,15 +47,19 @@ type ClusterSpec struct {
 	NetConfig   string   `yaml:"netConfig"`
 	PodsPerNode int      `yaml:"podsPerNode"`
 	IPMasq      bool     `yaml:"ipMasq"`
-	Outside     bool     `yaml:"outside"`
+	// Store is the lease store: etcd (the default) or kube (a real
+	// kube-apiserver in the hub; twilld --kube-subnet-mgr).
+	Store   string `yaml:"store"`
+	Outside bool   `yaml:"outside"`
 	// IPFamily is the pods' address families: ipv4 (the default), dual or
 	// ipv6 (vmtest.Spec.IPFamily).
 	IPFamily       string   `yaml:"ipFamily"`
 	SubnetLeaseTTL Duration `yaml:"subnetLeaseTTL"`
 	RenewMargin    Duration `yaml:"renewMargin"`
-	// TwilldArgs are extra twilld flags for some nodes, by node name
-	// (a node on userspace WireGuard in a kernel cluster).
-	TwilldArgs map[string][]string `yaml:"twilldArgs"`
+	// Routed puts the nodes in racks joined by a router (vmtest.Routed).
+	Routed *vmtest.Routed `yaml:"routed"`
+	// NodeArgs are extra twilld flags by node name (n1).
+	NodeArgs map[string][]string `yaml:"nodeArgs"`
 	// FlannelNodes run flannel's flanneld instead of twilld (the netns
 	// driver; make flannel builds it), by node name.
 	FlannelNodes []string `yaml:"flannelNodes"`
@@ -111,17 +117,25 @@ type Step struct {
 
 // stepKinds lists the step kinds and the parameters each takes.
 var stepKinds = map[string][]string{
-	"ping-all":          {"within", "family"},
-	"ping":              {"from", "to", "expect", "within", "family"},
-	"tcp":               {"from", "to", "size", "within", "family"},
-	"mtu":               {"from", "to", "within", "family"},
-	"outside":           {"from", "within", "family"},
-	"host-to-pods":      {"within"},
-	"outside-to-pod":    {"to", "within"},
-	"lease":             {"node", "holds", "within"},
-	"routes":            {"within"},
-	"node-leases":       {"node", "within"},
-	"bgp-sessions":      {"within"},
+	"ping-all":       {"within", "family"},
+	"ping":           {"from", "to", "expect", "within", "family"},
+	"tcp":            {"from", "to", "size", "within", "family"},
+	"mtu":            {"from", "to", "within", "family"},
+	"outside":        {"from", "within", "family"},
+	"host-to-pods":   {"within"},
+	"outside-to-pod": {"to", "within"},
+	"lease":          {"node", "holds", "within"},
+	"routes":         {"within"},
+	"node-leases":    {"node", "within"},
+	"bgp-sessions":   {"within"},
+	// A lab with a router (cluster.routed): its sessions and routes, a
+	// graceful restart of it; no tunnel devices on the nodes; a stopped
+	// node's subnet gone everywhere, timed.
+	"router-routes":     {"within"},
+	"restart-router":    {},
+	"no-tunnel":         {},
+	"withdrawn":         {"node", "within"},
+	"ipip-routes":       {"within"},
 	"restart-daemon":    {"node"},
 	"kill-daemon":       {"node"},
 	"stop-daemon":       {"node"},
@@ -133,6 +147,8 @@ var stepKinds = map[string][]string{
 	"delete-route":      {"node", "peer"},
 	"wait-lease-expiry": {"node", "within"},
 	"sleep":             {"for"},
+	// Kubernetes store: delete a node's Node object (kubectl delete node).
+	"delete-kube-node": {"node"},
 	// udp: which path carried the bytes (the nodes' API); wireguard:
 	// which WireGuard runs. node: only that node.
 	"data-path": {"path", "node"},
@@ -200,9 +216,9 @@ func Parse(data []byte) (*Scenario, error) {
 	case len(c.Backends) > 0 && (c.Backend != "" || c.NetConfig != ""):
 		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
 	}
-	for _, n := range slices.Sorted(maps.Keys(c.TwilldArgs)) {
+	for _, n := range slices.Sorted(maps.Keys(c.NodeArgs)) {
 		if !validNode(n, c.Nodes) {
-			errs = append(errs, fmt.Errorf("scenario: cluster.twilldArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+			errs = append(errs, fmt.Errorf("scenario: cluster.nodeArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
 		}
 	}
 	for _, n := range c.FlannelNodes {
@@ -214,6 +230,9 @@ func Parse(data []byte) (*Scenario, error) {
 	case "", "ipv4", "dual", "ipv6":
 	default:
 		errs = append(errs, fmt.Errorf("scenario: cluster.ipFamily = %q: want ipv4, dual or ipv6", c.IPFamily))
+	}
+	if c.Store != "" && c.Store != "etcd" && c.Store != "kube" {
+		errs = append(errs, fmt.Errorf("scenario: cluster.store = %q: want etcd or kube", c.Store))
 	}
 	if c.PodsPerNode < 0 || c.PodsPerNode > 20 {
 		errs = append(errs, fmt.Errorf("scenario: cluster.podsPerNode = %d: want 0..20", c.PodsPerNode))
@@ -358,7 +377,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "node-leases": {"node"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "withdrawn": {"node"}, "node-leases": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {

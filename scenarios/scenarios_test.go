@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twillnet/twill/internal/binaries"
+	"github.com/twillnet/twill/internal/kubeapi"
 	"github.com/twillnet/twill/overlay/lease"
 )
 
@@ -64,7 +65,7 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - ping-watch-end: {from: n1p1}\n", `give both from and to`},
 		{base + "steps:\n  - ping-watch-end: {max-lost: -1}\n", `ping-watch-end.max-lost: "-1"`},
 		{base + "steps:\n  - readyz: {expect: sometimes}\n", `readyz.expect: "sometimes": want ok or fail`},
-		{"name: x\ncluster: {nodes: 2, backend: wireguard, twilldArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `cluster.twilldArgs.n3: no such node (the cluster has n1..n2)`},
+		{"name: x\ncluster: {nodes: 2, backend: wireguard, nodeArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `cluster.nodeArgs.n3: no such node (the cluster has n1..n2)`},
 		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n3]}\nsteps:\n  - ping-all\n", `cluster.flannelNodes: "n3": no such node (the cluster has n1..n2)`},
 		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n2]}\nsteps:\n  - node-leases: {node: n2}\n", `node-leases.node = "n2": a flannel node has no twill API`},
 		{base + "steps:\n  - node-leases\n", `node-leases needs "node"`},
@@ -197,6 +198,11 @@ func TestScenarios(t *testing.T) {
 		t.Run(s.Name, func(t *testing.T) {
 			if len(s.Drivers) > 0 && !slices.Contains(s.Drivers, "netns") {
 				t.Skipf("runs only on the %s driver: this host's kernel lacks what it needs", strings.Join(s.Drivers, ", "))
+			}
+			if s.Cluster.Store == "kube" {
+				if _, err := kubeapi.Binary(kubeapi.APIServerBinary); err != nil {
+					t.Skipf("store kube needs a real kube-apiserver: %v", err)
+				}
 			}
 			if len(s.Cluster.FlannelNodes) > 0 {
 				if _, err := binaries.FlannelDir(); err != nil {

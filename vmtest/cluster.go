@@ -47,6 +47,19 @@ type Cluster interface {
 	Close() error
 }
 
+// Stores are the lease stores a lab runs.
+var Stores = []string{"etcd", "kube"}
+
+// KubeCluster is a cluster whose lease store may be the Kubernetes API.
+type KubeCluster interface {
+	// Store is "etcd" or "kube".
+	Store() string
+	// KubeLeases are the leases the Node objects publish.
+	KubeLeases(ctx context.Context) ([]lease.Lease, error)
+	// DeleteKubeNode deletes the Node object of a node.
+	DeleteKubeNode(ctx context.Context, node string) error
+}
+
 // LeaseLister is a cluster that lists the leases itself, where etcd is not
 // reachable from this machine (Remote reads them on a node).
 type LeaseLister interface {
@@ -74,4 +87,20 @@ type UnderlayShaper interface {
 // 2048 bytes of each).
 type UnderlayCapturer interface {
 	CaptureUnderlay(ctx context.Context, during func() error) ([][]byte, error)
+}
+
+// Fabric is a cluster whose nodes sit in racks joined by a router the lab
+// runs (Spec.Routed with a router).
+type Fabric interface {
+	// RouterNetNS is where the router runs, an Exec target; "" if the
+	// cluster runs no router.
+	RouterNetNS() string
+	// RouterSessions returns the nodes (by name) whose session with the
+	// router is established, and the router's own table (birdc show
+	// protocols, vtysh show bgp summary).
+	RouterSessions(ctx context.Context) (established []string, table string, err error)
+	// RestartRouter restarts the router gracefully (BIRD: birdc graceful
+	// restart, then bird -R), as an upgrade would, and returns once it
+	// runs again.
+	RestartRouter(ctx context.Context) error
 }

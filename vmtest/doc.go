@@ -18,6 +18,10 @@
 //     it can RebootNode and SetUnderlayLoss) or, with Spec.SystemImage,
 //     the system image driver (system_linux.go: whole Debian systems with
 //     systemd and sshd, left bare for Ansible to install twill).
+//     With Spec.Routed (fabric_linux.go) the nodes (namespaces or the
+//     initramfs VMs) sit in racks of their own /28 instead of on one
+//     segment, and the hub routes between them, running BIRD 2 or FRR
+//     (Fabric) when asked.
 //   - Remote (remote.go), machines where the Ansible roles installed twill,
 //     reached over SSH only: a system image lab's VMs (Lab.Remote) and a
 //     running Vagrant cluster (OpenVagrant, vagrant.go). A Remote starts

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twillnet/twill/internal/kubeapi"
 	"github.com/twillnet/twill/overlay/lease/etcd"
 )
 
@@ -93,11 +94,20 @@ func (l *Lab) makeHub(ctx context.Context, lay layout, bits int) error {
 	}
 	// The host's link keeps the slot's /26, also when the lab's segment is
 	// the whole /24 (underlayBits).
+	// A routed lab's host is on the hub's /28 and reaches the racks
+	// through the hub.
+	hostBits := lay.Prefix.Bits()
+	if st.Spec.Routed != nil {
+		hostBits = bits
+	}
 	steps = [][]string{
 		{"ip", "link", "add", st.HostLink, "type", "veth", "peer", "name", "host", "netns", hub},
 		{"ip", "-n", hub, "link", "set", "host", "master", st.Bridge, "up"},
-		{"ip", "addr", "add", netip.PrefixFrom(lay.Host, lay.Prefix.Bits()).String(), "dev", st.HostLink},
+		{"ip", "addr", "add", netip.PrefixFrom(lay.Host, hostBits).String(), "dev", st.HostLink},
 		{"ip", "link", "set", st.HostLink, "up"},
+	}
+	if st.Spec.Routed != nil {
+		steps = append(steps, []string{"ip", "route", "add", lay.Prefix.String(), "via", lay.Hub.String(), "dev", st.HostLink})
 	}
 	if err := runAll(ctx, steps); err != nil {
 		return fmt.Errorf("join the host to the underlay: %w", err)
@@ -109,6 +119,9 @@ func (l *Lab) makeHub(ctx context.Context, lay layout, bits int) error {
 // valid) on the hub's bridge; the veth's other end is hubLink in the hub.
 func (l *Lab) attach(ctx context.Context, hubLink, ns string, addr, addr6 netip.Addr, bits int) error {
 	hub, bridge := l.st.HubNetNS, l.st.Bridge
+	if i := slices.IndexFunc(l.st.Nodes, func(n nodeState) bool { return n.NetNS == ns }); i >= 0 {
+		bridge = l.st.bridge(l.st.Nodes[i])
+	}
 	steps := [][]string{
 		{"ip", "netns", "add", ns},
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
@@ -335,7 +348,10 @@ func Down(ctx context.Context, name string) error {
 		} else {
 			errs = append(errs, err) // go on with the scan
 		}
-		procs = append(procs, st.Etcd)
+		procs = append(procs, st.Etcd, st.KubeAPI)
+		if st.Router != nil {
+			procs = append(procs, st.Router.Procs...)
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err) // go on with the scan
 	}
@@ -346,7 +362,11 @@ func Down(ctx context.Context, name string) error {
 			inodes[ino] = true
 		}
 	}
-	found, others := procsIn(inodes, map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, "flanneld": true, qemuBinary: true})
+	ours := map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, "flanneld": true, qemuBinary: true, kubeapi.APIServerBinary: true}
+	for _, b := range routerBinaries {
+		ours[b] = true
+	}
+	found, others := procsIn(inodes, ours)
 	procs = append(procs, found...)
 	// Daemons first, etcd last (they may want to talk to it on the way
 	// out); all of one kind at once.

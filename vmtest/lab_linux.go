@@ -29,24 +29,32 @@ type state struct {
 	Dir  string `json:"dir"`
 	Bin  string `json:"bin"`
 	// FlannelBin holds flanneld and the CNI plugins of flannel nodes.
-	FlannelBin string      `json:"flannel_bin,omitempty"`
-	HubNetNS   string      `json:"hub_netns"`
-	Bridge     string      `json:"bridge"`
-	HubAddr    netip.Addr  `json:"hub_addr"`
-	HubAddr6   netip.Addr  `json:"hub_addr6,omitzero"`
-	HostLink   string      `json:"host_link,omitempty"`
-	HostAddr   netip.Addr  `json:"host_addr,omitzero"`
-	Etcd       proc        `json:"etcd"`
-	EtcdURL    string      `json:"etcd_url"`
-	EtcdSocket string      `json:"etcd_socket"`
-	Nodes      []nodeState `json:"nodes"`
-	Pods       []Pod       `json:"pods"`
-	OutsideNS  string      `json:"outside_netns,omitempty"`
-	OutsideIP  netip.Addr  `json:"outside_addr,omitzero"`
-	OutsideIP6 netip.Addr  `json:"outside_addr6,omitzero"`
+	FlannelBin string     `json:"flannel_bin,omitempty"`
+	HubNetNS   string     `json:"hub_netns"`
+	Bridge     string     `json:"bridge"`
+	HubAddr    netip.Addr `json:"hub_addr"`
+	HubAddr6   netip.Addr `json:"hub_addr6,omitzero"`
+	HostLink   string     `json:"host_link,omitempty"`
+	HostAddr   netip.Addr `json:"host_addr,omitzero"`
+	Etcd       proc       `json:"etcd"`
+	EtcdURL    string     `json:"etcd_url"`
+	EtcdSocket string     `json:"etcd_socket"`
+	// The kube store's: the API server in the hub, the nodes' kubeconfig
+	// and network config file.
+	KubeAPI       proc        `json:"kube_apiserver,omitzero"`
+	Kubeconfig    string      `json:"kubeconfig,omitempty"`
+	NetConfigPath string      `json:"net_config_path,omitempty"`
+	Nodes         []nodeState `json:"nodes"`
+	Pods          []Pod       `json:"pods"`
+	OutsideNS     string      `json:"outside_netns,omitempty"`
+	OutsideIP     netip.Addr  `json:"outside_addr,omitzero"`
+	OutsideIP6    netip.Addr  `json:"outside_addr6,omitzero"`
 	// The qemu driver's: what the VMs boot and how.
 	Image Image  `json:"image,omitzero"`
 	Accel string `json:"accel,omitempty"`
+	// The routed topology's (fabric_linux.go): the racks and the router.
+	Racks  []rackState  `json:"racks,omitempty"`
+	Router *routerState `json:"router,omitempty"`
 }
 
 type nodeState struct {
@@ -62,6 +70,12 @@ type nodeState struct {
 	// StateDir is twilld's --state-dir (wireguard's key); empty for
 	// twilld's default (the qemu driver's VMs keep it on their state disk).
 	StateDir string `json:"state_dir,omitempty"`
+	// Bridge is the hub's bridge the node's link is on (empty: the
+	// hub's Bridge); Gateway its default route and ASN its rack's AS
+	// (routed labs).
+	Bridge  string     `json:"bridge,omitempty"`
+	Gateway netip.Addr `json:"gateway,omitzero"`
+	ASN     uint32     `json:"asn,omitempty"`
 	// VM is set by the qemu driver.
 	VM *vmNode `json:"vm,omitempty"`
 }
@@ -203,6 +217,9 @@ func (l *Lab) build(ctx context.Context) error {
 	st := l.st
 	lay := slotLayout(st.Slot)
 	bits := lay.Prefix.Bits()
+	if st.Spec.Routed != nil {
+		lay, bits = routedLayout(st.Slot), rackBits
+	}
 	if st.Spec.underlayLab() {
 		bits = underlayBits
 		if st.Spec.NetConfig == "" {
@@ -220,6 +237,11 @@ func (l *Lab) build(ctx context.Context) error {
 	if err := l.makeHub(ctx, lay, bits); err != nil {
 		return err
 	}
+	if st.Spec.Routed != nil {
+		if err := l.makeRacks(ctx, lay); err != nil {
+			return err
+		}
+	}
 	for i := range st.Spec.Nodes {
 		name := "n" + strconv.Itoa(i+1)
 		dir := filepath.Join(st.Dir, name)
@@ -228,6 +250,9 @@ func (l *Lab) build(ctx context.Context) error {
 			StateDir: filepath.Join(dir, "state")})
 		if st.Spec.IPv6() {
 			st.Nodes[i].IP6 = lay.addr6(st.Nodes[i].IP)
+		}
+		if st.Spec.Routed != nil {
+			st.placeNode(i, &st.Nodes[i])
 		}
 		if err := writeState(st); err != nil {
 			return err
@@ -248,13 +273,25 @@ func (l *Lab) build(ctx context.Context) error {
 	if l.drv.bare() {
 		return l.drv.boot(ctx)
 	}
+	if r := st.Spec.Routed; r != nil && r.Router != "" {
+		if err := l.startRouter(ctx, false); err != nil {
+			return err
+		}
+	}
 	if err := l.startEtcd(ctx); err != nil {
 		return err
 	}
-	if err := l.putNetConfig(ctx); err != nil {
+	if st.Spec.Store == "kube" {
+		if err := l.startKubeAPI(ctx); err != nil {
+			return err
+		}
+	} else if err := l.putNetConfig(ctx); err != nil {
 		return err
 	}
 	if err := l.drv.boot(ctx); err != nil {
+		return err
+	}
+	if err := l.routeNodes(ctx); err != nil {
 		return err
 	}
 	// The nodes' daemons start together and become ready together.
@@ -320,14 +357,17 @@ func findBin(ctx context.Context, bin string) (string, error) {
 // twilldArgs are twilld's flags on node n of the lab with state st.
 func twilldArgs(st *state, n nodeState) []string {
 	spec := st.Spec
-	args := []string{
-		"--etcd-endpoints", st.EtcdURL,
+	args := []string{"--etcd-endpoints", st.EtcdURL}
+	if spec.Store == "kube" {
+		args = kubeTwilldArgs(st)
+	}
+	args = append(args,
 		"--public-ip", n.IP.String(),
 		"--iface", "eth0",
-		"--node-name", spec.Name + "-" + n.Name,
+		"--node-name", spec.Name+"-"+n.Name,
 		"--subnet-file", n.SubnetFile,
 		"--listen", net.JoinHostPort(n.IP.String(), strconv.Itoa(DashboardPort)),
-	}
+	)
 	if n.StateDir != "" {
 		args = append(args, "--state-dir", n.StateDir)
 	}
@@ -343,8 +383,9 @@ func twilldArgs(st *state, n nodeState) []string {
 	if spec.RenewMargin > 0 {
 		args = append(args, "--subnet-lease-renew-margin", spec.RenewMargin.String())
 	}
+	args = append(args, bgpRouterArgs(st, n)...)
 	args = append(args, spec.TwilldArgs...)
-	return append(args, spec.NodeTwilldArgs[n.Name]...)
+	return append(args, spec.NodeArgs[n.Name]...)
 }
 
 // Open attaches to a running lab by its state file.

@@ -88,6 +88,9 @@ func (c *Lab) procs() []proc {
 	for _, n := range st.Nodes {
 		out = append(out, n.Daemon)
 	}
+	if st.Router != nil {
+		out = append(out, st.Router.Procs...)
+	}
 	return out
 }
 

@@ -133,7 +133,7 @@ func startVM(ctx context.Context, l *Lab, i int, vm *vmNode, disk [][]string, ar
 	}
 	steps := append([][]string{
 		{"ip", "-n", st.HubNetNS, "tuntap", "add", "dev", n.HubLink, "mode", "tap"},
-		{"ip", "-n", st.HubNetNS, "link", "set", n.HubLink, "master", st.Bridge, "up"},
+		{"ip", "-n", st.HubNetNS, "link", "set", n.HubLink, "master", st.bridge(*n), "up"},
 	}, disk...)
 	if err := runAll(ctx, steps); err != nil {
 		return fmt.Errorf("make VM %s: %w", n.Name, err)
@@ -506,6 +506,9 @@ func (d *qemuDriver) rebootNode(ctx context.Context, node string) error {
 		st.Nodes[i].VM.BootID, st.Nodes[i].VM.DaemonPID = id, 0
 		return nil
 	}); err != nil {
+		return err
+	}
+	if err := d.l.routeNode(ctx, n); err != nil {
 		return err
 	}
 	if err := d.startDaemon(ctx, n.Name); err != nil {

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -76,6 +77,11 @@ type Spec struct {
 	// browser or twillctl on the host reaches the nodes. Tests leave it
 	// off: then the lab changes nothing in the host's namespace.
 	HostAccess bool `json:"host_access,omitempty"`
+	// Store is the lease store: "etcd" (the default) or "kube": the hub
+	// runs a real kube-apiserver (built by make kube) on the lab's etcd, the
+	// lab registers each node as a Node with a podCIDR, and every twilld
+	// runs with --kube-subnet-mgr (netns driver only).
+	Store string `json:"store,omitempty"`
 	// EtcdPrefix is the etcd key prefix (default: twilld's default).
 	EtcdPrefix string `json:"etcd_prefix,omitempty"`
 	// Bin is the directory with twilld, twillctl and twill-cni. Empty: the
@@ -85,9 +91,6 @@ type Spec struct {
 	Bin string `json:"bin,omitempty"`
 	// TwilldArgs are extra twilld flags for every node.
 	TwilldArgs []string `json:"twilld_args,omitempty"`
-	// NodeTwilldArgs are extra twilld flags for some nodes, by node name
-	// (n1, n2, ...), after TwilldArgs.
-	NodeTwilldArgs map[string][]string `json:"node_twilld_args,omitempty"`
 	// FlannelNodes run flannel's own flanneld instead of twilld (netns
 	// driver), by node name: the same etcd, prefix, interface and public
 	// addresses, its subnet file where twilld's would be, and pods
@@ -115,6 +118,71 @@ type Spec struct {
 	// installs twill; see Cluster.Remote), and Up returns once every VM
 	// answers over SSH.
 	SystemImage string `json:"system_image,omitempty"`
+	// Routed puts the nodes in L3 subnets of their own (racks) joined only
+	// by a router, the hub, instead of on one segment (nil: one segment).
+	Routed *Routed `json:"routed,omitempty"`
+	// NodeArgs are extra twilld flags for single nodes, by node name (n1),
+	// after TwilldArgs.
+	NodeArgs map[string][]string `json:"node_args,omitempty"`
+}
+
+// Routed is the routed topology (fabric_linux.go; scenarios give it as
+// cluster.routed, by the yaml names): the lab's /26 is split
+// into /28s, the first the hub's own segment (etcd, the host's link, the
+// outside), the others one rack each; node i is in rack (i-1) % Racks and
+// routes everything off its rack through the hub's address on it.
+type Routed struct {
+	// Router is the routing daemon the hub runs: "bird" (BIRD 2), "frr"
+	// (FRR's zebra and bgpd), or "" (none: the hub only forwards, and
+	// pods reach each other only through a tunnel). With a router and the
+	// bgp backend every node peers with it (twilld --bgp-peer, the hub's
+	// address and ASN).
+	Router string `json:"router,omitempty" yaml:"router"`
+	// Racks is how many racks (default 2, at most MaxRacks).
+	Racks int `json:"racks,omitempty" yaml:"racks"`
+	// ASN is the router's AS (default 64512, the bgp backend's).
+	ASN uint32 `json:"asn,omitempty" yaml:"asn"`
+	// RackASNs are the AS of each rack's nodes (an AS per rack: eBGP with
+	// the router; twilld --bgp-asn). Empty: every node in ASN (iBGP, the
+	// router a route reflector).
+	RackASNs []uint32 `json:"rack_asns,omitempty" yaml:"rackASNs"`
+}
+
+// Routers are the routing daemons a routed lab's hub can run.
+var Routers = []string{"bird", "frr"}
+
+// MaxRacks is the most racks a routed lab has: /28s of its /26 besides the
+// hub's own.
+const MaxRacks = 3
+
+// rackNodes is the most nodes in one rack: .2 to .14 of its /28.
+const rackNodes = 13
+
+func (r *Routed) withDefaults(nodes int) []error {
+	var errs []error
+	if r.Racks == 0 {
+		r.Racks = 2
+	}
+	if r.ASN == 0 {
+		r.ASN = 64512
+	}
+	if r.Router != "" && !slices.Contains(Routers, r.Router) {
+		errs = append(errs, fmt.Errorf("routed.router %q: want one of %v, or none", r.Router, Routers))
+	}
+	if r.Racks < 1 || r.Racks > MaxRacks {
+		errs = append(errs, fmt.Errorf("routed.racks = %d: want 1 to %d", r.Racks, MaxRacks))
+	} else if nodes > r.Racks*rackNodes {
+		errs = append(errs, fmt.Errorf("%d nodes in %d racks: at most %d a rack", nodes, r.Racks, rackNodes))
+	}
+	if len(r.RackASNs) != 0 && len(r.RackASNs) != r.Racks {
+		errs = append(errs, fmt.Errorf("routed.rack_asns %v: want one AS per rack (%d)", r.RackASNs, r.Racks))
+	}
+	for i, a := range r.RackASNs {
+		if a == 0 {
+			errs = append(errs, fmt.Errorf("routed.rack_asns[%d] = 0: an AS number is 1 to 4294967295", i))
+		}
+	}
+	return errs
 }
 
 // Drivers are the known drivers.
@@ -202,8 +270,34 @@ func (s Spec) withDefaults() (Spec, error) {
 	default:
 		errs = append(errs, fmt.Errorf("driver %q: want one of %v", s.Driver, Drivers))
 	}
+	switch s.Store {
+	case "", "etcd":
+	case "kube":
+		if s.Driver != "netns" {
+			errs = append(errs, fmt.Errorf("store kube: only the netns driver runs it, not %s", s.Driver))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("store %q: want etcd or kube", s.Store))
+	}
 	if s.SystemImage != "" && s.Driver != "qemu" {
 		errs = append(errs, fmt.Errorf("a system image needs the qemu driver, not %s", s.Driver))
+	}
+	if s.Routed != nil {
+		r := *s.Routed
+		r.RackASNs = slices.Clone(r.RackASNs)
+		errs = append(errs, r.withDefaults(s.Nodes)...)
+		s.Routed = &r
+		if s.underlayLab() {
+			errs = append(errs, errors.New("a routed lab has no segment for underlay pods: macvlan and ipvlan need the flat one"))
+		}
+		if s.SystemImage != "" {
+			errs = append(errs, errors.New("a routed lab boots the initramfs VMs, not a system image"))
+		}
+	}
+	for node := range s.NodeArgs {
+		if i, err := strconv.Atoi(strings.TrimPrefix(node, "n")); err != nil || !strings.HasPrefix(node, "n") || i < 1 || i > s.Nodes {
+			errs = append(errs, fmt.Errorf("node_args: no node %q (nodes are n1..n%d)", node, s.Nodes))
+		}
 	}
 	for _, n := range s.FlannelNodes {
 		if !slices.Contains(nodeNames(s.Nodes), n) {
@@ -224,6 +318,9 @@ func (s Spec) withDefaults() (Spec, error) {
 	if s.IPv6() && s.underlayLab() {
 		errs = append(errs, fmt.Errorf("ip family %s: the underlay backends carry IPv4 only", s.IPFamily))
 	}
+	if s.IPv6() && s.Routed != nil {
+		errs = append(errs, fmt.Errorf("ip family %s: a routed lab's racks are IPv4 only", s.IPFamily))
+	}
 	if s.PodsPerNode < 0 {
 		errs = append(errs, fmt.Errorf("%d pods per node: want 0 or more", s.PodsPerNode))
 	}
@@ -234,7 +331,14 @@ func (s Spec) withDefaults() (Spec, error) {
 		if s.Backend == "" {
 			errs = append(errs, errors.New("neither a backend nor a network config"))
 		}
-		nc := map[string]any{"Network": "10.244.0.0/16", "Backend": map[string]string{"Type": s.Backend}}
+		backend := map[string]any{"Type": s.Backend}
+		if s.Backend == "bgp" && s.Routed != nil && s.Routed.Router != "" {
+			// Gateway BGP: the nodes peer with the router only. With the
+			// mesh too, a node would prefer the direct path to a node of
+			// another rack, whose next hop is not on its rack.
+			backend["NodeMesh"] = false
+		}
+		nc := map[string]any{"Network": "10.244.0.0/16", "Backend": backend}
 		if s.IPv6() {
 			nc["EnableIPv6"], nc["IPv6Network"] = true, PodNetwork6.String()
 		}
@@ -299,6 +403,19 @@ const underlayBits = 24
 // ipvlan), which puts pods on the underlay.
 func isSublink(backendType string) bool {
 	return backendType == "macvlan" || backendType == "ipvlan"
+}
+
+// backendType is the type of the spec's backend, from the network config
+// or Backend.
+func (s Spec) backendType() string {
+	if s.NetConfig == "" {
+		return s.Backend
+	}
+	var nc struct{ Backend struct{ Type string } }
+	if json.Unmarshal([]byte(s.NetConfig), &nc) != nil {
+		return ""
+	}
+	return nc.Backend.Type
 }
 
 // underlayLab says whether the spec's network config (or backend) puts pods

@@ -24,7 +24,7 @@ func init() {
 	register("config put", "validate a network config file (or - for stdin) and put it into etcd", runConfigPut)
 	register("config get", "print the network config in etcd", runConfigGet)
 	register("config check", "validate a network config file and print it with its defaults", runConfigCheck)
-	register("leases", "list the subnet leases (from etcd, or from a node's API with --node)", runLeases)
+	register("leases", "list the subnet leases (from etcd, a node's API with --node, or the Kubernetes nodes with --kubeconfig)", runLeases)
 	register("reserve", "reserve SUBNET [IPV6-SUBNET] for PUBLIC-IP [PUBLIC-IPV6]: a lease without TTL, never given to another node", runReserve)
 	register("unreserve", "remove the reservation that holds SUBNET (of either family)", runUnreserve)
 }
@@ -190,11 +190,15 @@ func runLeases(ctx context.Context, args []string, out io.Writer) error {
 	connect := etcdFlags(fs)
 	format := fs.String("o", "table", "output: table or json")
 	node := fs.String("node", os.Getenv("TWILL_NODE"), "read the leases from this node's dashboard API (URL, as http://192.168.56.11:9180) instead of etcd")
+	k := kubeFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *node != "" {
 		return apiLeases(ctx, *node, *format, out)
+	}
+	if k.kubeconfig != "" {
+		return kubeLeases(ctx, k, *format, out)
 	}
 	reg, err := connect()
 	if err != nil {

@@ -94,6 +94,7 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	netConfig := fs.String("net-config", "", "network config file (instead of --backend)")
 	fs.IntVar(&spec.PodsPerNode, "pods-per-node", 0, "pods to add to every node (n1p1, n1p2 on n1, ...)")
 	fs.BoolVar(&spec.IPMasq, "ip-masq", false, "run twilld with --ip-masq")
+	fs.StringVar(&spec.Store, "store", "etcd", "lease store: etcd, or kube (the hub runs a real kube-apiserver, built by make kube; each node is a Node with a podCIDR; twilld --kube-subnet-mgr)")
 	fs.BoolVar(&spec.Outside, "outside", false, "add a namespace on the underlay that plays the outside world")
 	dual := fs.Bool("dual-stack", false, "pods get IPv4 and IPv6 addresses; the underlay and the outside host get IPv6 too (fd00:56:0:<slot>::/64)")
 	ipv6 := fs.Bool("ipv6", false, "pods get IPv6 addresses only (IPv6Network fd00:10:244::/56); the underlay keeps IPv4 beside IPv6")
@@ -103,8 +104,13 @@ func runLabUp(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&spec.Bin, "bin", "", "directory with twilld, twillctl and twill-cni (default: this twillctl's)")
 	verbose := fs.Bool("v", false, "log the lab's progress in full to stderr (else it goes to the lab's lab.log)")
 	showStatus := fs.Bool("status", true, "print the lab's status once it is up (as lab status)")
+	racks := fs.Int("racks", 0, "put the nodes in this many racks (2 or 3), each its own L3 subnet, routed by the hub (0: one segment)")
+	router := fs.String("router", "", "the routing daemon the hub of a routed lab runs: bird or frr (bgp nodes peer with it, and with --backend bgp only with it; implies --racks 2)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *racks > 0 || *router != "" {
+		spec.Routed = &vmtest.Routed{Racks: *racks, Router: *router}
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -216,6 +222,9 @@ type labStatus struct {
 	EtcdURL      string        `json:"etcd_url"`
 	EtcdPID      int           `json:"etcd_pid"`
 	EtcdRunning  bool          `json:"etcd_running"`
+	Store        string        `json:"store"`
+	KubeAPI      string        `json:"kube_api,omitempty"`
+	Kubeconfig   string        `json:"kubeconfig,omitempty"`
 	HostAddr     netip.Addr    `json:"host_addr,omitzero"`
 	Outside      netip.Addr    `json:"outside_addr,omitzero"`
 	Outside6     netip.Addr    `json:"outside_addr6,omitzero"`
@@ -227,6 +236,8 @@ type labStatus struct {
 func status(c *vmtest.Lab) labStatus {
 	s := labStatus{Name: c.Name(), EtcdEndpoint: c.EtcdEndpoint(), EtcdURL: c.NodeEtcdEndpoint(), Nodes: c.Nodes(), Pods: c.Pods()}
 	s.EtcdPID, s.EtcdRunning = c.EtcdPID()
+	s.Store = c.Store()
+	s.KubeAPI, s.Kubeconfig = c.KubeAPIAddr()
 	s.HostAddr, _ = c.HostAddr()
 	s.OutsideNetNS, s.Outside, _ = c.Outside()
 	s.Outside6, _ = c.Outside6()
@@ -275,6 +286,9 @@ func printStatus(out io.Writer, c *vmtest.Lab) error {
 	s := status(c)
 	fmt.Fprintf(out, "lab %s: etcd %s (pid %d, running: %s; from this host: --etcd-endpoints %s)\n",
 		s.Name, s.EtcdURL, s.EtcdPID, yesNo(s.EtcdRunning), s.EtcdEndpoint)
+	if s.KubeAPI != "" {
+		fmt.Fprintf(out, "store kube: kube-apiserver %s, kubeconfig %s (twillctl leases --kubeconfig %[2]s, from the hub's namespace or with --host-access)\n", s.KubeAPI, s.Kubeconfig)
+	}
 	if s.HostAddr.IsValid() {
 		fmt.Fprintf(out, "this host is %s on the lab's underlay: open the dashboards below in a browser here\n", s.HostAddr)
 	} else {

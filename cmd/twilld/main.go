@@ -1,5 +1,6 @@
 // Command twilld is twill's per-host agent: it leases the node's pod subnet
-// from etcd and carries pod traffic between hosts over a backend.
+// from etcd (or, with --kube-subnet-mgr, takes the node's podCIDR from the
+// Kubernetes API) and carries pod traffic between hosts over a backend.
 //
 // Every flag can also be given as an environment variable: --etcd-endpoints
 // is TWILLD_ETCD_ENDPOINTS. A flag on the command line wins over the
@@ -51,6 +52,8 @@ type args struct {
 	bgp nodeBGP
 	// wireguard is the wireguard backend's per-node setting.
 	wireguard nodeWireGuard
+	// kube are the Kubernetes mode's flags.
+	kube kubeArgs
 }
 
 // listFlag is a repeatable string flag.
@@ -93,6 +96,7 @@ func newFlagSet(a *args) *flag.FlagSet {
 	fs.BoolVar(&a.version, "version", false, "print the version and exit")
 	addBGPFlags(fs, &a.bgp)
 	addWireGuardFlags(fs, &a.wireguard)
+	addKubeFlags(fs, &a.kube)
 	return fs
 }
 
@@ -207,13 +211,22 @@ func run(a *args) error {
 	if a.cfg.Dashboard == "" && a.listen != "" && !a.cleanup {
 		a.cfg.Dashboard = dashboardURL(a.listen, a.cfg.PublicIP)
 	}
-	a.etcd.Log = log
-	reg, err := etcd.New(a.etcd)
-	if err != nil {
-		return err
+	if a.kube.enabled {
+		reg, err := newKubeRegistry(ctx, a, log)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		a.cfg.Registry = reg
+	} else {
+		a.etcd.Log = log
+		reg, err := etcd.New(a.etcd)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		a.cfg.Registry = reg
 	}
-	defer reg.Close()
-	a.cfg.Registry = reg
 	a.cfg.NewBackend = func(node backend.Node, log *slog.Logger) (backend.Backend, error) {
 		return newBackend(a.wireguard.apply(node), log, a.bgp)
 	}

@@ -115,9 +115,15 @@ type etcdLab struct {
 
 // newEtcdLab builds the lab and starts its etcd (data under dir, named
 // after tag) with twillctl.
-func newEtcdLab(t *testing.T, twillctl, dir, tag string) etcdLab {
+func newEtcdLab(t testing.TB, twillctl, dir, tag string) etcdLab {
 	t.Helper()
-	lab := backendtest.New(t, "twilld", 2)
+	return newEtcdLabOf(t, 2, twillctl, dir, tag)
+}
+
+// newEtcdLabOf is newEtcdLab with n nodes.
+func newEtcdLabOf(t testing.TB, n int, twillctl, dir, tag string) etcdLab {
+	t.Helper()
+	lab := backendtest.New(t, "twilld", n)
 	backendtest.Run(t, "ip", "-n", lab.Switch, "addr", "add", "192.168.56.1/24", "dev", "br0")
 	url := "http://192.168.56.1:2379"
 	start(t, "etcd", lab.Switch, twillctl, "etcd ready", "etcd", "--data-dir", filepath.Join(dir, tag+"-etcd"),
@@ -127,7 +133,7 @@ func newEtcdLab(t *testing.T, twillctl, dir, tag string) etcdLab {
 
 // netConfigFile writes the network config of a 10.244.0.0/16 network on
 // backend into dir and returns its path.
-func netConfigFile(t *testing.T, dir, backend string) string {
+func netConfigFile(t testing.TB, dir, backend string) string {
 	t.Helper()
 	f := filepath.Join(dir, backend+".json")
 	if err := os.WriteFile(f, []byte(`{"Network":"10.244.0.0/16","Backend":{"Type":"`+backend+`"}}`), 0o644); err != nil {
@@ -136,7 +142,7 @@ func netConfigFile(t *testing.T, dir, backend string) string {
 	return f
 }
 
-func start(t *testing.T, name, ns, bin, ready string, args ...string) proc {
+func start(t testing.TB, name, ns, bin, ready string, args ...string) proc {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
 	pr, pw := io.Pipe()

@@ -57,7 +57,7 @@ func Dir(ctx context.Context) (string, error) {
 	if cached != "" {
 		return cached, nil
 	}
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -89,9 +89,9 @@ func ForTest(t TB) string {
 	return dir
 }
 
-// moduleRoot finds the directory of twill's go.mod, from the working
+// ModuleRoot finds the directory of twill's go.mod, from the working
 // directory up.
-func moduleRoot() (string, error) {
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -54,7 +54,7 @@ func TestDir(t *testing.T) {
 			t.Errorf("%s: package %s, CGO_ENABLED=%q; want %s/cmd/%s, static", n, info.Path, cgo, Module, n)
 		}
 	}
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ const FlannelTarget = "make flannel"
 // FlannelNames, else an error naming FlannelTarget. It builds nothing:
 // flanneld takes minutes to build.
 func FlannelDir() (string, error) {
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}

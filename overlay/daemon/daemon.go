@@ -36,6 +36,15 @@ type Registry interface {
 	ConfigKey() string
 }
 
+// storeName is what the lease store is called in messages: "etcd" unless
+// the registry names itself (StoreName: "the Kubernetes API server").
+func storeName(r Registry) string {
+	if n, ok := r.(interface{ StoreName() string }); ok {
+		return n.StoreName()
+	}
+	return "etcd"
+}
+
 // Config is twilld's configuration, as its flags give it, and the parts it
 // is built from.
 type Config struct {
@@ -143,7 +152,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
-	return &Daemon{cfg: cfg, log: log, reach: lease.NewReachability(log, "etcd"), started: time.Now()}, nil
+	return &Daemon{cfg: cfg, log: log, reach: lease.NewReachability(log, storeName(cfg.Registry)), started: time.Now()}, nil
 }
 
 // networkConfig reads the network config from the file, or from the
@@ -359,6 +368,13 @@ func (d *Daemon) start(ctx context.Context) (*running, error) {
 	d.log.Info("lease acquired", "subnet", own.Subnets(), "expires", own.Expiration, "reservation", own.Reservation)
 	if err := d.useLease(ctx, r, own); err != nil {
 		return nil, errors.Join(err, d.undoStart(r))
+	}
+	if c, ok := d.cfg.Registry.(lease.Completer); ok {
+		// The store is told the node is set up (Kubernetes: the node's
+		// NetworkUnavailable condition goes False).
+		if err := c.Complete(ctx, own); err != nil {
+			return nil, errors.Join(fmt.Errorf("tell the lease store the node is set up: %w", err), d.undoStart(r))
+		}
 	}
 	return r, nil
 }

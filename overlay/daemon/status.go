@@ -42,6 +42,9 @@ func (d *Daemon) Snapshot() status.Snapshot {
 	}
 	held := s.Lease.Subnets().IsValid() && (s.Lease.Reservation || time.Now().Before(s.Lease.Expiration))
 	leaseDetail := "no lease yet"
+	if r != nil && r.keeper.Pending() != "" {
+		leaseDetail = "no lease yet: " + r.keeper.Pending()
+	}
 	switch {
 	case s.Lease.Reservation:
 		leaseDetail = s.Lease.Subnets().String() + " (reserved)"
@@ -66,10 +69,11 @@ func (d *Daemon) Snapshot() status.Snapshot {
 		routes.Detail = "the kernel differs from the plan (see Routes)"
 	}
 	etcdCheck := status.Check{Name: "etcd-reachable", OK: d.reach.Reachable()}
-	etcdCheck.Detail = "etcd answered the last request"
+	store := storeName(d.cfg.Registry)
+	etcdCheck.Detail = store + " answered the last request"
 	if !etcdCheck.OK {
 		since := d.reach.Since()
-		etcdCheck.Detail = fmt.Sprintf("etcd has not answered since %s (%s); the data path goes on with the leases known",
+		etcdCheck.Detail = fmt.Sprintf("%s has not answered since %s (%s); the data path goes on with the leases known", store,
 			since.UTC().Format(time.RFC3339), time.Since(since).Round(time.Second))
 	}
 	peers := status.Check{Name: "peers-routable", OK: be != nil && len(s.Backend.PeerProblems) == 0, Detail: "every peer can be routed to"}

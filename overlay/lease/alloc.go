@@ -51,6 +51,9 @@ const maxCollisions = 1000
 //     the previous subnet in the request, if leasable and free;
 //  3. per family, a random free subnet.
 //
+// A registry that assigns subnets itself (an Assigner: Kubernetes) is asked
+// for the node's subnets instead.
+//
 // Every creation is one compare-and-swap in the registry covering both
 // halves, so however many nodes race, no two hold one subnet of either
 // family. When a network is full the error is an *ExhaustedError.
@@ -70,6 +73,10 @@ func acquire(ctx context.Context, reg Registry, req Request) (Lease, bool, error
 		return Lease{}, false, errors.New("acquire lease: need a public IP")
 	case !cfg.EnableIPv4 && !req.Attrs.PublicIPv6.IsValid():
 		return Lease{}, false, errors.New("acquire lease: an IPv6-only network needs a public IPv6 address")
+	}
+	if a, ok := reg.(Assigner); ok {
+		l, err := a.Claim(ctx, req)
+		return l, false, err
 	}
 	families := []*familyAlloc{
 		{r: cfg.IPv4(), previous: req.Previous, half: func(s Subnets) netip.Prefix { return s.V4 }},

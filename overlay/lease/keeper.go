@@ -28,6 +28,7 @@ type Keeper struct {
 	mu      sync.Mutex
 	cur     Lease
 	created bool
+	pending string // why Acquire waits (a *PendingError's reason), or ""
 	kick    chan struct{}
 }
 
@@ -46,7 +47,9 @@ func (k *Keeper) init() {
 }
 
 // Acquire gets the first lease, retrying with backoff until it has one or ctx
-// ends. A full network is retried too (a node may leave), and logged once.
+// ends. A full network is retried too (a node may leave), and logged once; so
+// is a subnet not assigned yet (a *PendingError, said by Pending meanwhile).
+// An error marked Permanent is returned.
 func (k *Keeper) Acquire(ctx context.Context) (Lease, error) {
 	k.init()
 	var backoff Backoff
@@ -56,10 +59,25 @@ func (k *Keeper) Acquire(ctx context.Context) (Lease, error) {
 		if err == nil {
 			k.Reach.OK()
 			k.set(l, created)
+			k.setPending("")
 			return l, nil
 		}
 		if ctx.Err() != nil {
 			return Lease{}, fmt.Errorf("acquire lease: %w", ctx.Err())
+		}
+		if IsPermanent(err) {
+			return Lease{}, err
+		}
+		var pending *PendingError
+		if errors.As(err, &pending) {
+			k.Reach.OK()
+			if err.Error() != lastErr {
+				k.Log.Error("no subnet for this node yet; waiting", "reason", pending.Reason)
+			}
+			lastErr = err.Error()
+			k.setPending(pending.Reason)
+			backoff.WaitOr(ctx, pending.Wake)
+			continue
 		}
 		var full *ExhaustedError
 		if errors.As(err, &full) {
@@ -81,6 +99,20 @@ func (k *Keeper) Current() Lease {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.cur
+}
+
+// Pending says why Acquire is waiting for a subnet (the node has no podCIDR
+// yet, and what sets it), or "" when it is not.
+func (k *Keeper) Pending() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.pending
+}
+
+func (k *Keeper) setPending(reason string) {
+	k.mu.Lock()
+	k.pending = reason
+	k.mu.Unlock()
 }
 
 // Created reports whether the lease held now was created by this keeper,
@@ -174,9 +206,19 @@ func (k *Keeper) Run(ctx context.Context) error {
 			req := k.Request
 			req.Previous, req.PreviousIPv6 = cur.Subnet, cur.IPv6Subnet
 			l, created, err := acquire(ctx, k.Registry, req)
+			var pending *PendingError
+			if errors.As(err, &pending) {
+				// No subnet assigned now (the node object went): wait for
+				// one, saying why.
+				l, err = k.Acquire(ctx)
+				created = k.Created()
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
+				}
+				if IsPermanent(err) {
+					return err
 				}
 				k.Reach.Fail("acquire lease", err)
 				retrying = true

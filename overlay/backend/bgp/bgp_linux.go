@@ -75,7 +75,11 @@ type Backend struct {
 	// or staleUntil has passed.
 	stale      []plan.Learned
 	staleUntil time.Time
-	sessions   map[netip.Addr]*session
+	// handed are the routes last handed to the Router (sorted): the same
+	// again is not handed (each costs a plan and a reconcile pass).
+	handed   []plan.Learned
+	handedOK bool
+	sessions map[netip.Addr]*session
 }
 
 // session is what the backend remembers of one peer's session.
@@ -118,16 +122,52 @@ func New(node backend.Node, log *slog.Logger, own NodeOptions) (*Backend, error)
 	if own.ASN != 0 {
 		g.ASN = own.ASN
 	}
+	if err := checkPeers(g.Peers, own.Peers); err != nil {
+		return nil, err
+	}
 	g.Peers = append(slices.Clone(g.Peers), own.Peers...)
 	b := &Backend{node: node, opts: opts, g: g, clusterASN: clusterASN, reflector: own.RouteReflector, log: log.With("backend", netconf.TypeBGP),
 		kick: make(chan struct{}, 1), desired: map[netip.Addr]neighbor{}, current: map[netip.Addr]neighbor{},
 		sessions: map[netip.Addr]*session{}}
-	r, err := routing.New(routing.Config{Node: node, Backend: opts, OnPlan: b.onPlan, Log: log})
+	cfg := routing.Config{Node: node, Backend: opts, OnPlan: b.onPlan, Log: log}
+	if plan.BGPUsesIPIP(opts) {
+		// IPIP Always or CrossSubnet: routes off the segment (or all)
+		// go through twill.ipip, onlink via the peer's address.
+		mtu := routing.MTU(node, opts)
+		cfg.Device = plan.IPIPDevice
+		cfg.EnsureDevice = func(nl *netlink.Handle, own netip.Prefix) error {
+			return routing.EnsureIPIP(nl, b.log, node.PublicIP, mtu, own)
+		}
+	}
+	r, err := routing.New(cfg)
 	if err != nil {
 		return nil, err
 	}
 	b.Router = r
 	return b, nil
+}
+
+// checkPeers refuses what the config's and the node's peers cannot be
+// together: an IPv6 address (the speaker carries IPv4 only) or a node's
+// peer (--bgp-peer) that Backend.Peers has already.
+func checkPeers(global, node []netconf.BGPPeer) error {
+	var errs []error
+	at := map[netip.Addr]int{}
+	for i, p := range global {
+		at[p.Address] = i
+		if !p.Address.Is4() {
+			errs = append(errs, fmt.Errorf("bgp: Backend.Peers[%d].Address = %s: the speaker carries IPv4 only; peer over the router's IPv4 address", i, p.Address))
+		}
+	}
+	for _, p := range node {
+		if !p.Address.Is4() {
+			errs = append(errs, fmt.Errorf("bgp: --bgp-peer=%s:%d: the speaker carries IPv4 only; peer over the router's IPv4 address", p.Address, p.ASN))
+		}
+		if i, dup := at[p.Address]; dup {
+			errs = append(errs, fmt.Errorf("bgp: --bgp-peer=%s:%d: duplicate peer: Backend.Peers[%d] has the same address", p.Address, p.ASN, i))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Type is "bgp".
@@ -140,7 +180,9 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		return backend.Prepared{}, errors.New("bgp needs the underlay interface, its prefix and an IPv4 public IP (set --iface or --public-ip to an interface address)")
 	}
 	if plan.BGPUsesIPIP(b.opts) {
-		return backend.Prepared{}, fmt.Errorf("bgp: IPIP %s is not built yet (only Never)", b.g.IPIP)
+		if err := b.EnsureDevice(); err != nil {
+			return backend.Prepared{}, fmt.Errorf("bgp IPIP %s: %w", b.g.IPIP, err)
+		}
 	}
 	stale, err := b.kernelRoutes()
 	if err != nil {
@@ -202,9 +244,14 @@ func (b *Backend) onPlan(p routing.Planned) error {
 		}
 	}
 	b.mu.Lock()
+	// Every plan comes here, also the one sync's own SetLearned makes:
+	// poke only for a change, or sync would run again and again.
+	changed := !maps.Equal(b.desired, want) || b.wantOwn != p.Own.Subnet
 	b.desired, b.wantOwn = want, p.Own.Subnet
 	b.mu.Unlock()
-	b.poke()
+	if changed {
+		b.poke()
+	}
 	return nil
 }
 
@@ -240,7 +287,7 @@ func meshNeighbors(p routing.Planned, self netip.Addr, clusterASN uint32, reflec
 		case reflector == "":
 			continue // two clients: no session
 		}
-		want[n.ip] = neighbor{Addr: n.ip, ASN: n.data.ASN, Kind: kind, ClusterID: reflector}
+		want[n.ip] = neighbor{Addr: n.ip, ASN: n.data.ASN, Kind: kind, ClusterID: reflector, Passive: self.Compare(n.ip) > 0}
 	}
 	return want
 }
@@ -394,7 +441,23 @@ func (b *Backend) sync(ctx context.Context, sp *speaker) error {
 	}
 	b.mu.Unlock()
 	if err == nil {
-		errs = append(errs, b.SetLearned(learned))
+		slices.SortFunc(learned, func(x, y plan.Learned) int {
+			if c := x.Dst.Addr().Compare(y.Dst.Addr()); c != 0 {
+				return c
+			}
+			if c := x.Dst.Bits() - y.Dst.Bits(); c != 0 {
+				return c
+			}
+			if c := x.NextHop.Compare(y.NextHop); c != 0 {
+				return c
+			}
+			return x.From.Compare(y.From)
+		})
+		if !b.handedOK || !slices.Equal(learned, b.handed) {
+			serr := b.SetLearned(learned)
+			b.handed, b.handedOK = learned, serr == nil
+			errs = append(errs, serr)
+		}
 	}
 	return errors.Join(errs...)
 }

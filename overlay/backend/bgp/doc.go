@@ -5,7 +5,10 @@
 // the network's routers (Backend.Peers). The routes it learns reach the
 // kernel through routing.Router (Router.SetLearned; overlay/plan turns them
 // into routes of twill's protocol), with a blackhole route for the own
-// subnet. Every session has graceful restart: when twilld stops, its
+// subnet. With IPIP Always (every learned route) or CrossSubnet (those
+// whose next hop is off this node's subnet) the routes go through the
+// ipip device twill.ipip, onlink via the next hop (routing.EnsureIPIP,
+// the ipip backend's device). Every session has graceful restart: when twilld stops, its
 // routes stay in the kernel and its peers keep the routes it advertised;
 // when it starts again it keeps the kernel's routes until every peer has
 // sent its End-of-RIB (or RestartTime has passed).

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twillnet/twill/internal/bgprouter"
 	"github.com/twillnet/twill/internal/binaries"
 	"github.com/twillnet/twill/overlay/namespace/nstest"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -252,33 +253,26 @@ func (l *gatewayLab) birdConfig(asn int, extra ...string) string {
 	return l.birdConfigASNs(asn, nil, extra...)
 }
 
-// birdConfigASNs is birdConfig with node i in AS nodeASN[i] (eBGP, the
-// router no reflector then); nil for the router's AS (iBGP).
-func (l *gatewayLab) birdConfigASNs(asn int, nodeASN []int, extra ...string) string {
-	var b strings.Builder
-	for _, e := range extra {
-		b.WriteString(e)
-	}
-	fmt.Fprintf(&b, "log stderr { info, remote, warning, error, auth, fatal, bug };\nrouter id %s;\nprotocol device {}\nprotocol direct { ipv4; interface \"r*\"; }\n", routerID)
-	b.WriteString("protocol kernel { ipv4 { import none; export filter { if proto ~ \"node*\" then accept; reject; }; }; }\n")
+// routerConfig is the router's sessions with the nodes: node i in AS
+// nodeASN[i] (eBGP, the router no reflector then); nil for the router's
+// AS (iBGP).
+func (l *gatewayLab) routerConfig(asn int, nodeASN []int) bgprouter.Config {
+	c := bgprouter.Config{ID: netip.MustParseAddr(routerID), ASN: uint32(asn), DirectInterfaces: "r*"}
 	for i, n := range l.nodes {
-		peerASN, rr := asn, "rr client;"
+		peerASN := asn
 		if nodeASN != nil {
-			peerASN, rr = nodeASN[i], ""
+			peerASN = nodeASN[i]
 		}
-		fmt.Fprintf(&b, `protocol bgp node%d {
-	local %s as %d;
-	neighbor %s as %d;
-	multihop;
-	%s
-	graceful restart on;
-	connect retry time 1;
-	hold time 9;
-	ipv4 { import all; export all; next hop self on; next hop address %s; };
-}
-`, i, routerID, asn, n.ip, peerASN, rr, n.gw)
+		c.Neighbors = append(c.Neighbors, bgprouter.Neighbor{Name: fmt.Sprintf("node%d", i), Addr: n.ip, ASN: uint32(peerASN), NextHop: n.gw})
 	}
-	return b.String()
+	return c
+}
+
+// birdConfigASNs is birdConfig with node i in AS nodeASN[i].
+func (l *gatewayLab) birdConfigASNs(asn int, nodeASN []int, extra ...string) string {
+	c := l.routerConfig(asn, nodeASN)
+	c.Extra = strings.Join(extra, "")
+	return c.BIRD()
 }
 
 func (l *gatewayLab) startBIRD(asn int, extra ...string) (sock string) {
@@ -315,8 +309,6 @@ func ping(t testing.TB, from *gwNode, to netip.Addr) error {
 	return nil
 }
 
-var established = regexp.MustCompile(`(?m)^node\d+\s+BGP\s+\S+\s+up\s+\S+\s+Established`)
-
 // TestGatewayBIRD: nodes in two L3 subnets peer only with the router's
 // BIRD; it learns each node's subnet, the nodes route to each other's
 // through it, nothing is encapsulated, and a twilld restart loses no ping
@@ -329,7 +321,7 @@ func TestGatewayBIRD(t *testing.T) {
 	sock := l.startBIRD(64512)
 	playGateway(t, l, t0, "BIRD", "bird", func() (bool, string) {
 		out := birdc(t, sock, "show", "protocols")
-		return len(established.FindAllString(out, -1)) == 2, out
+		return len(bgprouter.BIRDEstablished(out)) == 2, out
 	})
 }
 
@@ -466,7 +458,7 @@ func TestGatewayASPerRack(t *testing.T) {
 	a, b := l.nodes[0], l.nodes[1]
 	waitFor(t, 30*time.Second, "both eBGP sessions established", func() (bool, string) {
 		out := birdc(t, sock, "show", "protocols")
-		return len(established.FindAllString(out, -1)) == 2, out
+		return len(bgprouter.BIRDEstablished(out)) == 2, out
 	})
 	for _, pair := range [][2]*gwNode{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
@@ -507,6 +499,12 @@ func TestGatewayWrongASN(t *testing.T) {
 		t.Errorf("twillctl bgp on a1:\n%s", bgp)
 	}
 	t.Logf("twillctl bgp on a1:\n%s", bgp)
+	// The dashboard's BGP sessions table shows the peer with its error.
+	page := mustIn(t, a.ns, filepath.Join(l.bin, "twillctl"), "vm", "http-get", "--url", "http://"+a.ip.String()+":9180/tunnels")
+	row := regexp.MustCompile(`(?s)<tr data-peer="` + regexp.QuoteMeta(routerID) + `".*?</tr>`).FindString(page)
+	if !strings.Contains(row, "65000") || !strings.Contains(row, "as number mismatch") {
+		t.Errorf("the dashboard's row for %s lacks its AS or its error: %q\n%s", routerID, row, page[:min(len(page), 2000)])
+	}
 }
 
 // TestGatewayBIRDLearns1000: BIRD advertises 1000 more prefixes (static
@@ -566,23 +564,7 @@ func transfer(t *testing.T, l *gatewayLab, from, to *gwNode, size int) {
 // frrConfig is the router's FRR bgpd config: the same as birdConfig's
 // (iBGP route reflector, itself as next hop on each rack, graceful
 // restart).
-func (l *gatewayLab) frrConfig(asn int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "router bgp %d\n bgp router-id %s\n no bgp ebgp-requires-policy\n bgp graceful-restart\n bgp route-reflector allow-outbound-policy\n", asn, routerID)
-	for _, n := range l.nodes {
-		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s update-source %s\n neighbor %s timers 3 9\n neighbor %s timers connect 1\n",
-			n.ip, asn, n.ip, routerID, n.ip, n.ip)
-	}
-	b.WriteString(" address-family ipv4 unicast\n")
-	for _, n := range l.nodes {
-		fmt.Fprintf(&b, "  neighbor %s route-reflector-client\n  neighbor %s route-map to-%s out\n", n.ip, n.ip, n.name)
-	}
-	b.WriteString(" exit-address-family\n")
-	for _, n := range l.nodes {
-		fmt.Fprintf(&b, "route-map to-%s permit 10\n set ip next-hop %s\n", n.name, n.gw)
-	}
-	return b.String()
-}
+func (l *gatewayLab) frrConfig(asn int) string { return l.routerConfig(asn, nil).FRR() }
 
 // startFRR runs zebra (it installs the learned routes in the router's
 // kernel) and bgpd in the router namespace; vtysh reaches them through
@@ -631,16 +613,6 @@ func TestGatewayFRR(t *testing.T) {
 	vty := l.startFRR(64512)
 	playGateway(t, l, t0, "FRR", "bgp", func() (bool, string) {
 		out, _ := exec.Command("vtysh", "--vty_socket", vty, "-c", "show bgp summary").CombinedOutput()
-		up := 0
-		for _, n := range l.nodes {
-			for _, line := range strings.Split(string(out), "\n") {
-				f := strings.Fields(line)
-				// Neighbor V AS MsgRcvd MsgSent TblVer InQ OutQ Up/Down State/PfxRcd PfxSnt
-				if len(f) >= 10 && f[0] == n.ip.String() && regexp.MustCompile(`^\d+$`).MatchString(f[9]) {
-					up++
-				}
-			}
-		}
-		return up == len(l.nodes), string(out)
+		return len(bgprouter.FRREstablished(string(out))) == len(l.nodes), string(out)
 	})
 }

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/twillnet/twill/overlay/backend/routing"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 )
 
 func bgpLease(subnet, ip string, data string) lease.Lease {
@@ -46,10 +48,34 @@ func TestMeshNeighbors(t *testing.T) {
 	if got := meshNeighbors(peers(n2, n3, vx), self, 64512, ""); !reflect.DeepEqual(kinds(got), map[string]string{"192.168.56.12": "mesh", "192.168.56.13": "mesh"}) || got[netip.MustParseAddr("192.168.56.12")].ASN != 65002 || got[netip.MustParseAddr("192.168.56.13")].ASN != 64512 {
 		t.Errorf("full mesh = %v", got)
 	}
+	// Of two nodes the lower address dials, the higher waits.
+	if got := meshNeighbors(peers(n2), netip.MustParseAddr("192.168.56.13"), 64512, ""); !got[netip.MustParseAddr("192.168.56.12")].Passive {
+		t.Errorf("192.168.56.13 dials 192.168.56.12: %+v", got)
+	}
+	if got := meshNeighbors(peers(n3), self, 64512, ""); got[netip.MustParseAddr("192.168.56.13")].Passive {
+		t.Errorf("192.168.56.11 waits for 192.168.56.13: %+v", got)
+	}
 	if got := kinds(meshNeighbors(peers(n2, n3, rr4), self, 64512, "")); !reflect.DeepEqual(got, map[string]string{"192.168.56.14": "reflector"}) {
 		t.Errorf("client with a reflector = %v", got)
 	}
 	if got := meshNeighbors(peers(n2, n3, rr4), self, 64512, "224.0.0.2"); !reflect.DeepEqual(kinds(got), map[string]string{"192.168.56.12": "client", "192.168.56.13": "client", "192.168.56.14": "mesh"}) || got[netip.MustParseAddr("192.168.56.12")].ClusterID != "224.0.0.2" {
 		t.Errorf("reflector = %v", got)
+	}
+}
+
+// checkPeers: an IPv6 peer and a --bgp-peer that Backend.Peers has are
+// refused, named; distinct IPv4 peers pass.
+func TestCheckPeers(t *testing.T) {
+	p := func(a string, asn uint32) netconf.BGPPeer {
+		return netconf.BGPPeer{Address: netip.MustParseAddr(a), ASN: asn}
+	}
+	if err := checkPeers([]netconf.BGPPeer{p("192.168.56.1", 64512)}, []netconf.BGPPeer{p("192.168.56.2", 65000)}); err != nil {
+		t.Errorf("distinct peers: %v", err)
+	}
+	err := checkPeers([]netconf.BGPPeer{p("192.168.56.1", 64512), p("fd00::1", 65001)}, []netconf.BGPPeer{p("192.168.56.1", 65000)})
+	for _, want := range []string{"Backend.Peers[1].Address = fd00::1: the speaker carries IPv4 only", "--bgp-peer=192.168.56.1:65000: duplicate peer: Backend.Peers[0]"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("checkPeers = %v, want %q", err, want)
+		}
 	}
 }

@@ -30,6 +30,12 @@ type neighbor struct {
 	Kind string
 	// ClusterID is this node's route-reflector cluster ID, for a client.
 	ClusterID string
+	// Passive waits for the peer to connect. GoBGP has no connection
+	// collision detection (RFC 4271 6.8): when both ends dial at once
+	// each closes the other's connection, and on slow machines two twill
+	// nodes can go on doing so for a minute. Of two twill nodes only the
+	// one with the lower address dials.
+	Passive bool
 }
 
 // speaker is the embedded GoBGP server and what twill asked of it.
@@ -65,7 +71,7 @@ func peerRequest(n neighbor, localASN uint32, port, hold, retry, restart int) *a
 		RouteReflector:  rr,
 		Conf:            &api.PeerConf{NeighborAddress: n.Addr.String(), PeerAsn: n.ASN, LocalAsn: localASN, AuthPassword: n.Password, Description: n.Kind},
 		Timers:          &api.Timers{Config: &api.TimersConfig{HoldTime: uint64(hold), KeepaliveInterval: uint64(max(1, hold/3)), ConnectRetry: uint64(retry)}},
-		Transport:       &api.Transport{RemotePort: uint32(port)},
+		Transport:       &api.Transport{RemotePort: uint32(port), PassiveMode: n.Passive},
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: uint32(restart)},
 		AfiSafis: []*api.AfiSafi{{
 			Config:            &api.AfiSafiConfig{Family: v4, Enabled: true},

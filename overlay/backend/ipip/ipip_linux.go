@@ -17,7 +17,6 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/backend"
 	"github.com/twillnet/twill/overlay/backend/routing"
@@ -27,7 +26,7 @@ import (
 
 // ErrUnsupported is returned (wrapped) when the kernel cannot create ipip
 // devices.
-var ErrUnsupported = errors.New("the kernel has no ipip support (module ipip not built or not loadable)")
+var ErrUnsupported = routing.ErrNoIPIP
 
 // Backend is the ipip backend.
 type Backend struct {
@@ -74,50 +73,7 @@ func (b *Backend) Prepare(context.Context) (backend.Prepared, error) {
 }
 
 func (b *Backend) ensureDevice(nl *netlink.Handle, own netip.Prefix) error {
-	name := plan.IPIPDevice
-	want := &netlink.Iptun{
-		LinkAttrs: netlink.LinkAttrs{Name: name, MTU: b.mtu},
-		Local:     b.node.PublicIP.AsSlice(),
-		PMtuDisc:  1,
-	}
-	link, err := nl.LinkByName(name)
-	if err != nil && !routing.IsNotFound(err) {
-		return fmt.Errorf("look up %s: %w", name, err)
-	}
-	if err == nil {
-		t, ok := link.(*netlink.Iptun)
-		why := ""
-		switch {
-		case !ok:
-			why = fmt.Sprintf("a %s device, not ipip", link.Type())
-		case !t.Local.Equal(want.Local):
-			why = fmt.Sprintf("local %s, want %s", t.Local, b.node.PublicIP)
-		case t.Remote != nil && !t.Remote.IsUnspecified():
-			why = fmt.Sprintf("remote %s, want none", t.Remote)
-		}
-		if why != "" {
-			b.log.Warn("replacing device", "device", name, "reason", why)
-			if err := nl.LinkDel(link); err != nil {
-				return fmt.Errorf("delete %s (%s): %w", name, why, err)
-			}
-			link = nil
-		}
-	} else {
-		link = nil
-	}
-	if link == nil {
-		if err := nl.LinkAdd(want); err != nil {
-			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP) {
-				err = fmt.Errorf("%w: %w", ErrUnsupported, err)
-			}
-			return fmt.Errorf("create ipip device %s (local %s): %w", name, b.node.PublicIP, err)
-		}
-		b.log.Info("device created", "device", name, "local", b.node.PublicIP, "mtu", b.mtu)
-		if link, err = nl.LinkByName(name); err != nil {
-			return fmt.Errorf("look up %s after creating it: %w", name, err)
-		}
-	}
-	return routing.SetUpDevice(nl, link, b.mtu, nil, own)
+	return routing.EnsureIPIP(nl, b.log, b.node.PublicIP, b.mtu, own)
 }
 
 var _ backend.Backend = (*Backend)(nil)
