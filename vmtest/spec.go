@@ -307,6 +307,9 @@ func (s Spec) withDefaults() (Spec, error) {
 	if len(s.FlannelNodes) > 0 && s.Driver != "netns" {
 		errs = append(errs, fmt.Errorf("flannel nodes %v: only the netns driver runs flanneld, not %s", s.FlannelNodes, s.Driver))
 	}
+	if len(s.FlannelNodes) > 0 && s.Store == "kube" {
+		errs = append(errs, fmt.Errorf("flannel nodes %v: the lab runs flanneld on the etcd store only, not %s", s.FlannelNodes, s.Store))
+	}
 	if s.Nodes < 1 || s.Nodes > MaxNodes {
 		errs = append(errs, fmt.Errorf("%d nodes: want 1 to %d", s.Nodes, MaxNodes))
 	}
