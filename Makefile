@@ -13,9 +13,11 @@ LAB_PODS    ?= 2
 LAB_BACKEND ?= vxlan
 # Packages the lab needs, by Debian name; then what the tests, the benchmark
 # and lint (ansible-lint, vagrant for `vagrant validate`) need besides
-# (bird2 and frr: the routers the bgp backend is tested against).
+# (bird2 and frr: the routers the bgp backend is tested against; gcc and
+# iptables: make flannel builds flanneld with cgo, and flanneld clears
+# iptables rules at start even in nftables mode).
 LAB_APT_PACKAGES := iproute2 nftables iputils-ping
-APT_PACKAGES := $(LAB_APT_PACKAGES) chromium iperf3 ansible-lint vagrant bird2 frr
+APT_PACKAGES := $(LAB_APT_PACKAGES) gcc iptables chromium iperf3 ansible-lint vagrant bird2 frr
 # Packages the qemu tier (make vmtest, twillctl lab up --driver qemu) needs:
 # the emulator and what the VM image is built from. The kernel itself is
 # fetched with apt-get download (its version is pinned in vmtest/image_linux.go).
@@ -43,7 +45,7 @@ VAGRANT_TEST_PACKAGES := vagrant-libvirt libvirt-daemon-system qemu-system-x86 d
 # Nodes of make vagrant-up (the Vagrantfile reads TWILL_NODES).
 TWILL_NODES ?= 3
 
-.PHONY: all build image deps lab-deps lab lab-down test unit kube vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
+.PHONY: all build image flannel deps lab-deps lab lab-down test unit kube vmtest lint bench bench-go clean rollout-test vagrant-up vagrant-down vagrant-test
 
 all: build
 
@@ -76,6 +78,25 @@ lab-down: build
 
 test: deps lint unit vmtest rollout-test
 
+# flannel builds flannel's own flanneld (FLANNEL_VERSION, from the Go module
+# proxy, cgo for its udp backend) and the reference bridge and host-local
+# CNI plugins into build/flannel, for the scenarios that put a real flannel
+# node next to twill nodes (flannel-mixed-*; they skip without it). The
+# module is tools/flannel: rebuilt only when its go.mod or go.sum change.
+# flannel's tencent-vpc backend is built against a stand-in of its cloud
+# SDK (tools/flannel/absent), which the proxy does not serve.
+FLANNEL_VERSION := v0.28.10
+flannel: build/flannel/flanneld
+
+build/flannel/flanneld: tools/flannel/go.mod tools/flannel/go.sum
+	cd tools/flannel && CGO_ENABLED=1 $(GO) build -trimpath \
+		-ldflags '-X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)' \
+		-o $(CURDIR)/build/flannel/flanneld github.com/flannel-io/flannel
+	cd tools/flannel && CGO_ENABLED=0 $(GO) build -trimpath -o $(CURDIR)/build/flannel/ \
+		github.com/containernetworking/plugins/plugins/main/bridge \
+		github.com/containernetworking/plugins/plugins/ipam/host-local
+	touch $@
+
 # rollout-test: the Ansible roles on 3 QEMU VMs booted by the qemu driver
 # from a Debian system image (TestRollout in scenarios/: bad settings
 # refused, site.yml, the basic scenario on the VMs, a second run with
@@ -102,7 +123,7 @@ vagrant-test: deps build
 	@scripts/deps.sh $(VAGRANT_TEST_PACKAGES)
 	scripts/vagrant-test.sh
 
-unit: kube
+unit: kube flannel
 	TWILL_KUBE_DIR=$(TWILL_KUBE_DIR) $(GO) test -count=1 -timeout 20m ./...
 
 # kube builds the real kube-apiserver (and kube-controller-manager) that

@@ -503,7 +503,7 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 			if p.down[n.Name] {
 				continue
 			}
-			have, err := p.kernelRoutes(ctx, n.NetNS)
+			have, err := p.routesOf(ctx, n, ipv4)
 			if err != nil {
 				return "", err
 			}
@@ -518,6 +518,14 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 			}
 			if slices.Contains(p.s.Cluster.families(), ipv6) {
 				d, problems, err := p.routes6(ctx, n, ls)
+				if err != nil {
+					return "", err
+				}
+				b.WriteString("; " + d)
+				bad = append(bad, problems...)
+			}
+			if p.flannelNode(n.Name) && p.backend == "vxlan" {
+				d, problems, err := p.flannelFDB(ctx, n, ls)
 				if err != nil {
 					return "", err
 				}
@@ -539,7 +547,7 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 // per peer's IPv6 subnet, at the subnet's address. It says what it saw and
 // what does not match.
 func (p *play) routes6(ctx context.Context, n vmtest.Node, ls []lease.Lease) (string, []string, error) {
-	have, err := p.kernelRoutesIn(ctx, n.NetNS, ipv6)
+	have, err := p.routesOf(ctx, n, ipv6)
 	if err != nil {
 		return "", nil, err
 	}
@@ -552,7 +560,8 @@ func (p *play) routes6(ctx context.Context, n vmtest.Node, ls []lease.Lease) (st
 	if p.backend != "vxlan" || !n.UnderlayIP6.IsValid() {
 		return detail, bad, nil
 	}
-	out, err := p.c.Exec(ctx, n.NetNS, "ip", "-6", "-j", "neigh", "show", "nud", "permanent", "dev", "twill-v6.1")
+	dev := p.vxlanDevice(n.Name, ipv6)
+	out, err := p.c.Exec(ctx, n.NetNS, "ip", "-6", "-j", "neigh", "show", "nud", "permanent", "dev", dev)
 	if err != nil {
 		return "", nil, fmt.Errorf("ip -6 neigh in %s: %v: %s", n.NetNS, err, lastLine(string(out)))
 	}
@@ -572,7 +581,7 @@ func (p *play) routes6(ctx context.Context, n vmtest.Node, ls []lease.Lease) (st
 	slices.Sort(haveN)
 	slices.Sort(wantN)
 	if !slices.Equal(haveN, wantN) {
-		bad = append(bad, fmt.Sprintf("%s has permanent IPv6 neighbours %v on twill-v6.1, want %v", n.Name, haveN, wantN))
+		bad = append(bad, fmt.Sprintf("%s has permanent IPv6 neighbours %v on %s, want %v", n.Name, haveN, dev, wantN))
 	}
 	return detail + ", " + plural.Count(len(haveN), "IPv6 neighbour"), bad, nil
 }

@@ -131,7 +131,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 
 	spec := vmtest.Spec{
 		Name: lab, Driver: driver, Nodes: s.Cluster.Nodes, Backend: s.Cluster.Backend, NetConfig: s.Cluster.NetConfig,
-		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, Store: s.Cluster.Store,
+		IPMasq: s.Cluster.IPMasq, Outside: s.Cluster.Outside, IPFamily: s.Cluster.IPFamily, Bin: r.Bin, Store: s.Cluster.Store, FlannelNodes: s.Cluster.FlannelNodes,
 		SubnetLeaseTTL: time.Duration(s.Cluster.SubnetLeaseTTL), RenewMargin: time.Duration(s.Cluster.RenewMargin),
 		Routed: s.Cluster.Routed, NodeArgs: s.Cluster.NodeArgs,
 	}
@@ -332,6 +332,8 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.lease(ctx, st.Node, *st.Holds, within)
 	case "routes":
 		return p.routes(ctx, within)
+	case "node-leases":
+		return p.nodeLeases(ctx, st.Node, within)
 	case "bgp-sessions":
 		return p.bgpSessions(ctx, within)
 	case "router-routes":

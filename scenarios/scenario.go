@@ -60,6 +60,9 @@ type ClusterSpec struct {
 	Routed *vmtest.Routed `yaml:"routed"`
 	// NodeArgs are extra twilld flags by node name (n1).
 	NodeArgs map[string][]string `yaml:"nodeArgs"`
+	// FlannelNodes run flannel's flanneld instead of twilld (the netns
+	// driver; make flannel builds it), by node name.
+	FlannelNodes []string `yaml:"flannelNodes"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -124,6 +127,7 @@ var stepKinds = map[string][]string{
 	"outside-to-pod": {"to", "within"},
 	"lease":          {"node", "holds", "within"},
 	"routes":         {"within"},
+	"node-leases":    {"node", "within"},
 	"bgp-sessions":   {"within"},
 	// A lab with a router (cluster.routed): its sessions and routes, a
 	// graceful restart of it; no tunnel devices on the nodes; a stopped
@@ -216,6 +220,11 @@ func Parse(data []byte) (*Scenario, error) {
 	for _, n := range slices.Sorted(maps.Keys(c.NodeArgs)) {
 		if !validNode(n, c.Nodes) {
 			errs = append(errs, fmt.Errorf("scenario: cluster.nodeArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+		}
+	}
+	for _, n := range c.FlannelNodes {
+		if !validNode(n, c.Nodes) {
+			errs = append(errs, fmt.Errorf("scenario: cluster.flannelNodes: %q: no such node (the cluster has n1..n%d)", n, c.Nodes))
 		}
 	}
 	switch c.IPFamily {
@@ -369,12 +378,15 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"stop-node": {"node"}, "start-node": {"node"}, "delete-route": {"node"}, "wait-lease-expiry": {"node"}, "sleep": {"for"},
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
-		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "withdrawn": {"node"},
+		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "withdrawn": {"node"}, "node-leases": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {
 			return Step{}, fmt.Errorf("line %d: %s needs %q", n.Line, kind, p)
 		}
+	}
+	if st.Kind == "node-leases" && slices.Contains(c.FlannelNodes, st.Node) {
+		return Step{}, fmt.Errorf("line %d: node-leases.node = %q: a flannel node has no twill API to ask", n.Line, st.Node)
 	}
 	if st.Kind == "tcp" && st.Size == 0 {
 		st.Size = 16 << 20

@@ -66,6 +66,9 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - ping-watch-end: {max-lost: -1}\n", `ping-watch-end.max-lost: "-1"`},
 		{base + "steps:\n  - readyz: {expect: sometimes}\n", `readyz.expect: "sometimes": want ok or fail`},
 		{"name: x\ncluster: {nodes: 2, backend: wireguard, nodeArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `cluster.nodeArgs.n3: no such node (the cluster has n1..n2)`},
+		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n3]}\nsteps:\n  - ping-all\n", `cluster.flannelNodes: "n3": no such node (the cluster has n1..n2)`},
+		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n2]}\nsteps:\n  - node-leases: {node: n2}\n", `node-leases.node = "n2": a flannel node has no twill API`},
+		{base + "steps:\n  - node-leases\n", `node-leases needs "node"`},
 		{base + "steps:\n  - underlay-encrypted: {from: n1p1}\n", `underlay-encrypted needs "to"`},
 		{base + "steps:\n  - data-path: {path: fast}\n", `data-path.path: "fast": want kernel, userspace or auto`},
 		{base + "steps:\n  - log: {contains: ''}\n", `log.contains: empty`},
@@ -199,6 +202,11 @@ func TestScenarios(t *testing.T) {
 			if s.Cluster.Store == "kube" {
 				if _, err := kubeapi.Binary(kubeapi.APIServerBinary); err != nil {
 					t.Skipf("store kube needs a real kube-apiserver: %v", err)
+				}
+			}
+			if len(s.Cluster.FlannelNodes) > 0 {
+				if _, err := binaries.FlannelDir(); err != nil {
+					t.Skipf("plays flanneld on %v: %v", s.Cluster.FlannelNodes, err)
 				}
 			}
 			var out strings.Builder

@@ -362,7 +362,7 @@ func Down(ctx context.Context, name string) error {
 			inodes[ino] = true
 		}
 	}
-	ours := map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, qemuBinary: true, kubeapi.APIServerBinary: true}
+	ours := map[string]bool{"twilld": true, "twillctl": true, "twill-cni": true, "flanneld": true, qemuBinary: true, kubeapi.APIServerBinary: true}
 	for _, b := range routerBinaries {
 		ours[b] = true
 	}

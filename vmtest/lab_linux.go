@@ -24,10 +24,12 @@ import (
 
 // state is what a lab keeps in its state file.
 type state struct {
-	Spec       Spec       `json:"spec"`
-	Slot       int        `json:"slot"`
-	Dir        string     `json:"dir"`
-	Bin        string     `json:"bin"`
+	Spec Spec   `json:"spec"`
+	Slot int    `json:"slot"`
+	Dir  string `json:"dir"`
+	Bin  string `json:"bin"`
+	// FlannelBin holds flanneld and the CNI plugins of flannel nodes.
+	FlannelBin string     `json:"flannel_bin,omitempty"`
 	HubNetNS   string     `json:"hub_netns"`
 	Bridge     string     `json:"bridge"`
 	HubAddr    netip.Addr `json:"hub_addr"`

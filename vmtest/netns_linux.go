@@ -17,6 +17,8 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/twillnet/twill/overlay/subnetfile"
 )
 
 // The netns driver makes each node a network namespace of this host,
@@ -38,6 +40,19 @@ func (d *netnsDriver) prepare(context.Context) error {
 	}
 	if err := os.Symlink(filepath.Join(st.Bin, "twill-cni"), filepath.Join(cniBin, "twill")); err != nil {
 		return fmt.Errorf("link the CNI plugin: %w", err)
+	}
+	if len(st.Spec.FlannelNodes) == 0 {
+		return nil
+	}
+	dir, err := flannelDir(st.Spec)
+	if err != nil {
+		return fmt.Errorf("flannel nodes %v: %w", st.Spec.FlannelNodes, err)
+	}
+	st.FlannelBin = dir
+	for _, p := range []string{"bridge", "host-local"} {
+		if err := os.Symlink(filepath.Join(dir, p), filepath.Join(cniBin, p)); err != nil {
+			return fmt.Errorf("link the CNI plugin %s: %w", p, err)
+		}
 	}
 	return nil
 }
@@ -72,6 +87,7 @@ func (d *netnsDriver) startDaemon(ctx context.Context, node string) error {
 	var n nodeState
 	var off int64
 	started := false
+	ready := twilldReady
 	err := d.l.update(func(st *state) error {
 		i, err := findNode(st, d.l.name, node)
 		if err != nil {
@@ -81,7 +97,11 @@ func (d *netnsDriver) startDaemon(ctx context.Context, node string) error {
 			return nil
 		}
 		n = st.Nodes[i]
-		p, o, err := startIn(n.NetNS, filepath.Join(st.Bin, "twilld"), twilldArgs(st, n), n.LogPath)
+		exe, args := filepath.Join(st.Bin, "twilld"), twilldArgs(st, n)
+		if st.Spec.Flannel(n.Name) {
+			exe, args, ready = filepath.Join(st.FlannelBin, "flanneld"), flannelArgs(st, n), flannelReady
+		}
+		p, o, err := startIn(n.NetNS, exe, args, n.LogPath)
 		if err != nil {
 			return err
 		}
@@ -91,8 +111,8 @@ func (d *netnsDriver) startDaemon(ctx context.Context, node string) error {
 	if err != nil || !started {
 		return err
 	}
-	d.l.log.Info("twilld started", "node", n.Name, "pid", n.Daemon.PID)
-	if err := waitLog(ctx, n.Daemon, n.LogPath, off, twilldReady, 60*time.Second); err != nil {
+	d.l.log.Info(filepath.Base(n.Daemon.Exe)+" started", "node", n.Name, "pid", n.Daemon.PID)
+	if err := waitLog(ctx, n.Daemon, n.LogPath, off, ready, 60*time.Second); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	return nil
@@ -224,7 +244,17 @@ const conflist = `{
 
 // cni returns the CNI runtime and network list of a node.
 func (d *netnsDriver) cni(n nodeState) (*libcni.CNIConfig, *libcni.NetworkConfigList, error) {
-	list, err := libcni.ConfListFromBytes(fmt.Appendf(nil, conflist, n.SubnetFile, filepath.Join(n.Dir, "cni")))
+	conf := fmt.Appendf(nil, conflist, n.SubnetFile, filepath.Join(n.Dir, "cni"))
+	if d.l.st.Spec.Flannel(n.Name) {
+		f, err := subnetfile.Read(n.SubnetFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("flannel's subnet file of node %s: %w", n.Name, err)
+		}
+		if conf, err = flannelConflist(f, filepath.Join(n.Dir, "cni")); err != nil {
+			return nil, nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	list, err := libcni.ConfListFromBytes(conf)
 	if err != nil {
 		return nil, nil, fmt.Errorf("CNI config of node %s: %w", n.Name, err)
 	}

@@ -91,6 +91,15 @@ type Spec struct {
 	Bin string `json:"bin,omitempty"`
 	// TwilldArgs are extra twilld flags for every node.
 	TwilldArgs []string `json:"twilld_args,omitempty"`
+	// FlannelNodes run flannel's own flanneld instead of twilld (netns
+	// driver), by node name: the same etcd, prefix, interface and public
+	// addresses, its subnet file where twilld's would be, and pods
+	// attached by the reference bridge and host-local CNI plugins as
+	// flannel's CNI plugin configures them (flannel_linux.go).
+	FlannelNodes []string `json:"flannel_nodes,omitempty"`
+	// FlannelBin is the directory with flanneld, bridge and host-local.
+	// Empty: build/flannel of the source tree (make flannel).
+	FlannelBin string `json:"flannel_bin,omitempty"`
 	// Accel is the qemu driver's accelerator: "tcg" (software emulation),
 	// "kvm", or "auto" (kvm if a plain guest boots with it, once tried and
 	// remembered in the image directory). Empty: $TWILL_VM_ACCEL, else tcg.
@@ -290,6 +299,17 @@ func (s Spec) withDefaults() (Spec, error) {
 			errs = append(errs, fmt.Errorf("node_args: no node %q (nodes are n1..n%d)", node, s.Nodes))
 		}
 	}
+	for _, n := range s.FlannelNodes {
+		if !slices.Contains(nodeNames(s.Nodes), n) {
+			errs = append(errs, fmt.Errorf("flannel node %q: no such node (the lab has n1..n%d)", n, s.Nodes))
+		}
+	}
+	if len(s.FlannelNodes) > 0 && s.Driver != "netns" {
+		errs = append(errs, fmt.Errorf("flannel nodes %v: only the netns driver runs flanneld, not %s", s.FlannelNodes, s.Driver))
+	}
+	if len(s.FlannelNodes) > 0 && s.Store == "kube" {
+		errs = append(errs, fmt.Errorf("flannel nodes %v: the lab runs flanneld on the etcd store only, not %s", s.FlannelNodes, s.Store))
+	}
 	if s.Nodes < 1 || s.Nodes > MaxNodes {
 		errs = append(errs, fmt.Errorf("%d nodes: want 1 to %d", s.Nodes, MaxNodes))
 	}
@@ -339,6 +359,18 @@ func (s Spec) withDefaults() (Spec, error) {
 	}
 	return s, errors.Join(errs...)
 }
+
+// nodeNames are the names of a lab's nodes: n1, n2, ...
+func nodeNames(nodes int) []string {
+	names := make([]string, nodes)
+	for i := range names {
+		names[i] = "n" + strconv.Itoa(i+1)
+	}
+	return names
+}
+
+// Flannel says whether node runs flanneld instead of twilld.
+func (s Spec) Flannel(node string) bool { return slices.Contains(s.FlannelNodes, node) }
 
 // IPv6 reports whether the lab's pods have IPv6 (IPFamily dual or ipv6).
 func (s Spec) IPv6() bool { return s.IPFamily == "dual" || s.IPFamily == "ipv6" }
