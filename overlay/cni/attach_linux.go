@@ -63,6 +63,11 @@ func ensureBridge(conf Conf, sf subnetfile.File, store *Store, log *slog.Logger)
 			return nil, fmt.Errorf("set bridge %s mtu %d: %w", name, sf.MTU, err)
 		}
 	}
+	if sf.IPv6Subnet.IsValid() {
+		if err := noBridgeDAD(name); err != nil {
+			return nil, err
+		}
+	}
 	if conf.IsGateway {
 		// A gateway address, with its subnet's length, per family the node
 		// has; the bridge's other addresses of that family are an old
@@ -77,6 +82,26 @@ func ensureBridge(conf Conf, sf subnetfile.File, store *Store, log *slog.Logger)
 		return nil, fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
 	return netlinksafe.LinkByName(name)
+}
+
+// noBridgeDAD turns duplicate address detection off on the bridge, before
+// it is up, so that the link-local address the kernel gives it when its
+// first port comes up is usable at once. While that address is tentative
+// (a second or two after the first pod starts) the node sends no neighbour
+// solicitation on the bridge (the kernel needs a non-tentative link-local
+// source for one when it forwards), so IPv6 packets forwarded to a pod the
+// node has not heard from yet are dropped: a remote pod's first pings to a
+// new node's pod got no reply. The link-local address derives from the
+// bridge's MAC, unique on the bridge.
+func noBridgeDAD(bridge string) error {
+	path := "/proc/sys/net/ipv6/conf/" + bridge + "/accept_dad"
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "0" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("turn off IPv6 duplicate address detection on bridge %s (%s): %w", bridge, path, err)
+	}
+	return nil
 }
 
 // setBridgeGateway gives the bridge the gateway address gw and removes its

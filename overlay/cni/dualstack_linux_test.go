@@ -7,11 +7,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/twillnet/twill/overlay/namespace/nstest"
 	"github.com/twillnet/twill/overlay/subnetfile"
@@ -173,6 +176,7 @@ func TestIPv6OnlyPods(t *testing.T) {
 	if br.Attrs().HardwareAddr.String() != "0a:58:00:00:00:01" {
 		t.Errorf("cni0 MAC %s, want 0a:58 and the IPv6 gateway's last four bytes", br.Attrs().HardwareAddr)
 	}
+	checkBridgeLinkLocalUsable(t, nodeNL, br)
 	if err := ping(a, pb[0].Addr()); err != nil {
 		t.Errorf("ping %s -> %s: %v", pa[0], pb[0], err)
 	}
@@ -186,5 +190,33 @@ func TestIPv6OnlyPods(t *testing.T) {
 	n.del("pod-b", b)
 	if got := allocations(t, n); len(got) != 0 {
 		t.Errorf("allocations after DELs: %v", got)
+	}
+}
+
+// checkBridgeLinkLocalUsable waits for the bridge's link-local address
+// (the kernel adds it once a port is up) and fails the test if it is
+// tentative: until its DAD ends the node sends no neighbour solicitation on
+// the bridge for the packets it forwards, and remote pods' first packets
+// to a pod are lost.
+func checkBridgeLinkLocalUsable(t *testing.T, nl netlinksafe.Handle, br netlink.Link) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		addrs, err := nl.AddrList(br, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() {
+				if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+					t.Errorf("%s's link-local address %s is tentative (DAD on the bridge)", br.Attrs().Name, a.IPNet)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has no link-local address 3 s after its first pod: %v", br.Attrs().Name, addrs)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -129,6 +129,10 @@ func New(tb testing.TB, tag string, n int) *Lab {
 		Run(tb, "ip", "-n", node.Name, "link", "set", "eth0", "up")
 		gw := node.Subnet.Addr().Next()
 		Run(tb, "ip", "-n", node.Name, "link", "add", "cni0", "type", "bridge")
+		// As overlay/cni makes its bridge: no DAD, else the node sends no
+		// neighbour solicitation to a pod on cni0 for forwarded IPv6
+		// packets until cni0's link-local address is no longer tentative.
+		Run(tb, "ip", "netns", "exec", node.Name, "sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/cni0/accept_dad")
 		Run(tb, "ip", "-n", node.Name, "addr", "add", netip.PrefixFrom(gw, 24).String(), "dev", "cni0")
 		Run(tb, "ip", "-n", node.Name, "link", "set", "cni0", "up")
 		Run(tb, "ip", "-n", node.Name, "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", node.Pod)

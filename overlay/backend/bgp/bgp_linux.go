@@ -75,6 +75,12 @@ type Backend struct {
 	// or staleUntil has passed.
 	stale      []plan.Learned
 	staleUntil time.Time
+	// restarting says the kernel held twill's routes when the backend
+	// started (a twilld restart, not a boot): the peers added until
+	// staleUntil are told so (graceful restart's Restart State and
+	// Forwarding State bits), keep this node's routes and forward on them
+	// until its End-of-RIB, which the speaker sends after theirs.
+	restarting bool
 	// handed are the routes last handed to the Router (sorted): the same
 	// again is not handed (each costs a plan and a reconcile pass).
 	handed   []plan.Learned
@@ -184,7 +190,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 			return backend.Prepared{}, fmt.Errorf("bgp IPIP %s: %w", b.g.IPIP, err)
 		}
 	}
-	stale, err := b.kernelRoutes()
+	stale, preserved, err := b.kernelRoutes()
 	if err != nil {
 		return backend.Prepared{}, err
 	}
@@ -197,6 +203,7 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 		}
 		b.sp = sp
 		b.stale, b.staleUntil = stale, time.Now().Add(time.Duration(b.g.RestartTime)*time.Second)
+		b.restarting = preserved
 		if len(stale) > 0 {
 			b.log.Info("keeping the kernel's routes until the peers have sent theirs (graceful restart)", "routes", len(stale))
 		}
@@ -212,12 +219,14 @@ func (b *Backend) Prepare(ctx context.Context) (backend.Prepared, error) {
 	return backend.Prepared{BackendData: data, MTU: routing.MTU(b.node, b.opts)}, nil
 }
 
-// kernelRoutes lists twill's routes with a gateway in the kernel now.
-func (b *Backend) kernelRoutes() ([]plan.Learned, error) {
+// kernelRoutes lists twill's routes with a gateway in the kernel now;
+// preserved says the kernel holds any route of twill's (the own subnet's
+// blackhole too): the node still forwards as the previous run set it up.
+func (b *Backend) kernelRoutes() (_ []plan.Learned, preserved bool, _ error) {
 	rs, err := b.Netlink().RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: kernel.Protocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, fmt.Errorf("list twill's routes: %w", err)
+		return nil, false, fmt.Errorf("list twill's routes: %w", err)
 	}
 	var out []plan.Learned
 	for _, r := range rs {
@@ -229,7 +238,7 @@ func (b *Backend) kernelRoutes() ([]plan.Learned, error) {
 		gw, _ := netip.AddrFromSlice(r.Gw)
 		out = append(out, plan.Learned{Dst: netip.PrefixFrom(ip.Unmap(), ones), NextHop: gw.Unmap(), From: gw.Unmap()})
 	}
-	return out, nil
+	return out, len(rs) > 0, nil
 }
 
 // onPlan learns the mesh's peers and the own subnet from each plan.
@@ -390,6 +399,7 @@ func (b *Backend) sync(ctx context.Context, sp *speaker) error {
 	b.mu.Lock()
 	want, adv := b.wantOwn, b.advertised
 	desired, current := maps.Clone(b.desired), maps.Clone(b.current)
+	restarting := b.restarting && time.Now().Before(b.staleUntil)
 	b.mu.Unlock()
 	var errs []error
 	if want.IsValid() && want != adv {
@@ -419,6 +429,16 @@ func (b *Backend) sync(ctx context.Context, sp *speaker) error {
 			continue
 		}
 		req := peerRequest(n, b.g.ASN, b.opts.Port, b.g.HoldTime, b.g.ConnectRetry, b.g.RestartTime)
+		if restarting {
+			// Restarting with the forwarding state kept: without the bits a
+			// peer (BIRD) ends graceful restart as the session comes up and
+			// drops this node's routes until the speaker sends them again (a
+			// router's kernel route deleted and added: pings lost). The
+			// speaker sends its routes and End-of-RIB once it has the peers'
+			// End-of-RIB, or after half the restart time.
+			req.GracefulRestart.LocalRestarting = true
+			req.GracefulRestart.DeferralTime = uint32(max(1, b.g.RestartTime/2))
+		}
 		if err := sp.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: req}); err != nil {
 			errs = append(errs, fmt.Errorf("peer with %s AS %d: %w", addr, n.ASN, err))
 			continue

@@ -11,7 +11,11 @@
 // the ipip backend's device). Every session has graceful restart: when twilld stops, its
 // routes stay in the kernel and its peers keep the routes it advertised;
 // when it starts again it keeps the kernel's routes until every peer has
-// sent its End-of-RIB (or RestartTime has passed).
+// sent its End-of-RIB (or RestartTime has passed), and, having found
+// twill's routes in the kernel, opens its sessions as a restarting speaker
+// that kept its forwarding state: the peers keep its routes until its own
+// End-of-RIB, which it sends after theirs, so a router does not even
+// re-install them.
 //
 // It must not route from the leases (they give only the mesh's peers and
 // the dashboard's node names), nor listen or dial outside the node's

@@ -1,6 +1,7 @@
 package bgp_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -392,6 +393,16 @@ func playGateway(t *testing.T, l *gatewayLab, t0 time.Time, router, routerProto 
 				time.Sleep(10 * time.Millisecond)
 			}
 		})
+		// The router's kernel route to a1's subnet is never deleted, not
+		// even for the moment of a delete and add (BIRD's way of changing
+		// a route): a ping in flight then would be lost.
+		var routerRoutes bytes.Buffer
+		mon := exec.Command("ip", "-n", l.router.Name, "-ts", "monitor", "route") // -ts: flushed per line
+		mon.Stdout = &routerRoutes
+		if err := mon.Start(); err != nil {
+			t.Fatalf("ip monitor route on the router: %v", err)
+		}
+		defer func() { _ = mon.Process.Kill(); _ = mon.Wait() }()
 		time.Sleep(300 * time.Millisecond)
 		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -413,6 +424,14 @@ func playGateway(t *testing.T, l *gatewayLab, t0 time.Time, router, routerProto 
 		t.Logf("twilld restart on a1: ready in %s, session back %s later; %d pings every 10 ms, %d lost", ready.Round(time.Millisecond), back.Round(time.Millisecond), sent, lost)
 		if lost != 0 {
 			t.Errorf("%d of %d pings lost across the twilld restart", lost, sent)
+		}
+		_ = mon.Process.Kill()
+		_ = mon.Wait()
+		for line := range strings.Lines(routerRoutes.String()) {
+			if strings.Contains(line, "] Deleted "+a.subnet.String()+" ") {
+				t.Errorf("the router deleted its route to %s during a1's twilld restart (%s): peers must keep it until a1's End-of-RIB:\n%s", a.subnet, router, routerRoutes.String())
+				break
+			}
 		}
 		if r := twillRoute(t, a, b.subnet); !strings.Contains(r, "via "+a.gw.String()) {
 			t.Errorf("after the restart a1's route to %s = %q", b.subnet, r)
