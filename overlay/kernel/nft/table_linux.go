@@ -49,9 +49,6 @@ var (
 	ipv6 = family{nftables.TableFamilyIPv6, "ip6", 16, 8, 24, nftables.TypeIP6Addr, netip.MustParsePrefix("ff00::/8")}
 )
 
-// is reports whether a is an address of the family.
-func (f family) is(a netip.Addr) bool { return a.IsValid() && (f.addrLen == 4) == a.Is4() }
-
 // setIDs serialises queueing sets across Tables: github.com/google/nftables
 // (v0.3.0, Conn.AddSet) numbers new sets from a package variable without a
 // lock, so two Tables in one process (one per namespace, in tests) must not
