@@ -144,8 +144,14 @@ func TestParsePingWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Sent != 8 || r.Received != 4 || r.Lost != 3 || !r.InFlight || r.LongestGap != 40*time.Millisecond {
+	if r.Sent != 8 || r.Received != 4 || r.Lost != 3 || r.InFlight != 1 || r.LongestGap != 40*time.Millisecond {
 		t.Errorf("got %+v, want 8 sent, 4 received, 3 lost (3, 4, 5), the 8th in flight, a 40 ms gap", r)
+	}
+	// A loss that goes on to the end: only the drain's requests are in
+	// flight, the ones before it are lost.
+	long := strings.Replace(out, "8 packets transmitted", "107 packets transmitted", 1)
+	if r, err := parsePingWatch(long); err != nil || r.Lost != 3+50 || r.InFlight != 50 || r.Unanswered != 50 {
+		t.Errorf("a loss to the end: got %+v, %v; want 53 lost (3, 4, 5 and 8..57), 50 in flight (58..107), 50 unanswered before them", r, err)
 	}
 	if _, err := parsePingWatch("ping: connect: Network is unreachable\n"); err == nil {
 		t.Error("output without statistics: no error")

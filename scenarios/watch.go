@@ -123,6 +123,7 @@ func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]
 	var b strings.Builder
 	var errs []error
 	data := map[string]any{}
+	time.Sleep(watchDrain) // see watchDrain
 	for _, k := range keys {
 		w := p.watches[k]
 		delete(p.watches, k)
@@ -150,12 +151,22 @@ func (p *play) endAllWatches() {
 	}
 }
 
+// watchDrain is how long a watch goes on pinging after its end step before
+// ping is interrupted (which prints its statistics at once, without waiting
+// for replies): the replies to the last requests of the watched time may
+// take a round trip longer than the interval (a VM under load: 80 ms seen).
+// Requests sent in the drain that got no reply before the end are in flight,
+// not lost; those of the watched time are lost.
+const watchDrain = 500 * time.Millisecond
+
 type pingWatchResult struct {
 	Sent, Received int
-	// Lost counts the echo requests without a reply, but for the last
-	// one sent, which was in flight when ping was interrupted.
-	Lost       int
-	InFlight   bool
+	// Lost counts the echo requests without a reply, but for those in
+	// flight when ping was interrupted.
+	Lost int
+	// InFlight counts the requests after the last reply, sent in the
+	// drain (at most watchDrain's worth), that had no reply yet.
+	InFlight   int
 	LongestGap time.Duration
 	// Unanswered counts the requests after the last reply that got none
 	// (a loss still going on when the watch ended): LongestGap cannot show
@@ -165,8 +176,8 @@ type pingWatchResult struct {
 
 func (r pingWatchResult) String() string {
 	s := fmt.Sprintf("%d sent, %d received, %d lost", r.Sent, r.Received, r.Lost)
-	if r.InFlight {
-		s += " (and the last one in flight when the watch ended)"
+	if r.InFlight > 0 {
+		s += fmt.Sprintf(" (and %d in flight when the watch ended)", r.InFlight)
 	}
 	s += fmt.Sprintf("; longest gap between replies %v", r.LongestGap.Round(time.Millisecond))
 	if r.Unanswered > 0 {
@@ -213,12 +224,12 @@ func parsePingWatch(out string) (pingWatchResult, error) {
 			r.Unanswered = 0
 			continue
 		}
-		if seq == r.Sent {
-			r.InFlight = true
-			continue
-		}
 		r.Lost++
 		r.Unanswered++
 	}
+	// The trailing unanswered requests sent in the drain are in flight.
+	r.InFlight = min(r.Unanswered, int(watchDrain/watchInterval))
+	r.Lost -= r.InFlight
+	r.Unanswered -= r.InFlight
 	return r, nil
 }
