@@ -31,7 +31,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		return nil, errors.New("host-gw: the node has no network config")
 	}
 	opts := netconf.Backend{Type: netconf.TypeHostGW, MTU: node.Network.Backend.MTU}
-	r, err := routing.New(routing.Config{Node: node, Backend: opts, Log: log, WaitForPeers: true})
+	r, err := routing.New(routing.Config{Node: node, Backend: opts, Log: log})
 	if err != nil {
 		return nil, err
 	}

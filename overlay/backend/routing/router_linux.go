@@ -59,17 +59,15 @@ type Config struct {
 	// Resync is how often the kernel state is checked without a netlink
 	// event saying it changed (the reconciler's default when 0).
 	Resync time.Duration
-	// WaitForPeers holds the plans back (from OnPlan and the reconciler)
-	// until the peers' leases were handed in once (the first Handle), or
-	// Run has waited PeersGrace for them: the daemon sets the own lease
-	// before its watcher has listed the peers, and a plan of the own lease
-	// alone would take the peers' routes (and a kernel device's peers)
-	// off a node that restarts, until the list comes.
-	WaitForPeers bool
 }
 
-// PeersGrace is how long Run waits for the first Handle with
-// Config.WaitForPeers before it plans without peers (a node alone).
+// PeersGrace is how long Run waits for the first Handle before it plans
+// without peers (a node alone). Until the peers' leases were handed in once,
+// no plan goes to OnPlan or the reconciler: the daemon sets the own lease
+// before its watcher has listed the peers, and a plan of the own lease alone
+// would take the peers' routes (and a kernel device's peers) off a node that
+// restarts, until the list came (a SIGKILLed host-gw twilld lost 9 pings at
+// 10 ms that way on a qemu VM).
 const PeersGrace = time.Second
 
 // Planned is what one replan produced, for Config.OnPlan.
@@ -114,7 +112,7 @@ type Router struct {
 	rules    *nft.Rules
 	rules6   *nft.Rules
 	problems []string
-	// handled says the peers were handed in once (Config.WaitForPeers);
+	// handled says the peers were handed in once (see PeersGrace);
 	// handedIn is closed then.
 	handled  bool
 	handedIn chan struct{}
@@ -301,7 +299,7 @@ func (r *Router) replan() error {
 		r.rules6 = nftRules(r.cfg.Backend, n, in.Network6, r.own.IPv6Subnet, p.Peers, func(a netip.Addr) bool { return !a.Is4() })
 	}
 	r.logProblems(p.Problems)
-	if r.cfg.WaitForPeers && !r.handled {
+	if !r.handled {
 		return nil // handed on once the peers are known
 	}
 	if r.cfg.OnPlan != nil {
@@ -378,24 +376,22 @@ func (r *Router) Resync() { r.rec.Kick() }
 // Run keeps the kernel equal to the plan until ctx ends; it returns nil
 // then (the reconciler retries what fails, so it has no error of its own).
 func (r *Router) Run(ctx context.Context) error {
-	if r.cfg.WaitForPeers {
-		select {
-		case <-r.handedIn:
-		case <-time.After(PeersGrace):
-		case <-ctx.Done():
-			return nil
-		}
-		r.mu.Lock()
-		if !r.handled {
-			r.markHandled()
-			if r.hasOwn {
-				if err := r.replan(); err != nil {
-					r.log.Warn("plan without peers", "err", err)
-				}
+	select { // see PeersGrace
+	case <-r.handedIn:
+	case <-time.After(PeersGrace):
+	case <-ctx.Done():
+		return nil
+	}
+	r.mu.Lock()
+	if !r.handled {
+		r.markHandled()
+		if r.hasOwn {
+			if err := r.replan(); err != nil {
+				r.log.Warn("plan without peers", "err", err)
 			}
 		}
-		r.mu.Unlock()
 	}
+	r.mu.Unlock()
 	// No routing event tells of a deleted nftables table or rule: the
 	// nftables monitor does, and a pass repairs it at once.
 	wctx, stop := context.WithCancel(ctx)

@@ -273,7 +273,7 @@ func TestPeerProblemsByType(t *testing.T) {
 	}
 }
 
-// TestWaitForPeers: with WaitForPeers the own lease alone plans nothing
+// TestWaitForPeers: the own lease alone plans nothing
 // for the hook (a restarted node would drop its peers until the list
 // came); the first Handle plans with the peers, and a Router never handed
 // any plans without them after PeersGrace.
@@ -284,7 +284,7 @@ func TestWaitForPeers(t *testing.T) {
 	var mu sync.Mutex
 	var got []routing.Planned
 	newRouter := func() *routing.Router {
-		r, err := routing.New(routing.Config{Node: node, Backend: node.Network.Backend, WaitForPeers: true, OnPlan: func(p routing.Planned) error {
+		r, err := routing.New(routing.Config{Node: node, Backend: node.Network.Backend, OnPlan: func(p routing.Planned) error {
 			mu.Lock()
 			defer mu.Unlock()
 			got = append(got, p)

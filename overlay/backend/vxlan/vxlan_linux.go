@@ -80,7 +80,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 	b := &Backend{node: node, opts: opts, device: plan.VXLANDevice(opts.VNI), mtu: routing.MTU(node, opts), log: log}
 	b.dev6 = routing.IPv6Tunnel(node, opts)
 	b.dev4 = node.Network.Network.IsValid() || (node.Network.EnableIPv6 && !b.dev6)
-	cfg := routing.Config{Node: node, Backend: opts, EnsureDevice: b.ensureDevices, Log: log, WaitForPeers: true}
+	cfg := routing.Config{Node: node, Backend: opts, EnsureDevice: b.ensureDevices, Log: log}
 	if b.dev4 {
 		cfg.Device = b.device
 	}

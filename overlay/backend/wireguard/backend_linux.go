@@ -115,7 +115,7 @@ func New(node backend.Node, log *slog.Logger) (*Backend, error) {
 		return nil, errors.New("wireguard: the network has neither an IPv4 network nor EnableIPv6")
 	}
 	rcfg := routing.Config{Node: node, Backend: opts, Device: b.tunnels[0].name,
-		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log, WaitForPeers: true}
+		EnsureDevice: b.ensureDevice, OnPlan: b.onPlan, OwnCounters: true, Log: log}
 	if separate && ipv6 {
 		rcfg.Device6 = plan.WireGuardDevice6
 	}
