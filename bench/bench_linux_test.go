@@ -67,3 +67,31 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("namespaces left: %v", m)
 	}
 }
+
+// TestRoundOrder: every pair of rounds measures each path once at its
+// place and once at the mirrored place, so over an even number of rounds
+// no path sits nearer the start of a round than another.
+func TestRoundOrder(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 5} {
+		pos := make([]int, n) // sum of each path's positions
+		for round := range 4 {
+			order := roundOrder(n, round)
+			seen := map[int]bool{}
+			for at, p := range order {
+				if p < 0 || p >= n || seen[p] {
+					t.Fatalf("roundOrder(%d, %d) = %v: not each of the %d paths once", n, round, order, n)
+				}
+				seen[p] = true
+				pos[p] += at
+			}
+			if len(seen) != n {
+				t.Fatalf("roundOrder(%d, %d) = %v: not each of the %d paths once", n, round, order, n)
+			}
+		}
+		for p, sum := range pos {
+			if sum != 2*(n-1) { // a mean position of (n-1)/2 over 4 rounds
+				t.Errorf("%d paths: path %d at positions summing to %d over 4 rounds, want %d", n, p, sum, 2*(n-1))
+			}
+		}
+	}
+}

@@ -9,8 +9,10 @@
 // packet rates with 64 and 1400-byte datagrams, and the CPU seconds per GB
 // of the userspace processes that carry the packets (both twilld for the
 // twill paths, the bench process for the in-process reference tunnel).
-// Rounds are interleaved across paths; the report keeps every sample and
-// gives medians and ratios to the baseline, as a table and as JSON.
+// Rounds are interleaved across paths, in the given order in even rounds
+// and reversed in odd ones (so no path is always first); the report keeps
+// every sample and gives medians and ratios to the baseline, as a table
+// and as JSON.
 //
 // It must not change the host's namespace (labs are made without host
 // access) and stops only the processes it started. It is Linux-only and
