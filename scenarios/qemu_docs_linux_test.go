@@ -19,7 +19,7 @@ func TestQEMUTierDocumented(t *testing.T) {
 		quoted[i] = "`" + s + "`"
 	}
 	for file, want := range map[string]string{
-		"README.md": fmt.Sprintf("plays %d scenarios on 3-VM clusters and prints each one's\ntime: %s\n", len(qemuScenarios), strings.Join(quoted, ", ")),
+		"README.md": fmt.Sprintf("plays %d scenarios on 2- and 3-VM clusters and prints each one's\ntime: %s\n", len(qemuScenarios), strings.Join(quoted, ", ")),
 		"Makefile":  fmt.Sprintf("playing %d scenarios: %s, each timed.", len(qemuScenarios), strings.Join(qemuScenarios, ", ")),
 	} {
 		b, err := os.ReadFile(filepath.Join("..", file))
