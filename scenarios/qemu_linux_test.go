@@ -19,7 +19,7 @@ import (
 // faults only a VM has, and bgp's IPIP CrossSubnet (ipip is not in this
 // host's kernel).
 var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3", "restart-under-traffic",
-	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan", "bgp-ipip-crosssubnet", "bgp-ipip-always", "dual-stack-wireguard"}
+	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan", "bgp-ipip-crosssubnet", "bgp-ipip-always", "bgp-gateway-reboot", "dual-stack-wireguard"}
 
 // TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs
