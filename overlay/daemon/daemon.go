@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"regexp"
 	"sync"
 	"time"
 
@@ -112,6 +113,13 @@ func (c *Config) Validate() error {
 	if c.SubnetFile == "" {
 		errs = append(errs, errors.New("--subnet-file: must not be empty"))
 	}
+	for _, expr := range c.IfaceRegex {
+		// Checked here, before the config is read: the uplink is chosen
+		// after.
+		if _, err := regexp.Compile(expr); err != nil {
+			errs = append(errs, fmt.Errorf("--iface-regex %q: %w", expr, err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -202,24 +210,21 @@ func (d *Daemon) networkConfig(ctx context.Context) (*netconf.Config, error) {
 // configure finds the uplink, reads the network config and makes the
 // backend: what both Run and Cleanup start from.
 func (d *Daemon) configure(ctx context.Context) (*netconf.Config, backend.Node, backend.Backend, error) {
+	netcfg, err := d.networkConfig(ctx)
+	if err != nil {
+		return nil, backend.Node{}, nil, err
+	}
+	// The uplink is chosen once the config says which families it needs
+	// (flannel reads its config first too).
 	find := d.cfg.FindUplink
 	if find == nil {
 		find = func() (backend.Node, error) {
-			if len(d.cfg.Ifaces) == 0 && len(d.cfg.IfaceRegex) == 0 && !d.cfg.PublicIP.IsValid() && d.cfg.PublicIPv6.IsValid() {
-				// Only --public-ipv6: the interface that holds it, if one does.
-				if u, err := findUnderlay(netip.Addr{}, []string{d.cfg.PublicIPv6.String()}, nil); err == nil {
-					return u.backendNode(d.cfg.NodeName), nil
-				}
-			}
-			u, err := findUnderlay(d.cfg.PublicIP, d.cfg.Ifaces, d.cfg.IfaceRegex)
+			u, err := findUnderlay(uplinkFlags{publicIP: d.cfg.PublicIP, publicIPv6: d.cfg.PublicIPv6,
+				ifaces: d.cfg.Ifaces, ifaceRegex: d.cfg.IfaceRegex}, underlayFamilies(netcfg))
 			return u.backendNode(d.cfg.NodeName), err
 		}
 	}
 	node, err := find()
-	if err != nil {
-		return nil, backend.Node{}, nil, err
-	}
-	netcfg, err := d.networkConfig(ctx)
 	if err != nil {
 		return nil, backend.Node{}, nil, err
 	}

@@ -35,9 +35,9 @@ func TestIPv6RefusedByIPv4Backends(t *testing.T) {
 			want := "network config: EnableIPv6 = true: the " + typ + " backend carries IPv4 only"
 			switch typ {
 			case "host-gw":
-				want = "host-gw with EnableIPv6 routes via the peers' IPv6 underlay addresses"
+				want = `the uplink "twill-none0" has no global IPv6 address, which EnableIPv6 on host-gw needs`
 			case "wireguard":
-				want = "wireguard Mode separate with EnableIPv6 reaches the peers at their PublicIPv6"
+				want = `the uplink "twill-none0" has no global IPv6 address, which EnableIPv6 on wireguard Mode separate needs`
 			}
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Run: %v, want an error with %q", err, want)

@@ -15,27 +15,19 @@ import (
 // shows the process's first thread's).
 const procNet = "/proc/thread-self/net/"
 
-// defaultRouteInterface is the interface of the IPv4 default route with the
-// lowest metric, or on a host without one, of the IPv6 default route.
-func defaultRouteInterface() (string, error) {
-	var errs []error
-	for _, r := range []struct {
-		file  string
-		parse func(io.Reader) (string, error)
-	}{{"route", defaultRoute4}, {"ipv6_route", defaultRoute6}} {
-		f, err := os.Open(procNet + r.file)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		name, err := r.parse(f)
-		f.Close()
-		if err == nil {
-			return name, nil
-		}
-		errs = append(errs, err)
+// defaultRouteInterface is the interface of the default route with the
+// lowest metric: the IPv4 one, or with v6 the IPv6 one.
+func defaultRouteInterface(v6 bool) (string, error) {
+	file, parse := "route", defaultRoute4
+	if v6 {
+		file, parse = "ipv6_route", defaultRoute6
 	}
-	return "", errors.Join(errs...)
+	f, err := os.Open(procNet + file)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return parse(f)
 }
 
 // defaultRoute4 reads /proc/net/route: the interface of the IPv4 default

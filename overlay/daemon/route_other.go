@@ -4,6 +4,6 @@ package daemon
 
 import "errors"
 
-func defaultRouteInterface() (string, error) {
+func defaultRouteInterface(v6 bool) (string, error) {
 	return "", errors.New("finding the default route is only implemented on Linux")
 }
