@@ -135,7 +135,7 @@ kube:
 	@scripts/kube-build.sh $(TWILL_KUBE_DIR)
 
 # vmtest is the qemu tier: a 1-VM check of the driver, then 3-VM clusters
-# playing 16 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, basic-wireguard, wireguard-mixed, restart-under-traffic-wireguard, dual-stack-vxlan, bgp-ipip-crosssubnet, bgp-ipip-always, bgp-gateway-reboot, dual-stack-wireguard, each timed.
+# playing 17 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, basic-wireguard, wireguard-mixed, restart-under-traffic-wireguard, dual-stack-vxlan, bgp-ipip-crosssubnet, bgp-ipip-always, bgp-gateway-reboot, dual-stack-wireguard, kube-vxlan, each timed.
 # Software emulation unless TWILL_VM_ACCEL=kvm or auto. It fails (never
 # skips) when QEMU or the kernel cannot be had.
 vmtest: deps

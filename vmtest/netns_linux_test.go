@@ -544,6 +544,7 @@ func TestSpecValidation(t *testing.T) {
 		{Spec{Name: "ok", Nodes: 2, Backend: "vxlan", FlannelNodes: []string{"n3"}}, `flannel node "n3": no such node (the lab has n1..n2)`},
 		{Spec{Name: "ok", Driver: "qemu", Nodes: 2, Backend: "vxlan", FlannelNodes: []string{"n2"}}, "only the netns driver runs flanneld"},
 		{Spec{Name: "ok", Nodes: 2, Backend: "vxlan", Store: "kube", FlannelNodes: []string{"n2"}}, "flanneld on the etcd store only"},
+		{Spec{Name: "ok", Driver: "qemu", Nodes: 2, Backend: "vxlan", Store: "kube", SystemImage: "/x.qcow2"}, "store kube: a system image lab's twill is Ansible's"},
 	} {
 		_, err := tc.spec.withDefaults()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,8 +39,12 @@ type qemuDriver struct {
 const (
 	vmSubnetFile = "/var/lib/twill/subnet.env"
 	vmTwilldLog  = "/var/log/twilld.log"
-	vmCNIData    = "/var/lib/cni/twill"
-	vmMemory     = "512"
+	// A kube lab's kubeconfig (certificates inline) and network config,
+	// copied in from the lab's directory before each start of twilld.
+	vmKubeconfig    = "/var/lib/twill/kubeconfig"
+	vmNetConfigFile = "/var/lib/twill/net-conf.json"
+	vmCNIData       = "/var/lib/cni/twill"
+	vmMemory        = "512"
 )
 
 // qemuBinary is the emulator the driver runs.
@@ -290,6 +295,12 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 	inVM := n
 	inVM.SubnetFile = vmSubnetFile
 	inVM.StateDir = "" // twilld's default, /var/lib/twill: the VM's state disk
+	if st.Spec.Store == "kube" {
+		// The VM sees none of the host's files: its twilld gets copies.
+		if st, err = d.copyKubeFiles(ctx, n, st); err != nil {
+			return err
+		}
+	}
 	// setsid: twilld leaves the agent's process group, so it outlives the
 	// shell; busybox init reaps it when it ends.
 	script := fmt.Sprintf(`off=$(stat -c %%s %[1]s); setsid /bin/twilld %[2]s >> %[1]s 2>&1 < /dev/null & echo "$! $off"`,
@@ -328,6 +339,24 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// copyKubeFiles writes a kube lab's kubeconfig and network config into
+// node n's VM and returns st with their paths there.
+func (d *qemuDriver) copyKubeFiles(ctx context.Context, n nodeState, st *state) (*state, error) {
+	inVM := *st
+	for _, f := range []struct{ host, vm string }{{st.Kubeconfig, vmKubeconfig}, {st.NetConfigPath, vmNetConfigFile}} {
+		data, err := os.ReadFile(f.host)
+		if err != nil {
+			return nil, fmt.Errorf("store kube: %w", err)
+		}
+		script := fmt.Sprintf("mkdir -p %s && umask 077 && cat > %s", shellQuote(path.Dir(f.vm)), shellQuote(f.vm))
+		if out, err := d.vmExec(ctx, n, nil, data, "/bin/sh", "-c", script); err != nil {
+			return nil, fmt.Errorf("store kube: copy %s to %s: %w: %s", f.host, f.vm, err, out)
+		}
+	}
+	inVM.Kubeconfig, inVM.NetConfigPath = vmKubeconfig, vmNetConfigFile
+	return &inVM, nil
 }
 
 // vmAlive reports whether pid runs in node n's VM.

@@ -80,7 +80,8 @@ type Spec struct {
 	// Store is the lease store: "etcd" (the default) or "kube": the hub
 	// runs a real kube-apiserver (built by make kube) on the lab's etcd, the
 	// lab registers each node as a Node with a podCIDR, and every twilld
-	// runs with --kube-subnet-mgr (netns driver only).
+	// runs with --kube-subnet-mgr (netns and qemu drivers; a VM's twilld
+	// gets copies of the kubeconfig and the network config).
 	Store string `json:"store,omitempty"`
 	// EtcdPrefix is the etcd key prefix (default: twilld's default).
 	EtcdPrefix string `json:"etcd_prefix,omitempty"`
@@ -273,8 +274,8 @@ func (s Spec) withDefaults() (Spec, error) {
 	switch s.Store {
 	case "", "etcd":
 	case "kube":
-		if s.Driver != "netns" {
-			errs = append(errs, fmt.Errorf("store kube: only the netns driver runs it, not %s", s.Driver))
+		if s.SystemImage != "" {
+			errs = append(errs, errors.New("store kube: a system image lab's twill is Ansible's to configure, not the lab's"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("store %q: want etcd or kube", s.Store))
