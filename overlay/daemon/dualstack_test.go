@@ -2,8 +2,10 @@ package daemon_test
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +148,18 @@ func TestIPv4NetworkNeedsAnIPv4Uplink(t *testing.T) {
 	}
 	if ls := mustList(t, n.reg); len(ls) != 0 {
 		t.Errorf("leases %v after a refused start", ls)
+	}
+}
+
+// TestBadIfaceRegexRefusedAtOnce: the uplink is chosen only after the
+// network config is read, but a regular expression that does not compile
+// is refused by New, before the daemon waits for anything.
+func TestBadIfaceRegexRefusedAtOnce(t *testing.T) {
+	cfg := daemon.Config{Registry: newRegistry(t), NewBackend: func(backend.Node, *slog.Logger) (backend.Backend, error) { return nil, nil },
+		SubnetFile: filepath.Join(t.TempDir(), "subnet.env"), SubnetLeaseTTL: time.Hour, RenewMargin: time.Minute,
+		IfaceRegex: []string{"^eth", "eth[0-"}}
+	_, err := daemon.New(cfg, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), `--iface-regex "eth[0-": error parsing regexp`) || strings.Contains(err.Error(), `"^eth"`) {
+		t.Errorf("New = %v, want it to name the bad --iface-regex alone", err)
 	}
 }
