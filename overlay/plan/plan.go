@@ -650,7 +650,7 @@ func candidates(in Input, f family, p *Plan) []candidate {
 		problem := func(format string, args ...any) {
 			p.Problems = append(p.Problems, Problem{Subnet: s, PublicIP: f.publicIP(l), Node: l.Attrs.NodeName(), Reason: fmt.Sprintf(format, args...)})
 		}
-		if s == own || (!s.IsValid() && f.name == "IPv6") {
+		if l.Subnets() == in.Own.Subnets() || (!s.IsValid() && f.name == "IPv6") {
 			continue // our own lease, or a peer without IPv6
 		}
 		if !s.IsValid() && !l.IPv6Subnet.IsValid() {
