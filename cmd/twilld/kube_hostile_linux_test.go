@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -26,7 +27,8 @@ import (
 //   - a Node "copycat" publishing node1's own public IP: not routed by
 //     node1, said so naming it;
 //   - a Node deleted and registered again under its name with another
-//     podCIDR: the old route goes, the new one comes.
+//     podCIDR, a peer's and node2's own (its twilld running): the old
+//     route goes, the new one comes, node2's subnet file follows.
 func TestKubeHostileNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds twilld, starts etcd, kube-apiserver and twilld; skipped with -short")
@@ -142,6 +144,25 @@ func TestKubeHostileNodes(t *testing.T) {
 		old, now := route(n1, n3.Subnet.String()), route(n1, moved)
 		if old != "" || !strings.Contains(now, via3) {
 			return fmt.Sprintf("node1 after node3 came back with %s: old route %q, new %q", moved, old, now)
+		}
+		return ""
+	})
+
+	// The same for node2, whose twilld runs: it takes the new podCIDR,
+	// and node1 routes it there instead of the old one.
+	del("node2")
+	const moved2 = "10.244.78.0/24"
+	time.Sleep(500 * time.Millisecond)
+	lab.createNode(t, "node2", moved2, nil)
+	recreated := time.Now()
+	defer func() {
+		t.Logf("node2 re-created with %s: routed there by node1 %v later", moved2, time.Since(recreated).Round(time.Millisecond))
+	}()
+	backendtest.Eventually(t, 30*time.Second, func() string {
+		old, now := route(n1, n2.Subnet.String()), route(n1, moved2)
+		env, _ := os.ReadFile(filepath.Join(dir, "node2.env"))
+		if old != "" || !strings.Contains(now, via2) || !strings.Contains(string(env), "TWILL_SUBNET=10.244.78.1/24") {
+			return fmt.Sprintf("after node2 came back with %s: node1's old route %q, new %q; node2's subnet file:\n%s", moved2, old, now, env)
 		}
 		return ""
 	})
