@@ -191,6 +191,8 @@ func slimNode(obj any, a Annotations) (any, error) {
 				if len(v) > MaxBackendData {
 					keep[sizeKey(k)] = strconv.Itoa(len(v))
 					v = strings.Clone(v[:64]) // not a slice of the large value
+				} else if size, ok := n.Annotations[sizeKey(k)]; ok {
+					keep[sizeKey(k)] = size // cut by an earlier pass (an initial listing passes twice)
 				}
 				keep[k] = v
 			}
