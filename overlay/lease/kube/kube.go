@@ -8,8 +8,12 @@
 // (net-conf.json).
 //
 // It is a lease.Assigner: nodes claim the subnet they are given and
-// allocate none. It must not allocate subnets, write node specs, nor touch
-// any node but its own (it reads the others).
+// allocate none. It reads Nodes as untrusted: of Nodes that claim the same
+// pod CIDRs only the oldest is delivered, the others are refused
+// (lease.Refuser) and reported; a node whose own pod CIDR overlaps an older
+// Node's waits; annotations that cannot be a lease (no address, too long)
+// are skipped and logged once, never whole. It must not allocate subnets,
+// write node specs, nor touch any node but its own (it reads the others).
 package kube
 
 import (
