@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/plan"
@@ -188,8 +190,33 @@ func (s *Server) page(name string) http.HandlerFunc {
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		_, _ = w.Write(buf.Bytes())
+		_, _ = w.Write(showControls(buf.Bytes()))
 	}
+}
+
+// showControls writes the control characters of a rendered page (what a
+// lease said: Kubernetes annotations may hold any string; html/template
+// escapes markup, not these) as visible \x1b, \u0085, so that none reaches
+// the browser or a terminal raw. The templates write none but white space.
+func showControls(b []byte) []byte {
+	isControl := func(r rune) bool { return r != '\n' && r != '\t' && r != '\r' && unicode.IsControl(r) }
+	if !bytes.ContainsFunc(b, isControl) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		switch {
+		case isControl(r) && r < 0x80:
+			out = fmt.Appendf(out, `\x%02x`, r)
+		case isControl(r):
+			out = fmt.Appendf(out, `\u%04x`, r)
+		default:
+			out = append(out, b[:n]...)
+		}
+		b = b[n:]
+	}
+	return out
 }
 
 // renderRegions renders the live regions of a page.
@@ -202,7 +229,7 @@ func (s *Server) renderRegions(name string, snap status.Snapshot) (map[string]st
 		if err := s.pages.t[name].ExecuteTemplate(&buf, "region-"+region, d); err != nil {
 			return nil, fmt.Errorf("render region %s of %s: %w", region, name, err)
 		}
-		out[region] = buf.String()
+		out[region] = string(showControls(buf.Bytes()))
 	}
 	return out, nil
 }

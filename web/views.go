@@ -111,7 +111,7 @@ func peerProblems(snap status.Snapshot) []api.PeerProblem {
 	names := nodeNames(snap.Leases)
 	out := make([]api.PeerProblem, 0, len(snap.Backend.PeerProblems))
 	for _, p := range snap.Backend.PeerProblems {
-		v := api.PeerProblem{Subnet: p.Subnet.String(), Node: names[p.Subnet], Reason: p.Reason}
+		v := api.PeerProblem{Subnet: p.Subnet.String(), Node: cmp.Or(p.Node, names[p.Subnet]), Reason: p.Reason}
 		if p.PublicIP.IsValid() {
 			v.PublicIP = p.PublicIP.String()
 		}

@@ -138,6 +138,10 @@ type Daemon struct {
 	// the leases it holds as peers' now, by subnet.
 	handleMu sync.Mutex
 	peers    map[lease.Subnets]lease.Lease
+	// impostors are leases of other nodes that publish this node's public
+	// IP (Kubernetes: another Node annotated with it): not routed, and
+	// reported.
+	impostors map[lease.Subnets]lease.Lease
 }
 
 // running is what Run set up for the node. It is published once, complete,
@@ -449,11 +453,29 @@ func (d *Daemon) handleEvents(ctx context.Context, r *running, evs []lease.Event
 			if p, held := d.peers[e.Lease.Subnets()]; held {
 				peers = append(peers, lease.Event{Type: lease.Expired, Lease: p})
 			}
+			d.noteImpostor(e, r.node.Name)
 		default:
+			delete(d.impostors, e.Lease.Subnets())
 			peers = append(peers, e)
 		}
 	}
 	d.handPeers(ctx, r, peers)
+}
+
+// noteImpostor remembers (or forgets, when it expired) a lease of another
+// named node that publishes this node's public IP. A lease of this node's
+// own (a reservation for its IP, the lease it is moving to) names no other
+// node. The caller holds handleMu.
+func (d *Daemon) noteImpostor(e lease.Event, self string) {
+	t := e.Lease.Attrs.Twill
+	if e.Type == lease.Expired || t == nil || t.Node == "" || t.Node == self {
+		delete(d.impostors, e.Lease.Subnets())
+		return
+	}
+	if d.impostors == nil {
+		d.impostors = map[lease.Subnets]lease.Lease{}
+	}
+	d.impostors[e.Lease.Subnets()] = e.Lease
 }
 
 // handPeers hands peers' events to the backend and notes which peers it

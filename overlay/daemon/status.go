@@ -1,12 +1,16 @@
 package daemon
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/twillnet/twill/overlay/backend"
+	"github.com/twillnet/twill/overlay/lease"
 	"github.com/twillnet/twill/overlay/netconf"
+	"github.com/twillnet/twill/overlay/plan"
 	"github.com/twillnet/twill/overlay/status"
 )
 
@@ -40,6 +44,7 @@ func (d *Daemon) Snapshot() status.Snapshot {
 		s.Leases = r.watcher.Leases()
 		s.Backend = be.Status()
 	}
+	s.Backend.PeerProblems, s.Backend.Problems = d.storeProblems(s.Backend.PeerProblems, s.Backend.Problems)
 	held := s.Lease.Subnets().IsValid() && (s.Lease.Reservation || time.Now().Before(s.Lease.Expiration))
 	leaseDetail := "no lease yet"
 	if r != nil && r.keeper.Pending() != "" {
@@ -138,4 +143,46 @@ func bgpCheck(sessions []status.BGPSession) status.Check {
 	}
 	c.Detail = fmt.Sprintf("%d of %d sessions established, none with an error", up, len(sessions))
 	return c
+}
+
+// storeProblems adds to the backend's peer problems the leases it was never
+// given: those the registry holds back (lease.Refuser: a Node whose pod
+// CIDRs an older Node claims) and those of other nodes that publish this
+// node's public IP. Each is a problem per half, in Problems as text too.
+func (d *Daemon) storeProblems(peers []plan.Problem, problems []string) ([]plan.Problem, []string) {
+	var add []plan.Problem
+	half := func(l lease.Lease, reason string) {
+		if l.Subnet.IsValid() {
+			add = append(add, plan.Problem{Subnet: l.Subnet, PublicIP: l.Attrs.PublicIP, Node: l.Attrs.NodeName(), Reason: reason})
+		}
+		if l.IPv6Subnet.IsValid() {
+			add = append(add, plan.Problem{Subnet: l.IPv6Subnet, PublicIP: l.Attrs.PublicIPv6, Node: l.Attrs.NodeName(), Reason: reason})
+		}
+	}
+	if rf, ok := d.cfg.Registry.(lease.Refuser); ok {
+		for _, f := range rf.Refused() {
+			half(f.Lease, f.Reason)
+		}
+	}
+	d.handleMu.Lock()
+	for _, l := range d.impostors {
+		addr := l.Attrs.PublicIP
+		if !addr.IsValid() {
+			addr = l.Attrs.PublicIPv6
+		}
+		half(l, fmt.Sprintf("node %s publishes this node's own public IP %s (a copy of its annotations, or a stale lease of this node?); not routed", l.Attrs.NodeName(), addr))
+	}
+	d.handleMu.Unlock()
+	if len(add) == 0 {
+		return peers, problems
+	}
+	slices.SortFunc(add, func(a, b plan.Problem) int {
+		return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.Node, b.Node))
+	})
+	peers = append(slices.Clone(peers), add...)
+	problems = slices.Clone(problems)
+	for _, p := range add {
+		problems = append(problems, p.String())
+	}
+	return peers, problems
 }

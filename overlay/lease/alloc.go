@@ -158,16 +158,24 @@ type familyAlloc struct {
 }
 
 // pick chooses this family's subnet: the released or previous one if it is
-// free, else a random free one.
+// free, else a random free one. A subnet is taken when a lease's half of
+// this family overlaps it: is it, lies inside it, or covers it (a key
+// another writer made with a shorter prefix, 10.244.2.0-24&fd00::-60, takes
+// every /64 in it).
 func (f *familyAlloc) pick(leases []Lease) (netip.Prefix, error) {
 	taken := make(map[netip.Prefix]bool, len(leases))
+	var wide []netip.Prefix // halves shorter than a subnet
 	leased, reserved := 0, 0
 	for _, l := range leases {
 		h := f.half(l.Subnets())
-		if !h.IsValid() {
+		if !h.IsValid() || !h.Overlaps(f.r.Network) || h.Addr().BitLen() != f.r.Network.Addr().BitLen() {
 			continue
 		}
-		taken[h] = true
+		if h.Bits() < f.r.SubnetLen {
+			wide = append(wide, h)
+			continue
+		}
+		taken[netip.PrefixFrom(h.Addr(), f.r.SubnetLen).Masked()] = true
 		if f.r.Leasable(h) {
 			if l.Reservation {
 				reserved++
@@ -176,8 +184,11 @@ func (f *familyAlloc) pick(leases []Lease) (netip.Prefix, error) {
 			}
 		}
 	}
+	isTaken := func(s netip.Prefix) bool {
+		return taken[s] || slices.ContainsFunc(wide, s.Overlaps)
+	}
 	for _, s := range []netip.Prefix{f.released, f.previous} {
-		if s.IsValid() && f.r.Leasable(s) && !taken[s] {
+		if s.IsValid() && f.r.Leasable(s) && !isTaken(s) {
 			return s, nil
 		}
 	}
@@ -187,7 +198,7 @@ func (f *familyAlloc) pick(leases []Lease) (netip.Prefix, error) {
 	}
 	start := rand.IntN(n)
 	for i := range n {
-		if s := f.r.Subnet((start + i) % n); !taken[s] {
+		if s := f.r.Subnet((start + i) % n); !isTaken(s) {
 			return s, nil
 		}
 	}

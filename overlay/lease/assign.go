@@ -57,3 +57,18 @@ func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
 }
+
+// Refusal is a lease a Registry holds back from List and Watch, and why:
+// on Kubernetes, a Node whose pod CIDRs are another, older Node's (a
+// subnet routes to one node only).
+type Refusal struct {
+	Lease  Lease
+	Reason string
+}
+
+// Refuser is a Registry that holds leases back; the daemon reports them as
+// it reports the peers its backend does not route to.
+type Refuser interface {
+	// Refused returns the leases held back now, in subnet order.
+	Refused() []Refusal
+}

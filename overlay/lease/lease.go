@@ -181,6 +181,12 @@ func (s Subnets) Shares(t Subnets) bool {
 	return (s.V4.IsValid() && s.V4 == t.V4) || (s.V6.IsValid() && s.V6 == t.V6)
 }
 
+// Overlaps reports whether a subnet of s and one of t of the same family
+// overlap (one is, or lies inside, the other).
+func (s Subnets) Overlaps(t Subnets) bool {
+	return (s.V4.IsValid() && t.V4.IsValid() && s.V4.Overlaps(t.V4)) || (s.V6.IsValid() && t.V6.IsValid() && s.V6.Overlaps(t.V6))
+}
+
 // String is "10.244.1.0/24", "10.244.1.0/24 fd00:10:244:1::/64" or
 // "fd00:10:244:1::/64".
 func (s Subnets) String() string {

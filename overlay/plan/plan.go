@@ -242,7 +242,10 @@ func (p Peer) String() string {
 type Problem struct {
 	Subnet   netip.Prefix
 	PublicIP netip.Addr
-	Reason   string
+	// Node is the name of the node whose lease it is ("" if unknown): two
+	// leases may claim one subnet.
+	Node   string
+	Reason string
 }
 
 func (p Problem) String() string {
@@ -567,7 +570,7 @@ func (p *Plan) addFamily(in Input, f family) error {
 		l := c.lease
 		sub, ip := f.subnet(l), f.publicIP(l)
 		problem := func(format string, args ...any) {
-			p.Problems = append(p.Problems, Problem{Subnet: sub, PublicIP: ip, Reason: fmt.Sprintf(format, args...)})
+			p.Problems = append(p.Problems, Problem{Subnet: sub, PublicIP: ip, Node: l.Attrs.NodeName(), Reason: fmt.Sprintf(format, args...)})
 		}
 		if (f.ownIP.IsValid() && ip == f.ownIP) || (f.ownIP2.IsValid() && ip == f.ownIP2) {
 			problem("publishes this node's own %s (a stale lease of this node?); not routed", f.addrName)
@@ -634,17 +637,20 @@ func candidates(in Input, f family, p *Plan) []candidate {
 	own := f.own
 	leases := slices.Clone(in.Peers)
 	slices.SortStableFunc(leases, func(x, y lease.Lease) int {
-		return cmp.Or(cmp.Compare(age(x), age(y)), cmp.Compare(x.Revision, y.Revision),
-			comparePrefix(f.subnet(x), f.subnet(y)), f.publicIP(x).Compare(f.publicIP(y))) // oldest first
+		// Oldest first; between leases of one age (Kubernetes: Nodes
+		// created in one second), by node name, never by the revision of
+		// the last change, which a status update moves.
+		return cmp.Or(cmp.Compare(age(x), age(y)), cmp.Compare(x.Attrs.NodeName(), y.Attrs.NodeName()), cmp.Compare(x.Revision, y.Revision),
+			comparePrefix(f.subnet(x), f.subnet(y)), f.publicIP(x).Compare(f.publicIP(y)))
 	})
 	var claims claimSet
 	var out []candidate
 	for _, l := range leases {
 		s := f.subnet(l)
 		problem := func(format string, args ...any) {
-			p.Problems = append(p.Problems, Problem{Subnet: s, PublicIP: f.publicIP(l), Reason: fmt.Sprintf(format, args...)})
+			p.Problems = append(p.Problems, Problem{Subnet: s, PublicIP: f.publicIP(l), Node: l.Attrs.NodeName(), Reason: fmt.Sprintf(format, args...)})
 		}
-		if s == own || (!s.IsValid() && f.name == "IPv6") {
+		if l.Subnets() == in.Own.Subnets() || (!s.IsValid() && f.name == "IPv6") {
 			continue // our own lease, or a peer without IPv6
 		}
 		if !s.IsValid() && !l.IPv6Subnet.IsValid() {
@@ -667,14 +673,14 @@ func candidates(in Input, f family, p *Plan) []candidate {
 			continue
 		}
 		if s.Overlaps(own) {
-			problem("overlaps this node's subnet %s", own)
+			problem("node %s: overlaps this node's subnet %s; not routed", l.Attrs.NodeName(), own)
 			continue
 		}
 		if o, ok := claims.overlapping(s); ok {
 			if f.subnet(o) == s {
-				problem("duplicate lease for the subnet (created at revision %d); the older lease (revision %d) is used", age(l), age(o))
+				problem("node %s claims %s, as node %s does in an older lease; %[3]s is routed, %[1]s is not", l.Attrs.NodeName(), s, o.Attrs.NodeName())
 			} else {
-				problem("overlaps the older lease %s (created at revision %d); refused", f.subnet(o), age(o))
+				problem("node %s: overlaps %s of node %s, an older lease; refused", l.Attrs.NodeName(), f.subnet(o), o.Attrs.NodeName())
 			}
 			continue
 		}

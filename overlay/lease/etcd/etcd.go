@@ -376,7 +376,7 @@ func (r *Registry) revoke(ctx context.Context, id clientv3.LeaseID) {
 }
 
 // Create leases subnets for ttl (ttl 0 makes a reservation) if no other key
-// holds either half. An IPv4-only lease is created if its key and every
+// holds either half (of a dual-stack lease: nor overlaps it). An IPv4-only lease is created if its key and every
 // dual-stack key with its IPv4 half are absent. A lease with an IPv6 half
 // needs a look at the other keys' names first (flannel's keys cannot be
 // found by their IPv6 half): it is created if none holds either half and
@@ -425,8 +425,8 @@ func (r *Registry) Create(ctx context.Context, subnets lease.Subnets, attrs leas
 		Revision: resp.Header.Revision, Created: resp.Header.Revision, ID: int64(id)}, nil
 }
 
-// freeSince reads the names of the leases and, if none shares a half with
-// subnets, returns the condition that no lease was created since.
+// freeSince reads the names of the leases and, if none has a half that
+// overlaps one of subnets (another writer's key may hold a shorter prefix), returns the condition that no lease was created since.
 func (r *Registry) freeSince(ctx context.Context, subnets lease.Subnets) ([]clientv3.Cmp, error) {
 	resp, err := r.cli.Get(ctx, r.subnetsDir(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
@@ -434,7 +434,7 @@ func (r *Registry) freeSince(ctx context.Context, subnets lease.Subnets) ([]clie
 	}
 	for _, kv := range resp.Kvs {
 		other, err := lease.ParseSubnetKey(strings.TrimPrefix(string(kv.Key), r.subnetsDir()))
-		if err == nil && other.Shares(subnets) {
+		if err == nil && other.Overlaps(subnets) {
 			return nil, fmt.Errorf("held by %s: %w", other, lease.ErrExists)
 		}
 	}

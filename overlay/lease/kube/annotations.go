@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -126,7 +127,14 @@ func (a Annotations) NodeLease(n *corev1.Node, fam Families) (lease.Lease, error
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	l := lease.Lease{Revision: resourceVersion(n)}
+	// Created orders Nodes by age (between two that claim one subnet the
+	// older is routed); the API server sets it, to the second.
+	l := lease.Lease{Revision: resourceVersion(n), Created: n.CreationTimestamp.Unix()}
+	for _, k := range []string{a.BackendType, a.Dashboard, a.PublicIP, a.PublicIPv6} {
+		if v, size := annotation(n, k); size > maxShortValue {
+			return lease.Lease{}, fmt.Errorf("node %q annotation %s: %d bytes, more than the %d twill reads (%s)", n.Name, k, size, maxShortValue, capQuote(v))
+		}
+	}
 	l.Attrs = lease.Attrs{BackendType: n.Annotations[a.BackendType], Twill: &lease.NodeInfo{Node: n.Name, Dashboard: n.Annotations[a.Dashboard]}}
 	half := func(cidr netip.Prefix, ipKey, dataKey string, v6 bool, subnet *netip.Prefix, ip *netip.Addr, data *json.RawMessage) error {
 		if !cidr.IsValid() {
@@ -134,12 +142,18 @@ func (a Annotations) NodeLease(n *corev1.Node, fam Families) (lease.Lease, error
 		}
 		v := n.Annotations[ipKey]
 		addr, err := netip.ParseAddr(v)
-		if err != nil || addr.Is6() != v6 || addr.Is4In6() {
-			return fmt.Errorf("node %q annotation %s=%q: not an %s address", n.Name, ipKey, v, map[bool]string{false: "IPv4", true: "IPv6"}[v6])
+		if err != nil || addr.Is6() != v6 || addr.Is4In6() || addr.Zone() != "" {
+			return fmt.Errorf("node %q annotation %s=%s: not an %s address", n.Name, ipKey, capQuote(v), map[bool]string{false: "IPv4", true: "IPv6"}[v6])
 		}
-		if d := n.Annotations[dataKey]; d != "" && d != "null" {
+		if why := unroutable(addr); why != "" {
+			return fmt.Errorf("node %q annotation %s=%q: %s, not a node's address", n.Name, ipKey, v, why)
+		}
+		if d, size := annotation(n, dataKey); d != "" && d != "null" {
+			if size > MaxBackendData {
+				return fmt.Errorf("node %q annotation %s: %d bytes, more than the %d twill reads (%s)", n.Name, dataKey, size, MaxBackendData, capQuote(d))
+			}
 			if !json.Valid([]byte(d)) {
-				return fmt.Errorf("node %q annotation %s=%q: not JSON", n.Name, dataKey, d)
+				return fmt.Errorf("node %q annotation %s=%s: not JSON", n.Name, dataKey, capQuote(d))
 			}
 			*data = json.RawMessage(d)
 		}
@@ -162,6 +176,67 @@ func (a Annotations) NodeLease(n *corev1.Node, fam Families) (lease.Lease, error
 	return l, nil
 }
 
+// MaxBackendData is the largest backend-data (and backend-v6-data)
+// annotation a Node's lease is read with: flannel's and twill's are under
+// 100 bytes; the API server allows 256 KiB of annotations. A larger one is
+// refused, and never logged whole.
+const MaxBackendData = 4096
+
+// maxShortValue bounds the annotations that hold a word or a URL
+// (backend-type, twill-dashboard).
+const maxShortValue = 256
+
+// names are the annotations the registry reads.
+func (a Annotations) names() []string {
+	return []string{a.KubeSubnetManager, a.BackendType, a.BackendData, a.BackendV6Data, a.PublicIP, a.PublicIPv6,
+		a.PublicIPOverwrite, a.PublicIPv6Overwrite, a.Dashboard}
+}
+
+// sizeKey is where the informer's copy of a Node keeps the size of an
+// annotation it cut short (a key the API server cannot hold: it has a
+// space).
+func sizeKey(k string) string { return "twill size of " + k }
+
+// annotation is n's annotation k and its size: that of the value the API
+// server holds, also when the informer kept only its first bytes.
+func annotation(n *corev1.Node, k string) (string, int) {
+	v := n.Annotations[k]
+	if s, ok := n.Annotations[sizeKey(k)]; ok {
+		if size, err := strconv.Atoi(s); err == nil {
+			return v, size
+		}
+	}
+	return v, len(v)
+}
+
+// capQuote quotes v for a message, cut to its first 64 bytes (a hostile
+// annotation may be 256 KiB), saying how long it was.
+func capQuote(v string) string {
+	const keep = 64
+	if len(v) <= keep {
+		return strconv.Quote(v)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", v[:keep], len(v))
+}
+
+// unroutable says why addr cannot be a node's public address ("" if it
+// can be): unspecified, loopback, multicast, link-local or broadcast.
+func unroutable(addr netip.Addr) string {
+	switch {
+	case addr.IsUnspecified():
+		return "the unspecified address"
+	case addr.IsLoopback():
+		return "a loopback address"
+	case addr.IsMulticast():
+		return "a multicast address"
+	case addr.IsLinkLocalUnicast():
+		return "a link-local address"
+	case addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	return ""
+}
+
 // publicIPs are the public IPs a node publishes: per family, the operator's
 // overwrite annotation if set, else its own.
 func (a Annotations) publicIPs(n *corev1.Node, own lease.Attrs) (v4, v6 netip.Addr, err error) {
@@ -171,8 +246,11 @@ func (a Annotations) publicIPs(n *corev1.Node, own lease.Attrs) (v4, v6 netip.Ad
 			return own, nil
 		}
 		ip, err := netip.ParseAddr(v)
-		if err != nil || ip.Is6() != want6 {
-			return netip.Addr{}, fmt.Errorf("node %q annotation %s=%q: not an %s address", n.Name, key, v, map[bool]string{false: "IPv4", true: "IPv6"}[want6])
+		if err != nil || ip.Is6() != want6 || ip.Is4In6() || ip.Zone() != "" {
+			return netip.Addr{}, fmt.Errorf("node %q annotation %s=%s: not an %s address", n.Name, key, capQuote(v), map[bool]string{false: "IPv4", true: "IPv6"}[want6])
+		}
+		if why := unroutable(ip); why != "" {
+			return netip.Addr{}, fmt.Errorf("node %q annotation %s=%q: %s, not a node's address", n.Name, key, v, why)
 		}
 		return ip, nil
 	}

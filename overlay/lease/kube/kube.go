@@ -8,11 +8,16 @@
 // (net-conf.json).
 //
 // It is a lease.Assigner: nodes claim the subnet they are given and
-// allocate none. It must not allocate subnets, write node specs, nor touch
-// any node but its own (it reads the others).
+// allocate none. It reads Nodes as untrusted: of Nodes that claim the same
+// pod CIDRs only the oldest is delivered, the others are refused
+// (lease.Refuser) and reported; a node whose own pod CIDR overlaps an older
+// Node's waits; annotations that cannot be a lease (no address, too long)
+// are skipped and logged once, never whole. It must not allocate subnets,
+// write node specs, nor touch any node but its own (it reads the others).
 package kube
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,7 +25,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,13 +74,21 @@ type Registry struct {
 	stop     context.CancelFunc
 	done     chan struct{}
 
-	mu        sync.Mutex
-	rev       int64                  // one per change
-	byNode    map[string]lease.Lease // the lease each node publishes now
-	changes   []record               // changes after compacted, in order
+	mu  sync.Mutex
+	rev int64 // one per change
+	// byNode is the lease each node publishes now, bySubnets the nodes
+	// publishing each set of subnets; routed is what List and Watch
+	// deliver: per set of subnets the lease of the oldest of its nodes.
+	// Those others are refused (by node name), with the reason.
+	byNode    map[string]lease.Lease
+	bySubnets map[lease.Subnets]map[string]bool
+	routed    map[lease.Subnets]lease.Lease
+	refused   map[string]lease.Refusal
+	unread    map[string]string // node -> why its lease cannot be read, as last logged
+	changes   []record          // changes after compacted, in order
 	compacted int64
 	changed   chan struct{} // closed and replaced on every change
-	ownWake   chan struct{} // closed and replaced when the own node changes
+	ownWake   chan struct{} // closed and replaced when the own node or what is routed changes
 	watchErr  error         // the informer's last watch error, until it lists again
 }
 
@@ -86,6 +101,7 @@ var (
 	_ lease.Registry  = (*Registry)(nil)
 	_ lease.Assigner  = (*Registry)(nil)
 	_ lease.Completer = (*Registry)(nil)
+	_ lease.Refuser   = (*Registry)(nil)
 )
 
 // New reads the network config and starts the informer on Nodes. It does not
@@ -123,14 +139,16 @@ func New(cfg Config) (*Registry, error) {
 		client: cfg.Client, nodeName: cfg.NodeName, ann: ann, netConf: data, confPath: cfg.NetConfPath,
 		netcfg: netcfg, fam: Families{V4: netcfg.EnableIPv4, V6: netcfg.EnableIPv6},
 		log: cfg.Log, history: cfg.History,
-		byNode: map[string]lease.Lease{}, changed: make(chan struct{}), ownWake: make(chan struct{}),
+		byNode: map[string]lease.Lease{}, bySubnets: map[lease.Subnets]map[string]bool{}, routed: map[lease.Subnets]lease.Lease{},
+		refused: map[string]lease.Refusal{}, unread: map[string]string{},
+		changed: make(chan struct{}), ownWake: make(chan struct{}),
 		done: make(chan struct{}),
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0)
 	r.informer = factory.Core().V1().Nodes().Informer()
 	// Keep only what a lease is read from: a thousand nodes' images and
 	// managed fields are most of their size.
-	if err := r.informer.SetTransform(slimNode); err != nil {
+	if err := r.informer.SetTransform(func(obj any) (any, error) { return slimNode(obj, ann) }); err != nil {
 		return nil, fmt.Errorf("kube registry: %w", err)
 	}
 	if err := r.informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
@@ -157,8 +175,11 @@ func New(cfg Config) (*Registry, error) {
 	return r, nil
 }
 
-// slimNode drops the parts of a Node no lease is read from.
-func slimNode(obj any) (any, error) {
+// slimNode drops the parts of a Node no lease is read from: other
+// annotations than the registry's, and the value of one too long to be
+// read (a 256 KiB backend-data is kept as its first bytes, which are
+// refused as too long, not parsed).
+func slimNode(obj any, a Annotations) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
@@ -167,6 +188,21 @@ func slimNode(obj any) (any, error) {
 	n.Status.Images = nil
 	n.Status.VolumesInUse = nil
 	n.Status.VolumesAttached = nil
+	if len(n.Annotations) > 0 {
+		keep := make(map[string]string, len(a.names()))
+		for _, k := range a.names() {
+			if v, ok := n.Annotations[k]; ok {
+				if len(v) > MaxBackendData {
+					keep[sizeKey(k)] = strconv.Itoa(len(v))
+					v = strings.Clone(v[:64]) // not a slice of the large value
+				} else if size, ok := n.Annotations[sizeKey(k)]; ok {
+					keep[sizeKey(k)] = size // cut by an earlier pass (an initial listing passes twice)
+				}
+				keep[k] = v
+			}
+		}
+		n.Annotations = keep
+	}
 	return n, nil
 }
 
@@ -218,7 +254,7 @@ func resourceVersion(n *corev1.Node) int64 {
 }
 
 // observe turns an informer event into changes: a node that starts, stops
-// or changes publishing a lease.
+// or changes publishing a lease, or that is routed instead of another.
 func (r *Registry) observe(obj any, deleted bool) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj, deleted = d.Obj, true
@@ -228,41 +264,46 @@ func (r *Registry) observe(obj any, deleted bool) {
 		return
 	}
 	var l lease.Lease
+	var readErr error
 	publishes := false
 	if !deleted {
-		var err error
-		l, err = r.ann.NodeLease(n, r.fam)
-		switch {
-		case err == nil:
-			publishes = true
-		case !errors.Is(err, errNotPublished):
-			r.log.Warn("node publishes a lease that cannot be read; ignoring it", "node", n.Name, "err", err)
+		l, readErr = r.ann.NodeLease(n, r.fam)
+		publishes = readErr == nil
+		if errors.Is(readErr, errNotPublished) {
+			readErr = nil
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// Any word from the API server means its watch works again.
 	r.watchErr = nil
-	if n.Name == r.nodeName {
-		close(r.ownWake)
-		r.ownWake = make(chan struct{})
+	// A lease that cannot be read is logged once per reason, not at every
+	// status update of its node (the reason quotes at most 64 bytes).
+	if readErr == nil {
+		delete(r.unread, n.Name)
+	} else if r.unread[n.Name] != readErr.Error() {
+		r.unread[n.Name] = readErr.Error()
+		r.log.Warn("node publishes a lease that cannot be read; ignoring it", "node", n.Name, "err", readErr)
 	}
 	old, had := r.byNode[n.Name]
-	var changes []lease.Change
-	switch {
-	case !publishes && had:
+	var touched []lease.Subnets
+	if had {
+		delete(r.bySubnets[old.Subnets()], n.Name)
+		touched = append(touched, old.Subnets())
 		delete(r.byNode, n.Name)
-		changes = append(changes, lease.Change{Lease: old, Deleted: true})
-	case !publishes:
-	case had && old.Subnets() != l.Subnets():
-		r.byNode[n.Name] = l
-		changes = append(changes, lease.Change{Lease: old, Deleted: true}, lease.Change{Lease: l})
-	case had && old.Attrs.Equal(l.Attrs):
-		r.byNode[n.Name] = l // a status update; nothing to tell
-	default:
-		r.byNode[n.Name] = l
-		changes = append(changes, lease.Change{Lease: l})
 	}
+	if !publishes {
+		delete(r.refused, n.Name)
+	}
+	if publishes {
+		r.byNode[n.Name] = l
+		if r.bySubnets[l.Subnets()] == nil {
+			r.bySubnets[l.Subnets()] = map[string]bool{}
+		}
+		r.bySubnets[l.Subnets()][n.Name] = true
+		touched = append(touched, l.Subnets())
+	}
+	changes := r.reroute(touched)
 	for _, c := range changes {
 		r.rev++
 		r.changes = append(r.changes, record{rev: r.rev, change: c})
@@ -275,6 +316,88 @@ func (r *Registry) observe(obj any, deleted bool) {
 		close(r.changed)
 		r.changed = make(chan struct{})
 	}
+	if n.Name == r.nodeName || len(changes) > 0 {
+		close(r.ownWake)
+		r.ownWake = make(chan struct{})
+	}
+}
+
+// older reports whether a's Node is older than b's: created earlier, or in
+// the same second and first by name. Between Nodes that claim one subnet
+// the older is routed, on every node alike.
+func older(a, b lease.Lease) bool {
+	if a.Created != b.Created {
+		return a.Created < b.Created
+	}
+	return a.Attrs.NodeName() < b.Attrs.NodeName()
+}
+
+// reroute chooses again which node is routed for each set of subnets in
+// touched, and returns the changes to what List and Watch deliver: gone
+// first, then new or changed, each in subnet order. A set claimed by
+// several Nodes routes to the oldest; the others are refused, and that is
+// logged once. The caller holds mu.
+func (r *Registry) reroute(touched []lease.Subnets) []lease.Change {
+	slices.SortFunc(touched, lease.Subnets.Compare)
+	touched = slices.Compact(touched)
+	var gone, put []lease.Change
+	for _, s := range touched {
+		var claims []lease.Lease
+		for name := range r.bySubnets[s] {
+			claims = append(claims, r.byNode[name])
+		}
+		if len(claims) == 0 {
+			delete(r.bySubnets, s)
+			if was, ok := r.routed[s]; ok {
+				delete(r.routed, s)
+				gone = append(gone, lease.Change{Lease: was, Deleted: true})
+			}
+			continue
+		}
+		slices.SortFunc(claims, func(a, b lease.Lease) int {
+			if older(a, b) {
+				return -1
+			}
+			return 1
+		})
+		win := claims[0]
+		for _, lose := range claims[1:] {
+			name := lose.Attrs.NodeName()
+			reason := fmt.Sprintf("node %q spec.podCIDRs %s are also node %q's, which is older (created %s; %q %s): %q is routed, %q refused until one of the Nodes changes",
+				name, s, win.Attrs.NodeName(), createdAt(win), name, createdAt(lose), win.Attrs.NodeName(), name)
+			if was, ok := r.refused[name]; !ok || was.Reason != reason {
+				r.log.Warn("two nodes claim one pod CIDR; routing the older", "subnets", s.String(), "routed", win.Attrs.NodeName(), "refused", name, "reason", reason)
+			}
+			r.refused[name] = lease.Refusal{Lease: lose, Reason: reason}
+		}
+		delete(r.refused, win.Attrs.NodeName())
+		was, ok := r.routed[s]
+		r.routed[s] = win
+		if !ok || was.Attrs.NodeName() != win.Attrs.NodeName() || !was.Attrs.Equal(win.Attrs) || was.Created != win.Created {
+			put = append(put, lease.Change{Lease: win})
+		}
+	}
+	return append(gone, put...)
+}
+
+// createdAt is when a lease's Node was created, for messages.
+func createdAt(l lease.Lease) string {
+	return time.Unix(l.Created, 0).UTC().Format(time.RFC3339)
+}
+
+// Refused is the Nodes whose lease is held back because an older Node
+// claims the same pod CIDRs, with the reason (naming both, and the CIDRs).
+func (r *Registry) Refused() []lease.Refusal {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]lease.Refusal, 0, len(r.refused))
+	for _, f := range r.refused {
+		out = append(out, f)
+	}
+	slices.SortFunc(out, func(a, b lease.Refusal) int {
+		return cmp.Or(a.Lease.Subnets().Compare(b.Lease.Subnets()), cmp.Compare(a.Lease.Attrs.NodeName(), b.Lease.Attrs.NodeName()))
+	})
+	return out
 }
 
 // waitSynced waits until the informer has listed the nodes once.
@@ -300,16 +423,16 @@ func (r *Registry) waitSynced(ctx context.Context) error {
 	return nil
 }
 
-// List returns the lease of every node that publishes one, and the
-// registry's revision.
+// List returns the lease of every node that publishes one (of Nodes that
+// claim the same pod CIDRs, the oldest's), and the registry's revision.
 func (r *Registry) List(ctx context.Context) ([]lease.Lease, int64, error) {
 	if err := r.waitSynced(ctx); err != nil {
 		return nil, 0, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]lease.Lease, 0, len(r.byNode))
-	for _, l := range r.byNode {
+	out := make([]lease.Lease, 0, len(r.routed))
+	for _, l := range r.routed {
 		out = append(out, l)
 	}
 	return out, r.rev, nil
@@ -379,15 +502,17 @@ func (r *Registry) assigned(n *corev1.Node, wake <-chan struct{}) (lease.Subnets
 	}
 	var s lease.Subnets
 	for _, f := range []struct {
-		on      bool
-		name    string
-		cidr    netip.Prefix
-		network netip.Prefix
-		field   string
-		dst     *netip.Prefix
+		on        bool
+		name      string
+		cidr      netip.Prefix
+		network   netip.Prefix
+		field     string
+		subnetLen int
+		lenField  string
+		dst       *netip.Prefix
 	}{
-		{r.fam.V4, "IPv4", cidrs.V4, r.netcfg.Network, "Network", &s.V4},
-		{r.fam.V6, "IPv6", cidrs.V6, r.netcfg.IPv6Network, "IPv6Network", &s.V6},
+		{r.fam.V4, "IPv4", cidrs.V4, r.netcfg.Network, "Network", r.netcfg.SubnetLen, "SubnetLen", &s.V4},
+		{r.fam.V6, "IPv6", cidrs.V6, r.netcfg.IPv6Network, "IPv6Network", r.netcfg.IPv6SubnetLen, "IPv6SubnetLen", &s.V6},
 	} {
 		if !f.on {
 			continue
@@ -396,12 +521,48 @@ func (r *Registry) assigned(n *corev1.Node, wake <-chan struct{}) (lease.Subnets
 			return lease.Subnets{}, r.notAssigned(wake, f.name)
 		}
 		if f.cidr.Bits() < f.network.Bits() || !f.network.Contains(f.cidr.Addr()) {
-			return lease.Subnets{}, lease.Permanent(fmt.Errorf("node %q pod cidr %s lies outside the %s %s of %s: make kube-controller-manager's --cluster-cidr and the config agree",
+			return lease.Subnets{}, lease.Permanent(fmt.Errorf("node %q spec.podCIDRs: pod cidr %s lies outside the %s %s of %s: make kube-controller-manager's --cluster-cidr and the config agree",
 				r.nodeName, f.cidr, f.field, f.network, r.confPath))
+		}
+		if f.subnetLen > 0 && f.cidr.Bits() != f.subnetLen {
+			// Peers refuse a lease of another size than the config's.
+			return lease.Subnets{}, lease.Permanent(fmt.Errorf("node %q spec.podCIDRs: pod cidr %s is a /%d, and %s of %s is %d: make kube-controller-manager's --node-cidr-mask-size and the config agree",
+				r.nodeName, f.cidr, f.cidr.Bits(), f.lenField, r.confPath, f.subnetLen))
 		}
 		*f.dst = f.cidr
 	}
+	if err := r.overlapsOlder(n, s, wake); err != nil {
+		return lease.Subnets{}, err
+	}
 	return s, nil
+}
+
+// overlapsOlder is a *lease.PendingError if a half of s overlaps the pod
+// CIDR of an older Node that publishes a lease: that Node is routed, on
+// every node, and this one waits until one of them changes (it is deleted,
+// or re-created with another pod CIDR).
+func (r *Registry) overlapsOlder(n *corev1.Node, s lease.Subnets, wake <-chan struct{}) error {
+	self := lease.Lease{Created: n.CreationTimestamp.Unix(), Attrs: lease.Attrs{Twill: &lease.NodeInfo{Node: n.Name}}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var clash []string
+	for name, o := range r.byNode {
+		if name == n.Name || !older(o, self) {
+			continue
+		}
+		for _, h := range [][2]netip.Prefix{{s.V4, o.Subnet}, {s.V6, o.IPv6Subnet}} {
+			if h[0].IsValid() && h[1].IsValid() && h[0].Overlaps(h[1]) {
+				clash = append(clash, fmt.Sprintf("node %q's %s (created %s)", name, h[1], createdAt(o)))
+			}
+		}
+	}
+	if len(clash) == 0 {
+		return nil
+	}
+	slices.Sort(clash)
+	return &lease.PendingError{Wake: wake, Reason: fmt.Sprintf("node %q spec.podCIDRs %s overlap the pod CIDRs of older Nodes: %s. "+
+		"The older Node is routed; this one waits until one of them changes (a Node's podCIDR cannot change: delete the wrong Node and register it again)",
+		r.nodeName, s, strings.Join(clash, ", "))}
 }
 
 // Claim is the node's lease: its pod CIDR of each family the network config
@@ -411,6 +572,10 @@ func (r *Registry) assigned(n *corev1.Node, wake <-chan struct{}) (lease.Subnets
 // has one (public-ipv6-overwrite for IPv6). A node without a pod CIDR, or
 // not registered yet, is a *lease.PendingError.
 func (r *Registry) Claim(ctx context.Context, req lease.Request) (lease.Lease, error) {
+	// The other Nodes must be known: an older one may claim the subnet.
+	if err := r.waitSynced(ctx); err != nil {
+		return lease.Lease{}, err
+	}
 	r.mu.Lock()
 	wake := r.ownWake
 	r.mu.Unlock()
