@@ -42,7 +42,7 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 	base := "name: x\ncluster: {nodes: 2, backend: vxlan, podsPerNode: 1}\n"
 	for _, tt := range []struct{ in, want string }{
 		{base + "steps:\n  - pong-all\n", `unknown step "pong-all"`},
-		{base + "steps:\n  - lease: {node: n5, holds: true}\n", `lease.node = "n5": no such node (nodes are n1..n2)`},
+		{base + "steps:\n  - lease: {node: n5, holds: true}\n", `line 4: lease.node: node "n5": no such node (the lab has n1..n2)`},
 		{base + "steps:\n  - tcp: {from: n1p1, to: n2p2}\n", `tcp.to = "n2p2": no such pod`},
 		{base + "steps:\n  - tcp: {from: n1p1}\n", `tcp needs "to"`},
 		{base + "steps:\n  - tcp: {from: n1p1, to: n2p1, size: lots}\n", `tcp.size`},
@@ -58,15 +58,15 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - put-lease: {node: n2, value: '{{.PublicIP'}\n", `put-lease.value: "{{.PublicIP"`},
 		{base + "steps:\n  - put-lease: {node: n2, bits: 40, value: x}\n", `line 4: put-lease.bits: "40": want an integer from 8 to 32`},
 		{base + "steps:\n  - put-lease: {node: n2, ttl: 0s, value: x}\n", `put-lease.ttl: "0s": want a positive duration`},
-		{base + "steps:\n  - send-spoofed: {to: n1p1}\n", `send-spoofed.to = "n1p1": no such node`},
+		{base + "steps:\n  - send-spoofed: {to: n1p1}\n", `send-spoofed.to: node "n1p1": no such node (the lab has n1..n2)`},
 		{base + "steps:\n  - send-spoofed: {to: n1, count: 0}\n", `send-spoofed.count: "0": want an integer from 1`},
 		{base + "steps:\n  - delete-device\n", `delete-device needs "node"`},
 		{base + "steps:\n  - ping-watch: {from: n1p1}\n", `ping-watch needs "to"`},
 		{base + "steps:\n  - ping-watch-end: {from: n1p1}\n", `give both from and to`},
 		{base + "steps:\n  - ping-watch-end: {max-lost: -1}\n", `ping-watch-end.max-lost: "-1"`},
 		{base + "steps:\n  - readyz: {expect: sometimes}\n", `readyz.expect: "sometimes": want ok or fail`},
-		{"name: x\ncluster: {nodes: 2, backend: wireguard, nodeArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `cluster.nodeArgs.n3: no such node (the cluster has n1..n2)`},
-		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n3]}\nsteps:\n  - ping-all\n", `cluster.flannelNodes: "n3": no such node (the cluster has n1..n2)`},
+		{"name: x\ncluster: {nodes: 2, backend: wireguard, nodeArgs: {n3: [--x]}}\nsteps:\n  - ping-all\n", `scenario: cluster.nodeArgs: node "n3": no such node (the lab has n1..n2)`},
+		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n3]}\nsteps:\n  - ping-all\n", `scenario: cluster.flannelNodes: node "n3": no such node (the lab has n1..n2)`},
 		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n2]}\nsteps:\n  - node-leases: {node: n2}\n", `node-leases.node = "n2": a flannel node has no twill API`},
 		{base + "steps:\n  - node-leases\n", `node-leases needs "node"`},
 		{base + "steps:\n  - underlay-encrypted: {from: n1p1}\n", `underlay-encrypted needs "to"`},
@@ -84,6 +84,64 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		_, err := Parse([]byte(tt.in))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Parse:\n%s\n= %v\nwant an error containing %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+// TestParseNodeNames checks every place a scenario names a node against
+// vmtest.ValidNode, the lab's own rule (vmtest.Spec checks node_args and
+// flannel_nodes by it too). Before, the scenarios had a rule of their own:
+// n01 and n+1 passed vmtest's and failed theirs.
+func TestParseNodeNames(t *testing.T) {
+	places := []struct {
+		field string
+		yaml  func(node string) string // the scenario, naming node there
+	}{
+		{"scenario: cluster.nodeArgs", func(n string) string {
+			return "cluster: {nodes: %d, backend: vxlan, podsPerNode: 1, nodeArgs: {'" + n + "': [--x]}}\nsteps: [ping-all]\n"
+		}},
+		{"scenario: cluster.flannelNodes", func(n string) string {
+			return "cluster: {nodes: %d, backend: vxlan, podsPerNode: 1, flannelNodes: ['" + n + "']}\nsteps: [ping-all]\n"
+		}},
+		{"scenario: steps[0]: line 4: restart-daemon.node", func(n string) string {
+			return "cluster: {nodes: %d, backend: vxlan, podsPerNode: 1}\nsteps:\n  - restart-daemon: {node: '" + n + "'}\n"
+		}},
+		{"scenario: steps[0]: line 4: delete-route.peer", func(n string) string {
+			return "cluster: {nodes: %d, backend: vxlan, podsPerNode: 1}\nsteps:\n  - delete-route: {node: n1, peer: '" + n + "'}\n"
+		}},
+		{"scenario: steps[0]: line 4: send-spoofed.to", func(n string) string {
+			return "cluster: {nodes: %d, backend: vxlan, podsPerNode: 1}\nsteps:\n  - send-spoofed: {to: '" + n + "'}\n"
+		}},
+	}
+	for _, tt := range []struct {
+		node  string
+		nodes int
+		has   string // what the error says the lab has; "" accepted
+	}{
+		{"n1", 1, ""},
+		{"n3", 3, ""},
+		{"n2", 1, "n1 only"},
+		{"n4", 3, "n1..n3"},
+		{"n0", 3, "n1..n3"},
+		{"n01", 3, "n1..n3"},
+		{"n+1", 3, "n1..n3"},
+		{"N1", 3, "n1..n3"},
+		{"n1p1", 3, "n1..n3"},
+		{"twill-n1", 3, "n1..n3"},
+	} {
+		for _, pl := range places {
+			in := "name: x\n" + fmt.Sprintf(pl.yaml(tt.node), tt.nodes)
+			_, err := Parse([]byte(in))
+			if tt.has == "" {
+				if err != nil {
+					t.Errorf("%s %q with %d nodes: %v, want it accepted", pl.field, tt.node, tt.nodes, err)
+				}
+				continue
+			}
+			want := fmt.Sprintf("%s: node %q: no such node (the lab has %s)", pl.field, tt.node, tt.has)
+			if err == nil || err.Error() != want {
+				t.Errorf("%s %q with %d nodes: %v, want %q", pl.field, tt.node, tt.nodes, err, want)
+			}
 		}
 	}
 }
