@@ -218,8 +218,11 @@ type pingWatchResult struct {
 
 func (r pingWatchResult) String() string {
 	s := fmt.Sprintf("%d sent, %d answered, %d lost", r.SentBeforeEnd, r.SentBeforeEnd-r.Lost, r.Lost)
-	if drain := r.Sent - r.SentBeforeEnd; drain > 0 {
+	switch drain := r.Sent - r.SentBeforeEnd; {
+	case r.InFlight > 0:
 		s += fmt.Sprintf(" (then %d in the drain, %d of them in flight when ping was interrupted)", drain, r.InFlight)
+	case drain > 0:
+		s += fmt.Sprintf(" (then %d in the drain, all answered)", drain)
 	}
 	s += fmt.Sprintf("; longest gap between replies %v", r.LongestGap.Round(time.Millisecond))
 	if r.Unanswered > 0 {
