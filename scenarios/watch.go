@@ -235,7 +235,9 @@ var (
 	pingReplyRE = regexp.MustCompile(`^\[(\d+)\.(\d+)\] \d+ bytes from .*icmp_seq=(\d+) `)
 	pingStatsRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 	// pingMarkRE is what iputils ping prints on SIGQUIT: replies/requests.
-	pingMarkRE = regexp.MustCompile(`(?m)^\r?(\d+)/(\d+) packets, \d+% loss`)
+	// Not anchored to a line: it goes to stderr, which need not keep in
+	// step with stdout.
+	pingMarkRE = regexp.MustCompile(`(\d+)/(\d+) packets, \d+% loss`)
 )
 
 // parsePingWatch reads the output of ping -D: one line per reply with its
