@@ -196,22 +196,27 @@ func TestParseHostileSteps(t *testing.T) {
 // of the 32 requests lost before the end step.
 func TestParsePingWatch(t *testing.T) {
 	for _, tt := range []struct {
-		file                         string
-		sent, beforeEnd, lost, unans int
-		inFlight                     int
-		gap                          time.Duration // the longest gap, to the millisecond
+		file                                  string
+		sent, beforeEnd, lost, leading, unans int
+		inFlight                              int
+		gap                                   time.Duration // the longest gap, to the millisecond
+		says                                  string        // in the step's line
 	}{
 		// The drop starts, 32 requests (121..152) get no reply before the
 		// end step, and the drop goes on: all 32 count, the 27 of the
 		// drain are in flight.
-		{"loss-before-end", 179, 152, 32, 32, 27, 31 * time.Millisecond},
+		{"loss-before-end", 179, 152, 32, 0, 32, 27, 31 * time.Millisecond,
+			"152 sent, 120 answered, 32 lost (then 27 in the drain, 27 of them in flight when ping was interrupted); longest gap between replies 32ms; the last 32 requests before the end got no reply"},
 		// The drop starts with the end step: nothing of the watched time is
 		// lost, the drain's 27 unanswered requests are in flight.
-		{"loss-after-end", 142, 114, 0, 0, 27, 84 * time.Millisecond},
+		{"loss-after-end", 142, 114, 0, 0, 0, 27, 84 * time.Millisecond, "114 sent, 114 answered, 0 lost (then 28 in the drain, 27 of them in flight"},
 		// 30 requests (124..153) dropped before the end step, replies again
 		// in the drain: the 30 count, the gap spans them.
-		{"healed-in-drain", 180, 153, 30, 30, 0, 608 * time.Millisecond},
-		{"clean", 149, 118, 0, 0, 0, 48 * time.Millisecond},
+		{"healed-in-drain", 180, 153, 30, 0, 30, 0, 608 * time.Millisecond, "(then 27 in the drain, all answered)"},
+		// 30 requests (1..30) dropped from the start: no gap between
+		// replies shows them.
+		{"loss-from-start", 113, 86, 30, 30, 0, 0, 53 * time.Millisecond, "; the first 30 requests got no reply"},
+		{"clean", 149, 118, 0, 0, 0, 0, 48 * time.Millisecond, "118 sent, 118 answered, 0 lost (then 31 in the drain, all answered); longest gap between replies 48ms"},
 	} {
 		out, err := os.ReadFile(filepath.Join("testdata", "ping-watch", tt.file+".txt"))
 		if err != nil {
@@ -222,10 +227,14 @@ func TestParsePingWatch(t *testing.T) {
 			t.Errorf("%s: %v", tt.file, err)
 			continue
 		}
-		if r.Sent != tt.sent || r.SentBeforeEnd != tt.beforeEnd || r.Lost != tt.lost || r.Unanswered != tt.unans ||
+		if r.Sent != tt.sent || r.SentBeforeEnd != tt.beforeEnd || r.Lost != tt.lost || r.Leading != tt.leading || r.Unanswered != tt.unans ||
 			r.InFlight != tt.inFlight || r.LongestGap.Truncate(time.Millisecond) != tt.gap {
-			t.Errorf("%s: got %d sent, %d before the end, %d lost, %d of them unanswered at the end, %d in flight, a %v gap\nwant %d sent, %d before the end, %d lost, %d of them unanswered at the end, %d in flight, a %v gap",
-				tt.file, r.Sent, r.SentBeforeEnd, r.Lost, r.Unanswered, r.InFlight, r.LongestGap, tt.sent, tt.beforeEnd, tt.lost, tt.unans, tt.inFlight, tt.gap)
+			t.Errorf("%s: got %d sent, %d before the end, %d lost (%d from the start, %d to the end), %d in flight, a %v gap\nwant %d sent, %d before the end, %d lost (%d from the start, %d to the end), %d in flight, a %v gap",
+				tt.file, r.Sent, r.SentBeforeEnd, r.Lost, r.Leading, r.Unanswered, r.InFlight, r.LongestGap,
+				tt.sent, tt.beforeEnd, tt.lost, tt.leading, tt.unans, tt.inFlight, tt.gap)
+		}
+		if !strings.Contains(r.String(), tt.says) {
+			t.Errorf("%s: %q, want it to say %q", tt.file, r, tt.says)
 		}
 	}
 	// Without the count of the end step there is no telling the watched

@@ -212,8 +212,10 @@ type pingWatchResult struct {
 	LongestGap time.Duration
 	// Unanswered counts the lost requests after the last reply of the
 	// watched time (a loss still going on when the watch ended):
-	// LongestGap cannot show it, having no reply to end it.
-	Unanswered int
+	// LongestGap cannot show it, having no reply to end it. Leading counts
+	// those before the first reply (a loss from the start), which it
+	// cannot show either, having no reply to begin it.
+	Unanswered, Leading int
 }
 
 func (r pingWatchResult) String() string {
@@ -225,6 +227,9 @@ func (r pingWatchResult) String() string {
 		s += fmt.Sprintf(" (then %d in the drain, all answered)", drain)
 	}
 	s += fmt.Sprintf("; longest gap between replies %v", r.LongestGap.Round(time.Millisecond))
+	if r.Leading > 0 && r.Leading < r.SentBeforeEnd {
+		s += fmt.Sprintf("; the first %d requests got no reply", r.Leading)
+	}
 	if r.Unanswered > 0 {
 		s += fmt.Sprintf("; the last %d requests before the end got no reply", r.Unanswered)
 	}
@@ -294,6 +299,9 @@ func parsePingWatch(out string, endedEarly bool) (pingWatchResult, error) {
 		default:
 			r.Lost++
 			r.Unanswered++
+			if r.Lost == seq {
+				r.Leading++
+			}
 		}
 	}
 	return r, nil

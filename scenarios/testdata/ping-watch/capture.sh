@@ -11,6 +11,8 @@
 #   loss-after-end   the drop starts at the end step
 #   healed-in-drain  about 30 requests are dropped, the end step comes and
 #                    the drop stops with it: replies come again in the drain
+#   loss-from-start  about 30 requests are dropped from the first, then the
+#                    drop stops; 1 s later the end step
 #   clean            no drop
 set -eu
 case=$1
@@ -31,9 +33,17 @@ drop() { ip netns exec $b nft add rule inet pw in icmp type echo-request counter
 heal() { ip netns exec $b nft flush chain inet pw in; }
 dropped() { ip netns exec $b nft list chain inet pw in | sed -n 's/.*counter packets \([0-9]*\).*/\1/p'; }
 out=$(mktemp)
+[ "$case" = loss-from-start ] && drop
 ip netns exec $a sh -c 'exec /bin/ping -n -D -i 0.01 -w 600 10.244.250.2' >"$out" 2>&1 &
 pid=$!
-sleep 2
+case $case in
+loss-from-start)
+	while [ "$(dropped)" -lt 30 ]; do sleep 0.002; done
+	heal
+	sleep 1
+	;;
+*) sleep 2 ;;
+esac
 case $case in
 loss-before-end | healed-in-drain)
 	drop
