@@ -152,7 +152,7 @@ func (r *Runner) Run(ctx context.Context, s *Scenario) (rep *Report, err error) 
 			if have[PodName(i, j)] {
 				continue
 			}
-			if _, err := c.AddPod(ctx, NodeName(i), PodName(i, j)); err != nil {
+			if _, err := c.AddPod(ctx, vmtest.NodeName(i), PodName(i, j)); err != nil {
 				return rep, fmt.Errorf("add pod %s: %w", PodName(i, j), err)
 			}
 		}
@@ -204,7 +204,7 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 	for i := 1; i <= s.Cluster.Nodes; i++ {
 		for j := 1; j <= s.Cluster.PodsPerNode; j++ {
 			if !have[PodName(i, j)] {
-				jobs = append(jobs, job{NodeName(i), PodName(i, j)})
+				jobs = append(jobs, job{vmtest.NodeName(i), PodName(i, j)})
 			}
 		}
 	}

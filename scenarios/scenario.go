@@ -15,6 +15,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -218,13 +219,13 @@ func Parse(data []byte) (*Scenario, error) {
 		errs = append(errs, errors.New("scenario: cluster.backends: give either backends or backend/netConfig, not both"))
 	}
 	for _, n := range slices.Sorted(maps.Keys(c.NodeArgs)) {
-		if !validNode(n, c.Nodes) {
-			errs = append(errs, fmt.Errorf("scenario: cluster.nodeArgs.%s: no such node (the cluster has n1..n%d)", n, c.Nodes))
+		if err := vmtest.ValidNode(n, c.Nodes); err != nil {
+			errs = append(errs, fmt.Errorf("scenario: cluster.nodeArgs: %w", err))
 		}
 	}
 	for _, n := range c.FlannelNodes {
-		if !validNode(n, c.Nodes) {
-			errs = append(errs, fmt.Errorf("scenario: cluster.flannelNodes: %q: no such node (the cluster has n1..n%d)", n, c.Nodes))
+		if err := vmtest.ValidNode(n, c.Nodes); err != nil {
+			errs = append(errs, fmt.Errorf("scenario: cluster.flannelNodes: %w", err))
 		}
 	}
 	switch c.IPFamily {
@@ -404,8 +405,11 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		st.Node, st.To = st.To, ""
 	}
 	for _, ref := range nodeRefs {
-		if ref.v != "" && !validNode(ref.v, c.Nodes) {
-			return Step{}, fmt.Errorf("line %d: %s.%s = %q: no such node (nodes are n1..n%d)", n.Line, kind, ref.field, ref.v, c.Nodes)
+		if ref.v == "" {
+			continue
+		}
+		if err := vmtest.ValidNode(ref.v, c.Nodes); err != nil {
+			return Step{}, fmt.Errorf("line %d: %s.%s: %w", n.Line, kind, ref.field, err)
 		}
 	}
 	for _, ref := range []struct{ field, v string }{{"from", st.From}, {"to", st.To}} {
@@ -433,20 +437,9 @@ func (s *Scenario) Plays() []*Scenario {
 	return out
 }
 
-// NodeName is the name of the i-th node (from 1), as vmtest names them.
-func NodeName(i int) string { return fmt.Sprintf("n%d", i) }
-
-// PodName is the name of the j-th pod (from 1) on node i.
-func PodName(i, j int) string { return fmt.Sprintf("n%dp%d", i, j) }
-
-func validNode(name string, nodes int) bool {
-	for i := 1; i <= nodes; i++ {
-		if name == NodeName(i) {
-			return true
-		}
-	}
-	return false
-}
+// PodName is the name of the j-th pod (from 1) on node i, as
+// vmtest.Spec.PodsPerNode names them: n1p1.
+func PodName(i, j int) string { return vmtest.NodeName(i) + "p" + strconv.Itoa(j) }
 
 func validPod(name string, nodes, pods int) bool {
 	for i := 1; i <= nodes; i++ {

@@ -14,8 +14,12 @@ import (
 // A ping watch pings from one pod to another every 10 ms in the background,
 // across the faults played meanwhile, and says at its end how many echo
 // requests went unanswered and how long the longest gap between replies
-// was. ping runs in the pod with its PID in a file; the end sends it
-// SIGINT, so that it prints its statistics, on every driver.
+// was. ping runs in the pod with its PID in a file. The end marks the end
+// of the watched time with SIGQUIT, on which ping prints how many requests
+// it has sent so far; after a drain for late replies, SIGINT makes it print
+// its statistics. Every unanswered request sent before the mark is lost, on
+// every driver: the count is ping's own, no clock of this machine is held
+// against a VM's.
 
 // watchInterval is the ping interval of a watch.
 const watchInterval = 10 * time.Millisecond
@@ -31,6 +35,8 @@ type pingWatch struct {
 	done     chan struct{}
 	out      []byte
 	err      error
+	// endedEarly says that ping had ended by itself at the end step.
+	endedEarly bool
 }
 
 func watchKey(from, to string) string { return from + "->" + to }
@@ -123,24 +129,57 @@ func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]
 	var b strings.Builder
 	var errs []error
 	data := map[string]any{}
+	// The watched time ends now, for every watch at once.
+	marked := map[string]error{}
+	for _, k := range keys {
+		marked[k] = p.markWatchEnd(p.watches[k])
+	}
 	time.Sleep(watchDrain) // see watchDrain
 	for _, k := range keys {
 		w := p.watches[k]
 		delete(p.watches, k)
 		p.stopWatch(w)
-		r, err := parsePingWatch(string(w.out))
+		if marked[k] != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", k, marked[k]))
+			continue
+		}
+		r, err := parsePingWatch(string(w.out), w.endedEarly)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", k, err))
 			continue
 		}
 		fmt.Fprintf(&b, "%s: %s\n", k, r)
-		data[k] = map[string]any{"sent": r.Sent, "received": r.Received, "lost": r.Lost, "longest_gap_ms": r.LongestGap.Milliseconds()}
+		data[k] = map[string]any{"sent": r.SentBeforeEnd, "answered": r.SentBeforeEnd - r.Lost, "lost": r.Lost,
+			"drain_sent": r.Sent - r.SentBeforeEnd, "in_flight": r.InFlight, "longest_gap_ms": r.LongestGap.Milliseconds()}
 		if r.Lost > maxLost {
 			errs = append(errs, fmt.Errorf("%s lost %d echo requests (at most %d allowed); the longest gap between replies was %v",
 				k, r.Lost, maxLost, r.LongestGap.Round(time.Millisecond)))
 		}
 	}
 	return b.String(), data, errors.Join(errs...)
+}
+
+// markWatchEnd ends the watched time of a watch: SIGQUIT makes ping print
+// how many requests it has sent (iputils: "R/T packets, ..." on stderr) and
+// go on. A ping that ended by itself sent all its requests in the watched
+// time.
+func (p *play) markWatchEnd(w *pingWatch) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pid, err := w.pid(ctx, p)
+	if err != nil {
+		select {
+		case <-w.done:
+			w.endedEarly = true
+			return nil
+		default:
+		}
+		return fmt.Errorf("mark the end of the watch: %w", err)
+	}
+	if out, err := p.c.Exec(ctx, w.netns, "kill", "-QUIT", strconv.Itoa(pid)); err != nil {
+		return fmt.Errorf("mark the end of the watch: kill -QUIT %d: %w: %s", pid, err, lastLine(string(out)))
+	}
+	return nil
 }
 
 // endAllWatches stops the watches a scenario left running.
@@ -155,31 +194,42 @@ func (p *play) endAllWatches() {
 // ping is interrupted (which prints its statistics at once, without waiting
 // for replies): the replies to the last requests of the watched time may
 // take a round trip longer than the interval (a VM under load: 80 ms seen).
-// Requests sent in the drain that got no reply before the end are in flight,
-// not lost; those of the watched time are lost.
+// Requests sent in the drain are not of the watched time: those without a
+// reply are in flight, not lost.
 const watchDrain = 500 * time.Millisecond
 
 type pingWatchResult struct {
 	Sent, Received int
-	// Lost counts the echo requests without a reply, but for those in
-	// flight when ping was interrupted.
+	// SentBeforeEnd is how many requests ping had sent at the end step (its
+	// count on SIGQUIT): icmp_seq 1 to SentBeforeEnd are the watched time.
+	SentBeforeEnd int
+	// Lost counts the requests of the watched time that got no reply, by
+	// the end of the drain.
 	Lost int
-	// InFlight counts the requests after the last reply, sent in the
-	// drain (at most watchDrain's worth), that had no reply yet.
+	// InFlight counts the requests sent in the drain that had no reply
+	// when ping was interrupted.
 	InFlight   int
 	LongestGap time.Duration
-	// Unanswered counts the requests after the last reply that got none
-	// (a loss still going on when the watch ended): LongestGap cannot show
-	// it, having no reply to end it.
-	Unanswered int
+	// Unanswered counts the lost requests after the last reply of the
+	// watched time (a loss still going on when the watch ended):
+	// LongestGap cannot show it, having no reply to end it. Leading counts
+	// those before the first reply (a loss from the start), which it
+	// cannot show either, having no reply to begin it.
+	Unanswered, Leading int
 }
 
 func (r pingWatchResult) String() string {
-	s := fmt.Sprintf("%d sent, %d received, %d lost", r.Sent, r.Received, r.Lost)
-	if r.InFlight > 0 {
-		s += fmt.Sprintf(" (and %d in flight when the watch ended)", r.InFlight)
+	s := fmt.Sprintf("%d sent, %d answered, %d lost", r.SentBeforeEnd, r.SentBeforeEnd-r.Lost, r.Lost)
+	switch drain := r.Sent - r.SentBeforeEnd; {
+	case r.InFlight > 0:
+		s += fmt.Sprintf(" (then %d in the drain, %d of them in flight when ping was interrupted)", drain, r.InFlight)
+	case drain > 0:
+		s += fmt.Sprintf(" (then %d in the drain, all answered)", drain)
 	}
 	s += fmt.Sprintf("; longest gap between replies %v", r.LongestGap.Round(time.Millisecond))
+	if r.Leading > 0 && r.Leading < r.SentBeforeEnd {
+		s += fmt.Sprintf("; the first %d requests got no reply", r.Leading)
+	}
 	if r.Unanswered > 0 {
 		s += fmt.Sprintf("; the last %d requests before the end got no reply", r.Unanswered)
 	}
@@ -189,11 +239,19 @@ func (r pingWatchResult) String() string {
 var (
 	pingReplyRE = regexp.MustCompile(`^\[(\d+)\.(\d+)\] \d+ bytes from .*icmp_seq=(\d+) `)
 	pingStatsRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+	// pingMarkRE is what iputils ping prints on SIGQUIT: replies/requests.
+	// Not anchored to a line: it goes to stderr, which need not keep in
+	// step with stdout.
+	pingMarkRE = regexp.MustCompile(`(\d+)/(\d+) packets, \d+% loss`)
 )
 
 // parsePingWatch reads the output of ping -D: one line per reply with its
-// time stamp, then the statistics.
-func parsePingWatch(out string) (pingWatchResult, error) {
+// time stamp, the count of requests sent printed at the end step
+// (markWatchEnd), then the statistics. endedEarly says that ping ended
+// before the end step, so it printed no count and all its requests are of
+// the watched time. icmp_seq is not taken modulo 2^16: a watch sends fewer
+// requests in watchLimit.
+func parsePingWatch(out string, endedEarly bool) (pingWatchResult, error) {
 	var r pingWatchResult
 	m := pingStatsRE.FindStringSubmatch(out)
 	if m == nil {
@@ -201,6 +259,17 @@ func parsePingWatch(out string) (pingWatchResult, error) {
 	}
 	r.Sent, _ = strconv.Atoi(m[1])
 	r.Received, _ = strconv.Atoi(m[2])
+	switch m := pingMarkRE.FindStringSubmatch(out); {
+	case endedEarly:
+		r.SentBeforeEnd = r.Sent
+	case m == nil:
+		return r, fmt.Errorf("ping printed no count of requests at the end step (SIGQUIT): %s", lastLine(out))
+	default:
+		r.SentBeforeEnd, _ = strconv.Atoi(m[2])
+	}
+	if r.SentBeforeEnd > r.Sent {
+		return r, fmt.Errorf("ping counted %d requests at the end step but %d in all", r.SentBeforeEnd, r.Sent)
+	}
 	seen := map[int]bool{}
 	var last time.Time
 	for _, line := range strings.Split(out, "\n") {
@@ -220,16 +289,20 @@ func parsePingWatch(out string) (pingWatchResult, error) {
 		seen[seq] = true
 	}
 	for seq := 1; seq <= r.Sent; seq++ {
-		if seen[seq] {
+		switch {
+		case seq > r.SentBeforeEnd:
+			if !seen[seq] {
+				r.InFlight++
+			}
+		case seen[seq]:
 			r.Unanswered = 0
-			continue
+		default:
+			r.Lost++
+			r.Unanswered++
+			if r.Lost == seq {
+				r.Leading++
+			}
 		}
-		r.Lost++
-		r.Unanswered++
 	}
-	// The trailing unanswered requests sent in the drain are in flight.
-	r.InFlight = min(r.Unanswered, int(watchDrain/watchInterval))
-	r.Lost -= r.InFlight
-	r.Unanswered -= r.InFlight
 	return r, nil
 }

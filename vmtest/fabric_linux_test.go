@@ -138,7 +138,7 @@ func TestRoutedSpecRefused(t *testing.T) {
 		{Spec{Backend: "bgp", Routed: &Routed{RackASNs: []uint32{65001}}}, "one AS per rack (2)"},
 		{Spec{Backend: "bgp", Routed: &Routed{RackASNs: []uint32{65001, 0}}}, "routed.rack_asns[1] = 0"},
 		{Spec{Backend: "macvlan", Routed: &Routed{}}, "macvlan and ipvlan need the flat one"},
-		{Spec{Backend: "bgp", Nodes: 2, NodeArgs: map[string][]string{"n3": {"--x"}}}, `node_args: no node "n3"`},
+		{Spec{Backend: "bgp", Nodes: 2, NodeArgs: map[string][]string{"n3": {"--x"}}}, `node_args: node "n3": no such node (the lab has n1..n2)`},
 	} {
 		if _, err := tt.spec.withDefaults(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: %v, want an error with %q", tt.spec, err, tt.want)

@@ -243,7 +243,7 @@ func (l *Lab) build(ctx context.Context) error {
 		}
 	}
 	for i := range st.Spec.Nodes {
-		name := "n" + strconv.Itoa(i+1)
+		name := NodeName(i + 1)
 		dir := filepath.Join(st.Dir, name)
 		st.Nodes = append(st.Nodes, nodeState{Name: name, NetNS: st.Spec.Name + "-" + name, HubLink: name,
 			IP: lay.nodeAddr(i + 1), Dir: dir, SubnetFile: filepath.Join(dir, "subnet.env"), LogPath: filepath.Join(dir, "twilld.log"),

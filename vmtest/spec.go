@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -295,14 +295,14 @@ func (s Spec) withDefaults() (Spec, error) {
 			errs = append(errs, errors.New("a routed lab boots the initramfs VMs, not a system image"))
 		}
 	}
-	for node := range s.NodeArgs {
-		if i, err := strconv.Atoi(strings.TrimPrefix(node, "n")); err != nil || !strings.HasPrefix(node, "n") || i < 1 || i > s.Nodes {
-			errs = append(errs, fmt.Errorf("node_args: no node %q (nodes are n1..n%d)", node, s.Nodes))
+	for _, node := range slices.Sorted(maps.Keys(s.NodeArgs)) {
+		if err := ValidNode(node, s.Nodes); err != nil {
+			errs = append(errs, fmt.Errorf("node_args: %w", err))
 		}
 	}
-	for _, n := range s.FlannelNodes {
-		if !slices.Contains(nodeNames(s.Nodes), n) {
-			errs = append(errs, fmt.Errorf("flannel node %q: no such node (the lab has n1..n%d)", n, s.Nodes))
+	for _, node := range s.FlannelNodes {
+		if err := ValidNode(node, s.Nodes); err != nil {
+			errs = append(errs, fmt.Errorf("flannel_nodes: %w", err))
 		}
 	}
 	if len(s.FlannelNodes) > 0 && s.Driver != "netns" {
@@ -361,13 +361,30 @@ func (s Spec) withDefaults() (Spec, error) {
 	return s, errors.Join(errs...)
 }
 
-// nodeNames are the names of a lab's nodes: n1, n2, ...
-func nodeNames(nodes int) []string {
-	names := make([]string, nodes)
-	for i := range names {
-		names[i] = "n" + strconv.Itoa(i+1)
+// NodeName is the name of a lab's i-th node (from 1): n1, n2, ...
+func NodeName(i int) string { return "n" + strconv.Itoa(i) }
+
+// ValidNode checks that name is a node of a lab of nodes nodes: one of
+// n1..nN exactly as NodeName writes them (not n01, N1 or n0). It is the one
+// rule for node names, at a spec's validation and at a scenario's parse
+// alike; the error names the value and the nodes the lab has, and the
+// caller puts the field in front.
+func ValidNode(name string, nodes int) error {
+	for i := 1; i <= nodes; i++ {
+		if name == NodeName(i) {
+			return nil
+		}
 	}
-	return names
+	var has string
+	switch {
+	case nodes < 1:
+		has = "no nodes"
+	case nodes == 1:
+		has = "n1 only"
+	default:
+		has = NodeName(1) + ".." + NodeName(nodes)
+	}
+	return fmt.Errorf("node %q: no such node (the lab has %s)", name, has)
 }
 
 // Flannel says whether node runs flanneld instead of twilld.
