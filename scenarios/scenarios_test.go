@@ -217,6 +217,11 @@ func TestParsePingWatch(t *testing.T) {
 		// replies shows them.
 		{"loss-from-start", 113, 86, 30, 30, 0, 0, 53 * time.Millisecond, "; the first 30 requests got no reply"},
 		{"clean", 149, 118, 0, 0, 0, 0, 48 * time.Millisecond, "118 sent, 118 answered, 0 lost (then 31 in the drain, all answered); longest gap between replies 48ms"},
+		// As loss-before-end, but the last 30 requests are answered
+		// with ICMP host unreachable (7 error lines: the target limits its
+		// rate), as by a node without a route. With -w ping would have
+		// ended at the first error and the outage counted as 1 loss.
+		{"unreachable", 186, 155, 30, 0, 30, 31, 20 * time.Millisecond, "155 sent, 125 answered, 30 lost"},
 	} {
 		out, err := os.ReadFile(filepath.Join("testdata", "ping-watch", tt.file+".txt"))
 		if err != nil {

@@ -24,7 +24,8 @@ import (
 // watchInterval is the ping interval of a watch.
 const watchInterval = 10 * time.Millisecond
 
-// watchLimit ends a watch's ping if no ping-watch-end does.
+// watchLimit bounds a watch's ping if no ping-watch-end ends it: ping stops
+// after watchLimit/watchInterval requests (at the interval asked for).
 const watchLimit = 10 * time.Minute
 
 type pingWatch struct {
@@ -56,9 +57,12 @@ func (p *play) startPingWatch(ctx context.Context, from, to string) (string, map
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.cancel = cancel
 	// /bin/ping by path: busybox's sh (in the VMs) would run its own ping
-	// applet, which has no -D.
-	script := fmt.Sprintf("echo $$ > %s; exec /bin/ping -n -D -i %g -w %d %s",
-		w.pidFile, watchInterval.Seconds(), int(watchLimit.Seconds()), dst.Addr)
+	// applet, which has no -D. The limit is a count (-c), not a deadline:
+	// with -w, iputils ping ends at the first ICMP error it gets (a node
+	// without a route answers Destination Unreachable), and the outage
+	// that follows would go uncounted.
+	script := fmt.Sprintf("echo $$ > %s; exec /bin/ping -n -D -i %g -c %d %s",
+		w.pidFile, watchInterval.Seconds(), int(watchLimit/watchInterval), dst.Addr)
 	go func() {
 		defer close(w.done)
 		w.out, w.err = p.c.Exec(wctx, src.NetNS, "sh", "-c", script)
@@ -147,6 +151,11 @@ func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", k, err))
 			continue
+		}
+		if w.endedEarly {
+			// The watched time is not covered to its end.
+			errs = append(errs, fmt.Errorf("%s: ping ended by itself after %d requests, before the end step (%v): %s",
+				k, r.Sent, w.err, lastLine(string(w.out))))
 		}
 		fmt.Fprintf(&b, "%s: %s\n", k, r)
 		data[k] = map[string]any{"sent": r.SentBeforeEnd, "answered": r.SentBeforeEnd - r.Lost, "lost": r.Lost,

@@ -14,6 +14,11 @@
 #   loss-from-start  about 30 requests are dropped from the first, then the
 #                    drop stops; 1 s later the end step
 #   clean            no drop
+#   unreachable      as loss-before-end, but the target answers the
+#                    requests with ICMP host unreachable instead of
+#                    dropping them (as a node without a route does); with
+#                    -w ping would end at the first error, with -c it goes
+#                    on
 set -eu
 case=$1
 p=twpw$$
@@ -30,11 +35,12 @@ ip -n $b link set ${p}y up
 ip netns exec $b nft add table inet pw
 ip netns exec $b nft add chain inet pw in '{ type filter hook input priority 0; }'
 drop() { ip netns exec $b nft add rule inet pw in icmp type echo-request counter drop; }
+reject() { ip netns exec $b nft add rule inet pw in icmp type echo-request counter reject with icmp type host-unreachable; }
 heal() { ip netns exec $b nft flush chain inet pw in; }
 dropped() { ip netns exec $b nft list chain inet pw in | sed -n 's/.*counter packets \([0-9]*\).*/\1/p'; }
 out=$(mktemp)
 [ "$case" = loss-from-start ] && drop
-ip netns exec $a sh -c 'exec /bin/ping -n -D -i 0.01 -w 600 10.244.250.2' >"$out" 2>&1 &
+ip netns exec $a sh -c 'exec /bin/ping -n -D -i 0.01 -c 60000 10.244.250.2' >"$out" 2>&1 &
 pid=$!
 case $case in
 loss-from-start)
@@ -47,6 +53,10 @@ esac
 case $case in
 loss-before-end | healed-in-drain)
 	drop
+	while [ "$(dropped)" -lt 30 ]; do sleep 0.002; done
+	;;
+unreachable)
+	reject
 	while [ "$(dropped)" -lt 30 ]; do sleep 0.002; done
 	;;
 esac
