@@ -15,6 +15,7 @@ import (
 
 	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/subnetfile"
 	"github.com/twillnet/twill/vmtest"
 )
@@ -508,6 +509,11 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 				return "", err
 			}
 			want := p.wantRoutes(n.Subnet, ls)
+			if p.flannelNode(n.Name) && p.backend == netconf.TypeWireGuard && p.network.IsValid() {
+				// flannel routes the whole network to flannel-wg and leaves
+				// the choice of peer to WireGuard's allowed IPs.
+				want = []string{p.network.String()}
+			}
 			subnet := "no IPv4 subnet"
 			if n.Subnet.IsValid() {
 				subnet = n.Subnet.String()

@@ -105,6 +105,9 @@ type play struct {
 	stopped map[string]time.Time
 	// watches are the ping watches running, by "from->to".
 	watches map[string]*pingWatch
+	// wgKeys are the WireGuard public keys wireguard-peers last saw (and
+	// new-key made), by node.
+	wgKeys map[string]string
 }
 
 // Run brings up the scenario's cluster, plays it and tears it down. The
@@ -223,7 +226,7 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 
 func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir string, rep *Report, out io.Writer) error {
 	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend,
-		watches: map[string]*pingWatch{}, stopped: map[string]time.Time{}}
+		watches: map[string]*pingWatch{}, stopped: map[string]time.Time{}, wgKeys: map[string]string{}}
 	defer p.endAllWatches()
 	if nodes := c.Nodes(); len(nodes) > 0 {
 		if f, err := readSubnetFile(nodes[0].SubnetFile); err == nil {
@@ -400,6 +403,10 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 		return p.readyz(ctx, st.Node, st.Expect == "ok", within)
 	case "log":
 		return p.logLines(ctx, st.Node, st.Contains, st.Count, within)
+	case "wireguard-peers":
+		return p.wireGuardPeers(ctx, within)
+	case "new-key":
+		return p.newKey(ctx, st.Node, within)
 	case "underlay-encrypted":
 		return p.underlayEncrypted(ctx, st.From, st.To, p.stepFamilies(st)[0])
 	case "sleep":

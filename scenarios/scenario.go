@@ -61,7 +61,7 @@ type ClusterSpec struct {
 	// NodeArgs are extra twilld flags by node name (n1).
 	NodeArgs map[string][]string `yaml:"nodeArgs"`
 	// FlannelNodes run flannel's flanneld instead of twilld (the netns
-	// driver; make flannel builds it), by node name.
+	// and qemu drivers; make flannel builds it), by node name.
 	FlannelNodes []string `yaml:"flannelNodes"`
 }
 
@@ -172,6 +172,11 @@ var stepKinds = map[string][]string{
 	// Marked datagrams pod to pod with the underlay captured: no plain
 	// text on the wire (and WireGuard messages on wireguard).
 	"underlay-encrypted": {"from", "to", "family"},
+	// wireguard: every node's WireGuard device (twill's and flannel's, as
+	// the kernel holds it) against the leases; a flannel node's key made
+	// anew (its key file deleted, flanneld restarted).
+	"wireguard-peers": {"within"},
+	"new-key":         {"node", "within"},
 }
 
 // nodeTo lists the steps whose "to" names a node, not a pod.
@@ -379,6 +384,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
 		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "withdrawn": {"node"}, "node-leases": {"node"},
+		"new-key": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {
@@ -387,6 +393,9 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 	}
 	if st.Kind == "node-leases" && slices.Contains(c.FlannelNodes, st.Node) {
 		return Step{}, fmt.Errorf("line %d: node-leases.node = %q: a flannel node has no twill API to ask", n.Line, st.Node)
+	}
+	if st.Kind == "new-key" && !slices.Contains(c.FlannelNodes, st.Node) {
+		return Step{}, fmt.Errorf("line %d: new-key.node = %q: not a flannel node (new-key deletes flannel's key file, %s)", n.Line, st.Node, vmtest.VMFlannelKeyFile)
 	}
 	if st.Kind == "tcp" && st.Size == 0 {
 		st.Size = 16 << 20
