@@ -40,7 +40,11 @@ const (
 	vmSubnetFile = "/var/lib/twill/subnet.env"
 	vmTwilldLog  = "/var/log/twilld.log"
 	vmCNIData    = "/var/lib/cni/twill"
-	vmMemory     = "512"
+	// vmMemory holds the kernel, the initramfs twice while it unpacks
+	// (the archive and its files: 161 MB each with the Kubernetes store
+	// in twilld, which no longer unpacked in 512 MiB: "Initramfs
+	// unpacking failed: write error"), and the pods' traffic.
+	vmMemory = "768"
 )
 
 // qemuBinary is the emulator the driver runs.
