@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -133,8 +134,27 @@ const (
 	VMFlannelKeyFile = "/run/flannel/wgkey"
 )
 
+// flanneld runs iptables even in nftables mode (to clear old rules, and
+// it ends when there is none): the flannel disk carries this host's
+// iptables, nft flavour (xtables-nft-multi, by the names go-iptables runs),
+// its libraries and its extensions, found through vmFlannelEnv.
+const (
+	xtablesMulti = "/usr/sbin/xtables-nft-multi"
+	xtablesLib   = "/usr/lib/x86_64-linux-gnu/xtables"
+)
+
+var xtablesNames = []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
+
+// vmFlannelEnv is the environment flanneld runs with in a VM: nft from the
+// image, iptables from the flannel disk.
+var vmFlannelEnv = []string{
+	"PATH=" + vmFlannelDir + "/sbin:/sbin:/usr/sbin:/bin:/usr/bin",
+	"LD_LIBRARY_PATH=" + vmFlannelDir + "/lib",
+	"XTABLES_LIBDIR=" + vmFlannelDir + "/xtables",
+}
+
 // makeFlannelDisk writes an ext4 image at out that holds FlannelNames from
-// dir.
+// dir, and iptables (sbin/, lib/, xtables/).
 func makeFlannelDisk(ctx context.Context, dir, out string) error {
 	stage := out + ".d"
 	if err := os.RemoveAll(stage); err != nil {
@@ -158,9 +178,51 @@ func makeFlannelDisk(ctx context.Context, dir, out string) error {
 			}
 		}
 	}
+	n, err := stageIPTables(ctx, stage)
+	if err != nil {
+		return fmt.Errorf("flannel disk: %w", err)
+	}
+	size += n
 	mib := size>>20 + size>>22 + 16 // the files, a quarter more, and room for ext4's own
 	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "flannel", "-d", stage, out, fmt.Sprintf("%dM", mib)); err != nil {
 		return fmt.Errorf("flannel disk: %w", err)
 	}
 	return nil
+}
+
+// stageIPTables copies this host's iptables into stage and says how many
+// bytes it took.
+func stageIPTables(ctx context.Context, stage string) (int64, error) {
+	if _, err := os.Stat(xtablesMulti); err != nil {
+		return 0, fmt.Errorf("flanneld runs iptables: %w (install iptables)", err)
+	}
+	libs, err := libraries(ctx, xtablesMulti)
+	if err != nil {
+		return 0, err
+	}
+	exts, _ := filepath.Glob(filepath.Join(xtablesLib, "*.so"))
+	var size int64
+	cp := func(src, dst string) error {
+		fi, err := os.Stat(src)
+		if err != nil {
+			return err
+		}
+		size += fi.Size()
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		return copyFile(src, dst, 0o755)
+	}
+	var errs []error
+	errs = append(errs, cp(xtablesMulti, filepath.Join(stage, "sbin", filepath.Base(xtablesMulti))))
+	for _, name := range xtablesNames {
+		errs = append(errs, os.Symlink(filepath.Base(xtablesMulti), filepath.Join(stage, "sbin", name)))
+	}
+	for _, l := range libs {
+		errs = append(errs, cp(l, filepath.Join(stage, "lib", filepath.Base(l))))
+	}
+	for _, e := range exts {
+		errs = append(errs, cp(e, filepath.Join(stage, "xtables", filepath.Base(e))))
+	}
+	return size, errors.Join(errs...)
 }

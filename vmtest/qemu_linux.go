@@ -317,12 +317,12 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 	name, ready, setup := "twilld", twilldReady, ""
 	cmd := "/bin/twilld " + shellQuoteAll(twilldArgs(st, inVM))
 	if st.Spec.Flannel(n.Name) {
-		// The flannel disk is mounted once per boot; the CNI plugins are
-		// linked where a runtime looks for them. flanneld runs nft by
+		// The flannel disk is mounted once per boot (vmCNI runs its
+		// CNI plugins from there); flanneld runs nft and iptables by
 		// name.
 		name, ready = "flanneld", flannelReady
-		setup = fmt.Sprintf(`export PATH=/sbin:/usr/sbin:/bin:/usr/bin; mkdir -p %[1]s; grep -q ' %[1]s ' /proc/mounts || mount -t ext4 -o ro %[2]s %[1]s || exit 1; `,
-			vmFlannelDir, vmFlannelDev)
+		setup = fmt.Sprintf(`mkdir -p %[1]s; grep -q ' %[1]s ' /proc/mounts || mount -t ext4 -o ro %[2]s %[1]s || exit 1; export %[3]s; `,
+			vmFlannelDir, vmFlannelDev, strings.Join(vmFlannelEnv, " "))
 		cmd = vmFlannelDir + "/flanneld " + shellQuoteAll(flannelArgs(st, inVM))
 	}
 	// setsid: the daemon leaves the agent's process group, so it outlives
