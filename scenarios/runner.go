@@ -324,7 +324,7 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	case "tcp":
 		return p.tcp(ctx, st.From, st.To, st.Size, within, p.stepFamilies(st)[0])
 	case "mtu":
-		return p.mtu(ctx, st.From, st.To, within, p.stepFamilies(st)[0])
+		return p.mtu(ctx, st.From, st.To, st.PathMTU, within, p.stepFamilies(st)[0])
 	case "outside":
 		return p.outside(ctx, st.From, within, p.stepFamilies(st)[0])
 	case "host-to-pods":

@@ -108,6 +108,9 @@ type Step struct {
 
 	value *template.Template // Value, parsed
 	Path  string             // data-path: "kernel" or "userspace"
+	// PathMTU is mtu's path MTU when a hop on the way has a smaller one
+	// than the source pod (0: the source pod's MTU is the path's).
+	PathMTU int
 	// Family is the address family of ping-all, ping, tcp, mtu, outside
 	// and underlay-encrypted: ipv4 or ipv6, one the cluster's pods have.
 	// Empty: ping-all
@@ -121,7 +124,7 @@ var stepKinds = map[string][]string{
 	"ping-all":       {"within", "family"},
 	"ping":           {"from", "to", "expect", "within", "family"},
 	"tcp":            {"from", "to", "size", "within", "family"},
-	"mtu":            {"from", "to", "within", "family"},
+	"mtu":            {"from", "to", "within", "family", "path-mtu"},
 	"outside":        {"from", "within", "family"},
 	"host-to-pods":   {"within"},
 	"outside-to-pod": {"to", "within"},
@@ -364,6 +367,8 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			var c int
 			err = decodeInt(&v, &c, lo, 100000)
 			st.Count = &c
+		case "path-mtu":
+			err = decodeInt(&v, &st.PathMTU, 68, 65535)
 		case "max-lost":
 			err = decodeInt(&v, &st.MaxLost, 0, 1<<30)
 		case "contains":

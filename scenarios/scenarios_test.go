@@ -71,6 +71,7 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{base + "steps:\n  - node-leases\n", `node-leases needs "node"`},
 		{base + "steps:\n  - new-key: {node: n1}\n", `new-key.node = "n1": not a flannel node`},
 		{base + "steps:\n  - new-key\n", `new-key needs "node"`},
+		{base + "steps:\n  - mtu: {from: n1p1, to: n2p1, path-mtu: 20}\n", `mtu.path-mtu: "20": want an integer from 68`},
 		{base + "steps:\n  - wireguard-peers: {node: n1}\n", `wireguard-peers takes no parameter "node"`},
 		{base + "steps:\n  - underlay-encrypted: {from: n1p1}\n", `underlay-encrypted needs "to"`},
 		{base + "steps:\n  - data-path: {path: fast}\n", `data-path.path: "fast": want kernel, userspace or auto`},
