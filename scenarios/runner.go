@@ -398,7 +398,7 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	case "ping-watch":
 		return p.startPingWatch(ctx, st.From, st.To)
 	case "ping-watch-end":
-		return p.endPingWatches(st.From, st.To, st.MaxLost)
+		return p.endPingWatches(st.From, st.To, st.MaxLost, time.Duration(st.MaxGap))
 	case "readyz":
 		return p.readyz(ctx, st.Node, st.Expect == "ok", within)
 	case "log":

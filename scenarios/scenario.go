@@ -103,7 +103,8 @@ type Step struct {
 	Value    string   // put-lease: the value, a text/template over the node's lease
 	TTL      Duration // put-lease: the etcd lease of the key (0: keep the node's, or none)
 	Count    *int     // send-spoofed: datagrams to send; log: lines that must match (nil: at least one)
-	MaxLost  int      // ping-watch-end: most echo requests that may go unanswered
+	MaxLost  int      // ping-watch-end: most echo requests that may go unanswered (-1: any, with max-gap alone)
+	MaxGap   Duration // ping-watch-end: the longest gap between replies allowed (0: any)
 	Contains string   // log: the text a line must contain
 
 	value *template.Template // Value, parsed
@@ -169,7 +170,7 @@ var stepKinds = map[string][]string{
 	"delete-device":    {"node"},
 	"send-spoofed":     {"to", "count"},
 	"ping-watch":       {"from", "to"},
-	"ping-watch-end":   {"from", "to", "max-lost"},
+	"ping-watch-end":   {"from", "to", "max-lost", "max-gap"},
 	"readyz":           {"node", "expect", "within"},
 	"log":              {"node", "contains", "count", "within"},
 	// Marked datagrams pod to pod with the underlay captured: no plain
@@ -369,6 +370,11 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			st.Count = &c
 		case "path-mtu":
 			err = decodeInt(&v, &st.PathMTU, 68, 65535)
+		case "max-gap":
+			err = st.MaxGap.UnmarshalYAML(&v)
+			if err == nil && st.MaxGap <= 0 {
+				err = fmt.Errorf("%q: want a positive duration", v.Value)
+			}
 		case "max-lost":
 			err = decodeInt(&v, &st.MaxLost, 0, 1<<30)
 		case "contains":
@@ -408,6 +414,9 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 	if st.Kind == "send-spoofed" && st.Count == nil {
 		five := 5
 		st.Count = &five
+	}
+	if _, lost := params["max-lost"]; st.Kind == "ping-watch-end" && st.MaxGap > 0 && !lost {
+		st.MaxLost = -1 // the gap bounds the loss
 	}
 	if st.Kind == "ping-watch-end" && (st.From == "") != (st.To == "") {
 		return Step{}, fmt.Errorf("line %d: ping-watch-end: give both from and to (one watch) or neither (every watch)", n.Line)

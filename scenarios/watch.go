@@ -102,8 +102,10 @@ func (p *play) stopWatch(w *pingWatch) {
 }
 
 // endPingWatches ends the watch from one pod to another, or every watch,
-// and fails if more than maxLost echo requests went unanswered.
-func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]any, error) {
+// and fails if more than maxLost echo requests went unanswered (maxLost
+// -1: any number), or with maxGap set if the longest gap between replies
+// was longer or the loss went on to the end.
+func (p *play) endPingWatches(from, to string, maxLost int, maxGap time.Duration) (string, map[string]any, error) {
 	var keys []string
 	if from != "" {
 		key := watchKey(from, to)
@@ -135,9 +137,13 @@ func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]
 		}
 		fmt.Fprintf(&b, "%s: %s\n", k, r)
 		data[k] = map[string]any{"sent": r.Sent, "received": r.Received, "lost": r.Lost, "longest_gap_ms": r.LongestGap.Milliseconds()}
-		if r.Lost > maxLost {
+		if maxLost >= 0 && r.Lost > maxLost {
 			errs = append(errs, fmt.Errorf("%s lost %d echo requests (at most %d allowed); the longest gap between replies was %v",
 				k, r.Lost, maxLost, r.LongestGap.Round(time.Millisecond)))
+		}
+		if maxGap > 0 && (r.LongestGap > maxGap || r.Unanswered > 0) {
+			errs = append(errs, fmt.Errorf("%s: the longest gap between replies was %v (at most %v allowed), and %d requests before the end got no reply",
+				k, r.LongestGap.Round(time.Millisecond), maxGap, r.Unanswered))
 		}
 	}
 	return b.String(), data, errors.Join(errs...)
