@@ -123,15 +123,12 @@ func flannelBridge(f subnetfile.File, dataDir string) (map[string]any, error) {
 // on a read-only disk of their own (the lab's flannel.img, the VM's second
 // virtio disk), which startDaemon mounts at vmFlannelDir: the image every
 // VM boots is the same with flannel nodes or without, as twilld reaches
-// the VMs in it. flanneld keeps its WireGuard key where flannel keeps it,
-// /run/flannel/wgkey (tmpfs: a restart keeps it, a reboot does not).
+// the VMs in it. flanneld keeps its WireGuard key where flannel keeps it
+// (VMFlannelKeyFile).
 const (
 	vmFlannelDir     = "/opt/flannel"
 	vmFlannelDev     = "/dev/vdb"
 	vmFlannelCNIData = "/var/lib/cni/flannel"
-	// VMFlannelKeyFile is flannel's WireGuard private key in a VM
-	// (flannel's default, WIREGUARD_KEY_FILE unset).
-	VMFlannelKeyFile = "/run/flannel/wgkey"
 )
 
 // flanneld runs iptables even in nftables mode (to clear old rules, and

@@ -2,6 +2,11 @@ package vmtest
 
 import "time"
 
+// VMFlannelKeyFile is flanneld's WireGuard private key in a qemu lab's VM:
+// flannel's default (WIREGUARD_KEY_FILE unset), on the VM's tmpfs, so a
+// flanneld restart keeps it and a reboot does not.
+const VMFlannelKeyFile = "/run/flannel/wgkey"
+
 // WireGuardDevice is a WireGuard device as `twillctl vm wg-show` prints it
 // (one JSON object): what `wg show` says of it, read from the kernel (or a
 // userspace device's UAPI socket) with wgctrl, for the scenarios to hold
