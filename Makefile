@@ -135,10 +135,11 @@ kube:
 	@scripts/kube-build.sh $(TWILL_KUBE_DIR)
 
 # vmtest is the qemu tier: a 1-VM check of the driver, then 3-VM clusters
-# playing 17 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, basic-wireguard, wireguard-mixed, restart-under-traffic-wireguard, dual-stack-vxlan, bgp-ipip-crosssubnet, bgp-ipip-always, bgp-gateway-reboot, dual-stack-wireguard, kube-vxlan, each timed.
+# playing 18 scenarios: basic-udp, basic-udp-userspace, basic-vxlan, basic-ipip, vm-faults, underlay-ipvlan-l2, underlay-ipvlan-l3, restart-under-traffic, basic-wireguard, wireguard-mixed, restart-under-traffic-wireguard, dual-stack-vxlan, bgp-ipip-crosssubnet, bgp-ipip-always, bgp-gateway-reboot, dual-stack-wireguard, kube-vxlan, flannel-mixed-wireguard, each timed.
 # Software emulation unless TWILL_VM_ACCEL=kvm or auto. It fails (never
-# skips) when QEMU or the kernel cannot be had.
-vmtest: deps
+# skips) when QEMU or the kernel cannot be had. flannel-mixed-wireguard
+# runs make flannel's flanneld in a VM.
+vmtest: deps flannel
 	TWILL_QEMU=1 TWILL_VM_DIR=$(TWILL_VM_DIR) $(GO) test -count=1 -p 1 -timeout 40m -v -run '^(TestQEMUNode|TestScenariosQEMU)$$' ./vmtest ./scenarios
 
 # lint also builds and vets for darwin, so that the CLI builds on a Mac

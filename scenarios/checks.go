@@ -15,6 +15,7 @@ import (
 
 	"github.com/twillnet/twill/internal/plural"
 	"github.com/twillnet/twill/overlay/lease"
+	"github.com/twillnet/twill/overlay/netconf"
 	"github.com/twillnet/twill/overlay/subnetfile"
 	"github.com/twillnet/twill/vmtest"
 )
@@ -234,8 +235,10 @@ func (p *play) tcp(ctx context.Context, from, to string, size int64, within time
 }
 
 // mtu checks that a DF packet of exactly the pod MTU passes and one byte
-// more is refused.
-func (p *play) mtu(ctx context.Context, from, to string, within time.Duration, family string) (string, map[string]any, error) {
+// more is refused. With pathMTU set (smaller than the source pod's MTU: a
+// hop with a smaller one), a packet of pathMTU passes and one byte more
+// is refused on the way ("fragmentation needed", and that path MTU).
+func (p *play) mtu(ctx context.Context, from, to string, pathMTU int, within time.Duration, family string) (string, map[string]any, error) {
 	src, dst, err := p.podPair(from, to)
 	if err != nil {
 		return "", nil, err
@@ -248,12 +251,19 @@ func (p *play) mtu(ctx context.Context, from, to string, within time.Duration, f
 	if err != nil {
 		return "", nil, err
 	}
-	payload := f.MTU - ipHeader(family)
+	mtu := f.MTU
+	if pathMTU > 0 {
+		if pathMTU >= f.MTU {
+			return "", nil, fmt.Errorf("mtu.path-mtu %d: not under %s's pod MTU %d", pathMTU, from, f.MTU)
+		}
+		mtu = pathMTU
+	}
+	payload := mtu - ipHeader(family)
 	dstAddr := addrIn(dst, family)
 	out, err := retry(ctx, within, func() (string, error) {
 		out, err := p.pingOnce(ctx, src.NetNS, dstAddr, "-M", "do", "-s", fmt.Sprint(payload))
 		if err != nil {
-			return out, fmt.Errorf("a %d-byte packet (the pod MTU) with DF set from %s to %s did not pass: %s", f.MTU, from, to, lastLine(out))
+			return out, fmt.Errorf("a %d-byte packet (the path MTU) with DF set from %s to %s did not pass: %s", mtu, from, to, lastLine(out))
 		}
 		return out, nil
 	})
@@ -261,10 +271,13 @@ func (p *play) mtu(ctx context.Context, from, to string, within time.Duration, f
 		return lastLine(out), nil, err
 	}
 	big, err := p.pingOnce(ctx, src.NetNS, dstAddr, "-M", "do", "-s", fmt.Sprint(payload+1))
-	detail := fmt.Sprintf("%d bytes with DF: passed; %d bytes: %s", f.MTU, f.MTU+1, refusal(big))
-	data := map[string]any{"mtu": f.MTU, "family": family}
+	detail := fmt.Sprintf("%d bytes with DF: passed; %d bytes: %s", mtu, mtu+1, refusal(big))
+	data := map[string]any{"mtu": mtu, "family": family}
 	if err == nil {
-		return detail, data, fmt.Errorf("a %d-byte packet with DF set passed, but the pod MTU is %d", f.MTU+1, f.MTU)
+		return detail, data, fmt.Errorf("a %d-byte packet with DF set passed, but the path MTU is %d", mtu+1, mtu)
+	}
+	if pathMTU > 0 && !strings.Contains(big, fmt.Sprint(pathMTU)) {
+		return detail, data, fmt.Errorf("a %d-byte packet with DF set was refused, but not with the path MTU %d: %s", mtu+1, pathMTU, refusal(big))
 	}
 	low := strings.ToLower(big)
 	if !strings.Contains(low, "message too long") && !strings.Contains(low, "frag") {
@@ -508,6 +521,11 @@ func (p *play) routes(ctx context.Context, within time.Duration) (string, map[st
 				return "", err
 			}
 			want := p.wantRoutes(n.Subnet, ls)
+			if p.flannelNode(n.Name) && p.backend == netconf.TypeWireGuard && p.network.IsValid() {
+				// flannel routes the whole network to flannel-wg and leaves
+				// the choice of peer to WireGuard's allowed IPs.
+				want = []string{p.network.String()}
+			}
 			subnet := "no IPv4 subnet"
 			if n.Subnet.IsValid() {
 				subnet = n.Subnet.String()

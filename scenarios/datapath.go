@@ -85,6 +85,11 @@ func (p *play) wireGuardImplementation(ctx context.Context, path, only string) (
 	data := map[string]any{}
 	var failed []string
 	for _, n := range p.runningNodes(only) {
+		if p.flannelNode(n.Name) {
+			// flanneld has kernel WireGuard only, and no API to ask.
+			fmt.Fprintf(&detail, "%s: flanneld (kernel WireGuard, flannel's only)\n", n.Name)
+			continue
+		}
 		want := path
 		if want == "auto" {
 			want = p.wireGuardExpected(ctx, n)

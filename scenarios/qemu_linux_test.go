@@ -17,9 +17,12 @@ import (
 // 6.1, and on its userspace path; wireguard in the kernel, and mixed with
 // userspace nodes; dual stack on vxlan and on kernel WireGuard), the
 // faults only a VM has, bgp's IPIP CrossSubnet (ipip is not in this
-// host's kernel), and the Kubernetes store with twilld in the VMs.
+// host's kernel), the Kubernetes store with twilld in the VMs, and twill's
+// kernel WireGuard next to flannel's own (flanneld's wireguard backend
+// needs the module).
 var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", "basic-ipip", "vm-faults", "underlay-ipvlan-l2", "underlay-ipvlan-l3", "restart-under-traffic",
-	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan", "bgp-ipip-crosssubnet", "bgp-ipip-always", "bgp-gateway-reboot", "dual-stack-wireguard", "kube-vxlan"}
+	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan", "bgp-ipip-crosssubnet", "bgp-ipip-always", "bgp-gateway-reboot", "dual-stack-wireguard", "kube-vxlan",
+	"flannel-mixed-wireguard"}
 
 // TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs

@@ -105,6 +105,9 @@ type play struct {
 	stopped map[string]time.Time
 	// watches are the ping watches running, by "from->to".
 	watches map[string]*pingWatch
+	// wgKeys are the WireGuard public keys wireguard-peers last saw (and
+	// new-key made), by node.
+	wgKeys map[string]string
 }
 
 // Run brings up the scenario's cluster, plays it and tears it down. The
@@ -223,7 +226,7 @@ func (r *Runner) runOn(ctx context.Context, s *Scenario, driver string) (rep *Re
 
 func (r *Runner) play(ctx context.Context, s *Scenario, c vmtest.Cluster, binDir string, rep *Report, out io.Writer) error {
 	p := &play{r: r, s: s, c: c, bin: binDir, down: map[string]bool{}, subnets: map[string]netip.Prefix{}, backend: s.Cluster.Backend,
-		watches: map[string]*pingWatch{}, stopped: map[string]time.Time{}}
+		watches: map[string]*pingWatch{}, stopped: map[string]time.Time{}, wgKeys: map[string]string{}}
 	defer p.endAllWatches()
 	if nodes := c.Nodes(); len(nodes) > 0 {
 		if f, err := readSubnetFile(nodes[0].SubnetFile); err == nil {
@@ -321,7 +324,7 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	case "tcp":
 		return p.tcp(ctx, st.From, st.To, st.Size, within, p.stepFamilies(st)[0])
 	case "mtu":
-		return p.mtu(ctx, st.From, st.To, within, p.stepFamilies(st)[0])
+		return p.mtu(ctx, st.From, st.To, st.PathMTU, within, p.stepFamilies(st)[0])
 	case "outside":
 		return p.outside(ctx, st.From, within, p.stepFamilies(st)[0])
 	case "host-to-pods":
@@ -395,11 +398,15 @@ func (p *play) step(ctx context.Context, st Step) (string, map[string]any, error
 	case "ping-watch":
 		return p.startPingWatch(ctx, st.From, st.To)
 	case "ping-watch-end":
-		return p.endPingWatches(st.From, st.To, st.MaxLost)
+		return p.endPingWatches(st.From, st.To, st.MaxLost, time.Duration(st.MaxGap))
 	case "readyz":
 		return p.readyz(ctx, st.Node, st.Expect == "ok", within)
 	case "log":
 		return p.logLines(ctx, st.Node, st.Contains, st.Count, within)
+	case "wireguard-peers":
+		return p.wireGuardPeers(ctx, within)
+	case "new-key":
+		return p.newKey(ctx, st.Node, within)
 	case "underlay-encrypted":
 		return p.underlayEncrypted(ctx, st.From, st.To, p.stepFamilies(st)[0])
 	case "sleep":

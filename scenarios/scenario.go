@@ -62,7 +62,7 @@ type ClusterSpec struct {
 	// NodeArgs are extra twilld flags by node name (n1).
 	NodeArgs map[string][]string `yaml:"nodeArgs"`
 	// FlannelNodes run flannel's flanneld instead of twilld (the netns
-	// driver; make flannel builds it), by node name.
+	// and qemu drivers; make flannel builds it), by node name.
 	FlannelNodes []string `yaml:"flannelNodes"`
 }
 
@@ -104,11 +104,15 @@ type Step struct {
 	Value    string   // put-lease: the value, a text/template over the node's lease
 	TTL      Duration // put-lease: the etcd lease of the key (0: keep the node's, or none)
 	Count    *int     // send-spoofed: datagrams to send; log: lines that must match (nil: at least one)
-	MaxLost  int      // ping-watch-end: most echo requests that may go unanswered
+	MaxLost  int      // ping-watch-end: most echo requests that may go unanswered (-1: any, with max-gap alone)
+	MaxGap   Duration // ping-watch-end: the longest gap between replies allowed (0: any)
 	Contains string   // log: the text a line must contain
 
 	value *template.Template // Value, parsed
 	Path  string             // data-path: "kernel" or "userspace"
+	// PathMTU is mtu's path MTU when a hop on the way has a smaller one
+	// than the source pod (0: the source pod's MTU is the path's).
+	PathMTU int
 	// Family is the address family of ping-all, ping, tcp, mtu, outside
 	// and underlay-encrypted: ipv4 or ipv6, one the cluster's pods have.
 	// Empty: ping-all
@@ -122,7 +126,7 @@ var stepKinds = map[string][]string{
 	"ping-all":       {"within", "family"},
 	"ping":           {"from", "to", "expect", "within", "family"},
 	"tcp":            {"from", "to", "size", "within", "family"},
-	"mtu":            {"from", "to", "within", "family"},
+	"mtu":            {"from", "to", "within", "family", "path-mtu"},
 	"outside":        {"from", "within", "family"},
 	"host-to-pods":   {"within"},
 	"outside-to-pod": {"to", "within"},
@@ -167,12 +171,17 @@ var stepKinds = map[string][]string{
 	"delete-device":    {"node"},
 	"send-spoofed":     {"to", "count"},
 	"ping-watch":       {"from", "to"},
-	"ping-watch-end":   {"from", "to", "max-lost"},
+	"ping-watch-end":   {"from", "to", "max-lost", "max-gap"},
 	"readyz":           {"node", "expect", "within"},
 	"log":              {"node", "contains", "count", "within"},
 	// Marked datagrams pod to pod with the underlay captured: no plain
 	// text on the wire (and WireGuard messages on wireguard).
 	"underlay-encrypted": {"from", "to", "family"},
+	// wireguard: every node's WireGuard device (twill's and flannel's, as
+	// the kernel holds it) against the leases; a flannel node's key made
+	// anew (its key file deleted, flanneld restarted).
+	"wireguard-peers": {"within"},
+	"new-key":         {"node", "within"},
 }
 
 // nodeTo lists the steps whose "to" names a node, not a pod.
@@ -360,6 +369,13 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 			var c int
 			err = decodeInt(&v, &c, lo, 100000)
 			st.Count = &c
+		case "path-mtu":
+			err = decodeInt(&v, &st.PathMTU, 68, 65535)
+		case "max-gap":
+			err = st.MaxGap.UnmarshalYAML(&v)
+			if err == nil && st.MaxGap <= 0 {
+				err = fmt.Errorf("%q: want a positive duration", v.Value)
+			}
 		case "max-lost":
 			err = decodeInt(&v, &st.MaxLost, 0, 1<<30)
 		case "contains":
@@ -380,6 +396,7 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 		"data-path": {"path"}, "reboot-node": {"node"}, "partition": {"node"}, "heal": {"node"}, "underlay-loss": {"node"},
 		"put-lease": {"node", "value"}, "delete-nft-table": {"node"}, "delete-device": {"node"}, "send-spoofed": {"to"},
 		"ping-watch": {"from", "to"}, "log": {"contains"}, "underlay-encrypted": {"from", "to"}, "withdrawn": {"node"}, "node-leases": {"node"},
+		"new-key": {"node"},
 	}
 	for _, p := range need[kind] {
 		if _, ok := params[p]; !ok {
@@ -389,12 +406,18 @@ func parseStep(n *yaml.Node, c *ClusterSpec) (Step, error) {
 	if st.Kind == "node-leases" && slices.Contains(c.FlannelNodes, st.Node) {
 		return Step{}, fmt.Errorf("line %d: node-leases.node = %q: a flannel node has no twill API to ask", n.Line, st.Node)
 	}
+	if st.Kind == "new-key" && !slices.Contains(c.FlannelNodes, st.Node) {
+		return Step{}, fmt.Errorf("line %d: new-key.node = %q: not a flannel node (new-key deletes flannel's key file, %s)", n.Line, st.Node, vmtest.VMFlannelKeyFile)
+	}
 	if st.Kind == "tcp" && st.Size == 0 {
 		st.Size = 16 << 20
 	}
 	if st.Kind == "send-spoofed" && st.Count == nil {
 		five := 5
 		st.Count = &five
+	}
+	if _, lost := params["max-lost"]; st.Kind == "ping-watch-end" && st.MaxGap > 0 && !lost {
+		st.MaxLost = -1 // the gap bounds the loss
 	}
 	if st.Kind == "ping-watch-end" && (st.From == "") != (st.To == "") {
 		return Step{}, fmt.Errorf("line %d: ping-watch-end: give both from and to (one watch) or neither (every watch)", n.Line)

@@ -69,6 +69,11 @@ func TestParseRefusesBadScenarios(t *testing.T) {
 		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n3]}\nsteps:\n  - ping-all\n", `scenario: cluster.flannelNodes: node "n3": no such node (the lab has n1..n2)`},
 		{"name: x\ncluster: {nodes: 2, backend: vxlan, flannelNodes: [n2]}\nsteps:\n  - node-leases: {node: n2}\n", `node-leases.node = "n2": a flannel node has no twill API`},
 		{base + "steps:\n  - node-leases\n", `node-leases needs "node"`},
+		{base + "steps:\n  - new-key: {node: n1}\n", `new-key.node = "n1": not a flannel node`},
+		{base + "steps:\n  - new-key\n", `new-key needs "node"`},
+		{base + "steps:\n  - ping-watch-end: {max-gap: 0s}\n", `ping-watch-end.max-gap: "0s": want a positive duration`},
+		{base + "steps:\n  - mtu: {from: n1p1, to: n2p1, path-mtu: 20}\n", `mtu.path-mtu: "20": want an integer from 68`},
+		{base + "steps:\n  - wireguard-peers: {node: n1}\n", `wireguard-peers takes no parameter "node"`},
 		{base + "steps:\n  - underlay-encrypted: {from: n1p1}\n", `underlay-encrypted needs "to"`},
 		{base + "steps:\n  - data-path: {path: fast}\n", `data-path.path: "fast": want kernel, userspace or auto`},
 		{base + "steps:\n  - log: {contains: ''}\n", `log.contains: empty`},
@@ -331,5 +336,23 @@ func TestScenarios(t *testing.T) {
 				t.Fatalf("report: passed %v, %d of %d steps", rep.Passed, len(rep.Steps), len(s.Steps))
 			}
 		})
+	}
+}
+
+// TestParsePingWatchGap: ping-watch-end with max-gap alone bounds the gap
+// and not the count (a loss the gap bounds); with max-lost too, both.
+func TestParsePingWatchGap(t *testing.T) {
+	base := "name: x\ncluster: {nodes: 2, backend: vxlan, podsPerNode: 1}\nsteps:\n"
+	s, err := Parse([]byte(base + "  - ping-watch-end: {max-gap: 18s}\n  - ping-watch-end: {max-gap: 2s, max-lost: 5}\n  - ping-watch-end\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []struct {
+		lost int
+		gap  time.Duration
+	}{{-1, 18 * time.Second}, {5, 2 * time.Second}, {0, 0}} {
+		if st := s.Steps[i]; st.MaxLost != want.lost || time.Duration(st.MaxGap) != want.gap {
+			t.Errorf("step %d: max-lost %d, max-gap %v; want %d, %v", i+1, st.MaxLost, time.Duration(st.MaxGap), want.lost, want.gap)
+		}
 	}
 }

@@ -112,8 +112,10 @@ func (p *play) stopWatch(w *pingWatch) {
 }
 
 // endPingWatches ends the watch from one pod to another, or every watch,
-// and fails if more than maxLost echo requests went unanswered.
-func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]any, error) {
+// and fails if more than maxLost echo requests went unanswered (maxLost
+// -1: any number), or with maxGap set if the longest gap between replies
+// was longer or the loss went on to the end.
+func (p *play) endPingWatches(from, to string, maxLost int, maxGap time.Duration) (string, map[string]any, error) {
 	var keys []string
 	if from != "" {
 		key := watchKey(from, to)
@@ -160,9 +162,15 @@ func (p *play) endPingWatches(from, to string, maxLost int) (string, map[string]
 		fmt.Fprintf(&b, "%s: %s\n", k, r)
 		data[k] = map[string]any{"sent": r.SentBeforeEnd, "answered": r.SentBeforeEnd - r.Lost, "lost": r.Lost,
 			"drain_sent": r.Sent - r.SentBeforeEnd, "in_flight": r.InFlight, "longest_gap_ms": r.LongestGap.Milliseconds()}
-		if r.Lost > maxLost {
+		if maxLost >= 0 && r.Lost > maxLost {
 			errs = append(errs, fmt.Errorf("%s lost %d echo requests (at most %d allowed); the longest gap between replies was %v",
 				k, r.Lost, maxLost, r.LongestGap.Round(time.Millisecond)))
+		}
+		// A loss from the start or to the end shows in no gap between
+		// replies: with max-gap it fails too.
+		if maxGap > 0 && (r.LongestGap > maxGap || r.Unanswered > 0 || r.Leading > 0) {
+			errs = append(errs, fmt.Errorf("%s: the longest gap between replies was %v (at most %v allowed), %d requests from the start and %d up to the end got no reply",
+				k, r.LongestGap.Round(time.Millisecond), maxGap, r.Leading, r.Unanswered))
 		}
 	}
 	return b.String(), data, errors.Join(errs...)

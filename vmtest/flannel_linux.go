@@ -2,7 +2,9 @@ package vmtest
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,7 +15,8 @@ import (
 )
 
 // A flannel node (Spec.FlannelNodes) runs flannel's own flanneld in its
-// namespace instead of twilld: the lab's etcd and prefix, eth0, the node's
+// namespace (netns driver) or VM (qemu driver: flannel's wireguard backend
+// needs the kernel's WireGuard) instead of twilld: the lab's etcd and prefix, eth0, the node's
 // public addresses, its subnet file where twilld's would be. Its pods are
 // attached as flannel's CNI plugin attaches them: it hands the pod to the
 // reference bridge plugin (bridge cni0, the gateway on it, no masquerade
@@ -68,6 +71,34 @@ func flannelArgs(st *state, n nodeState) []string {
 // flannel's CNI plugin hands the bridge plugin for a node with subnet file
 // f (kube-flannel's delegate settings: hairpin mode, the default gateway).
 func flannelConflist(f subnetfile.File, dataDir string) ([]byte, error) {
+	bridge, err := flannelBridge(f, dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(map[string]any{"cniVersion": flannelCNIVersion, "name": flannelCNIName, "plugins": []any{bridge}})
+}
+
+// flannelNetConf is flannelConflist's one plugin as the bridge plugin
+// reads it when run by hand (the qemu driver runs it in the VM): the
+// plugin's config with the list's name and version, as libcni hands it.
+func flannelNetConf(f subnetfile.File, dataDir string) ([]byte, error) {
+	bridge, err := flannelBridge(f, dataDir)
+	if err != nil {
+		return nil, err
+	}
+	bridge["cniVersion"], bridge["name"] = flannelCNIVersion, flannelCNIName
+	return json.Marshal(bridge)
+}
+
+// The network name and CNI version of a flannel node's pod config
+// (kube-flannel's cbr0).
+const (
+	flannelCNIName    = "cbr0"
+	flannelCNIVersion = "1.0.0"
+)
+
+// flannelBridge is the bridge plugin's config for a flannel node's pods.
+func flannelBridge(f subnetfile.File, dataDir string) (map[string]any, error) {
 	var ranges [][]map[string]string
 	var routes []map[string]string
 	if f.Subnet.IsValid() {
@@ -81,10 +112,114 @@ func flannelConflist(f subnetfile.File, dataDir string) ([]byte, error) {
 	if len(ranges) == 0 {
 		return nil, fmt.Errorf("flannel's subnet file has no subnet")
 	}
-	bridge := map[string]any{
+	return map[string]any{
 		"type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
 		"ipMasq": !f.IPMasq, "mtu": f.MTU,
 		"ipam": map[string]any{"type": "host-local", "dataDir": dataDir, "ranges": ranges, "routes": routes},
+	}, nil
+}
+
+// On the qemu driver a flannel node's VM gets flanneld and the CNI plugins
+// on a read-only disk of their own (the lab's flannel.img, the VM's second
+// virtio disk), which startDaemon mounts at vmFlannelDir: the image every
+// VM boots is the same with flannel nodes or without, as twilld reaches
+// the VMs in it. flanneld keeps its WireGuard key where flannel keeps it
+// (VMFlannelKeyFile).
+const (
+	vmFlannelDir     = "/opt/flannel"
+	vmFlannelDev     = "/dev/vdb"
+	vmFlannelCNIData = "/var/lib/cni/flannel"
+)
+
+// flanneld runs iptables even in nftables mode (to clear old rules, and
+// it ends when there is none): the flannel disk carries this host's
+// iptables, nft flavour (xtables-nft-multi, by the names go-iptables runs),
+// its libraries and its extensions, found through vmFlannelEnv.
+const (
+	xtablesMulti = "/usr/sbin/xtables-nft-multi"
+	xtablesLib   = "/usr/lib/x86_64-linux-gnu/xtables"
+)
+
+var xtablesNames = []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
+
+// vmFlannelEnv is the environment flanneld runs with in a VM: nft from the
+// image, iptables from the flannel disk.
+var vmFlannelEnv = []string{
+	"PATH=" + vmFlannelDir + "/sbin:/sbin:/usr/sbin:/bin:/usr/bin",
+	"LD_LIBRARY_PATH=" + vmFlannelDir + "/lib",
+	"XTABLES_LIBDIR=" + vmFlannelDir + "/xtables",
+}
+
+// makeFlannelDisk writes an ext4 image at out that holds FlannelNames from
+// dir, and iptables (sbin/, lib/, xtables/).
+func makeFlannelDisk(ctx context.Context, dir, out string) error {
+	stage := out + ".d"
+	if err := os.RemoveAll(stage); err != nil {
+		return err
 	}
-	return json.Marshal(map[string]any{"cniVersion": "1.0.0", "name": "cbr0", "plugins": []any{bridge}})
+	if err := os.MkdirAll(stage, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(stage)
+	var size int64
+	for _, n := range binaries.FlannelNames {
+		src, dst := filepath.Join(dir, n), filepath.Join(stage, n)
+		fi, err := os.Stat(src)
+		if err != nil {
+			return fmt.Errorf("flannel disk: %w", err)
+		}
+		size += fi.Size()
+		if os.Link(src, dst) != nil {
+			if err := copyFile(src, dst, 0o755); err != nil {
+				return fmt.Errorf("flannel disk: copy %s: %w", n, err)
+			}
+		}
+	}
+	n, err := stageIPTables(ctx, stage)
+	if err != nil {
+		return fmt.Errorf("flannel disk: %w", err)
+	}
+	size += n
+	mib := size>>20 + size>>22 + 16 // the files, a quarter more, and room for ext4's own
+	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "flannel", "-d", stage, out, fmt.Sprintf("%dM", mib)); err != nil {
+		return fmt.Errorf("flannel disk: %w", err)
+	}
+	return nil
+}
+
+// stageIPTables copies this host's iptables into stage and says how many
+// bytes it took.
+func stageIPTables(ctx context.Context, stage string) (int64, error) {
+	if _, err := os.Stat(xtablesMulti); err != nil {
+		return 0, fmt.Errorf("flanneld runs iptables: %w (install iptables)", err)
+	}
+	libs, err := libraries(ctx, xtablesMulti)
+	if err != nil {
+		return 0, err
+	}
+	exts, _ := filepath.Glob(filepath.Join(xtablesLib, "*.so"))
+	var size int64
+	cp := func(src, dst string) error {
+		fi, err := os.Stat(src)
+		if err != nil {
+			return err
+		}
+		size += fi.Size()
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		return copyFile(src, dst, 0o755)
+	}
+	var errs []error
+	errs = append(errs, cp(xtablesMulti, filepath.Join(stage, "sbin", filepath.Base(xtablesMulti))))
+	for _, name := range xtablesNames {
+		errs = append(errs, os.Symlink(filepath.Base(xtablesMulti), filepath.Join(stage, "sbin", name)))
+	}
+	for _, l := range libs {
+		errs = append(errs, cp(l, filepath.Join(stage, "lib", filepath.Base(l))))
+	}
+	for _, e := range exts {
+		errs = append(errs, cp(e, filepath.Join(stage, "xtables", filepath.Base(e))))
+	}
+	return size, errors.Join(errs...)
 }

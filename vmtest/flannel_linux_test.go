@@ -35,6 +35,21 @@ func TestFlannelConflist(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("conflist:\n%s\nwant\n%v", b, want)
 	}
+	// Run by hand (in a VM), the bridge plugin gets the one plugin with
+	// the list's name and version.
+	one, err := flannelNetConf(f, "/data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotOne map[string]any
+	if err := json.Unmarshal(one, &gotOne); err != nil {
+		t.Fatal(err)
+	}
+	wantOne := want["plugins"].([]any)[0].(map[string]any)
+	wantOne["cniVersion"], wantOne["name"] = "1.0.0", "cbr0"
+	if !reflect.DeepEqual(gotOne, wantOne) {
+		t.Errorf("net conf:\n%s\nwant\n%v", one, wantOne)
+	}
 	if _, err := flannelConflist(subnetfile.File{MTU: 1450}, "/data"); err == nil {
 		t.Error("a subnet file without a subnet gave a conflist")
 	}

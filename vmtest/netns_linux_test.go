@@ -542,7 +542,7 @@ func TestSpecValidation(t *testing.T) {
 		{Spec{Name: "ok", Driver: "qemu", Nodes: MaxVMs + 1, Backend: "alloc"}, "at most 3 VMs"},
 		{Spec{Name: "ok", Driver: "qemu", Backend: "alloc", Accel: "hvf"}, "want tcg, kvm or auto"},
 		{Spec{Name: "ok", Nodes: 2, Backend: "vxlan", FlannelNodes: []string{"n3"}}, `flannel_nodes: node "n3": no such node (the lab has n1..n2)`},
-		{Spec{Name: "ok", Driver: "qemu", Nodes: 2, Backend: "vxlan", FlannelNodes: []string{"n2"}}, "only the netns driver runs flanneld"},
+		{Spec{Name: "ok", Driver: "qemu", SystemImage: "/x", Nodes: 2, Backend: "vxlan", FlannelNodes: []string{"n2"}}, "not on a system image"},
 		{Spec{Name: "ok", Nodes: 2, Backend: "vxlan", Store: "kube", FlannelNodes: []string{"n2"}}, "flanneld on the etcd store only"},
 		{Spec{Name: "ok", Driver: "qemu", Nodes: 2, Backend: "vxlan", Store: "kube", SystemImage: "/x.qcow2"}, "store kube: a system image lab's twill is Ansible's"},
 	} {

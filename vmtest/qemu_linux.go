@@ -18,6 +18,7 @@ import (
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/twillnet/twill/overlay/subnetfile"
 	"github.com/twillnet/twill/vmtest/agent"
 )
 
@@ -44,7 +45,11 @@ const (
 	vmKubeconfig    = "/var/lib/twill/kubeconfig"
 	vmNetConfigFile = "/var/lib/twill/net-conf.json"
 	vmCNIData       = "/var/lib/cni/twill"
-	vmMemory        = "512"
+	// vmMemory holds the kernel, the initramfs twice while it unpacks
+	// (the archive and its files: 161 MB each with the Kubernetes store
+	// in twilld, which no longer unpacked in 512 MiB: "Initramfs
+	// unpacking failed: write error"), and the pods' traffic.
+	vmMemory = "768"
 )
 
 // qemuBinary is the emulator the driver runs.
@@ -62,15 +67,29 @@ type vmNode struct {
 	BootID    string `json:"boot_id"`
 }
 
-// prepare builds (or finds) the image and picks the accelerator.
+// prepare builds (or finds) the image and picks the accelerator; with
+// flannel nodes it makes the lab's flannel disk (flannel_linux.go).
 func (d *qemuDriver) prepare(ctx context.Context) error {
 	st := d.l.st
 	img, err := BuildImage(ctx, st.Spec.ImageDir, st.Bin, d.l.log)
 	if err != nil {
 		return fmt.Errorf("the VM image: %w", err)
 	}
+	if len(st.Spec.FlannelNodes) > 0 {
+		dir, err := flannelDir(st.Spec)
+		if err != nil {
+			return fmt.Errorf("flannel nodes %v: %w", st.Spec.FlannelNodes, err)
+		}
+		st.FlannelBin = dir
+		if err := makeFlannelDisk(ctx, dir, d.flannelDisk()); err != nil {
+			return fmt.Errorf("flannel nodes %v: %w", st.Spec.FlannelNodes, err)
+		}
+	}
 	return prepareVMs(ctx, d.l, img)
 }
+
+// flannelDisk is the lab's disk with flanneld and the CNI plugins.
+func (d *qemuDriver) flannelDisk() string { return filepath.Join(d.l.st.Dir, "flannel.img") }
 
 // prepareVMs records the image the VMs boot, picks the accelerator and
 // makes the console directory; both VM drivers' prepare end with it.
@@ -182,6 +201,9 @@ func (d *qemuDriver) makeNode(ctx context.Context, i int, bits int) error {
 		"-device", "virtserialport,chardev=agent,name=" + agent.PortName,
 		"-drive", "file=" + vm.Disk + ",format=raw,if=virtio",
 	}
+	if st.Spec.Flannel(n.Name) { // the second virtio disk: vmFlannelDev
+		args = append(args, "-drive", "file="+d.flannelDisk()+",format=raw,if=virtio,readonly=on")
+	}
 	return startVM(ctx, d.l, i, vm, disk, args)
 }
 
@@ -281,7 +303,9 @@ func (d *qemuDriver) vmShell(ctx context.Context, n nodeState, script string) ([
 	return d.vmExec(ctx, n, nil, nil, "/bin/sh", "-c", script)
 }
 
-// startDaemon starts twilld in a node's VM and waits until it is ready.
+// startDaemon starts twilld (flanneld on a flannel node, from its disk) in
+// a node's VM and waits until it is ready. Either logs to vmTwilldLog,
+// which the VM mirrors to its console.
 func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 	st := d.l.snapshot()
 	i, err := findNode(st, d.l.name, node)
@@ -301,18 +325,29 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 			return err
 		}
 	}
-	// setsid: twilld leaves the agent's process group, so it outlives the
-	// shell; busybox init reaps it when it ends.
-	script := fmt.Sprintf(`off=$(stat -c %%s %[1]s); setsid /bin/twilld %[2]s >> %[1]s 2>&1 < /dev/null & echo "$! $off"`,
-		vmTwilldLog, shellQuoteAll(twilldArgs(st, inVM)))
+	name, ready, setup := "twilld", twilldReady, ""
+	cmd := "/bin/twilld " + shellQuoteAll(twilldArgs(st, inVM))
+	if st.Spec.Flannel(n.Name) {
+		// The flannel disk is mounted once per boot (vmCNI runs its
+		// CNI plugins from there); flanneld runs nft and iptables by
+		// name.
+		name, ready = "flanneld", flannelReady
+		setup = fmt.Sprintf(`mkdir -p %[1]s; grep -q ' %[1]s ' /proc/mounts || mount -t ext4 -o ro %[2]s %[1]s || exit 1; export %[3]s; `,
+			vmFlannelDir, vmFlannelDev, strings.Join(vmFlannelEnv, " "))
+		cmd = vmFlannelDir + "/flanneld " + shellQuoteAll(flannelArgs(st, inVM))
+	}
+	// setsid: the daemon leaves the agent's process group, so it outlives
+	// the shell; busybox init reaps it when it ends.
+	script := fmt.Sprintf(`%[3]soff=$(stat -c %%s %[1]s); setsid %[2]s >> %[1]s 2>&1 < /dev/null & echo "$! $off"`,
+		vmTwilldLog, cmd, setup)
 	out, err := d.vmShell(ctx, n, script)
 	if err != nil {
-		return fmt.Errorf("start twilld on %s: %w: %s", n.Name, err, out)
+		return fmt.Errorf("start %s on %s: %w: %s", name, n.Name, err, out)
 	}
 	var pid int
 	var off int64
 	if _, err := fmt.Sscan(string(out), &pid, &off); err != nil {
-		return fmt.Errorf("start twilld on %s: %q", n.Name, out)
+		return fmt.Errorf("start %s on %s: %q", name, n.Name, out)
 	}
 	if err := d.l.update(func(st *state) error {
 		st.Nodes[i].VM.DaemonPID = pid
@@ -320,10 +355,10 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 	}); err != nil {
 		return err
 	}
-	d.l.log.Info("twilld started", "node", n.Name, "pid", pid)
+	d.l.log.Info(name+" started", "node", n.Name, "pid", pid)
 	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	check := fmt.Sprintf(`tail -c +%d %s | grep -q %s && echo ready; kill -0 %d 2>/dev/null && echo alive; true`, off+1, vmTwilldLog, twilldReady, pid)
+	check := fmt.Sprintf(`tail -c +%d %s | grep -q %s && echo ready; kill -0 %d 2>/dev/null && echo alive; true`, off+1, vmTwilldLog, shellQuote(ready), pid)
 	for {
 		out, err := d.vmShell(wctx, n, check)
 		if err == nil && strings.Contains(string(out), "ready") {
@@ -335,7 +370,7 @@ func (d *qemuDriver) startDaemon(ctx context.Context, node string) error {
 			if err == nil && strings.Contains(string(out), "alive") || wctx.Err() != nil {
 				why = "not ready after 90s"
 			}
-			return fmt.Errorf("node %s: twilld (pid %d in the VM) %s; its log ends:\n%s", n.Name, pid, why, logTail)
+			return fmt.Errorf("node %s: %s (pid %d in the VM) %s; its log ends:\n%s", n.Name, name, pid, why, logTail)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -381,10 +416,14 @@ func (d *qemuDriver) stopDaemon(ctx context.Context, node string, sig syscall.Si
 		return nil
 	}
 	script := fmt.Sprintf(`kill -%d %d 2>/dev/null || exit 0; i=0; while kill -0 %d 2>/dev/null; do i=$((i+1)); [ $i -gt 150 ] && { kill -9 %d; echo timeout; exit 1; }; sleep 0.1; done`, int(sig), pid, pid, pid)
-	if out, err := d.vmShell(ctx, n, script); err != nil {
-		return fmt.Errorf("node %s: twilld did not end after %v: %w: %s", n.Name, sig, err, out)
+	name := "twilld"
+	if st.Spec.Flannel(n.Name) {
+		name = "flanneld"
 	}
-	d.l.log.Info("twilld stopped", "node", n.Name, "signal", sig)
+	if out, err := d.vmShell(ctx, n, script); err != nil {
+		return fmt.Errorf("node %s: %s did not end after %v: %w: %s", n.Name, name, sig, err, out)
+	}
+	d.l.log.Info(name+" stopped", "node", n.Name, "signal", sig)
 	return nil
 }
 
@@ -425,11 +464,28 @@ func vmCNIConf() []byte {
 	return b
 }
 
-// vmCNI runs the CNI plugin in node n's VM, as a runtime would.
+// vmCNI runs the CNI plugin in node n's VM, as a runtime would: twill's,
+// or on a flannel node the bridge plugin with the config flannel's CNI
+// plugin would hand it, from flanneld's subnet file in the VM.
 func (d *qemuDriver) vmCNI(ctx context.Context, n nodeState, command string, p Pod) ([]byte, error) {
 	env := []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + p.Name, "CNI_NETNS=" + p.NetNSPath,
 		"CNI_IFNAME=eth0", "CNI_PATH=/opt/cni/bin"}
-	out, err := d.vmExec(ctx, n, env, vmCNIConf(), "/opt/cni/bin/twill")
+	plugin, conf := "/opt/cni/bin/twill", vmCNIConf()
+	if d.l.st.Spec.Flannel(n.Name) {
+		b, err := d.vmExec(ctx, n, nil, nil, "/bin/cat", vmSubnetFile)
+		if err != nil {
+			return nil, fmt.Errorf("flannel's subnet file on %s: %w: %s", n.Name, err, b)
+		}
+		f, err := subnetfile.Parse(b)
+		if err != nil {
+			return nil, fmt.Errorf("flannel's subnet file on %s: %w", n.Name, err)
+		}
+		if conf, err = flannelNetConf(f, vmFlannelCNIData); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		plugin, env[len(env)-1] = vmFlannelDir+"/bridge", "CNI_PATH="+vmFlannelDir
+	}
+	out, err := d.vmExec(ctx, n, env, conf, plugin)
 	if err != nil {
 		return nil, fmt.Errorf("CNI %s of pod %s on %s: %w: %s", command, p.Name, n.Name, err, strings.TrimSpace(string(out)))
 	}

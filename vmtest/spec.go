@@ -92,8 +92,8 @@ type Spec struct {
 	Bin string `json:"bin,omitempty"`
 	// TwilldArgs are extra twilld flags for every node.
 	TwilldArgs []string `json:"twilld_args,omitempty"`
-	// FlannelNodes run flannel's own flanneld instead of twilld (netns
-	// driver), by node name: the same etcd, prefix, interface and public
+	// FlannelNodes run flannel's own flanneld instead of twilld (netns and
+	// qemu drivers), by node name: the same etcd, prefix, interface and public
 	// addresses, its subnet file where twilld's would be, and pods
 	// attached by the reference bridge and host-local CNI plugins as
 	// flannel's CNI plugin configures them (flannel_linux.go).
@@ -305,8 +305,8 @@ func (s Spec) withDefaults() (Spec, error) {
 			errs = append(errs, fmt.Errorf("flannel_nodes: %w", err))
 		}
 	}
-	if len(s.FlannelNodes) > 0 && s.Driver != "netns" {
-		errs = append(errs, fmt.Errorf("flannel nodes %v: only the netns driver runs flanneld, not %s", s.FlannelNodes, s.Driver))
+	if len(s.FlannelNodes) > 0 && s.SystemImage != "" {
+		errs = append(errs, fmt.Errorf("flannel nodes %v: the qemu driver runs flanneld in its own VMs, not on a system image", s.FlannelNodes))
 	}
 	if len(s.FlannelNodes) > 0 && s.Store == "kube" {
 		errs = append(errs, fmt.Errorf("flannel nodes %v: the lab runs flanneld on the etcd store only, not %s", s.FlannelNodes, s.Store))

@@ -9,7 +9,7 @@ import "github.com/twillnet/twill/overlay/netconf"
 //	vxlan   50  outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 //	ipip    20  outer IPv4
 //	wireguard 60  IPv4 20 + UDP 8 + WireGuard data header 16 + tag 16
-//	        (flannel's figure; 80 on an IPv6 underlay)
+//	        (80 on an IPv6 underlay; flannel takes 80 whatever the family)
 //	others   0  host-gw and the sublink backends do not encapsulate
 func Overhead(backendType string) int {
 	switch backendType {
