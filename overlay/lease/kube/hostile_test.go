@@ -192,14 +192,7 @@ func TestOwnPodCIDRRefused(t *testing.T) {
 	reg2, logs := newRegistry(t, c, "clash-new", "", netConfJSON)
 	k2 := &lease.Keeper{Registry: reg2, Request: lease.Request{Config: cfg, Attrs: vxlanAttrs("192.168.56.72"), TTL: time.Hour},
 		Log: slog.New(slog.NewTextHandler(logs, nil))}
-	got := make(chan lease.Lease, 1)
-	go func() {
-		l, err := k2.Acquire(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- l
-	}()
+	got := acquireLater(t, ctx, k2)
 	eventually(t, 10*time.Second, func() string {
 		if k2.Pending() == "" {
 			return "no wait for the clashing podCIDR"

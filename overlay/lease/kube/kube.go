@@ -85,11 +85,14 @@ type Registry struct {
 	routed    map[lease.Subnets]lease.Lease
 	refused   map[string]lease.Refusal
 	unread    map[string]string // node -> why its lease cannot be read, as last logged
-	changes   []record          // changes after compacted, in order
-	compacted int64
-	changed   chan struct{} // closed and replaced on every change
-	ownWake   chan struct{} // closed and replaced when the own node or what is routed changes
-	watchErr  error         // the informer's last watch error, until it lists again
+	// badOverwrite is the own node's unusable overwrite annotation, as
+	// last logged by a renewal ("" when none).
+	badOverwrite string
+	changes      []record // changes after compacted, in order
+	compacted    int64
+	changed      chan struct{} // closed and replaced on every change
+	ownWake      chan struct{} // closed and replaced when the own node or what is routed changes
+	watchErr     error         // the informer's last watch error, until it lists again
 }
 
 type record struct {
@@ -591,16 +594,37 @@ func (r *Registry) Claim(ctx context.Context, req lease.Request) (lease.Lease, e
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	return r.publish(ctx, n, s, req)
+	return r.publish(ctx, n, s, req, wake, nil)
 }
 
 // publish patches the node's annotations to say req.Attrs where they do not
-// already, and returns the lease.
-func (r *Registry) publish(ctx context.Context, n *corev1.Node, s lease.Subnets, req lease.Request) (lease.Lease, error) {
+// already, and returns the lease. held is the lease being renewed (nil on a
+// claim). An overwrite annotation that is not a usable address is an
+// operator's mistake, not a store that cannot be reached: a claim waits
+// for it to be fixed (a *lease.PendingError, retried when the node changes,
+// woken by wake), and a renewal keeps publishing the addresses the node
+// publishes now, so that a bad edit does not move the peers' routes, and
+// logs it once.
+func (r *Registry) publish(ctx context.Context, n *corev1.Node, s lease.Subnets, req lease.Request, wake <-chan struct{}, held *lease.Lease) (lease.Lease, error) {
 	attrs := req.Attrs
 	v4, v6, err := r.ann.publicIPs(n, attrs)
-	if err != nil {
-		return lease.Lease{}, err
+	switch {
+	case err != nil && held == nil:
+		return lease.Lease{}, &lease.PendingError{Wake: wake, Reason: err.Error() + "; waiting until the annotation is fixed or removed"}
+	case err != nil:
+		r.mu.Lock()
+		first := r.badOverwrite != err.Error()
+		r.badOverwrite = err.Error()
+		r.mu.Unlock()
+		if first {
+			r.log.Error("ignoring the node's overwrite annotation; publishing the public IP as before", "err", err,
+				"public_ip", held.Attrs.PublicIP, "public_ipv6", held.Attrs.PublicIPv6)
+		}
+		v4, v6 = held.Attrs.PublicIP, held.Attrs.PublicIPv6
+	default:
+		r.mu.Lock()
+		r.badOverwrite = ""
+		r.mu.Unlock()
 	}
 	if v4 != attrs.PublicIP || v6 != attrs.PublicIPv6 {
 		r.log.Info("publishing the public IP of the node's overwrite annotation", "public_ip", v4, "public_ipv6", v6)
@@ -689,7 +713,7 @@ func (r *Registry) Update(ctx context.Context, l lease.Lease, attrs lease.Attrs,
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	return r.publish(ctx, n, l.Subnets(), lease.Request{Attrs: attrs, TTL: ttl})
+	return r.publish(ctx, n, l.Subnets(), lease.Request{Attrs: attrs, TTL: ttl}, nil, &l)
 }
 
 // Delete stops the own node publishing l: its kube-subnet-manager mark and

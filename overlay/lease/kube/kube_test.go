@@ -119,6 +119,26 @@ func vxlanAttrs(ip string) lease.Attrs {
 		Twill:       &lease.NodeInfo{Dashboard: "http://" + ip + ":9180"}}
 }
 
+// acquireLater runs k.Acquire and delivers its lease (an error fails t).
+func acquireLater(t *testing.T, ctx context.Context, k *lease.Keeper) <-chan lease.Lease {
+	got := make(chan lease.Lease, 1)
+	go func() {
+		l, err := k.Acquire(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	return got
+}
+
+// waitPending waits until k says why it waits, at most within.
+func waitPending(k *lease.Keeper, within time.Duration) {
+	for deadline := time.Now().Add(within); k.Pending() == "" && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // A node without a podCIDR waits, saying so and what sets it; when the
 // CIDR is set it takes it at once, publishes flannel's annotations on the
 // node and, once set up, NetworkUnavailable=False.
@@ -130,18 +150,8 @@ func TestClaimWaitsForPodCIDR(t *testing.T) {
 	cfg := leasetest.MustConfig(t, netConfJSON)
 	k := &lease.Keeper{Registry: reg, Request: lease.Request{Config: cfg, Attrs: vxlanAttrs("192.168.56.11"), TTL: 24 * time.Hour},
 		Log: slog.New(slog.NewTextHandler(logs, nil))}
-	got := make(chan lease.Lease, 1)
-	go func() {
-		l, err := k.Acquire(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- l
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for k.Pending() == "" && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	got := acquireLater(t, ctx, k)
+	waitPending(k, 10*time.Second)
 	for _, want := range []string{`node "wait-1" pod cidr not assigned`, "kube-controller-manager", "--allocate-node-cidrs", "spec.podCIDR"} {
 		if !strings.Contains(k.Pending(), want) {
 			t.Errorf("while waiting, Pending() = %q; want it to say %q", k.Pending(), want)
@@ -517,5 +527,71 @@ func TestAPIServerGoneIsNoticed(t *testing.T) {
 			t.Fatal("30 s after the API server stopped, NetworkConfig still answers as if it were there")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An overwrite annotation that is not a usable address is the operator's
+// mistake, not an unreachable store: a claim waits, saying which annotation
+// and value, and takes the lease once it is fixed; a renewal keeps
+// publishing the public IP the node publishes, logs the mistake once, and
+// follows the annotation again once it is removed.
+func TestBadOverwriteAnnotation(t *testing.T) {
+	c, _ := admin(t)
+	ctx := leasetest.Context(t)
+	ow := kube.FlannelPrefix + "/public-ip-overwrite"
+	createNode(t, c, "ow-1", "10.244.7.0/24", map[string]string{ow: "nope"})
+	reg, logs := newRegistry(t, c, "ow-1", kube.FlannelPrefix, netConfJSON)
+	reach := lease.NewReachability(slog.New(slog.NewTextHandler(logs, nil)), "kube-apiserver")
+	k := &lease.Keeper{Registry: reg, Request: lease.Request{Config: leasetest.MustConfig(t, netConfJSON), Attrs: vxlanAttrs("192.168.56.11"), TTL: time.Hour},
+		Reach: reach, Log: slog.New(slog.NewTextHandler(logs, nil))}
+	got := acquireLater(t, ctx, k)
+	waitPending(k, 10*time.Second)
+	for _, want := range []string{`"ow-1"`, ow + `="nope"`, "not an IPv4 address", "waiting until the annotation is fixed"} {
+		if !strings.Contains(k.Pending(), want) {
+			t.Errorf("while waiting, Pending() = %q; want it to say %q", k.Pending(), want)
+		}
+	}
+	if !reach.Reachable() {
+		t.Errorf("a bad annotation made the store look unreachable:\n%s", logs)
+	}
+	patchNode(t, c, "ow-1", `{"metadata":{"annotations":{"`+ow+`":"192.168.56.99"}}}`)
+	var l lease.Lease
+	select {
+	case l = <-got:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no lease 15 s after the annotation was fixed; pending %q", k.Pending())
+	}
+	if l.Attrs.PublicIP.String() != "192.168.56.99" {
+		t.Fatalf("lease publishes %v, want the overwrite 192.168.56.99", l.Attrs.PublicIP)
+	}
+	// Broken while the node runs: renewals keep 192.168.56.99, log it once.
+	patchNode(t, c, "ow-1", `{"metadata":{"annotations":{"`+ow+`":"127.0.0.1"}}}`)
+	for range 3 {
+		r, err := reg.Update(ctx, l, vxlanAttrs("192.168.56.11"), time.Hour)
+		if err != nil {
+			t.Fatalf("renewal with a bad overwrite annotation: %v", err)
+		}
+		if r.Attrs.PublicIP.String() != "192.168.56.99" {
+			t.Fatalf("renewal publishes %v, want 192.168.56.99 kept", r.Attrs.PublicIP)
+		}
+		l = r
+	}
+	if n := strings.Count(logs.String(), "ignoring the node's overwrite annotation"); n != 1 {
+		t.Errorf("the bad annotation logged %d times in 3 renewals, want once:\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), "127.0.0.1") {
+		t.Errorf("the log does not name the value:\n%s", logs)
+	}
+	if a := getNode(t, c, "ow-1").Annotations[kube.FlannelPrefix+"/public-ip"]; a != "192.168.56.99" {
+		t.Errorf("public-ip annotation %q after the bad edit, want 192.168.56.99", a)
+	}
+	// Removed: the node's own address again.
+	patchNode(t, c, "ow-1", `{"metadata":{"annotations":{"`+ow+`":null}}}`)
+	r, err := reg.Update(ctx, l, vxlanAttrs("192.168.56.11"), time.Hour)
+	if err != nil || r.Attrs.PublicIP.String() != "192.168.56.11" {
+		t.Fatalf("renewal after the annotation was removed: %v, %v; want 192.168.56.11", r.Attrs.PublicIP, err)
+	}
+	if a := getNode(t, c, "ow-1").Annotations[kube.FlannelPrefix+"/public-ip"]; a != "192.168.56.11" {
+		t.Errorf("public-ip annotation %q after the overwrite was removed, want 192.168.56.11", a)
 	}
 }
