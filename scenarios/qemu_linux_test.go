@@ -24,7 +24,7 @@ var qemuScenarios = []string{"basic-udp", "basic-udp-userspace", "basic-vxlan", 
 	"basic-wireguard", "wireguard-mixed", "restart-under-traffic-wireguard", "dual-stack-vxlan", "bgp-ipip-crosssubnet", "bgp-ipip-always", "bgp-gateway-reboot", "dual-stack-wireguard", "kube-vxlan",
 	"flannel-mixed-wireguard"}
 
-// TestScenariosQEMU plays qemuScenarios on 3-VM clusters. It is the qemu
+// TestScenariosQEMU plays qemuScenarios on clusters of 2 or 3 VMs. It is the qemu
 // tier: opt in with TWILL_QEMU=1 (make vmtest does, and make test runs
 // make vmtest). Opted in, a machine without QEMU or the kernel fails the
 // test with what to install; it is never skipped.
@@ -77,5 +77,5 @@ func TestScenariosQEMU(t *testing.T) {
 			}
 		})
 	}
-	t.Logf("qemu tier: %d scenarios (%d plays) on 3-VM clusters in %.1fs (reports in %s):\n%s", len(qemuScenarios), len(plays), time.Since(began).Seconds(), reports, summary.String())
+	t.Logf("qemu tier: %d scenarios (%d plays) in %.1fs (reports in %s):\n%s", len(qemuScenarios), len(plays), time.Since(began).Seconds(), reports, summary.String())
 }
